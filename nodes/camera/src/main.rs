@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    camera::lib_main()
+}

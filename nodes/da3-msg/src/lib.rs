@@ -1,0 +1,34 @@
+//! Message conventions shared by every dora-da3 node.
+//!
+//! Only this crate knows metadata keys and Arrow layouts: nodes call the typed
+//! `to_message` / `from_message` pairs and never parse metadata by hand. The
+//! conventions are documented for users in `docs/messages.md` at the
+//! repository root; keep that page and this crate in step.
+//!
+//! | message | Arrow payload | `primitive` |
+//! |---|---|---|
+//! | [`ImageFrame`] | `UInt8` (raw pixels or an encoded JPEG/PNG) | `image` |
+//! | [`DepthMap`] (depth) | `Float32`, row-major `height x width` | `depth` |
+//! | [`DepthMap`] (confidence) | `Float32`, row-major `height x width` | `confidence` |
+//! | [`CameraMsg`] | `Float64`, 21 values: extrinsics 3x4 then intrinsics 3x3 | `camera` |
+//! | [`PointCloud`] | `Struct{x,y,z: Float32, r,g,b: UInt8}` | `points` |
+
+pub mod camera;
+pub mod depth;
+pub mod error;
+pub mod image_frame;
+pub mod keys;
+pub mod meta;
+pub mod node_util;
+pub mod points;
+
+pub use camera::CameraMsg;
+pub use depth::{DepthKind, DepthMap};
+pub use error::MsgError;
+pub use image_frame::{DecodeLimits, Encoding, ImageFrame};
+pub use meta::{FrameInfo, Intrinsics, Pose};
+pub use points::PointCloud;
+
+/// Arrow, as re-exported by `dora-node-api` (one major for the whole project).
+pub use dora_node_api::arrow_v59 as arrow;
+pub use dora_node_api::{MetadataParameters, Parameter};

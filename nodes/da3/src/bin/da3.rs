@@ -1,0 +1,272 @@
+//! `da3`: run Depth Anything 3 on images and export the results like the reference API.
+//!
+//! ```text
+//! da3 infer --model depth-anything/DA3-SMALL a.png b.png --out OUT [--format npz,mini_npz]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use da3::export::{self, parse_formats, read_array, NpyArray};
+use da3::inference::{infer, InferenceOptions, InputIntrinsics, Mat4};
+use da3::preprocess::{Mat3, PreprocessConfig, ResizeMethod, RgbImage, DEFAULT_PROCESS_RES};
+use da3::{Da3Model, RefViewStrategy};
+use eyre::{bail, ensure, Result, WrapErr};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(name = "da3", version, about = "Depth Anything 3 (candle): depth, confidence and cameras from images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the model on a set of views and export npz results.
+    Infer(InferArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Precision {
+    /// f32 on CPU, bf16 on CUDA.
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Args, Debug)]
+struct InferArgs {
+    /// Hugging Face hub id (`owner/name[@revision]`), checkpoint directory or .safetensors file.
+    #[arg(long)]
+    model: String,
+    /// Input images (PNG, JPEG, WebP) or directories of images (sorted by name).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Processing resolution.
+    #[arg(long, default_value_t = DEFAULT_PROCESS_RES)]
+    process_res: usize,
+    /// upper_bound_resize, upper_bound_crop, lower_bound_resize or lower_bound_crop.
+    #[arg(long, default_value = "upper_bound_resize")]
+    process_res_method: String,
+    /// World-to-camera extrinsics, (N, 4, 4) or (N, 3, 4), .npy (or .npz with key `extrinsics`).
+    #[arg(long, requires = "intrinsics")]
+    extrinsics: Option<PathBuf>,
+    /// Intrinsics in input-image pixels, (N, 3, 3), .npy (or .npz with key `intrinsics`).
+    #[arg(long)]
+    intrinsics: Option<PathBuf>,
+    /// Estimate cameras with the ray head instead of the camera decoder.
+    #[arg(long)]
+    use_ray_pose: bool,
+    /// Reference view: first, middle, saddle_balanced, saddle_sim_range.
+    #[arg(long, default_value = "saddle_balanced")]
+    ref_view_strategy: String,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Export directory (results go to OUT/exports/<format>/results.npz).
+    #[arg(long)]
+    out: PathBuf,
+    /// Export formats, comma- (or dash-) separated: npz, mini_npz.
+    #[arg(long, default_value = "mini_npz")]
+    format: String,
+    /// With input extrinsics, output the predicted cameras aligned to them instead of the input
+    /// cameras (the reference's align_to_input_ext_scale=False).
+    #[arg(long)]
+    no_align_to_input_ext_scale: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+const IMAGE_EXTS: [&str; 6] = ["png", "jpg", "jpeg", "webp", "PNG", "JPG"];
+
+fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .wrap_err_with(|| format!("listing {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file()
+                        && f.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| IMAGE_EXTS.contains(&e) || IMAGE_EXTS.contains(&e.to_lowercase().as_str()))
+                })
+                .collect();
+            files.sort();
+            ensure!(!files.is_empty(), "no images in {}", p.display());
+            out.extend(files);
+        } else {
+            ensure!(p.is_file(), "no such image: {}", p.display());
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0).wrap_err("opening CUDA device 0")?),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => {
+                let n: usize = n.parse().wrap_err_with(|| format!("bad device {s:?}"))?;
+                Ok(Device::new_cuda(n).wrap_err_with(|| format!("opening CUDA device {n}"))?)
+            }
+            None => bail!("unknown device {s:?} (cpu, cuda:N)"),
+        },
+    }
+}
+
+fn dtype_for(p: Precision, device: &Device) -> DType {
+    match p {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::F16 => DType::F16,
+        Precision::Auto if device.is_cpu() => DType::F32,
+        Precision::Auto => DType::BF16,
+    }
+}
+
+fn load_matrices(path: &Path, key: &str, rows: &[usize], n: usize) -> Result<NpyArray> {
+    let a = read_array(path, Some(key)).or_else(|_| read_array(path, None))?;
+    ensure!(
+        a.shape.len() == 3 && a.shape[0] == n && rows.contains(&a.shape[1]) && a.shape[2] == if key == "intrinsics" { 3 } else { 4 },
+        "{}: {key} must be (N={n}, {}, {}), got {:?}",
+        path.display(),
+        rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("|"),
+        if key == "intrinsics" { 3 } else { 4 },
+        a.shape
+    );
+    Ok(a)
+}
+
+fn read_extrinsics(path: &Path, n: usize) -> Result<Vec<Mat4>> {
+    let a = load_matrices(path, "extrinsics", &[3, 4], n)?;
+    let rows = a.shape[1];
+    let v = a.to_f32_vec();
+    Ok(v.chunks_exact(rows * 4)
+        .map(|m| {
+            let mut e = [[0f32; 4]; 4];
+            for (i, row) in e.iter_mut().enumerate().take(rows) {
+                row.copy_from_slice(&m[i * 4..i * 4 + 4]);
+            }
+            if rows == 3 {
+                e[3] = [0.0, 0.0, 0.0, 1.0];
+            }
+            e
+        })
+        .collect())
+}
+
+fn read_intrinsics(path: &Path, n: usize) -> Result<InputIntrinsics> {
+    let a = load_matrices(path, "intrinsics", &[3], n)?;
+    fn mats<T: Copy>(v: &[T]) -> Vec<Mat3<T>> {
+        v.chunks_exact(9).map(|m| [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]]).collect()
+    }
+    Ok(match &a.data {
+        export::NpyData::F64(v) => InputIntrinsics::F64(mats(v)),
+        _ => InputIntrinsics::F32(mats(&a.to_f32_vec())),
+    })
+}
+
+fn spinner(quiet: bool, msg: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap());
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+fn run_infer(args: InferArgs) -> Result<()> {
+    let method: ResizeMethod = args.process_res_method.parse()?;
+    let strategy: RefViewStrategy = args.ref_view_strategy.parse()?;
+    let formats = parse_formats(&args.format)?;
+    let device = parse_device(&args.device)?;
+    let dtype = dtype_for(args.precision, &device);
+    let paths = expand_inputs(&args.images)?;
+    let n = paths.len();
+
+    let extrinsics = args.extrinsics.as_deref().map(|p| read_extrinsics(p, n)).transpose()?;
+    let intrinsics = args.intrinsics.as_deref().map(|p| read_intrinsics(p, n)).transpose()?;
+    if intrinsics.is_some() && extrinsics.is_none() {
+        eprintln!("note: --intrinsics without --extrinsics is ignored by the network (as in the reference)");
+    }
+
+    let t0 = Instant::now();
+    let pb = spinner(args.quiet, &format!("loading model {} ({dtype:?} on {})", args.model, args.device));
+    let model = Da3Model::load(&args.model, &device, dtype)?;
+    pb.finish_and_clear();
+
+    let bar = if args.quiet || n < 2 {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(n as u64);
+        b.set_style(
+            ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {wide_msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        b.set_message("decoding");
+        b
+    };
+    let mut images = Vec::with_capacity(n);
+    for p in &paths {
+        images.push(RgbImage::open(p)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let opts = InferenceOptions {
+        preprocess: PreprocessConfig { process_res: args.process_res, method },
+        use_ray_pose: args.use_ray_pose,
+        ref_view_strategy: strategy,
+        align_to_input_ext_scale: !args.no_align_to_input_ext_scale,
+    };
+    let pb = spinner(args.quiet, &format!("running on {n} view{}", if n == 1 { "" } else { "s" }));
+    let result = infer(&model, &images, extrinsics.as_deref(), intrinsics.as_ref(), &opts)?;
+    pb.finish_and_clear();
+
+    let pred = &result.prediction;
+    for f in formats {
+        let path = export::export(pred, f, &args.out)?;
+        if !args.quiet {
+            println!("wrote {}", path.display());
+        }
+    }
+    if !args.quiet {
+        println!(
+            "{n} view{} at {}x{} in {:.2?}{}",
+            if n == 1 { "" } else { "s" },
+            pred.width,
+            pred.height,
+            t0.elapsed(),
+            result.alignment_scale.map(|s| format!(", Umeyama scale {s:.6}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Infer(a) => run_infer(a),
+    }
+}

@@ -1,0 +1,444 @@
+//! The reference API's `inference()` around the network: preprocessing, input-camera
+//! normalisation, the forward pass, alignment of the outputs to input cameras (Umeyama scale)
+//! and conversion to the exported [`Prediction`].
+
+use candle_core::{DType, Device, Tensor};
+use eyre::{ensure, Result};
+
+use crate::export::Prediction;
+use crate::preprocess::{preprocess, Mat3, PreprocessConfig, PreprocessedBatch, RgbImage};
+use crate::{Da3Model, Da3Output, ForwardOptions, RefViewStrategy};
+
+/// A world-to-camera matrix, row-major 4x4.
+pub type Mat4 = [[f32; 4]; 4];
+/// A world-to-camera matrix, row-major 3x4.
+pub type Mat34 = [[f32; 4]; 3];
+
+/// Input intrinsics in the caller's precision (the reference rescales them in their own dtype).
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputIntrinsics {
+    /// `float32` matrices.
+    F32(Vec<Mat3<f32>>),
+    /// `float64` matrices.
+    F64(Vec<Mat3<f64>>),
+}
+
+impl InputIntrinsics {
+    /// Number of matrices.
+    pub fn len(&self) -> usize {
+        match self {
+            InputIntrinsics::F32(v) => v.len(),
+            InputIntrinsics::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Options of [`infer`] (the reference `inference()` arguments that matter here).
+#[derive(Clone, Debug)]
+pub struct InferenceOptions {
+    /// Resolution and resize method.
+    pub preprocess: PreprocessConfig,
+    /// Cameras from the ray head instead of the camera decoder.
+    pub use_ray_pose: bool,
+    /// Reference-view selection strategy.
+    pub ref_view_strategy: RefViewStrategy,
+    /// With input extrinsics: output the input cameras and rescale depth to their scale (the
+    /// reference default); otherwise output the predicted cameras aligned to the inputs.
+    pub align_to_input_ext_scale: bool,
+}
+
+impl Default for InferenceOptions {
+    fn default() -> Self {
+        InferenceOptions {
+            preprocess: PreprocessConfig::default(),
+            use_ray_pose: false,
+            ref_view_strategy: RefViewStrategy::default(),
+            align_to_input_ext_scale: true,
+        }
+    }
+}
+
+/// Everything [`infer`] produces.
+#[derive(Debug)]
+pub struct InferenceResult {
+    /// The preprocessed batch (processed images, transforms back to the inputs).
+    pub batch: PreprocessedBatch,
+    /// The raw network output.
+    pub output: Da3Output,
+    /// The exported view of the result (reference `Prediction`).
+    pub prediction: Prediction,
+    /// Umeyama scale used to bring depth to the input cameras' units, when cameras were given.
+    pub alignment_scale: Option<f64>,
+}
+
+/// Pad 3x4 to 4x4 with `[0, 0, 0, 1]`.
+pub fn to_mat4(m: &Mat34) -> Mat4 {
+    [m[0], m[1], m[2], [0.0, 0.0, 0.0, 1.0]]
+}
+
+/// `[R | t; P]^-1` as the reference's `affine_inverse`: `[R^T | -R^T t; P]` (last row kept).
+pub fn affine_inverse(a: &Mat4) -> Mat4 {
+    let mut out = [[0f32; 4]; 4];
+    for i in 0..3 {
+        for j in 0..3 {
+            out[i][j] = a[j][i];
+        }
+        out[i][3] = -(0..3).map(|j| a[j][i] * a[j][3]).sum::<f32>();
+    }
+    out[3] = a[3];
+    out
+}
+
+fn matmul4(a: &Mat4, b: &Mat4) -> Mat4 {
+    let mut out = [[0f32; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            out[i][j] = (0..4).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    out
+}
+
+/// The reference's `_normalize_extrinsics`: express all cameras relative to the first one and
+/// divide translations by the median camera distance (lower median, clamped at 0.1).
+pub fn normalize_extrinsics(ext: &[Mat4]) -> Vec<Mat4> {
+    if ext.is_empty() {
+        return Vec::new();
+    }
+    let first_inv = affine_inverse(&ext[0]);
+    let mut out: Vec<Mat4> = ext.iter().map(|e| matmul4(e, &first_inv)).collect();
+    let mut dists: Vec<f32> = out
+        .iter()
+        .map(|e| {
+            let c2w = affine_inverse(e);
+            (0..3).map(|i| c2w[i][3] * c2w[i][3]).sum::<f32>().sqrt()
+        })
+        .collect();
+    dists.sort_by(|a, b| a.total_cmp(b));
+    let median = dists[(dists.len() - 1) / 2].max(0.1);
+    for e in out.iter_mut() {
+        for row in e.iter_mut().take(3) {
+            row[3] /= median;
+        }
+    }
+    out
+}
+
+/// Camera centres (`-R^T t`) of world-to-camera matrices, computed in `f32`.
+fn camera_centres(ext: &[Mat4]) -> Vec<[f64; 3]> {
+    ext.iter()
+        .map(|e| {
+            let c = affine_inverse(e);
+            [c[0][3] as f64, c[1][3] as f64, c[2][3] as f64]
+        })
+        .collect()
+}
+
+/// Eigenvalues of a symmetric 3x3 matrix (cyclic Jacobi), descending.
+fn sym3_eigenvalues(m: [[f64; 3]; 3]) -> [f64; 3] {
+    let mut a = m;
+    for _ in 0..64 {
+        let off = a[0][1].abs() + a[0][2].abs() + a[1][2].abs();
+        if off < 1e-300 {
+            break;
+        }
+        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
+            if a[p][q].abs() < 1e-300 {
+                continue;
+            }
+            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+            let t = if theta == 0.0 { 1.0 } else { t };
+            let c = 1.0 / (t * t + 1.0).sqrt();
+            let s = t * c;
+            // Rotate rows/columns p and q: A' = J^T A J.
+            let mut b = a;
+            for k in 0..3 {
+                b[k][p] = c * a[k][p] - s * a[k][q];
+                b[k][q] = s * a[k][p] + c * a[k][q];
+            }
+            let mut d = b;
+            for k in 0..3 {
+                d[p][k] = c * b[p][k] - s * b[q][k];
+                d[q][k] = s * b[p][k] + c * b[q][k];
+            }
+            a = d;
+        }
+    }
+    let mut ev = [a[0][0], a[1][1], a[2][2]];
+    ev.sort_by(|x, y| y.total_cmp(x));
+    ev
+}
+
+fn det3(m: &[[f64; 3]; 3]) -> f64 {
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+}
+
+/// Scale of the Umeyama Sim(3) alignment of the points `x` onto `y` (evo's
+/// `umeyama_alignment(x, y, with_scale=True)`): `trace(D S) / sigma_x`.
+///
+/// Falls back to the ratio of spreads when the covariance has rank < 2 (fewer than three
+/// distinct positions, where the reference raises), and to 1 when `x` has no spread.
+pub fn umeyama_scale(x: &[[f64; 3]], y: &[[f64; 3]]) -> f64 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return 1.0;
+    }
+    let mean = |p: &[[f64; 3]]| -> [f64; 3] {
+        let mut m = [0.0; 3];
+        for v in p {
+            for i in 0..3 {
+                m[i] += v[i];
+            }
+        }
+        m.map(|s| s / n)
+    };
+    let (mx, my) = (mean(x), mean(y));
+    let sigma_x: f64 = x
+        .iter()
+        .map(|v| (0..3).map(|i| (v[i] - mx[i]).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / n;
+    let sigma_y: f64 = y
+        .iter()
+        .map(|v| (0..3).map(|i| (v[i] - my[i]).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / n;
+    if sigma_x <= 0.0 {
+        return 1.0;
+    }
+    let mut cov = [[0f64; 3]; 3];
+    for (a, b) in x.iter().zip(y) {
+        for i in 0..3 {
+            for j in 0..3 {
+                cov[i][j] += (b[i] - my[i]) * (a[j] - mx[j]) / n;
+            }
+        }
+    }
+    let mut ctc = [[0f64; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            ctc[i][j] = (0..3).map(|k| cov[k][i] * cov[k][j]).sum();
+        }
+    }
+    let sv = sym3_eigenvalues(ctc).map(|e| e.max(0.0).sqrt());
+    if sv[1] <= f64::EPSILON * sv[0].max(f64::MIN_POSITIVE) * 16.0 {
+        tracing::warn!(
+            "degenerate camera layout for Umeyama alignment; using the ratio of spreads"
+        );
+        return (sigma_y / sigma_x).sqrt();
+    }
+    let sign = if det3(&cov) < 0.0 { -1.0 } else { 1.0 };
+    (sv[0] + sv[1] + sign * sv[2]) / sigma_x
+}
+
+/// Convert a network output (batch element 0) into the exported prediction.
+pub fn output_to_prediction(
+    out: &Da3Output,
+    batch: Option<&PreprocessedBatch>,
+) -> Result<Prediction> {
+    let depth = out.depth.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let (b, s, h, w) = depth.dims4()?;
+    ensure!(b == 1, "expected a batch of one, got {b}");
+    let flat =
+        |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
+    let mut pred = Prediction {
+        num_views: s,
+        height: h,
+        width: w,
+        depth: flat(&depth)?,
+        conf: out.depth_conf.as_ref().map(flat).transpose()?,
+        extrinsics: None,
+        intrinsics: None,
+        processed_images: batch.map(|b| b.export_images()),
+    };
+    if let Some(e) = &out.extrinsics {
+        let v = flat(e)?;
+        ensure!(v.len() == s * 12, "extrinsics of shape {:?}", e.dims());
+        pred.extrinsics = Some(
+            v.chunks_exact(12)
+                .map(|c| std::array::from_fn(|i| std::array::from_fn(|j| c[i * 4 + j])))
+                .collect(),
+        );
+    }
+    if let Some(k) = &out.intrinsics {
+        let v = flat(k)?;
+        ensure!(v.len() == s * 9, "intrinsics of shape {:?}", k.dims());
+        pred.intrinsics = Some(
+            v.chunks_exact(9)
+                .map(|c| std::array::from_fn(|i| std::array::from_fn(|j| c[i * 3 + j])))
+                .collect(),
+        );
+    }
+    Ok(pred)
+}
+
+fn mats_tensor<const R: usize, const C: usize>(
+    m: &[[[f32; C]; R]],
+    device: &Device,
+) -> Result<Tensor> {
+    let flat: Vec<f32> = m.iter().flat_map(|x| x.iter().flatten().copied()).collect();
+    Ok(Tensor::from_vec(flat, (1, m.len(), R, C), device)?)
+}
+
+/// The reference `inference()` for the npz exports: preprocess `images`, run `model`, and when
+/// input `extrinsics` (world-to-camera, 4x4 or padded 3x4) are given, condition on them and
+/// align the outputs like the reference (input cameras out, depth divided by the Umeyama scale
+/// of the input camera centres onto the predicted ones). Input `intrinsics` are in the input
+/// images' pixels.
+pub fn infer(
+    model: &Da3Model,
+    images: &[RgbImage],
+    extrinsics: Option<&[Mat4]>,
+    intrinsics: Option<&InputIntrinsics>,
+    opts: &InferenceOptions,
+) -> Result<InferenceResult> {
+    let n = images.len();
+    if let Some(e) = extrinsics {
+        ensure!(e.len() == n, "{} extrinsics for {n} images", e.len());
+        ensure!(intrinsics.is_some(), "extrinsics need intrinsics too");
+    }
+    if let Some(k) = intrinsics {
+        ensure!(k.len() == n, "{} intrinsics for {n} images", k.len());
+    }
+    let device = Device::Cpu;
+    let batch = match intrinsics {
+        None => preprocess::<f32>(images, None, &opts.preprocess, &device)?,
+        Some(InputIntrinsics::F32(k)) => preprocess(images, Some(k), &opts.preprocess, &device)?,
+        Some(InputIntrinsics::F64(k)) => preprocess(images, Some(k), &opts.preprocess, &device)?,
+    };
+    let mut fwd = ForwardOptions {
+        use_ray_pose: opts.use_ray_pose,
+        ref_view_strategy: opts.ref_view_strategy,
+        ..Default::default()
+    };
+    if let (Some(e), Some(k)) = (extrinsics, batch.intrinsics.as_ref()) {
+        fwd.extrinsics = Some(mats_tensor(&normalize_extrinsics(e), model.device())?);
+        fwd.intrinsics = Some(mats_tensor(k, model.device())?);
+    }
+    let output = model.forward(&batch.tensor, &fwd)?;
+    let mut prediction = output_to_prediction(&output, Some(&batch))?;
+
+    let mut alignment_scale = None;
+    if let (Some(e), Some(pred_ext)) = (extrinsics, prediction.extrinsics.clone()) {
+        let pred44: Vec<Mat4> = pred_ext.iter().map(to_mat4).collect();
+        // Input camera centres (est) aligned onto the predicted ones (ref).
+        let scale = umeyama_scale(&camera_centres(e), &camera_centres(&pred44));
+        if n >= 10 {
+            tracing::warn!("the reference aligns 10+ views with RANSAC (random subsets); plain Umeyama used here");
+        }
+        alignment_scale = Some(scale);
+        prediction.intrinsics = batch.intrinsics.clone();
+        if opts.align_to_input_ext_scale {
+            prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
+            let sf = scale as f32;
+            prediction.depth.iter_mut().for_each(|d| *d /= sf);
+        }
+    }
+    Ok(InferenceResult {
+        batch,
+        output,
+        prediction,
+        alignment_scale,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rot_z(a: f32) -> [[f32; 3]; 3] {
+        [
+            [a.cos(), -a.sin(), 0.0],
+            [a.sin(), a.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ]
+    }
+
+    fn ext(r: [[f32; 3]; 3], t: [f32; 3]) -> Mat4 {
+        [
+            [r[0][0], r[0][1], r[0][2], t[0]],
+            [r[1][0], r[1][1], r[1][2], t[1]],
+            [r[2][0], r[2][1], r[2][2], t[2]],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    }
+
+    #[test]
+    fn affine_inverse_inverts() {
+        let e = ext(rot_z(0.3), [1.0, -2.0, 0.5]);
+        let p = matmul4(&e, &affine_inverse(&e));
+        for i in 0..4 {
+            for j in 0..4 {
+                assert!((p[i][j] - (i == j) as u8 as f32).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn normalisation_makes_first_identity_and_median_unit() {
+        let es = [
+            ext(rot_z(0.1), [0.0, 0.0, 1.0]),
+            ext(rot_z(0.4), [3.0, 0.0, 1.0]),
+            ext(rot_z(-0.2), [0.0, 5.0, 2.0]),
+        ];
+        let n = normalize_extrinsics(&es);
+        for i in 0..4 {
+            for j in 0..4 {
+                assert!((n[0][i][j] - (i == j) as u8 as f32).abs() < 1e-6);
+            }
+        }
+        let mut d: Vec<f32> = camera_centres(&n)
+            .iter()
+            .map(|c| (c[0] * c[0] + c[1] * c[1] + c[2] * c[2]).sqrt() as f32)
+            .collect();
+        d.sort_by(f32::total_cmp);
+        assert!((d[1] - 1.0).abs() < 1e-5, "{d:?}");
+    }
+
+    #[test]
+    fn umeyama_recovers_similarity_scale() {
+        let x = [
+            [0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0],
+            [0.0, 2.0, 0.0],
+            [0.5, 0.5, 1.0],
+            [1.0, 1.0, -1.0],
+        ];
+        let r = rot_z(0.7);
+        let s = 2.5;
+        let y: Vec<[f64; 3]> = x
+            .iter()
+            .map(|p| {
+                let q: [f64; 3] =
+                    std::array::from_fn(|i| (0..3).map(|j| r[i][j] as f64 * p[j]).sum::<f64>());
+                [s * q[0] + 1.0, s * q[1] - 3.0, s * q[2] + 0.25]
+            })
+            .collect();
+        let got = umeyama_scale(&x, &y);
+        assert!((got - s).abs() < 1e-9, "{got}");
+        // Coplanar three points (rank-2 covariance) still work.
+        let got3 = umeyama_scale(&x[..3], &y[..3]);
+        assert!((got3 - s).abs() < 1e-9, "{got3}");
+        // Two points: fallback to spread ratio.
+        assert!((umeyama_scale(&x[..2], &y[..2]) - s).abs() < 1e-9);
+    }
+
+    #[test]
+    fn eigenvalues_of_diagonal_and_rotated() {
+        let e = sym3_eigenvalues([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]);
+        assert_eq!(e, [3.0, 2.0, 1.0]);
+        let e = sym3_eigenvalues([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 5.0]]);
+        assert!(
+            (e[0] - 5.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12 && (e[2] - 1.0).abs() < 1e-12
+        );
+    }
+}

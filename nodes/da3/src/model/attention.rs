@@ -1,0 +1,153 @@
+//! Multi-head self-attention with optional QK-norm and 2-D rotary position embedding.
+//!
+//! 2-D RoPE as in the reference: the head dim is split in two halves, the first rotated by the
+//! token's row index, the second by its column index, each half with the 1-D "rotate half"
+//! convention and frequencies `base^(-2k/d)` (d = head_dim / 2).
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::layers::{linear, softmax_last_dim, LayerNorm};
+
+/// Precomputed cos/sin tables for a token sequence, shape (N, head_dim) each.
+#[derive(Debug, Clone)]
+pub struct Rope2d {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl Rope2d {
+    /// `positions`: (row, col) per token.
+    pub fn new(
+        positions: &[(u32, u32)],
+        head_dim: usize,
+        base: f32,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2; // features per spatial axis
+        let nfreq = half / 2;
+        let inv_freq: Vec<f32> = (0..nfreq)
+            .map(|k| 1.0 / base.powf((2 * k) as f32 / half as f32))
+            .collect();
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * head_dim);
+        let mut sin = Vec::with_capacity(n * head_dim);
+        for &(py, px) in positions {
+            for p in [py, px] {
+                // angles duplicated: [a_0..a_{nf-1}, a_0..a_{nf-1}]
+                for _rep in 0..2 {
+                    for f in &inv_freq {
+                        let a = p as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, head_dim), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, head_dim), dev)?.to_dtype(dtype)?;
+        Ok(Self { cos, sin })
+    }
+
+    /// Apply to (B, heads, N, head_dim).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let q = d / 4;
+        let p0 = x.narrow(D::Minus1, 0, q)?;
+        let p1 = x.narrow(D::Minus1, q, q)?;
+        let p2 = x.narrow(D::Minus1, 2 * q, q)?;
+        let p3 = x.narrow(D::Minus1, 3 * q, q)?;
+        let rot = Tensor::cat(&[&p1.neg()?, &p0, &p3.neg()?, &p2], D::Minus1)?;
+        x.broadcast_mul(&self.cos)? + rot.broadcast_mul(&self.sin)?
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    q_norm: Option<LayerNorm>,
+    k_norm: Option<LayerNorm>,
+    proj: Linear,
+    num_heads: usize,
+    use_rope: bool,
+}
+
+/// Bound on the elements of one attention-score buffer (queries are processed in chunks).
+const MAX_SCORE_ELEMS: usize = 1 << 26;
+
+impl Attention {
+    pub fn new(
+        dim: usize,
+        num_heads: usize,
+        qk_norm: bool,
+        use_rope: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let hd = dim / num_heads;
+        let (q_norm, k_norm) = if qk_norm {
+            (
+                Some(LayerNorm::new(hd, 1e-5, vb.pp("q_norm"))?),
+                Some(LayerNorm::new(hd, 1e-5, vb.pp("k_norm"))?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
+            q_norm,
+            k_norm,
+            proj: linear(dim, dim, vb.pp("proj"))?,
+            num_heads,
+            use_rope,
+        })
+    }
+
+    /// x: (B, N, C).
+    pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let h = self.num_heads;
+        let hd = c / h;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, h, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let mut q = qkv.get(0)?.contiguous()?;
+        let mut k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        if let Some(nq) = &self.q_norm {
+            q = nq.forward(&q)?;
+        }
+        if let Some(nk) = &self.k_norm {
+            k = nk.forward(&k)?;
+        }
+        if self.use_rope {
+            if let Some(r) = rope {
+                q = r.apply(&q)?;
+                k = r.apply(&k)?;
+            }
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        let q = (q * scale)?;
+        let kt = k.t()?.contiguous()?;
+        let chunk = (MAX_SCORE_ELEMS / (b * h * n).max(1)).max(1).min(n);
+        let out = if chunk >= n {
+            let att = softmax_last_dim(&q.matmul(&kt)?)?;
+            att.matmul(&v)?
+        } else {
+            let mut parts = Vec::new();
+            let mut s = 0;
+            while s < n {
+                let l = chunk.min(n - s);
+                let qs = q.narrow(2, s, l)?;
+                let att = softmax_last_dim(&qs.matmul(&kt)?)?;
+                parts.push(att.matmul(&v)?);
+                s += l;
+            }
+            Tensor::cat(&parts, 2)?
+        };
+        let out = out.transpose(1, 2)?.reshape((b, n, c))?;
+        self.proj.forward(&out)
+    }
+}

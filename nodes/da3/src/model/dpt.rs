@@ -1,0 +1,391 @@
+//! DPT dense head (depth + sky) and the pieces shared with the dual head: per-stage
+//! projection/resizing, RefineNet-style fusion blocks and the UV sin-cos position embedding.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::HeadConfig;
+use super::layers::{
+    conv2d, conv2d_no_bias, conv_transpose2d, resize_bilinear_ac, Conv2d, ConvTranspose2d,
+    LayerNorm,
+};
+
+/// Sin-cos embedding of a normalised UV grid, scaled by 0.1, added to an NCHW map.
+/// `(img_w, img_h)` give the aspect ratio of the network input.
+pub fn add_uv_pos_embed(x: &Tensor, img_w: usize, img_h: usize) -> Result<Tensor> {
+    let (_, c, ph, pw) = x.dims4()?;
+    let ar = img_w as f64 / img_h as f64;
+    let diag = (ar * ar + 1.0).sqrt();
+    let (span_x, span_y) = (ar / diag, 1.0 / diag);
+    let lin = |n: usize, span: f64| -> Vec<f64> {
+        let a = -span * (n as f64 - 1.0) / n as f64;
+        let b = -a;
+        if n == 1 {
+            return vec![a];
+        }
+        (0..n)
+            .map(|i| a + (b - a) * i as f64 / (n - 1) as f64)
+            .collect()
+    };
+    let xs = lin(pw, span_x);
+    let ys = lin(ph, span_y);
+    let half = c / 2; // channels per axis
+    let nf = half / 2;
+    let omega: Vec<f64> = (0..nf)
+        .map(|k| 1.0 / 100f64.powf(k as f64 / nf as f64))
+        .collect();
+    // (half, 1, pw) for x and (half, ph, 1) for y: [sin(p*w_k)..., cos(p*w_k)...]
+    let embed = |pos: &[f64]| -> Vec<f32> {
+        let mut v = vec![0f32; half * pos.len()];
+        for (k, w) in omega.iter().enumerate() {
+            for (i, p) in pos.iter().enumerate() {
+                let a = (*p as f32) * (*w as f32);
+                v[k * pos.len() + i] = a.sin() * 0.1;
+                v[(k + nf) * pos.len() + i] = a.cos() * 0.1;
+            }
+        }
+        v
+    };
+    let dev = x.device();
+    let ex = Tensor::from_vec(embed(&xs), (half, 1, pw), dev)?.broadcast_as((half, ph, pw))?;
+    let ey = Tensor::from_vec(embed(&ys), (half, ph, 1), dev)?.broadcast_as((half, ph, pw))?;
+    let pe = Tensor::cat(&[&ex, &ey], 0)?
+        .to_dtype(x.dtype())?
+        .unsqueeze(0)?;
+    x.broadcast_add(&pe)
+}
+
+#[derive(Debug, Clone)]
+pub struct ResidualConvUnit {
+    conv1: Conv2d,
+    conv2: Conv2d,
+}
+
+impl ResidualConvUnit {
+    pub fn new(f: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            conv1: conv2d(f, f, 3, 1, 1, vb.pp("conv1"))?,
+            conv2: conv2d(f, f, 3, 1, 1, vb.pp("conv2"))?,
+        })
+    }
+}
+
+impl Module for ResidualConvUnit {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv1.forward(&x.relu()?)?;
+        let y = self.conv2.forward(&y.relu()?)?;
+        y + x
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FusionBlock {
+    res1: Option<ResidualConvUnit>,
+    res2: ResidualConvUnit,
+    out_conv: Conv2d,
+}
+
+impl FusionBlock {
+    pub fn new(f: usize, has_residual: bool, vb: VarBuilder) -> Result<Self> {
+        let res1 = if has_residual {
+            Some(ResidualConvUnit::new(f, vb.pp("resConfUnit1"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            res1,
+            res2: ResidualConvUnit::new(f, vb.pp("resConfUnit2"))?,
+            out_conv: conv2d(f, f, 1, 1, 0, vb.pp("out_conv"))?,
+        })
+    }
+
+    /// Merge `lateral` (if any), refine, upsample to `size` (default 2x), 1x1 conv.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        lateral: Option<&Tensor>,
+        size: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        let mut y = x.clone();
+        if let (Some(r), Some(l)) = (&self.res1, lateral) {
+            y = (y + r.forward(l)?)?;
+        }
+        let y = self.res2.forward(&y)?;
+        let (_, _, h, w) = y.dims4()?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        let y = resize_bilinear_ac(&y, th, tw)?;
+        self.out_conv.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Resize {
+    Up(ConvTranspose2d),
+    Identity,
+    Down(Conv2d),
+}
+
+/// Token pre-norm, per-stage 1x1 projection, (optional) pos-embed and rescaling to x4, x2,
+/// x1, x1/2 of the patch grid, plus the `layer*_rn` adapters.
+#[derive(Debug, Clone)]
+pub struct DptNeck {
+    norm: Option<LayerNorm>,
+    projects: Vec<Conv2d>,
+    resize: Vec<Resize>,
+    layer_rn: Vec<Conv2d>,
+    pos_embed: bool,
+}
+
+impl DptNeck {
+    pub fn new(cfg: &HeadConfig, with_norm: bool, pos_embed: bool, vb: VarBuilder) -> Result<Self> {
+        let oc = cfg.out_channels;
+        let norm = if with_norm {
+            Some(LayerNorm::new(cfg.dim_in, 1e-5, vb.pp("norm"))?)
+        } else {
+            None
+        };
+        let projects = (0..4)
+            .map(|i| conv2d(cfg.dim_in, oc[i], 1, 1, 0, vb.pp("projects").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let rl = vb.pp("resize_layers");
+        let resize = vec![
+            Resize::Up(conv_transpose2d(oc[0], 4, rl.pp(0))?),
+            Resize::Up(conv_transpose2d(oc[1], 2, rl.pp(1))?),
+            Resize::Identity,
+            Resize::Down(conv2d(oc[3], oc[3], 3, 2, 1, rl.pp(3))?),
+        ];
+        let sc = vb.pp("scratch");
+        let layer_rn = (0..4)
+            .map(|i| {
+                conv2d_no_bias(
+                    oc[i],
+                    cfg.features,
+                    3,
+                    1,
+                    sc.pp(format!("layer{}_rn", i + 1)),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm,
+            projects,
+            resize,
+            layer_rn,
+            pos_embed,
+        })
+    }
+
+    /// `feats`: 4 tensors (BS, N, C). Returns the 4 adapted maps (after `layer*_rn`).
+    pub fn forward(
+        &self,
+        feats: &[Tensor],
+        ph: usize,
+        pw: usize,
+        img_h: usize,
+        img_w: usize,
+    ) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(4);
+        for (i, f) in feats.iter().enumerate() {
+            let (bs, _, c) = f.dims3()?;
+            let mut x = f.clone();
+            if let Some(n) = &self.norm {
+                x = n.forward(&x)?;
+            }
+            let x = x.transpose(1, 2)?.contiguous()?.reshape((bs, c, ph, pw))?;
+            let mut x = self.projects[i].forward(&x)?;
+            if self.pos_embed {
+                x = add_uv_pos_embed(&x, img_w, img_h)?;
+            }
+            let x = match &self.resize[i] {
+                Resize::Up(c) => c.forward(&x)?,
+                Resize::Identity => x,
+                Resize::Down(c) => c.forward(&x)?,
+            };
+            out.push(self.layer_rn[i].forward(&x)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The 4 fusion blocks of one chain (`refinenet1..4` + `suffix`).
+#[derive(Debug, Clone)]
+pub struct FusionChain {
+    blocks: Vec<FusionBlock>, // refinenet1..refinenet4
+}
+
+impl FusionChain {
+    pub fn new(features: usize, suffix: &str, scratch: &VarBuilder) -> Result<Self> {
+        let blocks = (1..=4)
+            .map(|i| {
+                FusionBlock::new(
+                    features,
+                    i != 4,
+                    scratch.pp(format!("refinenet{i}{suffix}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { blocks })
+    }
+
+    /// Top-down fusion of the adapted maps [l1, l2, l3, l4]; returns the finest-level output.
+    pub fn forward(&self, l: &[Tensor]) -> Result<Tensor> {
+        let size = |t: &Tensor| -> Result<(usize, usize)> {
+            let (_, _, h, w) = t.dims4()?;
+            Ok((h, w))
+        };
+        let out = self.blocks[3].forward(&l[3], None, Some(size(&l[2])?))?;
+        let out = self.blocks[2].forward(&out, Some(&l[2]), Some(size(&l[1])?))?;
+        let out = self.blocks[1].forward(&out, Some(&l[1]), Some(size(&l[0])?))?;
+        self.blocks[0].forward(&out, Some(&l[0]), None)
+    }
+}
+
+/// conv3x3 -> [LayerNorm over channels] -> ReLU -> conv1x1 (`output_conv2`-style heads).
+#[derive(Debug, Clone)]
+pub struct OutConv2 {
+    conv0: Conv2d,
+    ln: Option<LayerNorm>,
+    conv_last: Conv2d,
+}
+
+impl OutConv2 {
+    pub fn new(cin: usize, mid: usize, cout: usize, with_ln: bool, vb: VarBuilder) -> Result<Self> {
+        let conv0 = conv2d(cin, mid, 3, 1, 1, vb.pp(0))?;
+        let (ln, last_idx) = if with_ln {
+            (Some(LayerNorm::new(mid, 1e-5, vb.pp(2))?), 5)
+        } else {
+            (None, 2)
+        };
+        Ok(Self {
+            conv0,
+            ln,
+            conv_last: conv2d(mid, cout, 1, 1, 0, vb.pp(last_idx))?,
+        })
+    }
+}
+
+impl Module for OutConv2 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = self.conv0.forward(x)?;
+        if let Some(ln) = &self.ln {
+            y = ln
+                .forward(&y.permute((0, 2, 3, 1))?)?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+        }
+        self.conv_last.forward(&y.relu()?)
+    }
+}
+
+/// Output of the DPT head, batch of views flattened: maps are (BS, H, W).
+#[derive(Debug, Clone)]
+pub struct DptOutput {
+    pub depth: Tensor,
+    pub depth_conf: Option<Tensor>,
+    pub sky: Option<Tensor>,
+}
+
+/// DPT head: depth (exp) [+ confidence (exp + 1)] and a ReLU sky map.
+#[derive(Debug, Clone)]
+pub struct Dpt {
+    neck: DptNeck,
+    chain: FusionChain,
+    output_conv1: Conv2d,
+    output_conv2: OutConv2,
+    sky_output_conv2: Option<OutConv2>,
+    output_dim: usize,
+    pos_embed: bool,
+    patch_size: usize,
+}
+
+impl Dpt {
+    /// Mono / metric DPT head (no token norm, no pos-embed, sky head on).
+    pub fn new(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, false, true, vb)
+    }
+
+    pub fn with_options(
+        cfg: &HeadConfig,
+        pos_embed: bool,
+        sky: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let f = cfg.features;
+        let neck = DptNeck::new(cfg, false, pos_embed, vb.clone())?;
+        let sc = vb.pp("scratch");
+        let chain = FusionChain::new(f, "", &sc)?;
+        let output_conv1 = conv2d(f, f / 2, 3, 1, 1, sc.pp("output_conv1"))?;
+        let output_conv2 = OutConv2::new(f / 2, 32, cfg.output_dim, false, sc.pp("output_conv2"))?;
+        let sky_output_conv2 = if sky {
+            Some(OutConv2::new(
+                f / 2,
+                32,
+                1,
+                false,
+                sc.pp("sky_output_conv2"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            neck,
+            chain,
+            output_conv1,
+            output_conv2,
+            sky_output_conv2,
+            output_dim: cfg.output_dim,
+            pos_embed,
+            patch_size: 14,
+        })
+    }
+
+    /// `feats`: 4 tensors (BS, N, C) for an (H, W) input.
+    pub fn forward(&self, feats: &[Tensor], h: usize, w: usize) -> Result<DptOutput> {
+        let (ph, pw) = (h / self.patch_size, w / self.patch_size);
+        let l = self.neck.forward(feats, ph, pw, h, w)?;
+        let fused = self.chain.forward(&l)?;
+        let fused = self.output_conv1.forward(&fused)?;
+        let mut fused = resize_bilinear_ac(&fused, ph * self.patch_size, pw * self.patch_size)?;
+        if self.pos_embed {
+            fused = add_uv_pos_embed(&fused, w, h)?;
+        }
+        let logits = self.output_conv2.forward(&fused)?;
+        let (depth, depth_conf) = if self.output_dim > 1 {
+            let d = logits.narrow(1, 0, self.output_dim - 1)?.exp()?;
+            let d = if self.output_dim == 2 {
+                d.squeeze(1)?
+            } else {
+                d
+            };
+            let c = (logits
+                .narrow(1, self.output_dim - 1, 1)?
+                .squeeze(1)?
+                .exp()?
+                + 1.0)?;
+            (d, Some(c))
+        } else {
+            (logits.squeeze(1)?.exp()?, None)
+        };
+        let sky = match &self.sky_output_conv2 {
+            Some(s) => Some(s.forward(&fused)?.squeeze(1)?.relu()?),
+            None => None,
+        };
+        Ok(DptOutput {
+            depth,
+            depth_conf,
+            sky,
+        })
+    }
+}
+
+/// Checks (loads and drops) the weights of the Gaussian-splat head of the giant checkpoints,
+/// which inference does not use, so that strict loading accounts for them.
+pub fn touch_gs_head(cfg: &HeadConfig, vb: VarBuilder) -> Result<()> {
+    let _ = Dpt::with_options(cfg, true, false, vb.clone())?;
+    let half = cfg.features / 2;
+    let m = vb.pp("images_merger");
+    let _ = conv2d(3, half / 4, 3, 1, 1, m.pp(0))?;
+    let _ = conv2d(half / 4, half / 2, 3, 1, 1, m.pp(2))?;
+    let _ = conv2d(half / 2, half, 3, 1, 1, m.pp(4))?;
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Checkpoint resolution and strict weight loading.
+//!
+//! Sources: a hub id (`depth-anything/DA3-SMALL`, optionally `@revision`), a local directory
+//! (`config.json` + `model.safetensors`) or a `.safetensors` file (with `config.json` beside
+//! it). Every key the network asks for must be in the file with the right shape, and every key
+//! in the file must be used; the tied DualDPT aux LayerNorm
+//! (`head.scratch.output_conv2_aux.{1,2,3}.2.*`, stored once as `...aux.0.2.*`) is resolved.
+//! Tensors are converted to the run dtype whatever their stored dtype (f32/f16/bf16).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use eyre::{bail, eyre, Context, Result};
+
+use crate::model::config::Da3Config;
+
+/// Files of a checkpoint on disk.
+#[derive(Debug, Clone)]
+pub struct CheckpointFiles {
+    pub config: Option<PathBuf>,
+    pub weights: PathBuf,
+}
+
+fn hub_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    let (owner, name) = repo
+        .split_once('/')
+        .ok_or_else(|| eyre!("hub id {repo:?} is not owner/name"))?;
+    let client = hf_hub::HFClientSync::new().map_err(|e| eyre!("hf-hub client: {e}"))?;
+    let repo_h = client.model(owner, name);
+    let fetch = |local_only: bool| {
+        repo_h
+            .download_file()
+            .filename(file.to_string())
+            .local_files_only(local_only)
+            .maybe_revision(revision.map(str::to_string))
+            .send()
+    };
+    match fetch(true) {
+        Ok(p) => Ok(p),
+        Err(_) => fetch(false).map_err(|e| eyre!("downloading {file} from hub repo {repo}: {e}")),
+    }
+}
+
+/// Resolve a model source to local files (downloading hub files into the standard HF cache).
+pub fn resolve(source: &str) -> Result<CheckpointFiles> {
+    let p = Path::new(source);
+    if p.is_dir() {
+        let weights = p.join("model.safetensors");
+        if !weights.is_file() {
+            bail!("{} has no model.safetensors", p.display());
+        }
+        let cfg = p.join("config.json");
+        return Ok(CheckpointFiles {
+            config: cfg.is_file().then_some(cfg),
+            weights,
+        });
+    }
+    if p.is_file() {
+        let cfg = p
+            .parent()
+            .map(|d| d.join("config.json"))
+            .filter(|c| c.is_file());
+        return Ok(CheckpointFiles {
+            config: cfg,
+            weights: p.to_path_buf(),
+        });
+    }
+    if source.contains('/') && !source.starts_with('.') && !source.starts_with('/') {
+        let (repo, rev) = match source.split_once('@') {
+            Some((r, v)) => (r, Some(v)),
+            None => (source, None),
+        };
+        let config = hub_file(repo, rev, "config.json")?;
+        let weights = hub_file(repo, rev, "model.safetensors")?;
+        return Ok(CheckpointFiles {
+            config: Some(config),
+            weights,
+        });
+    }
+    bail!("model source {source:?} is neither a directory, a file nor a hub id (owner/name)")
+}
+
+/// Read the `config.json` of a checkpoint.
+pub fn read_config(files: &CheckpointFiles) -> Result<Da3Config> {
+    let path = files
+        .config
+        .as_ref()
+        .ok_or_else(|| eyre!("no config.json next to {}", files.weights.display()))?;
+    let text =
+        std::fs::read_to_string(path).wrap_err_with(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).wrap_err_with(|| format!("parsing {}", path.display()))?;
+    Da3Config::from_config_json(&v).wrap_err_with(|| format!("model config in {}", path.display()))
+}
+
+/// Backend that records the requested names and shapes and hands out zero-stride views
+/// (no allocation), used to list the keys of a configuration.
+struct Recorder {
+    keys: Mutex<Vec<(String, Vec<usize>)>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.keys
+            .lock()
+            .expect("recorder lock")
+            .push((name.to_string(), s.dims().to_vec()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("recorder: unchecked access to {name}")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Every state-dict key (with the hub `model.` prefix) and shape the network loads for `cfg`,
+/// tied aliases included, in request order. Allocates nothing.
+pub fn expected_keys(cfg: &Da3Config) -> Result<Vec<(String, Vec<usize>)>> {
+    let shared = std::sync::Arc::new(Recorder {
+        keys: Mutex::new(Vec::new()),
+    });
+    let vb = VarBuilder::from_backend(
+        Box::new(ArcBackend(shared.clone())),
+        DType::F32,
+        Device::Cpu,
+    );
+    crate::Da3Model::build(cfg, vb.pp("model"))
+        .map(|_| ())
+        .wrap_err("building the network with the key recorder")?;
+    let keys = shared.keys.lock().expect("recorder lock").clone();
+    Ok(keys)
+}
+
+struct ArcBackend(std::sync::Arc<Recorder>);
+impl SimpleBackend for ArcBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.get(s, name, h, dtype, dev)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
+    }
+}
+
+/// The stored name of a tied tensor, if `name` is one of the aux LayerNorm aliases.
+pub fn alias_target(name: &str) -> Option<String> {
+    for lvl in 1..4 {
+        let pat = format!("head.scratch.output_conv2_aux.{lvl}.2.");
+        if let Some(pos) = name.find(&pat) {
+            return Some(format!(
+                "{}head.scratch.output_conv2_aux.0.2.{}",
+                &name[..pos],
+                &name[pos + pat.len()..]
+            ));
+        }
+    }
+    None
+}
+
+/// Safetensors backend with alias resolution and dtype conversion.
+struct CheckpointBackend {
+    st: MmapedSafetensors,
+    aliases: HashMap<String, String>,
+}
+
+impl CheckpointBackend {
+    fn stored<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.get(name).map(String::as_str).unwrap_or(name)
+    }
+}
+
+impl SimpleBackend for CheckpointBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.st.load(self.stored(name), dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "shape mismatch for {name}: checkpoint {:?}, expected {:?}",
+                t.dims(),
+                s.dims()
+            );
+        }
+        t.to_dtype(dtype)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.st.load(self.stored(name), dev)?.to_dtype(dtype)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.st.get(self.stored(name)).is_ok()
+    }
+}
+
+/// Check the checkpoint's keys and shapes against the configuration and return a VarBuilder
+/// over it (rooted at the file's top level: keys start with `model.`).
+pub fn checked_var_builder(
+    path: &Path,
+    cfg: &Da3Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
+    let st = unsafe { MmapedSafetensors::new(path) }
+        .wrap_err_with(|| format!("opening {}", path.display()))?;
+    let stored: BTreeMap<String, Vec<usize>> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec()))
+        .collect();
+    let expected = expected_keys(cfg)?;
+    let mut aliases = HashMap::new();
+    let mut used = HashSet::new();
+    for (key, shape) in &expected {
+        let name = if stored.contains_key(key) {
+            key.clone()
+        } else if let Some(t) = alias_target(key).filter(|t| stored.contains_key(t)) {
+            aliases.insert(key.clone(), t.clone());
+            t
+        } else {
+            bail!(
+                "{}: missing tensor {key} (shape {shape:?}) for this model config",
+                path.display()
+            );
+        };
+        let got = &stored[&name];
+        if got != shape {
+            bail!(
+                "{}: tensor {name} has shape {got:?}, the model config expects {shape:?}",
+                path.display()
+            );
+        }
+        used.insert(name);
+    }
+    if let Some(extra) = stored.keys().find(|k| !used.contains(*k)) {
+        bail!(
+            "{}: unexpected tensor {extra} ({} extra in all): checkpoint and model config disagree",
+            path.display(),
+            stored.keys().filter(|k| !used.contains(*k)).count()
+        );
+    }
+    let backend: Box<dyn SimpleBackend> = Box::new(CheckpointBackend { st, aliases });
+    Ok(VarBuilder::from_backend(backend, dtype, device.clone()))
+}

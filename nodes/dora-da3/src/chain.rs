@@ -1,0 +1,266 @@
+//! Window mode: successive windows share frames; each window's poses and
+//! depth live in their own frame and scale. This chains them into one
+//! trajectory: the first shared frame anchors the rotation and position,
+//! the shared frame's depth ratio (median over pixels) gives the scale.
+
+use std::collections::HashMap;
+
+use crate::engine::ViewOut;
+
+type Mat = [[f64; 3]; 3];
+
+fn mat_mul(a: &Mat, b: &Mat) -> Mat {
+    let mut o = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            o[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    o
+}
+
+fn transpose(a: &Mat) -> Mat {
+    let mut o = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            o[i][j] = a[j][i];
+        }
+    }
+    o
+}
+
+fn mat_vec(a: &Mat, v: &[f64; 3]) -> [f64; 3] {
+    [
+        a[0][0] * v[0] + a[0][1] * v[1] + a[0][2] * v[2],
+        a[1][0] * v[0] + a[1][1] * v[1] + a[1][2] * v[2],
+        a[2][0] * v[0] + a[2][1] * v[1] + a[2][2] * v[2],
+    ]
+}
+
+/// Camera-to-world rotation and camera centre of world-to-camera extrinsics.
+pub fn cam_to_world(e: &[f64; 12]) -> (Mat, [f64; 3]) {
+    let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
+    let rt = transpose(&r);
+    let c = mat_vec(&rt, &[e[3], e[7], e[11]]);
+    (rt, [-c[0], -c[1], -c[2]])
+}
+
+/// World-to-camera extrinsics of a camera-to-world rotation and centre.
+pub fn world_to_cam(r_cw: &Mat, c: &[f64; 3]) -> [f64; 12] {
+    let r = transpose(r_cw);
+    let t = mat_vec(&r, c);
+    [
+        r[0][0], r[0][1], r[0][2], -t[0], r[1][0], r[1][1], r[1][2], -t[1], r[2][0], r[2][1],
+        r[2][2], -t[2],
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Chained {
+    r_cw: Mat,
+    centre: [f64; 3],
+    depth: Vec<f32>,
+}
+
+/// The trajectory of one camera across windows.
+#[derive(Debug, Default)]
+pub struct Chain {
+    last: HashMap<u64, Chained>,
+    /// Windows chained so far.
+    pub windows: u64,
+    /// Windows that shared no frame with the previous one (not chainable).
+    pub unanchored: u64,
+}
+
+fn median_ratio(num: &[f32], den: &[f32]) -> Option<f64> {
+    let mut r: Vec<f64> = num
+        .iter()
+        .zip(den)
+        .filter(|(a, b)| a.is_finite() && b.is_finite() && **a > 0.0 && **b > 0.0)
+        .map(|(a, b)| *a as f64 / *b as f64)
+        .collect();
+    if r.is_empty() {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    Some(r[r.len() / 2])
+}
+
+impl Chain {
+    /// Moves a window's views (all of them, in window order) into the chained
+    /// frame, in place: extrinsics and depth. Views without extrinsics or
+    /// frame ids are left as they are.
+    pub fn apply(&mut self, views: &mut [ViewOut]) {
+        // The similarity world_k -> world_G: x_G = s * R x_k + t.
+        let mut s = 1.0f64;
+        let mut rot: Mat = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let mut trans = [0.0; 3];
+        if self.windows > 0 {
+            let anchor = views.iter().find_map(|v| {
+                let id = v.info.frame_id?;
+                let prev = self.last.get(&id)?;
+                Some((v, prev))
+            });
+            match anchor {
+                Some((v, prev)) => {
+                    if let Some(e) = v.extrinsics.as_ref() {
+                        let (r_k, c_k) = cam_to_world(e);
+                        s = median_ratio(&prev.depth, &v.depth).unwrap_or(1.0);
+                        rot = mat_mul(&prev.r_cw, &transpose(&r_k));
+                        let rc = mat_vec(&rot, &c_k);
+                        trans = [
+                            prev.centre[0] - s * rc[0],
+                            prev.centre[1] - s * rc[1],
+                            prev.centre[2] - s * rc[2],
+                        ];
+                    }
+                }
+                None => self.unanchored += 1,
+            }
+        }
+        let mut next = HashMap::new();
+        for v in views.iter_mut() {
+            for d in v.depth.iter_mut() {
+                *d = (*d as f64 * s) as f32;
+            }
+            if let Some(e) = v.extrinsics.as_ref() {
+                let (r_k, c_k) = cam_to_world(e);
+                let r_g = mat_mul(&rot, &r_k);
+                let rc = mat_vec(&rot, &c_k);
+                let c_g = [
+                    s * rc[0] + trans[0],
+                    s * rc[1] + trans[1],
+                    s * rc[2] + trans[2],
+                ];
+                v.extrinsics = Some(world_to_cam(&r_g, &c_g));
+                if let Some(id) = v.info.frame_id {
+                    next.insert(
+                        id,
+                        Chained {
+                            r_cw: r_g,
+                            centre: c_g,
+                            depth: v.depth.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        self.last = next;
+        self.windows += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use da3_msg::FrameInfo;
+
+    fn rot(ax: f64, ay: f64, az: f64) -> Mat {
+        let (sx, cx) = ax.sin_cos();
+        let (sy, cy) = ay.sin_cos();
+        let (sz, cz) = az.sin_cos();
+        let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
+        let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
+        let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
+        mat_mul(&rz, &mat_mul(&ry, &rx))
+    }
+
+    fn view(id: u64, e: [f64; 12], depth: Vec<f32>) -> ViewOut {
+        ViewOut {
+            input: "image".into(),
+            info: FrameInfo {
+                frame_id: Some(id),
+                ..Default::default()
+            },
+            width: 2,
+            height: 2,
+            depth,
+            conf: None,
+            intrinsics: None,
+            extrinsics: Some(e),
+            is_metric: false,
+            rgb: vec![0; 12],
+            received: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn round_trip_extrinsics() {
+        let e = world_to_cam(&rot(0.1, 0.2, 0.3), &[1.0, 2.0, 3.0]);
+        let (r, c) = cam_to_world(&e);
+        let back = world_to_cam(&r, &c);
+        for (a, b) in e.iter().zip(back) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+
+    /// Ground truth trajectory; each window sees it through its own random
+    /// similarity (rotation, translation, scale) and gets chained back.
+    #[test]
+    fn windows_chain_into_one_trajectory() {
+        let n = 10u64;
+        let gt: Vec<(Mat, [f64; 3], f32)> = (0..n)
+            .map(|i| {
+                let a = i as f64 * 0.1;
+                (rot(0.02 * a, 0.3 * a, 0.01), [a, 0.1 * a * a, 0.5 * a], 2.0 + a as f32)
+            })
+            .collect();
+        let (window, stride) = (4usize, 2usize);
+        let mut chain = Chain::default();
+        let mut out: HashMap<u64, [f64; 12]> = HashMap::new();
+        let mut start = 0usize;
+        let mut k = 0;
+        while start + window <= n as usize {
+            // Window k's frame: x_k = s_k * R_k x_G + t_k (an arbitrary similarity).
+            let s_k = 0.5 + 0.3 * k as f64;
+            let r_k = rot(0.3 * k as f64, -0.2, 0.1 * k as f64);
+            let t_k = [k as f64, -2.0, 0.5];
+            let mut views: Vec<ViewOut> = (start..start + window)
+                .map(|i| {
+                    let (r_cw, c, d) = gt[i];
+                    let r_local = mat_mul(&r_k, &r_cw);
+                    let rc = mat_vec(&r_k, &c);
+                    let c_local = [s_k * rc[0] + t_k[0], s_k * rc[1] + t_k[1], s_k * rc[2] + t_k[2]];
+                    let depth = vec![d * s_k as f32; 4];
+                    view(i as u64, world_to_cam(&r_local, &c_local), depth)
+                })
+                .collect();
+            chain.apply(&mut views);
+            for v in &views {
+                out.insert(v.info.frame_id.unwrap(), v.extrinsics.unwrap());
+                if k > 0 {
+                    // Depth back in the first window's scale.
+                    let want = gt[v.info.frame_id.unwrap() as usize].2 * 0.5;
+                    assert!((v.depth[0] - want).abs() < 1e-4, "{} vs {want}", v.depth[0]);
+                }
+            }
+            start += stride;
+            k += 1;
+        }
+        assert_eq!(chain.unanchored, 0);
+        // Everything must equal the first window's similarity applied to GT.
+        let (s0, r0, t0) = (0.5, rot(0.0, -0.2, 0.0), [0.0, -2.0, 0.5]);
+        for i in 0..n {
+            let (r_cw, c, _) = gt[i as usize];
+            let rc = mat_vec(&r0, &c);
+            let want = world_to_cam(
+                &mat_mul(&r0, &r_cw),
+                &[s0 * rc[0] + t0[0], s0 * rc[1] + t0[1], s0 * rc[2] + t0[2]],
+            );
+            let got = out[&i];
+            for (a, b) in got.iter().zip(want) {
+                // The scale comes from f32 depth ratios: ~1e-7 relative.
+                assert!((a - b).abs() < 1e-6, "frame {i}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn windows_without_shared_frames_are_counted() {
+        let mut chain = Chain::default();
+        let e = world_to_cam(&rot(0.0, 0.0, 0.0), &[0.0; 3]);
+        chain.apply(&mut [view(0, e, vec![1.0; 4])]);
+        chain.apply(&mut [view(5, e, vec![1.0; 4])]);
+        assert_eq!(chain.unanchored, 1);
+    }
+}

@@ -1,0 +1,326 @@
+//! Node configuration from env vars, validated before the model loads.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use da3::preprocess::{PreprocessConfig, ResizeMethod};
+use da3::RefViewStrategy;
+use da3_msg::node_util::{env_bool, env_opt, env_or};
+use eyre::{bail, eyre, Result};
+
+/// Default model: the smallest published any-view model.
+pub const DEFAULT_MODEL: &str = "depth-anything/DA3-SMALL";
+
+/// How incoming frames become inference work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Freshest frame per camera; stale frames are dropped and counted.
+    Live,
+    /// Sliding window of frames per camera, poses chained across windows.
+    Window,
+    /// The latest frame of every camera input, synchronised, as one multi-view inference.
+    Rig,
+    /// Every frame, in order, none dropped.
+    Batch,
+}
+
+impl FromStr for Mode {
+    type Err = eyre::Report;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "live" => Self::Live,
+            "window" => Self::Window,
+            "rig" => Self::Rig,
+            "batch" => Self::Batch,
+            _ => bail!("expected live, window, rig or batch"),
+        })
+    }
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Window => "window",
+            Self::Rig => "rig",
+            Self::Batch => "batch",
+        }
+    }
+}
+
+/// Requested numeric precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// bf16 where the device supports it, else f16; f32 on CPU.
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FromStr for Precision {
+    type Err = eyre::Report;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "f32" | "fp32" | "float32" => Self::F32,
+            "bf16" | "bfloat16" => Self::Bf16,
+            "f16" | "fp16" | "float16" => Self::F16,
+            _ => bail!("expected auto, f32, bf16 or f16"),
+        })
+    }
+}
+
+/// One inference device; several make several replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Parses `DEVICE`: `auto`, `cpu`, `cpu*N` (N CPU replicas), `cuda:0`,
+/// `cuda:0,1`, `cuda:all`, or a comma list of those.
+pub fn parse_devices(s: &str) -> Result<Vec<DeviceSpec>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let lower = part.to_ascii_lowercase();
+        if lower == "auto" {
+            out.extend(auto_devices());
+        } else if lower == "cpu" {
+            out.push(DeviceSpec::Cpu);
+        } else if let Some(n) = lower.strip_prefix("cpu*") {
+            let n: usize = n
+                .parse()
+                .map_err(|_| eyre!("`{part}`: expected cpu*N with N a number"))?;
+            if n == 0 || n > 64 {
+                bail!("`{part}`: N must be 1..=64");
+            }
+            out.extend(std::iter::repeat_n(DeviceSpec::Cpu, n));
+        } else if lower == "cuda:all" || lower == "cuda" {
+            let n = cuda_count();
+            if n == 0 {
+                bail!("`{part}`: no CUDA device (this build has no `cuda` feature, or no GPU is visible)");
+            }
+            out.extend((0..n).map(DeviceSpec::Cuda));
+        } else if let Some(i) = lower.strip_prefix("cuda:") {
+            let i: usize = i
+                .parse()
+                .map_err(|_| eyre!("`{part}`: expected cuda:N, cuda:all"))?;
+            out.push(DeviceSpec::Cuda(i));
+        } else if let Ok(i) = lower.parse::<usize>() {
+            // `cuda:0,1` splits into `cuda:0` and `1`.
+            out.push(DeviceSpec::Cuda(i));
+        } else {
+            bail!("`{part}`: expected auto, cpu, cpu*N, cuda:N or cuda:all");
+        }
+    }
+    if out.is_empty() {
+        bail!("no device given");
+    }
+    Ok(out)
+}
+
+fn cuda_count() -> usize {
+    if !candle_core::utils::cuda_is_available() {
+        return 0;
+    }
+    (0..16)
+        .take_while(|&i| candle_core::Device::new_cuda(i).is_ok())
+        .count()
+}
+
+fn auto_devices() -> Vec<DeviceSpec> {
+    match cuda_count() {
+        0 => vec![DeviceSpec::Cpu],
+        n => (0..n).map(DeviceSpec::Cuda).collect(),
+    }
+}
+
+/// Size of the maps sent on `depth` / `confidence` / `depth_vis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputSize {
+    /// The network's processed size (multiples of 14).
+    Processed,
+    /// The input frame's size (maps resized back, intrinsics rescaled).
+    Input,
+}
+
+impl FromStr for OutputSize {
+    type Err = eyre::Report;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "processed" => Self::Processed,
+            "input" => Self::Input,
+            _ => bail!("expected processed or input"),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub model: String,
+    pub precision: Precision,
+    pub devices: Vec<DeviceSpec>,
+    pub preprocess: PreprocessConfig,
+    pub use_ray_pose: bool,
+    pub ref_view_strategy: RefViewStrategy,
+    pub mode: Mode,
+    pub window: usize,
+    pub stride: usize,
+    pub sync: Duration,
+    pub conf_percentile: f64,
+    pub max_points: usize,
+    pub output_size: OutputSize,
+    pub max_pixels: u64,
+    pub status_every: Duration,
+    /// Rig mode: the image inputs that form one set (`RIG_INPUTS`, comma
+    /// list); `None`: every image input of the node.
+    pub rig_inputs: Option<Vec<String>>,
+}
+
+fn parse_env<T: FromStr<Err = eyre::Report>>(name: &str, default: &str) -> Result<T> {
+    let raw: String = env_or(name, default.to_string())?;
+    raw.parse::<T>()
+        .map_err(|e| eyre!("invalid {name}={raw:?}: {e}"))
+}
+
+impl Config {
+    /// Reads and validates every env var; the first bad one is the error.
+    pub fn from_env() -> Result<Self> {
+        let model: String = env_or("MODEL", DEFAULT_MODEL.to_string())?;
+        let precision: Precision = parse_env("PRECISION", "auto")?;
+        let device_raw: String = env_or("DEVICE", "auto".to_string())?;
+        let devices =
+            parse_devices(&device_raw).map_err(|e| eyre!("invalid DEVICE={device_raw:?}: {e}"))?;
+        let process_res: usize = env_or("PROCESS_RES", 504)?;
+        if !(14..=4096).contains(&process_res) {
+            bail!("invalid PROCESS_RES={process_res}: must be 14..=4096");
+        }
+        let method_raw: String = env_or("PROCESS_RES_METHOD", "upper_bound_resize".to_string())?;
+        let method: ResizeMethod = method_raw.parse().map_err(|e| {
+            eyre!("invalid PROCESS_RES_METHOD={method_raw:?}: {e}")
+        })?;
+        let strategy_raw: String = env_or("REF_VIEW_STRATEGY", "saddle_balanced".to_string())?;
+        let ref_view_strategy: RefViewStrategy = strategy_raw
+            .parse()
+            .map_err(|e| eyre!("invalid REF_VIEW_STRATEGY={strategy_raw:?}: {e}"))?;
+        let mode: Mode = parse_env("MODE", "live")?;
+        let window: usize = env_or("WINDOW", 4)?;
+        if !(1..=256).contains(&window) {
+            bail!("invalid WINDOW={window}: must be 1..=256");
+        }
+        let stride: usize = env_opt("STRIDE")?.unwrap_or((window / 2).max(1));
+        if stride == 0 || stride > window {
+            bail!("invalid STRIDE={stride}: must be 1..=WINDOW ({window})");
+        }
+        let sync_ms: u64 = env_or("SYNC_MS", 50)?;
+        let conf_percentile: f64 = env_or("CONF_PERCENTILE", 40.0)?;
+        if !(0.0..100.0).contains(&conf_percentile) {
+            bail!("invalid CONF_PERCENTILE={conf_percentile}: must be in [0, 100)");
+        }
+        let max_points: usize = env_or("MAX_POINTS", 200_000)?;
+        if max_points == 0 {
+            bail!("invalid MAX_POINTS=0: must be at least 1");
+        }
+        let output_size: OutputSize = parse_env("OUTPUT_SIZE", "processed")?;
+        let max_pixels: u64 = env_or("MAX_PIXELS", 40_000_000)?;
+        if max_pixels == 0 {
+            bail!("invalid MAX_PIXELS=0");
+        }
+        let status_ms: u64 = env_or("STATUS_MS", 1000)?;
+        let rig_inputs: Option<Vec<String>> = env_opt::<String>("RIG_INPUTS")?.map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        });
+        if rig_inputs.as_ref().is_some_and(|r| r.is_empty()) {
+            bail!("invalid RIG_INPUTS: give a comma-separated list of image inputs");
+        }
+        Ok(Self {
+            model,
+            precision,
+            devices,
+            preprocess: PreprocessConfig {
+                process_res,
+                method,
+            },
+            use_ray_pose: env_bool("USE_RAY_POSE", false)?,
+            ref_view_strategy,
+            mode,
+            window,
+            stride,
+            sync: Duration::from_millis(sync_ms),
+            conf_percentile,
+            max_points,
+            output_size,
+            max_pixels,
+            status_every: Duration::from_millis(status_ms.max(50)),
+            rig_inputs,
+        })
+    }
+}
+
+/// The dtype to run with on a device.
+pub fn resolve_dtype(p: Precision, device: &candle_core::Device) -> candle_core::DType {
+    use candle_core::DType;
+    match p {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::F16 => DType::F16,
+        Precision::Auto => {
+            if device.is_cpu() {
+                DType::F32
+            } else if device.supports_bf16() {
+                DType::BF16
+            } else {
+                DType::F16
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices() {
+        assert_eq!(parse_devices("cpu").unwrap(), vec![DeviceSpec::Cpu]);
+        assert_eq!(parse_devices("cpu*3").unwrap().len(), 3);
+        assert_eq!(
+            parse_devices("cuda:0,1").unwrap(),
+            vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]
+        );
+        assert_eq!(
+            parse_devices("cuda:2, cpu").unwrap(),
+            vec![DeviceSpec::Cuda(2), DeviceSpec::Cpu]
+        );
+        assert!(parse_devices("gpu").is_err());
+        assert!(parse_devices("cpu*0").is_err());
+        assert!(parse_devices("").is_err());
+        assert_eq!(parse_devices("auto").unwrap(), vec![DeviceSpec::Cpu]);
+    }
+
+    #[test]
+    fn enums() {
+        assert_eq!("WINDOW".parse::<Mode>().unwrap(), Mode::Window);
+        assert!("stream".parse::<Mode>().is_err());
+        assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
+        assert!("int8".parse::<Precision>().is_err());
+        assert_eq!("input".parse::<OutputSize>().unwrap(), OutputSize::Input);
+        assert_eq!(
+            resolve_dtype(Precision::Auto, &candle_core::Device::Cpu),
+            candle_core::DType::F32
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! `dora-da3`: the Depth Anything 3 node. Image frames in (any number of
+//! camera inputs), depth, confidence, camera pose + intrinsics, coloured
+//! points, a colour-mapped depth image and a status stream out.
+//!
+//! See `nodes/dora-da3/README.md` for ports, modes and env vars.
+
+pub mod chain;
+pub mod config;
+pub mod engine;
+pub mod pool;
+pub mod post;
+pub mod sched;
+pub mod status;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use crossbeam_channel::{never, select, unbounded, Receiver};
+use da3::preprocess::RgbImage;
+use da3::Da3Model;
+use da3_msg::arrow::array::{Array, ArrayRef, StringArray};
+use da3_msg::{CameraMsg, DecodeLimits, ImageFrame, Intrinsics, MetadataParameters};
+use dora_node_api::futures::StreamExt;
+use dora_node_api::{DoraNode, Event, EventStream};
+use eyre::{bail, eyre, Context, Result};
+use serde_json::json;
+
+use config::{resolve_dtype, Config, DeviceSpec, Mode};
+use engine::{UnitOut, ViewIn};
+use pool::{Finished, Pool, Reorder};
+use sched::Scheduler;
+use status::Stats;
+
+/// Output ports.
+pub const OUTPUTS: [&str; 6] = ["depth", "confidence", "camera", "points", "depth_vis", "status"];
+
+/// Inputs with these ids are triggers: in window mode they flush partial windows.
+pub fn is_trigger(id: &str) -> bool {
+    id == "trigger" || id == "flush"
+}
+
+/// Inputs whose id starts with this carry known cameras (`CameraMsg`).
+pub fn is_camera_info(id: &str) -> bool {
+    id.starts_with("camera_info")
+}
+
+/// Loads one replica per device (CPU replicas share one copy of the weights).
+pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
+    let mut models: Vec<Da3Model> = Vec::new();
+    let mut cpu: Option<Da3Model> = None;
+    for spec in &cfg.devices {
+        let device = match spec {
+            DeviceSpec::Cpu => Device::Cpu,
+            DeviceSpec::Cuda(i) => Device::new_cuda(*i)
+                .map_err(|e| eyre!("DEVICE {spec}: cannot open the CUDA device: {e}"))?,
+        };
+        if device.is_cpu() {
+            if let Some(m) = &cpu {
+                models.push(m.clone());
+                continue;
+            }
+        }
+        let dtype = resolve_dtype(cfg.precision, &device);
+        let t0 = Instant::now();
+        let m = Da3Model::load(&cfg.model, &device, dtype)
+            .wrap_err_with(|| format!("cannot load MODEL={} on {spec}", cfg.model))?;
+        tracing::info!(
+            "loaded {} on {spec} as {dtype:?} in {:.1}s",
+            cfg.model,
+            t0.elapsed().as_secs_f64()
+        );
+        if device.is_cpu() {
+            cpu = Some(m.clone());
+        }
+        models.push(m);
+    }
+    Ok(models)
+}
+
+/// Checks a known world-to-camera pose: finite, rotation orthonormal with det +1.
+pub fn check_pose(e: &[f64; 12]) -> std::result::Result<(), String> {
+    if e.iter().any(|v| !v.is_finite()) {
+        return Err("pose has NaN or infinite values".into());
+    }
+    let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
+    for i in 0..3 {
+        for j in 0..3 {
+            let dot: f64 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
+            let want = if i == j { 1.0 } else { 0.0 };
+            if (dot - want).abs() > 1e-3 {
+                return Err("pose rotation is not orthonormal (not invertible as a rigid motion)".into());
+            }
+        }
+    }
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    if (det - 1.0).abs() > 1e-3 {
+        return Err(format!("pose rotation has determinant {det:.3}, expected 1"));
+    }
+    Ok(())
+}
+
+/// What the node knows about each camera from `camera_info*` inputs.
+#[derive(Default)]
+struct KnownCameras {
+    by_name: HashMap<String, (Intrinsics, [f64; 12], u32, u32)>,
+}
+
+struct Node<'a> {
+    node: &'a mut DoraNode,
+    cfg: Arc<Config>,
+    wired: BTreeSet<String>,
+    sched: Scheduler,
+    stats: Stats,
+    known: KnownCameras,
+    chains: HashMap<String, chain::Chain>,
+    limits: DecodeLimits,
+    base_status: serde_json::Value,
+}
+
+impl Node<'_> {
+    fn send(&mut self, output: &str, msg: (ArrayRef, MetadataParameters)) -> Result<()> {
+        if !self.wired.contains(output) {
+            return Ok(());
+        }
+        self.node
+            .send_output(output.to_owned().into(), msg.1, msg.0)
+            .wrap_err_with(|| format!("cannot send on `{output}`"))
+    }
+
+    fn send_status(&mut self, value: serde_json::Value) -> Result<()> {
+        let arr: ArrayRef = Arc::new(StringArray::from(vec![value.to_string()]));
+        let mut p = MetadataParameters::new();
+        p.insert("primitive".into(), da3_msg::Parameter::String("status".into()));
+        self.send("status", (arr, p))
+    }
+
+    fn reject(&mut self, input: &str, frame: Option<u64>, reason: String) -> Result<()> {
+        self.stats.rejected += 1;
+        tracing::warn!("rejected input `{input}` frame {frame:?}: {reason}");
+        let rec = self.stats.error("rejected", input, frame, &reason);
+        self.send_status(rec)
+    }
+
+    fn on_input(&mut self, id: &str, params: &MetadataParameters, data: &dyn Array) -> Result<()> {
+        if is_trigger(id) {
+            self.sched.flush();
+            return Ok(());
+        }
+        let frame_hint = da3_msg::FrameInfo::read(params).ok().and_then(|i| i.frame_id);
+        if is_camera_info(id) {
+            return match CameraMsg::from_message(data, params) {
+                Ok(cam) => {
+                    if let Err(reason) = check_pose(&cam.extrinsics) {
+                        return self.reject(id, frame_hint, reason);
+                    }
+                    let k = Intrinsics {
+                        fx: cam.intrinsics[0],
+                        fy: cam.intrinsics[4],
+                        cx: cam.intrinsics[2],
+                        cy: cam.intrinsics[5],
+                    };
+                    if !(k.fx > 0.0 && k.fy > 0.0) {
+                        return self.reject(id, frame_hint, "intrinsics have non-positive focal lengths".into());
+                    }
+                    let name = cam
+                        .info
+                        .camera
+                        .clone()
+                        .unwrap_or_else(|| id.trim_start_matches("camera_info").trim_start_matches('_').to_string());
+                    self.known
+                        .by_name
+                        .insert(name, (k, cam.extrinsics, cam.width, cam.height));
+                    Ok(())
+                }
+                Err(e) => self.reject(id, frame_hint, format!("bad camera message: {e}")),
+            };
+        }
+        self.stats.frames_in += 1;
+        let frame = match ImageFrame::from_message(data, params) {
+            Ok(f) => f,
+            Err(e) => return self.reject(id, frame_hint, e.to_string()),
+        };
+        let (w, h, rgb) = match frame.to_rgb8(&self.limits) {
+            Ok(x) => x,
+            Err(e) => return self.reject(id, frame_hint, e.to_string()),
+        };
+        let image = match RgbImage::new(w as usize, h as usize, rgb) {
+            Ok(i) => i,
+            Err(e) => return self.reject(id, frame_hint, format!("{e:#}")),
+        };
+        let name = frame.info.camera.clone().unwrap_or_else(|| id.to_string());
+        let mut intrinsics = frame.intrinsics;
+        let mut extrinsics = None;
+        if let Some((k, e, kw, kh)) = self.known.by_name.get(&name) {
+            // Known intrinsics refer to the camera message's image size.
+            let (sx, sy) = if *kw > 0 && *kh > 0 {
+                (w as f64 / *kw as f64, h as f64 / *kh as f64)
+            } else {
+                (1.0, 1.0)
+            };
+            intrinsics = intrinsics.or(Some(k.scaled(sx, sy)));
+            extrinsics = Some(*e);
+        }
+        let mut info = frame.info.clone();
+        if info.camera.is_none() {
+            info.camera = Some(name);
+        }
+        self.sched.push(ViewIn {
+            input: id.to_string(),
+            info,
+            image,
+            intrinsics,
+            extrinsics,
+            received: Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn on_result(&mut self, out: std::result::Result<UnitOut, (String, Vec<String>)>) -> Result<()> {
+        let mut unit = match out {
+            Ok(u) => u,
+            Err((reason, frames)) => {
+                self.stats.failed_units += 1;
+                tracing::error!("inference failed for {frames:?}: {reason}");
+                let rec = self.stats.error("inference", &frames.join(","), None, &reason);
+                return self.send_status(rec);
+            }
+        };
+        if let Some(key) = unit.chain_key.clone() {
+            self.chains.entry(key).or_default().apply(&mut unit.views);
+        }
+        for (v, emit) in unit.views.iter().zip(&unit.emit) {
+            if !emit {
+                continue;
+            }
+            self.send("depth", post::depth_msg(v).to_message())?;
+            if let Some(c) = post::conf_msg(v) {
+                self.send("confidence", c.to_message())?;
+            }
+            if let Some(c) = post::camera_msg(v) {
+                self.send("camera", c.to_message())?;
+            }
+            if self.wired.contains("points") {
+                if let Some(p) = post::points_msg(v, self.cfg.conf_percentile, self.cfg.max_points) {
+                    self.send("points", p.to_message())?;
+                }
+            }
+            if self.wired.contains("depth_vis") {
+                self.send("depth_vis", post::depth_vis(v).to_message())?;
+            }
+            self.stats
+                .frame_out(v.received.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, pool: &Pool) -> Result<()> {
+        let rep = self
+            .stats
+            .report(&self.base_status, self.sched.dropped, self.sched.pending(), pool.in_flight());
+        self.send_status(rep)
+    }
+}
+
+/// Runs the node until its inputs end and every accepted frame is processed.
+pub fn run(node: &mut DoraNode, events: EventStream, cfg: Config, models: Vec<Da3Model>) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    let inputs: Vec<String> = node
+        .node_config()
+        .inputs
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    let mut wired: BTreeSet<String> = node
+        .node_config()
+        .outputs
+        .iter()
+        .map(|o| o.to_string())
+        .collect();
+    if wired.is_empty() {
+        // No output list (e.g. a node started for tests): send on every port.
+        wired = OUTPUTS.iter().map(|o| o.to_string()).collect();
+    }
+    let rig_inputs: Vec<String> = match &cfg.rig_inputs {
+        Some(r) => r.clone(),
+        None => inputs
+            .iter()
+            .filter(|i| !is_trigger(i) && !is_camera_info(i))
+            .cloned()
+            .collect(),
+    };
+    if cfg.mode == Mode::Rig && rig_inputs.len() < 2 {
+        tracing::warn!("MODE=rig with {} image input(s): a rig usually has two or more", rig_inputs.len());
+    }
+    let devices: Vec<String> = cfg.devices.iter().map(|d| d.to_string()).collect();
+    let precision = models
+        .first()
+        .map(|m| format!("{:?}", m.dtype()).to_lowercase())
+        .unwrap_or_default();
+    let mut pool = Pool::start(models, cfg.clone());
+    let mut n = Node {
+        node,
+        cfg: cfg.clone(),
+        wired,
+        sched: Scheduler::new(cfg.mode, cfg.window, cfg.stride, cfg.sync, rig_inputs),
+        stats: Stats::default(),
+        known: KnownCameras::default(),
+        chains: HashMap::new(),
+        limits: DecodeLimits {
+            max_pixels: cfg.max_pixels,
+        },
+        base_status: json!({
+            "model": cfg.model,
+            "precision": precision,
+            "devices": devices,
+            "replicas": cfg.devices.len(),
+            "mode": cfg.mode.as_str(),
+        }),
+    };
+
+    // Events are read in arrival order on their own thread (`StreamExt::next`
+    // keeps order; `recv` may hand out Stop before the last inputs).
+    let (ev_tx, ev_rx) = unbounded::<Event>();
+    let reader = std::thread::Builder::new()
+        .name("dora-events".into())
+        .spawn(move || {
+            let mut events = events;
+            while let Some(ev) = dora_node_api::futures::executor::block_on(events.next()) {
+                if ev_tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })
+        .wrap_err("cannot start the event thread")?;
+    let mut ev_rx: Receiver<Event> = ev_rx;
+    let mut inputs_done = false;
+    let mut reorder: Reorder<std::result::Result<UnitOut, (String, Vec<String>)>> = Reorder::default();
+    let mut last_status = Instant::now();
+    let mut next_seq = 0u64;
+    loop {
+        while let Some(r) = pool.idle() {
+            match n.sched.next_unit() {
+                Some(mut u) => {
+                    u.seq = next_seq;
+                    next_seq += 1;
+                    pool.dispatch(r, u)?
+                }
+                None => break,
+            }
+        }
+        if inputs_done && n.sched.pending() == 0 && pool.in_flight() == 0 {
+            break;
+        }
+        let wait = n.cfg.status_every.saturating_sub(last_status.elapsed());
+        select! {
+            recv(ev_rx) -> ev => match ev {
+                Ok(Event::Input { id, metadata, data }) => {
+                    n.on_input(id.as_str(), &metadata.parameters, data.as_array().as_ref())?;
+                }
+                Ok(Event::Stop(_)) => tracing::info!("stop received; finishing accepted frames"),
+                Ok(Event::Error(e)) => tracing::warn!("event stream: {e}"),
+                Ok(_) => {}
+                Err(_) => {
+                    inputs_done = true;
+                    n.sched.finish();
+                    ev_rx = never();
+                }
+            },
+            recv(pool.results) -> r => {
+                let Finished { replica, seq, result } = r.map_err(|_| eyre!("all replicas stopped"))?;
+                pool.done(replica);
+                reorder.insert(seq, result);
+                while let Some(res) = reorder.pop() {
+                    n.on_result(res)?;
+                }
+            },
+            default(wait) => {}
+        }
+        if last_status.elapsed() >= n.cfg.status_every {
+            n.report(&pool)?;
+            last_status = Instant::now();
+        }
+    }
+    n.report(&pool)?;
+    tracing::info!(
+        "dora-da3: {} frames in, {} out, {} dropped, {} rejected, {} failed units",
+        n.stats.frames_in,
+        n.stats.frames_out,
+        n.sched.dropped,
+        n.stats.rejected,
+        n.stats.failed_units
+    );
+    pool.shutdown();
+    let _ = reader.join();
+    Ok(())
+}
+
+/// Entry point of the `dora-da3` binary: configuration first (one clear line
+/// on a bad value, before any model loads), then the model, then dora.
+pub fn lib_main() -> Result<()> {
+    da3_msg::node_util::init_logging();
+    let cfg = Config::from_env().wrap_err("dora-da3: bad configuration")?;
+    let models = load_models(&cfg)?;
+    if models.is_empty() {
+        bail!("no model replica could be started");
+    }
+    let (mut node, events) = DoraNode::init_from_env()?;
+    run(&mut node, events, cfg, models)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pose_checks() {
+        let id = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        assert!(check_pose(&id).is_ok());
+        let mut nan = id;
+        nan[3] = f64::NAN;
+        assert!(check_pose(&nan).is_err());
+        let mut sing = id;
+        sing[0] = 0.0;
+        assert!(check_pose(&sing).is_err());
+        let mut mirror = id;
+        mirror[0] = -1.0;
+        assert!(check_pose(&mirror).unwrap_err().contains("determinant"));
+    }
+}

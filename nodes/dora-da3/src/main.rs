@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    dora_da3::lib_main()
+}

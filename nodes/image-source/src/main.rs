@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    image_source::lib_main()
+}

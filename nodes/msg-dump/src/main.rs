@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    msg_dump::lib_main()
+}

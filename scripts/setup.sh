@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what dora-da3 needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - Debian packages: FFmpeg's libraries (video input), clang (bindgen), V4L2, pkg-config, ffmpeg
+#   - the dora CLI 1.1.0 from PyPI into ./.venv
+#   - the Rust dependencies (cargo fetch)
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PKGS=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
+          libswscale-dev libavfilter-dev libavdevice-dev libv4l-dev ffmpeg python3-venv)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/dora ] || ! .venv/bin/dora --version 2>/dev/null | grep -q "1.1.0"; then
+  echo "setup: installing dora-rs-cli==1.1.0 into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check dora-rs-cli==1.1.0
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found: install Rust with rustup (https://rustup.rs) first" >&2
+  exit 1
+fi
+cargo fetch -q
+echo "setup: ok ($(.venv/bin/dora --version), $(cargo --version))"

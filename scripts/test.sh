@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test of the project: unit tests, model parity tests on the
+# committed fixtures, node tests without a daemon, and the end-to-end
+# dataflows under the real `dora run`. Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+# Two test binaries at a time: the dataflow tests start several processes each.
+cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"

@@ -1,0 +1,204 @@
+//! Harness for the end-to-end tests: take a graph from `dataflows/`, point its
+//! nodes at the binaries of this build, override env vars, run it with the
+//! real `dora run`, and read what the `msg-dump` sinks wrote.
+//!
+//! The node binaries must be built first; `cargo test --workspace` does that.
+//! The dora CLI is taken from `$DORA`, else `<repo>/.venv/bin/dora`, else `PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use eyre::{bail, eyre, Context, Result};
+use serde_yaml::{Mapping, Value};
+use wait_timeout::ChildExt;
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Folder holding the workspace's binaries for this build profile.
+pub fn bin_dir() -> PathBuf {
+    // <target>/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, checked to exist.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.is_file() {
+        bail!(
+            "binary `{}` is missing: build it first (`cargo test --workspace` builds every node)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The dora CLI to use.
+pub fn dora_cli() -> PathBuf {
+    if let Ok(p) = std::env::var("DORA") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join(".venv/bin/dora");
+    if venv.is_file() {
+        return venv;
+    }
+    PathBuf::from("dora")
+}
+
+/// A dataflow loaded from `dataflows/`, rewritten for the test.
+pub struct Flow {
+    doc: Value,
+    pub dir: tempfile::TempDir,
+}
+
+/// Result of one `dora run`.
+pub struct RunOutput {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub log: String,
+}
+
+impl Flow {
+    /// Loads `dataflows/<name>`; node paths under `../target/<profile>/` are
+    /// redirected to this build's binaries and `build:` steps are dropped
+    /// (the test has built everything already).
+    pub fn load(name: &str) -> Result<Self> {
+        let path = repo_root().join("dataflows").join(name);
+        let text = std::fs::read_to_string(&path)
+            .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+        let mut doc: Value = serde_yaml::from_str(&text)
+            .wrap_err_with(|| format!("{} is not valid YAML", path.display()))?;
+        let nodes = doc
+            .get_mut("nodes")
+            .and_then(Value::as_sequence_mut)
+            .ok_or_else(|| eyre!("{} has no `nodes` list", path.display()))?;
+        for node in nodes {
+            let map = node
+                .as_mapping_mut()
+                .ok_or_else(|| eyre!("a node of {} is not a mapping", path.display()))?;
+            map.remove("build");
+            if let Some(Value::String(p)) = map.get("path") {
+                if let Some(name) = p
+                    .strip_prefix("../target/debug/")
+                    .or_else(|| p.strip_prefix("../target/release/"))
+                {
+                    let b = bin(name)?;
+                    map.insert("path".into(), Value::String(b.display().to_string()));
+                }
+            }
+        }
+        Ok(Self {
+            doc,
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn node_mut(&mut self, id: &str) -> Result<&mut Mapping> {
+        self.doc["nodes"]
+            .as_sequence_mut()
+            .and_then(|nodes| {
+                nodes
+                    .iter_mut()
+                    .find(|n| n.get("id").and_then(Value::as_str) == Some(id))
+            })
+            .and_then(Value::as_mapping_mut)
+            .ok_or_else(|| eyre!("dataflow has no node `{id}`"))
+    }
+
+    /// Sets (or replaces) an env var of a node.
+    pub fn env(&mut self, node: &str, key: &str, value: impl ToString) -> Result<&mut Self> {
+        let n = self.node_mut(node)?;
+        let env = n
+            .entry("env".into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        let env = env
+            .as_mapping_mut()
+            .ok_or_else(|| eyre!("env of `{node}` is not a mapping"))?;
+        env.insert(key.into(), Value::String(value.to_string()));
+        Ok(self)
+    }
+
+    /// Sets (or replaces) one input of a node.
+    pub fn input(&mut self, node: &str, input: &str, source: &str) -> Result<&mut Self> {
+        let n = self.node_mut(node)?;
+        let inputs = n
+            .entry("inputs".into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        let inputs = inputs
+            .as_mapping_mut()
+            .ok_or_else(|| eyre!("inputs of `{node}` are not a mapping"))?;
+        inputs.insert(input.into(), Value::String(source.into()));
+        Ok(self)
+    }
+
+    /// Removes one input of a node.
+    pub fn remove_input(&mut self, node: &str, input: &str) -> Result<&mut Self> {
+        let n = self.node_mut(node)?;
+        if let Some(inputs) = n.get_mut("inputs").and_then(Value::as_mapping_mut) {
+            inputs.remove(input);
+        }
+        Ok(self)
+    }
+
+    /// A path inside the test's scratch folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the graph with `dora run`, killing it after `timeout`.
+    pub fn run(&self, timeout: Duration) -> Result<RunOutput> {
+        let file = self.path("flow.yml");
+        std::fs::write(&file, serde_yaml::to_string(&self.doc)?)?;
+        let log_path = self.path("dora.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(dora_cli())
+            .arg("run")
+            .arg(&file)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .wrap_err_with(|| {
+                format!(
+                    "cannot start `{}`: install the dora CLI (see README)",
+                    dora_cli().display()
+                )
+            })?;
+        let status = match child.wait_timeout(timeout)? {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("dora run did not finish within {timeout:?}; log:\n{log}");
+            }
+        };
+        Ok(RunOutput {
+            success: status.success(),
+            code: status.code(),
+            log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+        })
+    }
+}
+
+/// Reads the JSON lines written by a `msg-dump` node.
+pub fn read_dump(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .wrap_err_with(|| format!("msg-dump wrote no file at {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).wrap_err_with(|| format!("bad JSON line: {l}")))
+        .collect()
+}
