@@ -1,12 +1,56 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs the main job: the bundled sample images
-# through the DA3 dataflow. Results land in out/.
+# through the DA3 dataflow (dataflows/images-da3.yml). Results: out/da3.jsonl.
+#
+#   bash scripts/demo.sh                 # MODEL=depth-anything/DA3-SMALL
+#   MODEL=depth-anything/DA3-BASE bash scripts/demo.sh
+#   bash scripts/demo.sh dataflows/camera-da3-live.yml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-FLOW="${1:-dataflows/frames.yml}"
+FLOW="${1:-dataflows/images-da3.yml}"
+TEST_MODEL="$PWD/nodes/da3/tests/fixtures/tiny-anyview"
+
+if [ -z "${MODEL:-}" ]; then
+  MODEL="depth-anything/DA3-SMALL"
+  # Offline, or no route to the model hub: say so, and run the bundled
+  # random-weight test checkpoint so the graph itself still runs.
+  endpoint="${HF_ENDPOINT:-https://huggingface.co}"
+  if [ -z "${HF_HUB_OFFLINE:-}" ] && ! python3 - "$endpoint" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/api/models/depth-anything/DA3-SMALL", timeout=8)
+PY
+  then
+    cache="${HF_HOME:-$HOME/.cache/huggingface}/hub/models--depth-anything--DA3-SMALL"
+    if [ ! -d "$cache" ]; then
+      echo "demo: WARNING: the model hub ($endpoint) cannot be reached and DA3-SMALL is not cached;"
+      echo "demo: WARNING: running the bundled test checkpoint (random weights: outputs are not depth)."
+      MODEL="$TEST_MODEL"
+    fi
+  fi
+fi
+export MODEL
+echo "demo: MODEL=$MODEL, graph $FLOW"
 cargo build --workspace --bins
 mkdir -p out
 dora run "$FLOW"
+if [ -f out/da3.jsonl ]; then
+  python3 - <<'PY'
+import collections, json
+counts = collections.Counter()
+last_stats = None
+for line in open("out/da3.jsonl"):
+    rec = json.loads(line)
+    counts[rec["input"]] += 1
+    if rec["input"] == "status":
+        s = json.loads(rec.get("text", "{}"))
+        if s.get("type") == "stats":
+            last_stats = s
+print("demo: messages per output:", dict(counts))
+if last_stats:
+    print("demo: frames in {frames_in}, out {frames_out}, latency p50 {p50} ms".format(
+        p50=last_stats["latency_ms"]["p50"], **last_stats))
+PY
+fi
 echo "demo: done; outputs in $PWD/out/"

@@ -76,7 +76,8 @@ fn folder_frames_arrive_in_order_with_metadata() {
     flow.env("images", "SOURCE", images.display()).unwrap();
     flow.env("images", "CAMERA_NAME", "folder-cam").unwrap();
     flow.env("images", "INTRINSICS", "50,51,24,16").unwrap();
-    flow.input("images", "tick", "dora/timer/millis/30").unwrap();
+    flow.input("images", "tick", "dora/timer/millis/30")
+        .unwrap();
     flow.env("dump", "OUT_FILE", out.display()).unwrap();
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
@@ -90,7 +91,10 @@ fn folder_frames_arrive_in_order_with_metadata() {
     let last = &recs[recs.len() - 1]["metadata"];
     assert_eq!(last["last"], true);
     assert!(recs[0]["metadata"].get("last").is_none());
-    assert_eq!(recs[0]["metadata"]["focal"], serde_json::json!([50.0, 51.0]));
+    assert_eq!(
+        recs[0]["metadata"]["focal"],
+        serde_json::json!([50.0, 51.0])
+    );
     assert_eq!(
         recs[0]["metadata"]["principal_point"],
         serde_json::json!([24.0, 16.0])
@@ -115,7 +119,8 @@ fn strict_mode_stops_at_a_corrupt_file_and_names_it() {
 #[test]
 fn missing_source_path_is_a_clear_error() {
     let mut flow = Flow::load("frames.yml").unwrap();
-    flow.env("images", "SOURCE", "/nonexistent/dir/pics").unwrap();
+    flow.env("images", "SOURCE", "/nonexistent/dir/pics")
+        .unwrap();
     flow.env("dump", "OUT_FILE", flow.path("f.jsonl").display())
         .unwrap();
     let run = flow.run(TIMEOUT).unwrap();
@@ -137,7 +142,15 @@ fn mp4_frames_arrive_bit_exact() {
     let mp4 = flow.path("clip.mp4");
     // Lossless RGB H.264, so the decoded bytes must equal what was encoded.
     let status = Command::new("ffmpeg")
-        .args(["-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"])
+        .args([
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+        ])
         .args(["-s", &format!("{w}x{h}"), "-r", "10", "-i"])
         .arg(&raw_path)
         .args(["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"])
@@ -148,7 +161,8 @@ fn mp4_frames_arrive_bit_exact() {
     let out = flow.path("frames.jsonl");
     flow.env("images", "SOURCE", mp4.display()).unwrap();
     flow.env("images", "CAMERA_NAME", "video").unwrap();
-    flow.input("images", "tick", "dora/timer/millis/20").unwrap();
+    flow.input("images", "tick", "dora/timer/millis/20")
+        .unwrap();
     flow.env("dump", "OUT_FILE", out.display()).unwrap();
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
@@ -195,7 +209,9 @@ fn camera_test_pattern_frames_arrive_in_order() {
     check_stream(&recs, "pattern", &expected);
     // Paced at 30 fps: capture stamps span about (n-1)/30 s.
     let first = recs[0]["metadata"]["stamp_ns"].as_u64().unwrap();
-    let last = recs[recs.len() - 1]["metadata"]["stamp_ns"].as_u64().unwrap();
+    let last = recs[recs.len() - 1]["metadata"]["stamp_ns"]
+        .as_u64()
+        .unwrap();
     let span = (last - first) as f64 / 1e9;
     let want = (n - 1) as f64 / 30.0;
     assert!(

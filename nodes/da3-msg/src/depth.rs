@@ -172,7 +172,10 @@ mod tests {
         p.insert(keys::PRIMITIVE.into(), Parameter::String("image".into()));
         assert!(matches!(
             DepthMap::from_message(arr.as_ref(), &p),
-            Err(MsgError::InvalidValue { key: "primitive", .. })
+            Err(MsgError::InvalidValue {
+                key: "primitive",
+                ..
+            })
         ));
         let mut p = params.clone();
         p.insert(keys::WIDTH.into(), Parameter::Integer(4));
@@ -189,7 +192,10 @@ mod tests {
         p.insert(keys::IS_METRIC.into(), Parameter::Integer(1));
         assert!(matches!(
             DepthMap::from_message(arr.as_ref(), &p),
-            Err(MsgError::WrongType { key: "is_metric", .. })
+            Err(MsgError::WrongType {
+                key: "is_metric",
+                ..
+            })
         ));
         let mut p = params;
         p.insert(
@@ -198,7 +204,10 @@ mod tests {
         );
         assert!(matches!(
             DepthMap::from_message(arr.as_ref(), &p),
-            Err(MsgError::InvalidValue { key: "camera_orientation", .. })
+            Err(MsgError::InvalidValue {
+                key: "camera_orientation",
+                ..
+            })
         ));
     }
 }

@@ -21,7 +21,10 @@ pub enum MsgError {
     InvalidValue { key: &'static str, reason: String },
     /// The Arrow payload is not of the expected data type.
     #[error("payload has Arrow type {found}, expected {expected}")]
-    WrongArrowType { expected: &'static str, found: String },
+    WrongArrowType {
+        expected: &'static str,
+        found: String,
+    },
     /// The payload length disagrees with the metadata.
     #[error("payload has {got} {unit}, metadata says {expected}")]
     LengthMismatch {

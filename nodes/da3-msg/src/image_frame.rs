@@ -490,7 +490,12 @@ mod tests {
             ImageFrame::from_message(ints.as_ref(), &params),
             Err(MsgError::WrongArrowType { .. })
         ));
-        let nulls = UInt8Array::from(vec![Some(1u8); 11].into_iter().chain([None]).collect::<Vec<_>>());
+        let nulls = UInt8Array::from(
+            vec![Some(1u8); 11]
+                .into_iter()
+                .chain([None])
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(
             ImageFrame::from_message(&nulls, &params),
             Err(MsgError::Nulls)
@@ -499,7 +504,10 @@ mod tests {
         p2.insert(keys::ENCODING.into(), Parameter::String("yuyv".into()));
         assert!(matches!(
             ImageFrame::from_message(&short, &p2),
-            Err(MsgError::InvalidValue { key: "encoding", .. })
+            Err(MsgError::InvalidValue {
+                key: "encoding",
+                ..
+            })
         ));
         let mut p3 = params.clone();
         p3.remove(keys::ENCODING);
@@ -511,7 +519,10 @@ mod tests {
         p4.insert(keys::ENCODING.into(), Parameter::Integer(1));
         assert!(matches!(
             ImageFrame::from_message(&short, &p4),
-            Err(MsgError::WrongType { key: "encoding", .. })
+            Err(MsgError::WrongType {
+                key: "encoding",
+                ..
+            })
         ));
     }
 
@@ -523,12 +534,18 @@ mod tests {
         let f = frame(Encoding::Jpeg, 0, 0, jpeg);
         assert!(matches!(
             f.to_rgb8(&DecodeLimits::default()),
-            Err(MsgError::Decode { encoding: "jpeg", .. })
+            Err(MsgError::Decode {
+                encoding: "jpeg",
+                ..
+            })
         ));
         let garbage = frame(Encoding::Png, 0, 0, b"not a png at all".to_vec());
         assert!(matches!(
             garbage.to_rgb8(&DecodeLimits::default()),
-            Err(MsgError::Decode { encoding: "png", .. })
+            Err(MsgError::Decode {
+                encoding: "png",
+                ..
+            })
         ));
         let png = frame(Encoding::Png, 0, 0, encode_png(8, 8, &rgb).unwrap());
         assert!(matches!(

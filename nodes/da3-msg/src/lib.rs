@@ -21,6 +21,7 @@ pub mod keys;
 pub mod meta;
 pub mod node_util;
 pub mod points;
+pub mod recording;
 
 pub use camera::CameraMsg;
 pub use depth::{DepthKind, DepthMap};

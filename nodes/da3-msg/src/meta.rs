@@ -367,7 +367,6 @@ pub fn quat_from_matrix(m: &[[f64; 3]; 3]) -> [f64; 4] {
 mod tests {
     use super::*;
 
-
     #[test]
     fn frame_info_round_trip_and_seq_alias() {
         let info = FrameInfo {
@@ -382,7 +381,10 @@ mod tests {
         let mut p = MetadataParameters::new();
         p.insert(keys::SEQ.into(), Parameter::Integer(4));
         assert_eq!(FrameInfo::read(&p).unwrap().frame_id, Some(4));
-        assert_eq!(FrameInfo::read(&MetadataParameters::new()).unwrap(), FrameInfo::default());
+        assert_eq!(
+            FrameInfo::read(&MetadataParameters::new()).unwrap(),
+            FrameInfo::default()
+        );
     }
 
     #[test]
@@ -398,11 +400,20 @@ mod tests {
             let mut p = MetadataParameters::new();
             p.insert(key.into(), value);
             let err = FrameInfo::read(&p).unwrap_err();
-            assert!(matches!(err, MsgError::WrongType { key: k, .. } if k == key), "{key}: {err}");
+            assert!(
+                matches!(err, MsgError::WrongType { key: k, .. } if k == key),
+                "{key}: {err}"
+            );
         }
         let mut p = MetadataParameters::new();
         p.insert(keys::FRAME_ID.into(), Parameter::Integer(-1));
-        assert!(matches!(FrameInfo::read(&p), Err(MsgError::InvalidValue { key: "frame_id", .. })));
+        assert!(matches!(
+            FrameInfo::read(&p),
+            Err(MsgError::InvalidValue {
+                key: "frame_id",
+                ..
+            })
+        ));
         // Whole floats are accepted for integers (Python/JSON producers), fractions are not.
         let mut p = MetadataParameters::new();
         p.insert(keys::FRAME_ID.into(), Parameter::Float(3.0));
@@ -413,41 +424,94 @@ mod tests {
 
     #[test]
     fn intrinsics_and_pose_keys() {
-        let k = Intrinsics { fx: 1.0, fy: 2.0, cx: 3.0, cy: 4.0 };
+        let k = Intrinsics {
+            fx: 1.0,
+            fy: 2.0,
+            cx: 3.0,
+            cy: 4.0,
+        };
         let mut p = MetadataParameters::new();
         k.write(&mut p);
         assert_eq!(Intrinsics::read(&p).unwrap(), Some(k));
         assert_eq!(k.matrix(), [1.0, 0.0, 3.0, 0.0, 2.0, 4.0, 0.0, 0.0, 1.0]);
-        assert_eq!(k.scaled(2.0, 0.5), Intrinsics { fx: 2.0, fy: 1.0, cx: 6.0, cy: 2.0 });
+        assert_eq!(
+            k.scaled(2.0, 0.5),
+            Intrinsics {
+                fx: 2.0,
+                fy: 1.0,
+                cx: 6.0,
+                cy: 2.0
+            }
+        );
         let mut q = p.clone();
         q.remove(keys::PRINCIPAL_POINT);
-        assert_eq!(Intrinsics::read(&q), Err(MsgError::MissingKey { key: "principal_point" }));
+        assert_eq!(
+            Intrinsics::read(&q),
+            Err(MsgError::MissingKey {
+                key: "principal_point"
+            })
+        );
         let mut q = p.clone();
         q.insert(keys::FOCAL.into(), Parameter::ListFloat(vec![1.0]));
-        assert!(matches!(Intrinsics::read(&q), Err(MsgError::InvalidValue { key: "focal", .. })));
+        assert!(matches!(
+            Intrinsics::read(&q),
+            Err(MsgError::InvalidValue { key: "focal", .. })
+        ));
         let mut q = p.clone();
-        q.insert(keys::FOCAL.into(), Parameter::ListFloat(vec![f64::NAN, 1.0]));
-        assert!(matches!(Intrinsics::read(&q), Err(MsgError::InvalidValue { key: "focal", .. })));
+        q.insert(
+            keys::FOCAL.into(),
+            Parameter::ListFloat(vec![f64::NAN, 1.0]),
+        );
+        assert!(matches!(
+            Intrinsics::read(&q),
+            Err(MsgError::InvalidValue { key: "focal", .. })
+        ));
         let mut q = p.clone();
         q.insert(keys::FOCAL.into(), Parameter::ListFloat(vec![-1.0, 1.0]));
-        assert!(matches!(Intrinsics::read(&q), Err(MsgError::InvalidValue { key: "focal", .. })));
+        assert!(matches!(
+            Intrinsics::read(&q),
+            Err(MsgError::InvalidValue { key: "focal", .. })
+        ));
         let mut q = p.clone();
-        q.insert(keys::PRINCIPAL_POINT.into(), Parameter::String("0,0".into()));
-        assert!(matches!(Intrinsics::read(&q), Err(MsgError::WrongType { key: "principal_point", .. })));
+        q.insert(
+            keys::PRINCIPAL_POINT.into(),
+            Parameter::String("0,0".into()),
+        );
+        assert!(matches!(
+            Intrinsics::read(&q),
+            Err(MsgError::WrongType {
+                key: "principal_point",
+                ..
+            })
+        ));
         let mut q = p;
         q.insert(keys::FOCAL.into(), Parameter::ListInt(vec![5, 6]));
         assert_eq!(Intrinsics::read(&q).unwrap().unwrap().fy, 6.0);
 
-        let pose = Pose { position: [1.0, 2.0, 3.0], orientation: [0.0, 0.0, 0.0, 1.0] };
+        let pose = Pose {
+            position: [1.0, 2.0, 3.0],
+            orientation: [0.0, 0.0, 0.0, 1.0],
+        };
         let mut p = MetadataParameters::new();
         pose.write(&mut p);
         assert_eq!(Pose::read(&p).unwrap(), Some(pose));
         let mut q = p.clone();
         q.remove(keys::CAMERA_POSITION);
-        assert_eq!(Pose::read(&q), Err(MsgError::MissingKey { key: "camera_position" }));
+        assert_eq!(
+            Pose::read(&q),
+            Err(MsgError::MissingKey {
+                key: "camera_position"
+            })
+        );
         let mut q = p;
         q.insert(keys::CAMERA_POSITION.into(), Parameter::Bool(false));
-        assert!(matches!(Pose::read(&q), Err(MsgError::WrongType { key: "camera_position", .. })));
+        assert!(matches!(
+            Pose::read(&q),
+            Err(MsgError::WrongType {
+                key: "camera_position",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -459,7 +523,11 @@ mod tests {
         for (a, b) in q.iter().zip([0.0, 0.0, h, h]) {
             assert!((a - b).abs() < 1e-12, "{q:?}");
         }
-        let back = Pose { position: [0.0; 3], orientation: q }.rotation();
+        let back = Pose {
+            position: [0.0; 3],
+            orientation: q,
+        }
+        .rotation();
         for i in 0..3 {
             for j in 0..3 {
                 assert!((back[i][j] - m[i][j]).abs() < 1e-12);

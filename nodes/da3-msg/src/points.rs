@@ -56,32 +56,34 @@ impl PointCloud {
     }
 
     pub fn from_message(data: &dyn Array, params: &MetadataParameters) -> Result<Self> {
-        let s = data
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .ok_or_else(|| MsgError::WrongArrowType {
+        let s = data.as_any().downcast_ref::<StructArray>().ok_or_else(|| {
+            MsgError::WrongArrowType {
                 expected: "Struct{x,y,z: Float32, r,g,b: UInt8}",
                 found: format!("{}", data.data_type()),
-            })?;
+            }
+        })?;
         let col_f = |name: &str| -> Result<&[f32]> {
-            let c = s.column_by_name(name).ok_or_else(|| MsgError::WrongArrowType {
-                expected: "Struct{x,y,z: Float32, r,g,b: UInt8}",
-                found: format!("{} (no field `{name}`)", data.data_type()),
-            })?;
+            let c = s
+                .column_by_name(name)
+                .ok_or_else(|| MsgError::WrongArrowType {
+                    expected: "Struct{x,y,z: Float32, r,g,b: UInt8}",
+                    found: format!("{} (no field `{name}`)", data.data_type()),
+                })?;
             crate::depth::f32_payload(c.as_ref())
         };
         let col_u = |name: &str| -> Result<&[u8]> {
-            let c = s.column_by_name(name).ok_or_else(|| MsgError::WrongArrowType {
-                expected: "Struct{x,y,z: Float32, r,g,b: UInt8}",
-                found: format!("{} (no field `{name}`)", data.data_type()),
-            })?;
-            let a = c
-                .as_any()
-                .downcast_ref::<UInt8Array>()
+            let c = s
+                .column_by_name(name)
                 .ok_or_else(|| MsgError::WrongArrowType {
+                    expected: "Struct{x,y,z: Float32, r,g,b: UInt8}",
+                    found: format!("{} (no field `{name}`)", data.data_type()),
+                })?;
+            let a = c.as_any().downcast_ref::<UInt8Array>().ok_or_else(|| {
+                MsgError::WrongArrowType {
                     expected: "UInt8",
                     found: format!("{}", c.data_type()),
-                })?;
+                }
+            })?;
             Ok(a.values())
         };
         let (x, y, z) = (col_f("x")?, col_f("y")?, col_f("z")?);

@@ -39,7 +39,7 @@ impl InputIntrinsics {
 }
 
 /// Options of [`infer`] (the reference `inference()` arguments that matter here).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct InferenceOptions {
     /// Resolution and resize method.
     pub preprocess: PreprocessConfig,
@@ -47,20 +47,6 @@ pub struct InferenceOptions {
     pub use_ray_pose: bool,
     /// Reference-view selection strategy.
     pub ref_view_strategy: RefViewStrategy,
-    /// With input extrinsics: output the input cameras and rescale depth to their scale (the
-    /// reference default); otherwise output the predicted cameras aligned to the inputs.
-    pub align_to_input_ext_scale: bool,
-}
-
-impl Default for InferenceOptions {
-    fn default() -> Self {
-        InferenceOptions {
-            preprocess: PreprocessConfig::default(),
-            use_ray_pose: false,
-            ref_view_strategy: RefViewStrategy::default(),
-            align_to_input_ext_scale: true,
-        }
-    }
 }
 
 /// Everything [`infer`] produces.
@@ -337,11 +323,11 @@ pub fn infer(
         }
         alignment_scale = Some(scale);
         prediction.intrinsics = batch.intrinsics.clone();
-        if opts.align_to_input_ext_scale {
-            prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
-            let sf = scale as f32;
-            prediction.depth.iter_mut().for_each(|d| *d /= sf);
-        }
+        // The reference default (align_to_input_ext_scale=True): the input cameras are output
+        // and depth is brought to their scale.
+        prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
+        let sf = scale as f32;
+        prediction.depth.iter_mut().for_each(|d| *d /= sf);
     }
     Ok(InferenceResult {
         batch,
@@ -372,15 +358,19 @@ mod tests {
         ]
     }
 
+    fn assert_identity(m: &Mat4) {
+        for (i, row) in m.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                assert!((v - (i == j) as u8 as f32).abs() < 1e-6, "{m:?}");
+            }
+        }
+    }
+
     #[test]
     fn affine_inverse_inverts() {
         let e = ext(rot_z(0.3), [1.0, -2.0, 0.5]);
         let p = matmul4(&e, &affine_inverse(&e));
-        for i in 0..4 {
-            for j in 0..4 {
-                assert!((p[i][j] - (i == j) as u8 as f32).abs() < 1e-6);
-            }
-        }
+        assert_identity(&p);
     }
 
     #[test]
@@ -391,11 +381,7 @@ mod tests {
             ext(rot_z(-0.2), [0.0, 5.0, 2.0]),
         ];
         let n = normalize_extrinsics(&es);
-        for i in 0..4 {
-            for j in 0..4 {
-                assert!((n[0][i][j] - (i == j) as u8 as f32).abs() < 1e-6);
-            }
-        }
+        assert_identity(&n[0]);
         let mut d: Vec<f32> = camera_centres(&n)
             .iter()
             .map(|c| (c[0] * c[0] + c[1] * c[1] + c[2] * c[2]).sqrt() as f32)
@@ -424,12 +410,12 @@ mod tests {
             })
             .collect();
         let got = umeyama_scale(&x, &y);
-        assert!((got - s).abs() < 1e-9, "{got}");
-        // Coplanar three points (rank-2 covariance) still work.
+        assert!((got - s).abs() < 1e-6, "{got}"); // the f32 rotation is orthonormal to ~1e-8
+                                                  // Coplanar three points (rank-2 covariance) still work.
         let got3 = umeyama_scale(&x[..3], &y[..3]);
-        assert!((got3 - s).abs() < 1e-9, "{got3}");
+        assert!((got3 - s).abs() < 1e-6, "{got3}");
         // Two points: fallback to spread ratio.
-        assert!((umeyama_scale(&x[..2], &y[..2]) - s).abs() < 1e-9);
+        assert!((umeyama_scale(&x[..2], &y[..2]) - s).abs() < 1e-6);
     }
 
     #[test]

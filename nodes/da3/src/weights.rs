@@ -26,24 +26,55 @@ pub struct CheckpointFiles {
     pub weights: PathBuf,
 }
 
-fn hub_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
-    let (owner, name) = repo
-        .split_once('/')
-        .ok_or_else(|| eyre!("hub id {repo:?} is not owner/name"))?;
-    let client = hf_hub::HFClientSync::new().map_err(|e| eyre!("hf-hub client: {e}"))?;
-    let repo_h = client.model(owner, name);
-    let fetch = |local_only: bool| {
-        repo_h
-            .download_file()
-            .filename(file.to_string())
-            .local_files_only(local_only)
-            .maybe_revision(revision.map(str::to_string))
-            .send()
-    };
-    match fetch(true) {
-        Ok(p) => Ok(p),
-        Err(_) => fetch(false).map_err(|e| eyre!("downloading {file} from hub repo {repo}: {e}")),
+/// The Hugging Face hub cache folder, as Python's `huggingface_hub` finds it:
+/// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hub_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
     }
+    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".cache/huggingface/hub")
+}
+
+fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A file of a hub model repo: from the cache when it is there (no network),
+/// else downloaded into the cache (unless `HF_HUB_OFFLINE` is set).
+fn hub_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    use hf_hub::{Cache, Repo, RepoType};
+    if !repo.contains('/') {
+        bail!("hub id {repo:?} is not owner/name");
+    }
+    let rev = revision.unwrap_or("main").to_string();
+    let repo_id = Repo::with_revision(repo.to_string(), RepoType::Model, rev);
+    let cache_dir = hub_cache_dir();
+    if let Some(p) = Cache::new(cache_dir.clone())
+        .repo(repo_id.clone())
+        .get(file)
+    {
+        return Ok(p);
+    }
+    if hub_offline() {
+        bail!(
+            "{file} of hub repo {repo} is not in the cache {} and HF_HUB_OFFLINE is set",
+            cache_dir.display()
+        );
+    }
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(cache_dir)
+        .with_progress(false)
+        .build()
+        .map_err(|e| eyre!("hf-hub client: {e}"))?;
+    api.repo(repo_id)
+        .get(file)
+        .map_err(|e| eyre!("downloading {file} from hub repo {repo}: {e}"))
 }
 
 /// Resolve a model source to local files (downloading hub files into the standard HF cache).

@@ -4,23 +4,30 @@ The reference resizes with cv2.resize; the opencv-python wheels send INTER_CUBIC
 (float, CPU-dispatched), which differs from OpenCV's own fixed-point cubic on ~1-2% of pixels by
 one level. The Rust port emulates OpenCV's own code bit-exactly, so for an exact end-to-end check
 (tests/cli.rs) this regenerates fixtures/cli/results*.npz with cv2.ipp.setUseIPP(False) into
-fixtures/cli/noipp/. Run from the repository root with the reference venv:
+fixtures/cli/noipp/ (OPENCV_IPP=disabled). Run from the repository root with the reference venv:
     python nodes/da3/tests/gen_cli_noipp.py
 """
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import cv2
-import numpy as np
+# cv2.ipp.setUseIPP is per thread and the reference preprocesses in worker threads: disable IPP
+# process-wide, before OpenCV initialises.
+os.environ["OPENCV_IPP"] = "disabled"
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 root = Path(__file__).resolve().parents[3]
 fixtures = root / "nodes/da3/tests/fixtures"
 sys.path.insert(0, str(root / "scripts"))
 import make_fixtures as mf  # noqa: E402
 
-cv2.ipp.setUseIPP(False)
+import tqdm  # noqa: E402
+
+tqdm.tqdm.monitor_interval = 0  # fixture_cli joins new threads; tqdm's monitor never ends
+assert not cv2.ipp.useIPP()
 with tempfile.TemporaryDirectory() as td:
     td = Path(td)
     (td / "tiny-anyview").symlink_to(fixtures / "tiny-anyview")

@@ -42,9 +42,18 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     diff / scale
 }
 
-/// Runs every case of one fixture; returns the failures ("case.output: figure").
+/// Runs every case of one committed fixture; returns the failures ("case.output: figure").
 fn run_fixture(name: &str) -> Vec<String> {
-    let dir = fixture_dir(name);
+    run_fixture_dir(&fixture_dir(name))
+}
+
+/// Runs every case of the fixture in `dir`.
+fn run_fixture_dir(dir: &Path) -> Vec<String> {
+    let dir = dir.to_path_buf();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !dir.join("model.safetensors").is_file() {
         panic!(
             "fixture {} missing: run scripts/make_fixtures.py",
@@ -186,4 +195,19 @@ fn parity_tiny_metric() {
 #[test]
 fn parity_tiny_nested() {
     assert_fixture("tiny-nested");
+}
+
+/// Full-size DA3-SMALL (seeded random weights), generated on demand into the
+/// cache by `scripts/make_fixtures.py --full da3-small` (see the README).
+#[test]
+#[ignore = "needs the on-demand fixture: scripts/make_fixtures.py --full da3-small"]
+fn full_da3_small() {
+    let cache = std::env::var("DA3_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/dora-da3")
+        });
+    let dir = cache.join("fixtures/da3-small");
+    let f = run_fixture_dir(&dir);
+    assert!(f.is_empty(), "parity failures:\n{}", f.join("\n"));
 }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use candle_core::Device;
 use da3::export::{read_npz, NpyArray};
 use da3::preprocess::{
-    preprocess, process_view, resize::resize, Interpolation, Mat3, PreprocessConfig, ResizeMethod, RgbImage,
+    preprocess, process_view, resize::resize, Interpolation, Mat3, PreprocessConfig, ResizeMethod,
+    RgbImage,
 };
 
 fn fixtures() -> PathBuf {
@@ -24,11 +25,16 @@ fn fixtures() -> PathBuf {
 #[test]
 fn opencv_resize_parity() {
     let path = fixtures().join("cv_resize.npz");
-    let members: BTreeMap<String, NpyArray> = read_npz(&path).expect("cv_resize.npz").into_iter().collect();
+    let members: BTreeMap<String, NpyArray> = read_npz(&path)
+        .expect("cv_resize.npz")
+        .into_iter()
+        .collect();
     let n = members.keys().filter(|k| k.ends_with(".meta")).count();
     assert!(n > 0, "no cases in {}", path.display());
     let u8s = |a: &NpyArray| -> Vec<u8> {
-        let da3::export::NpyData::U8(v) = &a.data else { panic!("not u8") };
+        let da3::export::NpyData::U8(v) = &a.data else {
+            panic!("not u8")
+        };
         v.clone()
     };
     let mut failures = Vec::new();
@@ -38,13 +44,27 @@ fn opencv_resize_parity() {
         let meta = members[&format!("{i}.meta")].to_f64_vec();
         let (sh, sw) = (src.shape[0], src.shape[1]);
         let (dw, dh) = (meta[1] as usize, meta[2] as usize);
-        let interp = if meta[0] == 0.0 { Interpolation::Cubic } else { Interpolation::Area };
+        let interp = if meta[0] == 0.0 {
+            Interpolation::Cubic
+        } else {
+            Interpolation::Area
+        };
         let got = resize(&u8s(src), sw, sh, 3, dw, dh, interp);
         let with_ipp = u8s(&members[&format!("{i}.dst")]);
-        let own = members.get(&format!("{i}.dst_noipp")).map(u8s).unwrap_or_else(|| with_ipp.clone());
+        let own = members
+            .get(&format!("{i}.dst_noipp"))
+            .map(u8s)
+            .unwrap_or_else(|| with_ipp.clone());
         let count = |want: &[u8]| -> (usize, i32) {
-            let d: Vec<i32> = got.iter().zip(want).map(|(&a, &b)| a as i32 - b as i32).collect();
-            (d.iter().filter(|&&x| x != 0).count(), d.iter().map(|x| x.abs()).max().unwrap_or(0))
+            let d: Vec<i32> = got
+                .iter()
+                .zip(want)
+                .map(|(&a, &b)| a as i32 - b as i32)
+                .collect();
+            (
+                d.iter().filter(|&&x| x != 0).count(),
+                d.iter().map(|x| x.abs()).max().unwrap_or(0),
+            )
         };
         let (own_n, own_max) = count(&own);
         let (ipp_n, ipp_max) = count(&with_ipp);
@@ -59,7 +79,10 @@ fn opencv_resize_parity() {
         ipp_total += got.len();
     }
     let frac = ipp_diff as f64 / ipp_total as f64;
-    println!("vs OpenCV+IPP overall: {ipp_diff}/{ipp_total} values differ by 1 ({:.3}%)", frac * 100.0);
+    println!(
+        "vs OpenCV+IPP overall: {ipp_diff}/{ipp_total} values differ by 1 ({:.3}%)",
+        frac * 100.0
+    );
     assert!(failures.is_empty(), "cases failing: {failures:?}");
     assert!(frac < 0.02);
 }
@@ -82,7 +105,16 @@ impl Fixture {
         let tensors = parsed
             .tensors()
             .into_iter()
-            .map(|(name, v)| (name, (v.shape().to_vec(), v.data().to_vec(), format!("{:?}", v.dtype()))))
+            .map(|(name, v)| {
+                (
+                    name,
+                    (
+                        v.shape().to_vec(),
+                        v.data().to_vec(),
+                        format!("{:?}", v.dtype()),
+                    ),
+                )
+            })
             .collect();
         let meta = serde_json::from_slice(&std::fs::read(js).unwrap()).unwrap();
         Some(Fixture { tensors, meta })
@@ -97,12 +129,21 @@ impl Fixture {
     fn f32s(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
         let (shape, data, dtype) = self.tensors.get(name)?;
         assert_eq!(dtype, "F32");
-        Some((shape.clone(), data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        Some((
+            shape.clone(),
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ))
     }
 
     fn mats(&self, name: &str) -> Option<Vec<Mat3<f32>>> {
         let (_, v) = self.f32s(name)?;
-        Some(v.chunks_exact(9).map(|c| [[c[0], c[1], c[2]], [c[3], c[4], c[5]], [c[6], c[7], c[8]]]).collect())
+        Some(
+            v.chunks_exact(9)
+                .map(|c| [[c[0], c[1], c[2]], [c[3], c[4], c[5]], [c[6], c[7], c[8]]])
+                .collect(),
+        )
     }
 }
 
@@ -118,19 +159,33 @@ fn preprocessing_matches_reference() {
         let images: Vec<RgbImage> = if fx.tensors.contains_key(&format!("{tag}.in_u8")) {
             vec![fx.u8_image(&format!("{tag}.in_u8"))]
         } else {
-            (0..n_views).map(|i| fx.u8_image(&format!("{tag}.in{i}_u8"))).collect()
+            (0..n_views)
+                .map(|i| fx.u8_image(&format!("{tag}.in{i}_u8")))
+                .collect()
         };
         let k_in = fx.mats(&format!("{tag}.K_in"));
         let process_res = case["process_res"].as_u64().unwrap() as usize;
         for (method, hw) in case["out_hw"].as_object().unwrap() {
             let method: ResizeMethod = method.parse().unwrap();
-            let cfg = PreprocessConfig { process_res, method };
-            let (shape, want) = fx.f32s(&format!("{tag}.{method}.out")).expect("reference output");
+            let cfg = PreprocessConfig {
+                process_res,
+                method,
+            };
+            let (shape, want) = fx
+                .f32s(&format!("{tag}.{method}.out"))
+                .expect("reference output");
             let batch = preprocess(&images, k_in.as_deref(), &cfg, &Device::Cpu).unwrap();
-            let (h, w) = (hw[0].as_u64().unwrap() as usize, hw[1].as_u64().unwrap() as usize);
+            let (h, w) = (
+                hw[0].as_u64().unwrap() as usize,
+                hw[1].as_u64().unwrap() as usize,
+            );
             assert_eq!((batch.height, batch.width), (h, w), "{tag} {method}: size");
             let got: Vec<f32> = batch.tensor.flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(got.len(), want.len(), "{tag} {method}: element count (reference shape {shape:?})");
+            assert_eq!(
+                got.len(),
+                want.len(),
+                "{tag} {method}: element count (reference shape {shape:?})"
+            );
             let (mut sum, mut max, mut nz) = (0f64, 0f64, 0usize);
             for (a, b) in got.iter().zip(&want) {
                 let d = (*a as f64 - *b as f64).abs();
@@ -152,7 +207,9 @@ fn preprocessing_matches_reference() {
             if let Some(k_want) = fx.mats(&format!("{tag}.{method}.K_out")) {
                 let k_got = batch.intrinsics.as_ref().expect("intrinsics out");
                 if k_got != &k_want {
-                    problems.push(format!("{tag} {method}: intrinsics {k_got:?} != {k_want:?}"));
+                    problems.push(format!(
+                        "{tag} {method}: intrinsics {k_got:?} != {k_want:?}"
+                    ));
                 }
             }
             checked += 1;
@@ -166,6 +223,9 @@ fn preprocessing_matches_reference() {
 #[test]
 fn process_view_rejects_tiny_crop() {
     let img = RgbImage::new(10, 3, vec![0; 90]).unwrap();
-    let cfg = PreprocessConfig { process_res: 10, method: ResizeMethod::UpperBoundCrop };
+    let cfg = PreprocessConfig {
+        process_res: 10,
+        method: ResizeMethod::UpperBoundCrop,
+    };
     assert!(process_view::<f32>(&img, None, &cfg).is_err());
 }

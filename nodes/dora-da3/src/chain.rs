@@ -202,7 +202,11 @@ mod tests {
         let gt: Vec<(Mat, [f64; 3], f32)> = (0..n)
             .map(|i| {
                 let a = i as f64 * 0.1;
-                (rot(0.02 * a, 0.3 * a, 0.01), [a, 0.1 * a * a, 0.5 * a], 2.0 + a as f32)
+                (
+                    rot(0.02 * a, 0.3 * a, 0.01),
+                    [a, 0.1 * a * a, 0.5 * a],
+                    2.0 + a as f32,
+                )
             })
             .collect();
         let (window, stride) = (4usize, 2usize);
@@ -220,7 +224,11 @@ mod tests {
                     let (r_cw, c, d) = gt[i];
                     let r_local = mat_mul(&r_k, &r_cw);
                     let rc = mat_vec(&r_k, &c);
-                    let c_local = [s_k * rc[0] + t_k[0], s_k * rc[1] + t_k[1], s_k * rc[2] + t_k[2]];
+                    let c_local = [
+                        s_k * rc[0] + t_k[0],
+                        s_k * rc[1] + t_k[1],
+                        s_k * rc[2] + t_k[2],
+                    ];
                     let depth = vec![d * s_k as f32; 4];
                     view(i as u64, world_to_cam(&r_local, &c_local), depth)
                 })

@@ -206,9 +206,9 @@ impl Config {
             bail!("invalid PROCESS_RES={process_res}: must be 14..=4096");
         }
         let method_raw: String = env_or("PROCESS_RES_METHOD", "upper_bound_resize".to_string())?;
-        let method: ResizeMethod = method_raw.parse().map_err(|e| {
-            eyre!("invalid PROCESS_RES_METHOD={method_raw:?}: {e}")
-        })?;
+        let method: ResizeMethod = method_raw
+            .parse()
+            .map_err(|e| eyre!("invalid PROCESS_RES_METHOD={method_raw:?}: {e}"))?;
         let strategy_raw: String = env_or("REF_VIEW_STRATEGY", "saddle_balanced".to_string())?;
         let ref_view_strategy: RefViewStrategy = strategy_raw
             .parse()

@@ -68,7 +68,7 @@ pub struct UnitOut {
 
 fn tensor_rows<const N: usize>(t: &Tensor) -> Result<Vec<[f64; N]>> {
     let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    if v.len() % N != 0 {
+    if !v.len().is_multiple_of(N) {
         bail!("tensor of {} values is not a list of {N}-vectors", v.len());
     }
     Ok(v.chunks_exact(N)
@@ -143,7 +143,9 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
         opts.extrinsics = Some(Tensor::from_vec(e, (1, s, 4, 4), &Device::Cpu)?);
         opts.intrinsics = Some(Tensor::from_vec(k, (1, s, 3, 3), &Device::Cpu)?);
     }
-    let out = model.forward(&batch.tensor, &opts).wrap_err("model forward")?;
+    let out = model
+        .forward(&batch.tensor, &opts)
+        .wrap_err("model forward")?;
     let (w, h) = (batch.width, batch.height);
     let s = unit.views.len();
     let depth: Vec<f32> = out
@@ -157,7 +159,11 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
         None => None,
     };
     let ext = match &out.extrinsics {
-        Some(e) => Some(tensor_rows::<12>(&e.narrow(candle_core::D::Minus2, 0, 3)?)?),
+        Some(e) => Some(tensor_rows::<12>(&e.narrow(
+            candle_core::D::Minus2,
+            0,
+            3,
+        )?)?),
         None => None,
     };
     let intr = match &out.intrinsics {
@@ -175,7 +181,9 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
     for (i, v) in unit.views.iter().enumerate() {
         let t = &batch.transforms[i];
         let d = depth[i * plane..(i + 1) * plane].to_vec();
-        let c = conf.as_ref().map(|c| c[i * plane..(i + 1) * plane].to_vec());
+        let c = conf
+            .as_ref()
+            .map(|c| c[i * plane..(i + 1) * plane].to_vec());
         // Intrinsics: the given ones when the unit was pose-conditioned (as the
         // reference API reports the input cameras), else predicted, else given.
         let k_proc: Option<[f64; 9]> = match (&intr, conditioned) {

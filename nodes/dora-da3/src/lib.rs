@@ -34,7 +34,14 @@ use sched::Scheduler;
 use status::Stats;
 
 /// Output ports.
-pub const OUTPUTS: [&str; 6] = ["depth", "confidence", "camera", "points", "depth_vis", "status"];
+pub const OUTPUTS: [&str; 6] = [
+    "depth",
+    "confidence",
+    "camera",
+    "points",
+    "depth_vis",
+    "status",
+];
 
 /// Inputs with these ids are triggers: in window mode they flush partial windows.
 pub fn is_trigger(id: &str) -> bool {
@@ -90,7 +97,9 @@ pub fn check_pose(e: &[f64; 12]) -> std::result::Result<(), String> {
             let dot: f64 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
             let want = if i == j { 1.0 } else { 0.0 };
             if (dot - want).abs() > 1e-3 {
-                return Err("pose rotation is not orthonormal (not invertible as a rigid motion)".into());
+                return Err(
+                    "pose rotation is not orthonormal (not invertible as a rigid motion)".into(),
+                );
             }
         }
     }
@@ -98,7 +107,9 @@ pub fn check_pose(e: &[f64; 12]) -> std::result::Result<(), String> {
         - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
         + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
     if (det - 1.0).abs() > 1e-3 {
-        return Err(format!("pose rotation has determinant {det:.3}, expected 1"));
+        return Err(format!(
+            "pose rotation has determinant {det:.3}, expected 1"
+        ));
     }
     Ok(())
 }
@@ -134,7 +145,10 @@ impl Node<'_> {
     fn send_status(&mut self, value: serde_json::Value) -> Result<()> {
         let arr: ArrayRef = Arc::new(StringArray::from(vec![value.to_string()]));
         let mut p = MetadataParameters::new();
-        p.insert("primitive".into(), da3_msg::Parameter::String("status".into()));
+        p.insert(
+            "primitive".into(),
+            da3_msg::Parameter::String("status".into()),
+        );
         self.send("status", (arr, p))
     }
 
@@ -150,7 +164,9 @@ impl Node<'_> {
             self.sched.flush();
             return Ok(());
         }
-        let frame_hint = da3_msg::FrameInfo::read(params).ok().and_then(|i| i.frame_id);
+        let frame_hint = da3_msg::FrameInfo::read(params)
+            .ok()
+            .and_then(|i| i.frame_id);
         if is_camera_info(id) {
             return match CameraMsg::from_message(data, params) {
                 Ok(cam) => {
@@ -164,13 +180,17 @@ impl Node<'_> {
                         cy: cam.intrinsics[5],
                     };
                     if !(k.fx > 0.0 && k.fy > 0.0) {
-                        return self.reject(id, frame_hint, "intrinsics have non-positive focal lengths".into());
+                        return self.reject(
+                            id,
+                            frame_hint,
+                            "intrinsics have non-positive focal lengths".into(),
+                        );
                     }
-                    let name = cam
-                        .info
-                        .camera
-                        .clone()
-                        .unwrap_or_else(|| id.trim_start_matches("camera_info").trim_start_matches('_').to_string());
+                    let name = cam.info.camera.clone().unwrap_or_else(|| {
+                        id.trim_start_matches("camera_info")
+                            .trim_start_matches('_')
+                            .to_string()
+                    });
                     self.known
                         .by_name
                         .insert(name, (k, cam.extrinsics, cam.width, cam.height));
@@ -220,13 +240,18 @@ impl Node<'_> {
         Ok(())
     }
 
-    fn on_result(&mut self, out: std::result::Result<UnitOut, (String, Vec<String>)>) -> Result<()> {
+    fn on_result(
+        &mut self,
+        out: std::result::Result<UnitOut, (String, Vec<String>)>,
+    ) -> Result<()> {
         let mut unit = match out {
             Ok(u) => u,
             Err((reason, frames)) => {
                 self.stats.failed_units += 1;
                 tracing::error!("inference failed for {frames:?}: {reason}");
-                let rec = self.stats.error("inference", &frames.join(","), None, &reason);
+                let rec = self
+                    .stats
+                    .error("inference", &frames.join(","), None, &reason);
                 return self.send_status(rec);
             }
         };
@@ -245,7 +270,8 @@ impl Node<'_> {
                 self.send("camera", c.to_message())?;
             }
             if self.wired.contains("points") {
-                if let Some(p) = post::points_msg(v, self.cfg.conf_percentile, self.cfg.max_points) {
+                if let Some(p) = post::points_msg(v, self.cfg.conf_percentile, self.cfg.max_points)
+                {
                     self.send("points", p.to_message())?;
                 }
             }
@@ -259,15 +285,23 @@ impl Node<'_> {
     }
 
     fn report(&mut self, pool: &Pool) -> Result<()> {
-        let rep = self
-            .stats
-            .report(&self.base_status, self.sched.dropped, self.sched.pending(), pool.in_flight());
+        let rep = self.stats.report(
+            &self.base_status,
+            self.sched.dropped,
+            self.sched.pending(),
+            pool.in_flight(),
+        );
         self.send_status(rep)
     }
 }
 
 /// Runs the node until its inputs end and every accepted frame is processed.
-pub fn run(node: &mut DoraNode, events: EventStream, cfg: Config, models: Vec<Da3Model>) -> Result<()> {
+pub fn run(
+    node: &mut DoraNode,
+    events: EventStream,
+    cfg: Config,
+    models: Vec<Da3Model>,
+) -> Result<()> {
     let cfg = Arc::new(cfg);
     let inputs: Vec<String> = node
         .node_config()
@@ -294,7 +328,10 @@ pub fn run(node: &mut DoraNode, events: EventStream, cfg: Config, models: Vec<Da
             .collect(),
     };
     if cfg.mode == Mode::Rig && rig_inputs.len() < 2 {
-        tracing::warn!("MODE=rig with {} image input(s): a rig usually has two or more", rig_inputs.len());
+        tracing::warn!(
+            "MODE=rig with {} image input(s): a rig usually has two or more",
+            rig_inputs.len()
+        );
     }
     let devices: Vec<String> = cfg.devices.iter().map(|d| d.to_string()).collect();
     let precision = models
@@ -338,7 +375,8 @@ pub fn run(node: &mut DoraNode, events: EventStream, cfg: Config, models: Vec<Da
         .wrap_err("cannot start the event thread")?;
     let mut ev_rx: Receiver<Event> = ev_rx;
     let mut inputs_done = false;
-    let mut reorder: Reorder<std::result::Result<UnitOut, (String, Vec<String>)>> = Reorder::default();
+    let mut reorder: Reorder<std::result::Result<UnitOut, (String, Vec<String>)>> =
+        Reorder::default();
     let mut last_status = Instant::now();
     let mut next_seq = 0u64;
     loop {

@@ -29,7 +29,13 @@ pub struct Pool {
 fn describe(unit: &WorkUnit) -> Vec<String> {
     unit.views
         .iter()
-        .map(|v| format!("{}#{}", v.input, v.info.frame_id.map_or("?".into(), |i| i.to_string())))
+        .map(|v| {
+            format!(
+                "{}#{}",
+                v.input,
+                v.info.frame_id.map_or("?".into(), |i| i.to_string())
+            )
+        })
         .collect()
 }
 

@@ -81,7 +81,9 @@ pub fn percentile(values: &[f32], p: f64) -> Option<f32> {
 pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Option<PointCloud> {
     let k = v.intrinsics?;
     let (fx, fy, cx, cy) = (k[0], k[4], k[2], k[5]);
-    let e = v.extrinsics.unwrap_or([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    let e = v
+        .extrinsics
+        .unwrap_or([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
     let thr = v
         .conf
         .as_ref()
@@ -124,11 +126,14 @@ pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Optio
 pub fn turbo(t: f32) -> [u8; 3] {
     let t = t.clamp(0.0, 1.0) as f64;
     let r = 0.13572138
-        + t * (4.61539260 + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
+        + t * (4.61539260
+            + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
     let g = 0.09140261
-        + t * (2.19418839 + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
+        + t * (2.19418839
+            + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
     let b = 0.10667330
-        + t * (12.64194608 + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
+        + t * (12.64194608
+            + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
     let c = |x: f64| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
     [c(r), c(g), c(b)]
 }
@@ -139,7 +144,13 @@ pub fn depth_vis(v: &ViewOut) -> ImageFrame {
     let inv: Vec<f32> = v
         .depth
         .iter()
-        .map(|&d| if d > 0.0 && d.is_finite() { 1.0 / d } else { f32::NAN })
+        .map(|&d| {
+            if d > 0.0 && d.is_finite() {
+                1.0 / d
+            } else {
+                f32::NAN
+            }
+        })
         .collect();
     let lo = percentile(&inv, 2.0).unwrap_or(0.0);
     let hi = percentile(&inv, 98.0).unwrap_or(1.0);

@@ -114,7 +114,11 @@ impl Scheduler {
             {
                 return;
             }
-            let stamps: Vec<u64> = self.rig_inputs.iter().map(|i| stamp(&self.rig[i])).collect();
+            let stamps: Vec<u64> = self
+                .rig_inputs
+                .iter()
+                .map(|i| stamp(&self.rig[i]))
+                .collect();
             let (lo, hi) = (
                 *stamps.iter().min().unwrap_or(&0),
                 *stamps.iter().max().unwrap_or(&0),
@@ -198,9 +202,7 @@ impl Scheduler {
 
     /// Frames waiting (not yet in a running unit).
     pub fn pending(&self) -> usize {
-        self.live.len()
-            + self.fifo.len()
-            + self.ready.iter().map(|u| u.views.len()).sum::<usize>()
+        self.live.len() + self.fifo.len() + self.ready.iter().map(|u| u.views.len()).sum::<usize>()
     }
 }
 
@@ -249,7 +251,9 @@ mod tests {
         for i in 0..5 {
             s.push(v("image", i, i));
         }
-        let got: Vec<u64> = std::iter::from_fn(|| s.next_unit()).map(|u| ids(&u)[0]).collect();
+        let got: Vec<u64> = std::iter::from_fn(|| s.next_unit())
+            .map(|u| ids(&u)[0])
+            .collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert_eq!(s.dropped, 0);
     }
@@ -263,7 +267,15 @@ mod tests {
         s.flush();
         let units: Vec<WorkUnit> = std::iter::from_fn(|| s.next_unit()).collect();
         let w: Vec<Vec<u64>> = units.iter().map(ids).collect();
-        assert_eq!(w, vec![vec![0, 1, 2, 3], vec![2, 3, 4, 5], vec![4, 5, 6, 7], vec![6, 7, 8]]);
+        assert_eq!(
+            w,
+            vec![
+                vec![0, 1, 2, 3],
+                vec![2, 3, 4, 5],
+                vec![4, 5, 6, 7],
+                vec![6, 7, 8]
+            ]
+        );
         let emitted: Vec<u64> = units
             .iter()
             .flat_map(|u| {

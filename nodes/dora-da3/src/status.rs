@@ -32,6 +32,13 @@ impl Default for Stats {
     }
 }
 
+/// Resident memory of this process in MiB (Linux), `None` elsewhere.
+pub fn rss_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
+}
+
 fn pct(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -105,6 +112,7 @@ impl Stats {
             "in_flight": in_flight,
             "fps": fps,
             "latency_ms": {"p50": pct(&lat, 50.0), "p95": pct(&lat, 95.0)},
+            "rss_mib": rss_mib(),
             "recent_errors": self.errors.iter().cloned().collect::<Vec<_>>(),
         });
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {

@@ -7,14 +7,17 @@ use std::time::Duration;
 use da3::Da3Model;
 use da3_msg::image_frame::{encode_jpeg, encode_png};
 use da3_msg::{CameraMsg, Encoding, FrameInfo, ImageFrame};
+use dora_da3::config::{Config, DeviceSpec, Mode, OutputSize, Precision};
 use dora_node_api::integration_testing::{
     output_channel, IntegrationTestInput, TestingInput, TestingOptions, TestingOutput,
 };
 use dora_node_api::DoraNode;
-use dora_da3::config::{Config, DeviceSpec, Mode, OutputSize, Precision};
 use serde_json::{json, Value};
 
-const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../da3/tests/fixtures/tiny-anyview");
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../da3/tests/fixtures/tiny-anyview"
+);
 const W: u32 = 56;
 const H: u32 = 42;
 
@@ -86,20 +89,33 @@ fn frame(enc: Encoding, seed: u32, id: u64, camera: &str, stamp_ms: u64) -> Imag
 }
 
 /// One input event in the integration-testing JSON format.
-fn event(t: f64, input: &str, msg: (da3_msg::arrow::array::ArrayRef, da3_msg::MetadataParameters)) -> Value {
+fn event(
+    t: f64,
+    input: &str,
+    msg: (da3_msg::arrow::array::ArrayRef, da3_msg::MetadataParameters),
+) -> Value {
     let (arr, params) = msg;
     let dt = serde_json::to_value(arr.data_type()).unwrap();
     let data: Value = match arr.data_type() {
         da3_msg::arrow::datatypes::DataType::UInt8 => {
-            let a = arr.as_any().downcast_ref::<da3_msg::arrow::array::UInt8Array>().unwrap();
+            let a = arr
+                .as_any()
+                .downcast_ref::<da3_msg::arrow::array::UInt8Array>()
+                .unwrap();
             json!(a.values().to_vec())
         }
         da3_msg::arrow::datatypes::DataType::Float64 => {
-            let a = arr.as_any().downcast_ref::<da3_msg::arrow::array::Float64Array>().unwrap();
+            let a = arr
+                .as_any()
+                .downcast_ref::<da3_msg::arrow::array::Float64Array>()
+                .unwrap();
             json!(a.values().to_vec())
         }
         da3_msg::arrow::datatypes::DataType::Float32 => {
-            let a = arr.as_any().downcast_ref::<da3_msg::arrow::array::Float32Array>().unwrap();
+            let a = arr
+                .as_any()
+                .downcast_ref::<da3_msg::arrow::array::Float32Array>()
+                .unwrap();
             json!(a.values().to_vec())
         }
         other => panic!("unsupported test payload {other}"),
@@ -133,7 +149,10 @@ impl Outputs {
             .collect()
     }
     fn errors(&self) -> Vec<Value> {
-        self.status().into_iter().filter(|s| s["type"] == "error").collect()
+        self.status()
+            .into_iter()
+            .filter(|s| s["type"] == "error")
+            .collect()
     }
     fn last_stats(&self) -> Value {
         self.status()
@@ -182,7 +201,13 @@ fn batch_sends_every_frame_in_order_with_the_model_values() {
     let m = model();
     let n = 5;
     let events: Vec<Value> = (0..n)
-        .map(|i| event(0.001 * i as f64, "image", frame(Encoding::Rgb8, i, i as u64, "cam", i as u64).to_message()))
+        .map(|i| {
+            event(
+                0.001 * i as f64,
+                "image",
+                frame(Encoding::Rgb8, i, i as u64, "cam", i as u64).to_message(),
+            )
+        })
         .collect();
     let out = run_node(config(Mode::Batch), vec![m.clone()], &["image"], events);
     let depths = out.floats("depth");
@@ -199,7 +224,8 @@ fn batch_sends_every_frame_in_order_with_the_model_values() {
             views: vec![dora_da3::engine::ViewIn {
                 input: "image".into(),
                 info: FrameInfo::default(),
-                image: da3::preprocess::RgbImage::new(W as usize, H as usize, rgb(i as u32)).unwrap(),
+                image: da3::preprocess::RgbImage::new(W as usize, H as usize, rgb(i as u32))
+                    .unwrap(),
                 intrinsics: None,
                 extrinsics: None,
                 received: std::time::Instant::now(),
@@ -233,7 +259,13 @@ fn every_encoding_is_accepted_and_lossless_ones_agree() {
     let events: Vec<Value> = encs
         .iter()
         .enumerate()
-        .map(|(i, e)| event(0.001 * i as f64, "image", frame(*e, 3, i as u64, "cam", i as u64).to_message()))
+        .map(|(i, e)| {
+            event(
+                0.001 * i as f64,
+                "image",
+                frame(*e, 3, i as u64, "cam", i as u64).to_message(),
+            )
+        })
         .collect();
     let out = run_node(config(Mode::Batch), vec![model()], &["image"], events);
     let d = out.floats("depth");
@@ -256,18 +288,30 @@ fn bad_inputs_are_rejected_named_and_the_next_frame_is_processed() {
     bad.push(("wrong size", f.to_message()));
     // Unknown encoding.
     let (a, mut p) = frame(Encoding::Rgb8, 1, 2, "cam", 0).to_message();
-    p.insert("encoding".into(), da3_msg::Parameter::String("yuv422".into()));
+    p.insert(
+        "encoding".into(),
+        da3_msg::Parameter::String("yuv422".into()),
+    );
     bad.push(("unknown encoding", (a, p)));
     // Corrupt JPEG.
     let mut f = frame(Encoding::Jpeg, 1, 3, "cam", 0);
-    f.data = [0xFF, 0xD8, 0xFF, 0xE0].into_iter().chain(b"not jpeg data".iter().copied()).collect();
+    f.data = [0xFF, 0xD8, 0xFF, 0xE0]
+        .into_iter()
+        .chain(b"not jpeg data".iter().copied())
+        .collect();
     bad.push(("corrupt jpeg", f.to_message()));
     // Missing width.
     let (a, mut p) = frame(Encoding::Rgb8, 1, 4, "cam", 0).to_message();
     p.remove("width");
     bad.push(("missing width", (a, p)));
     // Zero size.
-    let (a, mut p) = ImageFrame { width: 0, height: 0, data: vec![], ..frame(Encoding::Rgb8, 1, 5, "cam", 0) }.to_message();
+    let (a, mut p) = ImageFrame {
+        width: 0,
+        height: 0,
+        data: vec![],
+        ..frame(Encoding::Rgb8, 1, 5, "cam", 0)
+    }
+    .to_message();
     p.insert("width".into(), da3_msg::Parameter::Integer(0));
     p.insert("height".into(), da3_msg::Parameter::Integer(0));
     bad.push(("zero size", (a, p)));
@@ -282,7 +326,11 @@ fn bad_inputs_are_rejected_named_and_the_next_frame_is_processed() {
     // Wrong Arrow type.
     let (_, p) = frame(Encoding::Rgb8, 1, 7, "cam", 0).to_message();
     let floats: da3_msg::arrow::array::ArrayRef =
-        std::sync::Arc::new(da3_msg::arrow::array::Float32Array::from(vec![0f32; (W * H * 3) as usize]));
+        std::sync::Arc::new(da3_msg::arrow::array::Float32Array::from(vec![
+            0f32;
+            (W * H * 3)
+                as usize
+        ]));
     bad.push(("wrong arrow type", (floats, p)));
 
     let n_bad = bad.len();
@@ -298,17 +346,28 @@ fn bad_inputs_are_rejected_named_and_the_next_frame_is_processed() {
     for (i, e) in errors.iter().enumerate() {
         assert_eq!(e["kind"], "rejected");
         assert_eq!(e["input"], "image");
-        assert_eq!(e["frame_id"], (i + 1) as u64, "the record names the frame: {e}");
+        assert_eq!(
+            e["frame_id"],
+            (i + 1) as u64,
+            "the record names the frame: {e}"
+        );
         assert!(!e["reason"].as_str().unwrap().is_empty());
     }
-    let reasons: Vec<&str> = errors.iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = errors
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
     assert!(reasons[0].contains("bytes"), "{}", reasons[0]);
     assert!(reasons[1].contains("yuv422"), "{}", reasons[1]);
     assert!(reasons[2].contains("jpeg"), "{}", reasons[2]);
     assert!(reasons[3].contains("width"), "{}", reasons[3]);
     assert!(reasons[5].contains("exceeds"), "{}", reasons[5]);
     assert!(reasons[6].contains("UInt8"), "{}", reasons[6]);
-    assert_eq!(out.on("depth").len(), 1, "the good frame after them is processed");
+    assert_eq!(
+        out.on("depth").len(),
+        1,
+        "the good frame after them is processed"
+    );
     let stats = out.last_stats();
     assert_eq!(stats["rejected"], n_bad);
 }
@@ -317,14 +376,27 @@ fn bad_inputs_are_rejected_named_and_the_next_frame_is_processed() {
 fn live_mode_drops_stale_frames_and_counts_them() {
     let n = 12u64;
     let events: Vec<Value> = (0..n)
-        .map(|i| event(0.0, "image", frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message()))
+        .map(|i| {
+            event(
+                0.0,
+                "image",
+                frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message(),
+            )
+        })
         .collect();
     let out = run_node(config(Mode::Live), vec![model()], &["image"], events);
     let stats = out.last_stats();
     let sent = out.on("depth").len() as u64;
     let dropped = stats["dropped"].as_u64().unwrap();
-    assert!(sent >= 1 && sent < n, "live mode must drop under a burst: {sent} sent");
-    assert_eq!(sent + dropped, n, "every frame is either processed or counted as dropped");
+    assert!(
+        sent >= 1 && sent < n,
+        "live mode must drop under a burst: {sent} sent"
+    );
+    assert_eq!(
+        sent + dropped,
+        n,
+        "every frame is either processed or counted as dropped"
+    );
     assert_eq!(stats["frames_in"], n);
 }
 
@@ -332,7 +404,13 @@ fn live_mode_drops_stale_frames_and_counts_them() {
 fn window_mode_emits_each_frame_once_with_chained_poses() {
     let n = 7u64;
     let events: Vec<Value> = (0..n)
-        .map(|i| event(0.001 * i as f64, "image", frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message()))
+        .map(|i| {
+            event(
+                0.001 * i as f64,
+                "image",
+                frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message(),
+            )
+        })
         .collect();
     let out = run_node(config(Mode::Window), vec![model()], &["image"], events);
     assert_eq!(out.on("depth").len(), n as usize);
@@ -352,16 +430,30 @@ fn rig_mode_runs_both_cameras_together() {
     let mut events = Vec::new();
     for i in 0..3u64 {
         let t = 0.01 * i as f64;
-        events.push(event(t, "left", frame(Encoding::Rgb8, i as u32, i, "left", 100 * i).to_message()));
-        events.push(event(t, "right", frame(Encoding::Rgb8, 10 + i as u32, i, "right", 100 * i + 3).to_message()));
+        events.push(event(
+            t,
+            "left",
+            frame(Encoding::Rgb8, i as u32, i, "left", 100 * i).to_message(),
+        ));
+        events.push(event(
+            t,
+            "right",
+            frame(Encoding::Rgb8, 10 + i as u32, i, "right", 100 * i + 3).to_message(),
+        ));
     }
     let mut cfg = config(Mode::Rig);
     cfg.rig_inputs = Some(vec!["left".into(), "right".into()]);
     let out = run_node(cfg, vec![model()], &["left", "right"], events);
     let n = out.on("depth").len();
-    assert!(n >= 2 && n % 2 == 0, "rig outputs come in pairs, got {n}");
+    assert!(
+        n >= 2 && n.is_multiple_of(2),
+        "rig outputs come in pairs, got {n}"
+    );
     let stats = out.last_stats();
-    assert_eq!(stats["frames_out"].as_u64().unwrap() + stats["dropped"].as_u64().unwrap(), 6);
+    assert_eq!(
+        stats["frames_out"].as_u64().unwrap() + stats["dropped"].as_u64().unwrap(),
+        6
+    );
 }
 
 #[test]
@@ -371,7 +463,13 @@ fn several_replicas_keep_the_input_order() {
     let mut cfg = config(Mode::Batch);
     cfg.devices = vec![DeviceSpec::Cpu, DeviceSpec::Cpu, DeviceSpec::Cpu];
     let events: Vec<Value> = (0..n)
-        .map(|i| event(0.0, "image", frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message()))
+        .map(|i| {
+            event(
+                0.0,
+                "image",
+                frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message(),
+            )
+        })
         .collect();
     let out = run_node(cfg, vec![m.clone(), m.clone(), m], &["image"], events);
     let single = run_node(
@@ -379,10 +477,20 @@ fn several_replicas_keep_the_input_order() {
         vec![model()],
         &["image"],
         (0..n)
-            .map(|i| event(0.0, "image", frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message()))
+            .map(|i| {
+                event(
+                    0.0,
+                    "image",
+                    frame(Encoding::Rgb8, i as u32, i, "cam", i).to_message(),
+                )
+            })
             .collect(),
     );
-    assert_eq!(out.floats("depth"), single.floats("depth"), "same values, same order");
+    assert_eq!(
+        out.floats("depth"),
+        single.floats("depth"),
+        "same values, same order"
+    );
     assert_eq!(out.last_stats()["replicas"], 3);
 }
 
@@ -408,9 +516,18 @@ fn camera_info_inputs_condition_the_pose_and_bad_poses_are_rejected() {
         event(0.0, "camera_info", nan_cam.to_message()),
         event(0.001, "camera_info", singular.to_message()),
         event(0.002, "camera_info", good_cam.to_message()),
-        event(0.01, "image", frame(Encoding::Rgb8, 1, 0, "cam", 0).to_message()),
+        event(
+            0.01,
+            "image",
+            frame(Encoding::Rgb8, 1, 0, "cam", 0).to_message(),
+        ),
     ];
-    let out = run_node(config(Mode::Batch), vec![model()], &["image", "camera_info"], events);
+    let out = run_node(
+        config(Mode::Batch),
+        vec![model()],
+        &["image", "camera_info"],
+        events,
+    );
     let errors = out.errors();
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert_eq!(out.on("depth").len(), 1);

@@ -59,7 +59,7 @@ impl Config {
         let source = SourceSpec::resolve(&source_str, &base)?;
         let pace = match env_opt::<f64>("FPS")? {
             None => Pace::Tick,
-            Some(f) if f == 0.0 => Pace::Unpaced,
+            Some(0.0) => Pace::Unpaced,
             Some(f) if f > 0.0 && f.is_finite() => Pace::Fps(f),
             Some(f) => bail!("invalid FPS={f}: must be > 0 (or 0 for as fast as possible)"),
         };
@@ -177,7 +177,7 @@ impl FrameProducer {
 
     /// The next message-ready frame, `None` when the source is exhausted.
     /// The frame after it is read ahead so the last one carries `last: true`.
-    pub fn next(&mut self) -> Result<Option<ImageFrame>> {
+    pub fn next_frame(&mut self) -> Result<Option<ImageFrame>> {
         let Some(raw) = self.next_raw()? else {
             return Ok(None);
         };
@@ -188,16 +188,23 @@ impl FrameProducer {
         };
         let data = match self.config.encoding {
             Encoding::Rgb8 => raw.rgb,
-            Encoding::Bgr8 => raw.rgb.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect(),
-            Encoding::Jpeg => encode_jpeg(raw.width, raw.height, &raw.rgb, self.config.jpeg_quality)
-                .wrap_err_with(|| format!("cannot encode {} as JPEG", raw.origin))?,
+            Encoding::Bgr8 => raw
+                .rgb
+                .chunks_exact(3)
+                .flat_map(|p| [p[2], p[1], p[0]])
+                .collect(),
+            Encoding::Jpeg => {
+                encode_jpeg(raw.width, raw.height, &raw.rgb, self.config.jpeg_quality)
+                    .wrap_err_with(|| format!("cannot encode {} as JPEG", raw.origin))?
+            }
             Encoding::Png => encode_png(raw.width, raw.height, &raw.rgb)
                 .wrap_err_with(|| format!("cannot encode {} as PNG", raw.origin))?,
             other => bail!("unsupported output encoding {other}"),
         };
-        let intrinsics = self.config.intrinsics.map(|k| {
-            k.scaled(raw.width as f64 / w0 as f64, raw.height as f64 / h0 as f64)
-        });
+        let intrinsics = self
+            .config
+            .intrinsics
+            .map(|k| k.scaled(raw.width as f64 / w0 as f64, raw.height as f64 / h0 as f64));
         let frame = ImageFrame {
             encoding: self.config.encoding,
             width: raw.width,
@@ -221,7 +228,7 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: Config) -> Res
     let pace = config.pace;
     let linger_for = config.linger;
     let mut producer = FrameProducer::new(config)?;
-    let mut pending = producer.next()?;
+    let mut pending = producer.next_frame()?;
     let mut sent = 0u64;
     let started = Instant::now();
     let mut stopped = false;
@@ -263,7 +270,7 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: Config) -> Res
         if stopped {
             break;
         }
-        pending = producer.next()?;
+        pending = producer.next_frame()?;
         frame.info.last = pending.is_none();
         frame.info.stamp_ns = Some(now_ns());
         send_frame(node, OUTPUT, &frame)

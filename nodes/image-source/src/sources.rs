@@ -65,7 +65,10 @@ impl SourceSpec {
             let files: Vec<PathBuf> = parts.iter().map(|p| abs(p)).collect();
             for f in &files {
                 if !f.is_file() {
-                    bail!("SOURCE lists `{}`, which does not exist or is not a file", f.display());
+                    bail!(
+                        "SOURCE lists `{}`, which does not exist or is not a file",
+                        f.display()
+                    );
                 }
             }
             return Ok(Self::Images(files));
@@ -239,11 +242,17 @@ mod tests {
         write_png(&d.join("a.png"), 4, 3, 2);
         std::fs::write(d.join("notes.txt"), "x").unwrap();
         let folder = SourceSpec::resolve(d.to_str().unwrap(), Path::new("/")).unwrap();
-        assert_eq!(folder, SourceSpec::Images(vec![d.join("a.png"), d.join("b.png")]));
+        assert_eq!(
+            folder,
+            SourceSpec::Images(vec![d.join("a.png"), d.join("b.png")])
+        );
         let glob = SourceSpec::resolve("*.png", d).unwrap();
         assert_eq!(glob, folder);
         let list = SourceSpec::resolve("b.png, a.png", d).unwrap();
-        assert_eq!(list, SourceSpec::Images(vec![d.join("b.png"), d.join("a.png")]));
+        assert_eq!(
+            list,
+            SourceSpec::Images(vec![d.join("b.png"), d.join("a.png")])
+        );
         let one = SourceSpec::resolve("a.png", d).unwrap();
         assert_eq!(one, SourceSpec::Images(vec![d.join("a.png")]));
         std::fs::write(d.join("clip.mp4"), "x").unwrap();
@@ -256,11 +265,20 @@ mod tests {
     #[test]
     fn missing_paths_name_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let err = SourceSpec::resolve("nope/x.png", dir.path()).unwrap_err().to_string();
-        assert!(err.contains("nope/x.png") && err.contains("does not exist"), "{err}");
-        let err = SourceSpec::resolve("a.png,b.png", dir.path()).unwrap_err().to_string();
+        let err = SourceSpec::resolve("nope/x.png", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope/x.png") && err.contains("does not exist"),
+            "{err}"
+        );
+        let err = SourceSpec::resolve("a.png,b.png", dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a.png"), "{err}");
-        let err = SourceSpec::resolve("*.jpg", dir.path()).unwrap_err().to_string();
+        let err = SourceSpec::resolve("*.jpg", dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("matches no file"), "{err}");
         let err = SourceSpec::resolve(dir.path().to_str().unwrap(), Path::new("/"))
             .unwrap_err()

@@ -13,7 +13,12 @@ pub struct VideoReader {
     input: ffmpeg::format::context::Input,
     stream_index: usize,
     decoder: ffmpeg::decoder::Video,
-    scaler: Option<(ffmpeg::software::scaling::Context, ffmpeg::format::Pixel, u32, u32)>,
+    scaler: Option<(
+        ffmpeg::software::scaling::Context,
+        ffmpeg::format::Pixel,
+        u32,
+        u32,
+    )>,
     pending: VecDeque<RawFrame>,
     eof_sent: bool,
     decoded: u64,
@@ -27,8 +32,8 @@ impl VideoReader {
     pub fn open(path: &Path) -> Result<Self> {
         ffmpeg::init().map_err(|e| eyre!("cannot initialise FFmpeg: {e}"))?;
         let name = path.display().to_string();
-        let input = ffmpeg::format::input(&path)
-            .map_err(|e| eyre!("cannot open video `{name}`: {e}"))?;
+        let input =
+            ffmpeg::format::input(&path).map_err(|e| eyre!("cannot open video `{name}`: {e}"))?;
         let stream = input
             .streams()
             .best(ffmpeg::media::Type::Video)

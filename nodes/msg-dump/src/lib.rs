@@ -4,7 +4,8 @@
 //! the sources should have sent; users point it at a port to see what flows.
 //!
 //! Env: `OUT_FILE` (JSONL path; default: stdout only as log lines),
-//! `PRINT` (`1` to also log a one-line summary per message).
+//! `PRINT` (`1` to also log a one-line summary per message), `MAX_VALUES`
+//! (also record the values of numeric payloads up to this length; 0).
 
 use std::io::Write;
 
@@ -59,7 +60,10 @@ pub fn payload_hash(data: &dyn Array) -> Option<u64> {
         return Some(fnv1a64(&b));
     }
     if let Some(a) = any.downcast_ref::<StringArray>() {
-        let b: Vec<u8> = a.iter().flat_map(|s| s.unwrap_or("").bytes().chain([0])).collect();
+        let b: Vec<u8> = a
+            .iter()
+            .flat_map(|s| s.unwrap_or("").bytes().chain([0]))
+            .collect();
         return Some(fnv1a64(&b));
     }
     if let Some(s) = any.downcast_ref::<StructArray>() {
@@ -68,6 +72,24 @@ pub fn payload_hash(data: &dyn Array) -> Option<u64> {
             b.extend(payload_hash(c.as_ref())?.to_le_bytes());
         }
         return Some(fnv1a64(&b));
+    }
+    None
+}
+
+/// The values of a numeric payload as JSON numbers, when it has at most `max` of them.
+pub fn payload_values(data: &dyn Array, max: usize) -> Option<Value> {
+    if data.len() > max {
+        return None;
+    }
+    let any = data.as_any();
+    if let Some(a) = any.downcast_ref::<Float32Array>() {
+        return Some(json!(a.values().to_vec()));
+    }
+    if let Some(a) = any.downcast_ref::<Float64Array>() {
+        return Some(json!(a.values().to_vec()));
+    }
+    if let Some(a) = any.downcast_ref::<UInt8Array>() {
+        return Some(json!(a.values().to_vec()));
     }
     None
 }
@@ -96,14 +118,23 @@ pub fn record(input: &str, params: &MetadataParameters, data: &dyn Array) -> Val
 }
 
 /// Runs the sink until the event stream ends, in arrival order.
-pub fn run(events: &mut EventStream, mut out: Option<std::fs::File>, print: bool) -> Result<u64> {
+pub fn run(
+    events: &mut EventStream,
+    mut out: Option<std::fs::File>,
+    print: bool,
+    max_values: usize,
+) -> Result<u64> {
     let mut n = 0u64;
     // `StreamExt::next` keeps the arrival order (`recv` may reorder Stop
     // before the last inputs); drain until the stream ends.
     while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
         match event {
             Event::Input { id, metadata, data } => {
-                let rec = record(id.as_str(), &metadata.parameters, data.as_array().as_ref());
+                let array = data.as_array();
+                let mut rec = record(id.as_str(), &metadata.parameters, array.as_ref());
+                if let Some(v) = payload_values(array.as_ref(), max_values) {
+                    rec["values"] = v;
+                }
                 if print {
                     tracing::info!("{rec}");
                 }
@@ -125,6 +156,7 @@ pub fn lib_main() -> Result<()> {
     init_logging();
     let out_path: Option<String> = env_opt("OUT_FILE")?;
     let print = env_bool("PRINT", out_path.is_none())?;
+    let max_values: usize = da3_msg::node_util::env_or("MAX_VALUES", 0)?;
     let out = match &out_path {
         Some(p) => Some(
             std::fs::File::create(p).wrap_err_with(|| format!("cannot create OUT_FILE `{p}`"))?,
@@ -132,7 +164,7 @@ pub fn lib_main() -> Result<()> {
         None => None,
     };
     let (_node, mut events) = DoraNode::init_from_env()?;
-    let n = run(&mut events, out, print)?;
+    let n = run(&mut events, out, print, max_values)?;
     tracing::info!("msg-dump: {n} messages");
     Ok(())
 }

@@ -17,7 +17,11 @@ use eyre::{bail, ensure, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
-#[command(name = "da3", version, about = "Depth Anything 3 (candle): depth, confidence and cameras from images")]
+#[command(
+    name = "da3",
+    version,
+    about = "Depth Anything 3 (candle): depth, confidence and cameras from images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,10 +80,6 @@ struct InferArgs {
     /// Export formats, comma- (or dash-) separated: npz, mini_npz.
     #[arg(long, default_value = "mini_npz")]
     format: String,
-    /// With input extrinsics, output the predicted cameras aligned to them instead of the input
-    /// cameras (the reference's align_to_input_ext_scale=False).
-    #[arg(long)]
-    no_align_to_input_ext_scale: bool,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -96,9 +96,10 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| {
                     f.is_file()
-                        && f.extension()
-                            .and_then(|e| e.to_str())
-                            .is_some_and(|e| IMAGE_EXTS.contains(&e) || IMAGE_EXTS.contains(&e.to_lowercase().as_str()))
+                        && f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                            IMAGE_EXTS.contains(&e)
+                                || IMAGE_EXTS.contains(&e.to_lowercase().as_str())
+                        })
                 })
                 .collect();
             files.sort();
@@ -139,10 +140,16 @@ fn dtype_for(p: Precision, device: &Device) -> DType {
 fn load_matrices(path: &Path, key: &str, rows: &[usize], n: usize) -> Result<NpyArray> {
     let a = read_array(path, Some(key)).or_else(|_| read_array(path, None))?;
     ensure!(
-        a.shape.len() == 3 && a.shape[0] == n && rows.contains(&a.shape[1]) && a.shape[2] == if key == "intrinsics" { 3 } else { 4 },
+        a.shape.len() == 3
+            && a.shape[0] == n
+            && rows.contains(&a.shape[1])
+            && a.shape[2] == if key == "intrinsics" { 3 } else { 4 },
         "{}: {key} must be (N={n}, {}, {}), got {:?}",
         path.display(),
-        rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("|"),
+        rows.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("|"),
         if key == "intrinsics" { 3 } else { 4 },
         a.shape
     );
@@ -170,7 +177,9 @@ fn read_extrinsics(path: &Path, n: usize) -> Result<Vec<Mat4>> {
 fn read_intrinsics(path: &Path, n: usize) -> Result<InputIntrinsics> {
     let a = load_matrices(path, "intrinsics", &[3], n)?;
     fn mats<T: Copy>(v: &[T]) -> Vec<Mat3<T>> {
-        v.chunks_exact(9).map(|m| [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]]).collect()
+        v.chunks_exact(9)
+            .map(|m| [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]])
+            .collect()
     }
     Ok(match &a.data {
         export::NpyData::F64(v) => InputIntrinsics::F64(mats(v)),
@@ -198,14 +207,28 @@ fn run_infer(args: InferArgs) -> Result<()> {
     let paths = expand_inputs(&args.images)?;
     let n = paths.len();
 
-    let extrinsics = args.extrinsics.as_deref().map(|p| read_extrinsics(p, n)).transpose()?;
-    let intrinsics = args.intrinsics.as_deref().map(|p| read_intrinsics(p, n)).transpose()?;
+    let extrinsics = args
+        .extrinsics
+        .as_deref()
+        .map(|p| read_extrinsics(p, n))
+        .transpose()?;
+    let intrinsics = args
+        .intrinsics
+        .as_deref()
+        .map(|p| read_intrinsics(p, n))
+        .transpose()?;
     if intrinsics.is_some() && extrinsics.is_none() {
         eprintln!("note: --intrinsics without --extrinsics is ignored by the network (as in the reference)");
     }
 
     let t0 = Instant::now();
-    let pb = spinner(args.quiet, &format!("loading model {} ({dtype:?} on {})", args.model, args.device));
+    let pb = spinner(
+        args.quiet,
+        &format!(
+            "loading model {} ({dtype:?} on {})",
+            args.model, args.device
+        ),
+    );
     let model = Da3Model::load(&args.model, &device, dtype)?;
     pb.finish_and_clear();
 
@@ -229,13 +252,24 @@ fn run_infer(args: InferArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let opts = InferenceOptions {
-        preprocess: PreprocessConfig { process_res: args.process_res, method },
+        preprocess: PreprocessConfig {
+            process_res: args.process_res,
+            method,
+        },
         use_ray_pose: args.use_ray_pose,
         ref_view_strategy: strategy,
-        align_to_input_ext_scale: !args.no_align_to_input_ext_scale,
     };
-    let pb = spinner(args.quiet, &format!("running on {n} view{}", if n == 1 { "" } else { "s" }));
-    let result = infer(&model, &images, extrinsics.as_deref(), intrinsics.as_ref(), &opts)?;
+    let pb = spinner(
+        args.quiet,
+        &format!("running on {n} view{}", if n == 1 { "" } else { "s" }),
+    );
+    let result = infer(
+        &model,
+        &images,
+        extrinsics.as_deref(),
+        intrinsics.as_ref(),
+        &opts,
+    )?;
     pb.finish_and_clear();
 
     let pred = &result.prediction;
@@ -252,7 +286,10 @@ fn run_infer(args: InferArgs) -> Result<()> {
             pred.width,
             pred.height,
             t0.elapsed(),
-            result.alignment_scale.map(|s| format!(", Umeyama scale {s:.6}")).unwrap_or_default()
+            result
+                .alignment_scale
+                .map(|s| format!(", Umeyama scale {s:.6}"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -261,7 +298,8 @@ fn run_infer(args: InferArgs) -> Result<()> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -173,7 +173,7 @@ impl NpyArray {
         assert!(total_header <= u16::MAX as usize, "npy header too long");
         out.extend_from_slice(&(total_header as u16).to_le_bytes());
         out.extend_from_slice(header.as_bytes());
-        out.extend(std::iter::repeat(b' ').take(padlen));
+        out.extend(std::iter::repeat_n(b' ', padlen));
         out.push(b'\n');
         match &self.data {
             NpyData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
@@ -266,7 +266,7 @@ impl NpyArray {
             ("i", 8) => NpyData::I64(conv!(i64, 8)),
             ("f", 2) => {
                 let raw = conv!(u16, 2);
-                NpyData::F32(raw.into_iter().map(|b| half_to_f32(b)).collect())
+                NpyData::F32(raw.into_iter().map(half_to_f32).collect())
             }
             ("f", 4) => NpyData::F32(conv!(f32, 4)),
             ("f", 8) => NpyData::F64(conv!(f64, 8)),

@@ -125,7 +125,7 @@ pub fn restore_map(map: &[f32], t: &ViewTransform, fill: f32) -> Vec<f32> {
     for y in 0..t.input_height {
         let (_, v) = t.input_to_processed(0.0, y as f64);
         if v < -0.5 || v > t.height as f64 - 0.5 {
-            out.extend(std::iter::repeat(fill).take(t.input_width));
+            out.extend(std::iter::repeat_n(fill, t.input_width));
             continue;
         }
         let (y0, y1, ty) = axis_taps(v, t.height);

@@ -1,0 +1,362 @@
+//! One frame's results, gathered from the inputs, and the geometry every
+//! writer shares (intrinsics at the depth size, world-to-camera pose,
+//! back-projected points, colours).
+
+use da3_msg::{CameraMsg, DepthMap, ImageFrame, PointCloud, Pose};
+
+/// The results of one frame of one camera, ready to write.
+#[derive(Debug, Clone)]
+pub struct FrameResult {
+    pub camera: String,
+    pub frame_id: u64,
+    pub stamp_ns: Option<u64>,
+    pub depth: DepthMap,
+    pub confidence: Option<DepthMap>,
+    pub camera_msg: Option<CameraMsg>,
+    pub points: Option<PointCloud>,
+    /// The source image, decoded to packed RGB8 `(width, height, pixels)`.
+    pub image: Option<(u32, u32, Vec<u8>)>,
+    /// The colour-mapped depth (`depth_vis`), decoded to packed RGB8.
+    pub vis: Option<(u32, u32, Vec<u8>)>,
+}
+
+/// Camera of a frame at the depth map's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    pub width: u32,
+    pub height: u32,
+    /// `K`, row-major, at `width x height`; `None` when nothing gave it.
+    pub intrinsics: Option<[f64; 9]>,
+    /// World-to-camera `[R | t]`, row-major (identity when no pose is known).
+    pub extrinsics: [f64; 12],
+    /// Whether `extrinsics` came from a message (not the identity fallback).
+    pub has_pose: bool,
+    pub is_metric: bool,
+}
+
+pub const IDENTITY_3X4: [f64; 12] = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+
+/// World-to-camera `[R | t]` of a camera-to-world pose.
+pub fn extrinsics_of_pose(pose: &Pose) -> [f64; 12] {
+    let rc2w = pose.rotation();
+    let c = pose.position;
+    let mut e = [0.0; 12];
+    for i in 0..3 {
+        for j in 0..3 {
+            e[i * 4 + j] = rc2w[j][i];
+        }
+        e[i * 4 + 3] = -(0..3).map(|j| rc2w[j][i] * c[j]).sum::<f64>();
+    }
+    e
+}
+
+/// Camera-to-world `(R, C)` of a world-to-camera `[R | t]`: `R_c2w = Rᵀ`, `C = -Rᵀ t`.
+pub fn camera_to_world(e: &[f64; 12]) -> ([[f64; 3]; 3], [f64; 3]) {
+    let mut r = [[0.0; 3]; 3];
+    for (i, row) in r.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = e[j * 4 + i];
+        }
+    }
+    let t = [e[3], e[7], e[11]];
+    let mut c = [0.0; 3];
+    for (i, ci) in c.iter_mut().enumerate() {
+        *ci = -(r[i][0] * t[0] + r[i][1] * t[1] + r[i][2] * t[2]);
+    }
+    (r, c)
+}
+
+/// Linear-interpolated percentile (0..=100) of the finite values.
+pub fn percentile(values: &[f32], p: f64) -> Option<f32> {
+    let mut v: Vec<f32> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = (p.clamp(0.0, 100.0) / 100.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let f = (pos - lo as f64) as f32;
+    Some(v[lo] + (v[hi] - v[lo]) * f)
+}
+
+/// Decodes an image message to RGB8, `None` (with a warning) when it cannot be.
+pub fn decode_rgb(frame: &ImageFrame) -> Option<(u32, u32, Vec<u8>)> {
+    match frame.to_rgb8(&Default::default()) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            tracing::warn!("cannot decode image frame {:?}: {e}", frame.info.frame_id);
+            None
+        }
+    }
+}
+
+/// `rgb` resized to `w x h` (bilinear), or as is when it already has that size.
+/// `None` when the aspect ratios differ by more than 2 % (a cropped image).
+pub fn rgb_at_size(img: &(u32, u32, Vec<u8>), w: u32, h: u32) -> Option<Vec<u8>> {
+    let (iw, ih, data) = img;
+    if (*iw, *ih) == (w, h) {
+        return Some(data.clone());
+    }
+    let a = *iw as f64 / *ih as f64;
+    let b = w as f64 / h as f64;
+    if ((a - b) / b).abs() > 0.02 {
+        return None;
+    }
+    let buf = image::RgbImage::from_raw(*iw, *ih, data.clone())?;
+    Some(image::imageops::resize(&buf, w, h, image::imageops::FilterType::Triangle).into_raw())
+}
+
+impl FrameResult {
+    /// `<camera>_<frame_id:06>`, the stem of every file of this frame.
+    pub fn stem(&self) -> String {
+        format!("{}_{:06}", sanitize(&self.camera), self.frame_id)
+    }
+
+    /// The frame's camera at the depth size: the `camera` message when there is
+    /// one (intrinsics rescaled to the depth size), else the depth's metadata.
+    pub fn geometry(&self) -> Geometry {
+        let d = &self.depth;
+        let (intrinsics, extrinsics, has_pose) = match &self.camera_msg {
+            Some(c) => {
+                let sx = d.width as f64 / c.width as f64;
+                let sy = d.height as f64 / c.height as f64;
+                let mut k = c.intrinsics;
+                k[0] *= sx;
+                k[1] *= sx;
+                k[2] *= sx;
+                k[4] *= sy;
+                k[5] *= sy;
+                (Some(k), c.extrinsics, true)
+            }
+            None => {
+                let k = d.intrinsics.map(|k| k.matrix());
+                match &d.pose {
+                    Some(p) => (k, extrinsics_of_pose(p), true),
+                    None => (k, IDENTITY_3X4, false),
+                }
+            }
+        };
+        Geometry {
+            width: d.width,
+            height: d.height,
+            intrinsics,
+            extrinsics,
+            has_pose,
+            is_metric: d.is_metric,
+        }
+    }
+
+    /// The source image at the depth size (see [`rgb_at_size`]).
+    pub fn image_at_depth_size(&self) -> Option<Vec<u8>> {
+        self.image
+            .as_ref()
+            .and_then(|i| rgb_at_size(i, self.depth.width, self.depth.height))
+    }
+
+    /// The colour of every depth pixel: the source image, else `depth_vis`, else grey.
+    pub fn pixel_colours(&self) -> Vec<u8> {
+        let (w, h) = (self.depth.width, self.depth.height);
+        self.image_at_depth_size()
+            .or_else(|| self.vis.as_ref().and_then(|v| rgb_at_size(v, w, h)))
+            .unwrap_or_else(|| vec![200; w as usize * h as usize * 3])
+    }
+
+    /// World points with colours: the `points` input when wired, else the
+    /// depth back-projected with the intrinsics and pose, keeping pixels with
+    /// finite positive depth and confidence at or above the `conf_percentile`
+    /// percentile. Empty when there are neither points nor intrinsics.
+    pub fn world_points(&self, conf_percentile: f64) -> (Vec<[f32; 3]>, Vec<[u8; 3]>) {
+        if let Some(p) = &self.points {
+            return (p.xyz.clone(), p.rgb.clone());
+        }
+        let g = self.geometry();
+        let Some(k) = g.intrinsics else {
+            return (Vec::new(), Vec::new());
+        };
+        let (fx, fy, cx, cy) = (k[0], k[4], k[2], k[5]);
+        let (r, c) = camera_to_world(&g.extrinsics);
+        let threshold = self
+            .confidence
+            .as_ref()
+            .filter(|_| conf_percentile > 0.0)
+            .and_then(|c| percentile(&c.values, conf_percentile));
+        let colours = self.pixel_colours();
+        let (w, h) = (g.width as usize, g.height as usize);
+        let mut xyz = Vec::new();
+        let mut rgb = Vec::new();
+        for v in 0..h {
+            for u in 0..w {
+                let i = v * w + u;
+                let d = self.depth.values[i];
+                if !(d.is_finite() && d > 0.0) {
+                    continue;
+                }
+                if let (Some(t), Some(conf)) = (threshold, &self.confidence) {
+                    if !(conf.values.get(i).is_some_and(|&x| x >= t)) {
+                        continue;
+                    }
+                }
+                let d = d as f64;
+                let pc = [(u as f64 - cx) / fx * d, (v as f64 - cy) / fy * d, d];
+                let mut pw = [0f32; 3];
+                for (a, out) in pw.iter_mut().enumerate() {
+                    *out = (r[a][0] * pc[0] + r[a][1] * pc[1] + r[a][2] * pc[2] + c[a]) as f32;
+                }
+                xyz.push(pw);
+                rgb.push([colours[i * 3], colours[i * 3 + 1], colours[i * 3 + 2]]);
+            }
+        }
+        (xyz, rgb)
+    }
+}
+
+/// A camera name made safe for a file name (`[A-Za-z0-9._-]`, others `_`).
+pub fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use da3_msg::{DepthKind, FrameInfo, Intrinsics};
+
+    /// A small frame: 4x3 depth with a pose (camera at (1, 2, 3), rotated 90° about z).
+    pub fn sample_frame() -> FrameResult {
+        let (w, h) = (4u32, 3u32);
+        let values: Vec<f32> = (0..w * h).map(|i| 1.0 + i as f32 * 0.25).collect();
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let info = FrameInfo {
+            frame_id: Some(7),
+            stamp_ns: Some(123),
+            camera: Some("cam/a".into()),
+            last: false,
+        };
+        let depth = DepthMap {
+            kind: DepthKind::Depth,
+            width: w,
+            height: h,
+            values,
+            info: info.clone(),
+            intrinsics: Some(Intrinsics {
+                fx: 2.0,
+                fy: 2.5,
+                cx: 1.5,
+                cy: 1.0,
+            }),
+            pose: Some(Pose {
+                position: [1.0, 2.0, 3.0],
+                orientation: [0.0, 0.0, s, s],
+            }),
+            is_metric: true,
+        };
+        let mut conf = depth.clone();
+        conf.kind = DepthKind::Confidence;
+        conf.values = (0..w * h).map(|i| i as f32).collect();
+        FrameResult {
+            camera: "cam/a".into(),
+            frame_id: 7,
+            stamp_ns: Some(123),
+            depth,
+            confidence: Some(conf),
+            camera_msg: None,
+            points: None,
+            image: Some((w, h, (0..w * h * 3).map(|i| i as u8).collect())),
+            vis: None,
+        }
+    }
+
+    #[test]
+    fn pose_and_extrinsics_invert_each_other() {
+        let f = sample_frame();
+        let g = f.geometry();
+        assert!(g.has_pose);
+        let (r, c) = camera_to_world(&g.extrinsics);
+        for (a, b) in c.iter().zip([1.0, 2.0, 3.0]) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let want = f.depth.pose.unwrap().rotation();
+        for i in 0..3 {
+            for j in 0..3 {
+                assert!((r[i][j] - want[i][j]).abs() < 1e-12);
+            }
+        }
+        // Same as da3-msg's inversion.
+        let p = Pose::from_world_to_camera(&g.extrinsics);
+        for (a, b) in p.position.iter().zip([1.0, 2.0, 3.0]) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn camera_message_wins_and_is_rescaled_to_the_depth_size() {
+        let mut f = sample_frame();
+        f.camera_msg = Some(CameraMsg {
+            extrinsics: IDENTITY_3X4,
+            intrinsics: [8.0, 0.0, 6.0, 0.0, 10.0, 4.0, 0.0, 0.0, 1.0],
+            width: 8,
+            height: 6,
+            info: FrameInfo::default(),
+            is_metric: true,
+        });
+        let g = f.geometry();
+        assert_eq!(g.extrinsics, IDENTITY_3X4);
+        assert_eq!(
+            g.intrinsics.unwrap(),
+            [4.0, 0.0, 3.0, 0.0, 5.0, 2.0, 0.0, 0.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn back_projection_lands_on_the_depth() {
+        let mut f = sample_frame();
+        f.confidence = None;
+        let (xyz, rgb) = f.world_points(40.0);
+        assert_eq!(xyz.len(), 12);
+        assert_eq!(rgb[5], [15, 16, 17]);
+        let g = f.geometry();
+        // Back to camera coordinates: z equals the depth, u/v re-project.
+        let e = g.extrinsics;
+        for (i, p) in xyz.iter().enumerate() {
+            let pc: Vec<f64> = (0..3)
+                .map(|a| {
+                    e[a * 4] * p[0] as f64
+                        + e[a * 4 + 1] * p[1] as f64
+                        + e[a * 4 + 2] * p[2] as f64
+                        + e[a * 4 + 3]
+                })
+                .collect();
+            assert!((pc[2] - f.depth.values[i] as f64).abs() < 1e-5);
+            let u = 2.0 * pc[0] / pc[2] + 1.5;
+            assert!((u - (i % 4) as f64).abs() < 1e-4);
+        }
+        // The confidence filter drops the lowest 40 % of pixels.
+        let f = sample_frame();
+        let (xyz, _) = f.world_points(40.0);
+        assert_eq!(xyz.len(), 7);
+    }
+
+    #[test]
+    fn names_are_sanitised_and_images_resized() {
+        assert_eq!(sample_frame().stem(), "cam_a_000007");
+        assert_eq!(sanitize(".."), "_..");
+        let img = (4, 2, vec![9u8; 24]);
+        assert_eq!(rgb_at_size(&img, 2, 1).unwrap(), vec![9u8; 6]);
+        assert!(rgb_at_size(&img, 2, 2).is_none());
+        assert_eq!(percentile(&[3.0, 1.0, 2.0, f32::NAN], 50.0), Some(2.0));
+    }
+}

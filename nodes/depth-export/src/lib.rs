@@ -1,0 +1,369 @@
+//! `depth-export`: a dora sink that writes the DA3 node's results to files:
+//! `npz` (the reference's keys), 16-bit PNG depth + JSON sidecar, colour-mapped
+//! PNG, binary PLY point clouds and a COLMAP text model. Every file is written
+//! atomically (temporary name, fsync, rename).
+//!
+//! See `nodes/depth-export/README.md` for ports, formats, env vars and a YAML snippet.
+
+pub mod atomic;
+pub mod colmap;
+pub mod formats;
+pub mod frame;
+pub mod group;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use da3_msg::meta::opt_str;
+use da3_msg::node_util::{env_or, init_logging};
+use da3_msg::{keys, CameraMsg, DepthMap, ImageFrame, MetadataParameters, PointCloud};
+use dora_node_api::arrow_v59::array::Array;
+use dora_node_api::futures::StreamExt;
+use dora_node_api::{DoraNode, Event, EventStream};
+use eyre::{bail, eyre, Context, Result};
+
+use colmap::ColmapModel;
+use formats::{parse_formats, Format};
+use frame::FrameResult;
+use group::{Grouper, Item};
+
+/// Node configuration, from env vars.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub out_dir: PathBuf,
+    pub formats: Vec<Format>,
+    /// Write every Nth frame of each camera.
+    pub every: u64,
+    /// Rewrite the COLMAP model every this many exported frames (and at the end).
+    pub colmap_every: u64,
+    /// Back-projected points: drop pixels below this confidence percentile.
+    pub conf_percentile: f64,
+    /// Most points in COLMAP's `points3D.txt` over the run.
+    pub colmap_max_points: usize,
+}
+
+impl Config {
+    /// Reads the env vars; any invalid value is one clear error line.
+    pub fn from_env() -> Result<Self> {
+        let formats = parse_formats(&env_or("FORMATS", "npz,png16".to_string())?)?;
+        let every: u64 = env_or("EVERY", 1)?;
+        if every == 0 {
+            bail!("invalid EVERY=0: must be at least 1");
+        }
+        let colmap_every: u64 = env_or("COLMAP_EVERY", 10)?;
+        if colmap_every == 0 {
+            bail!("invalid COLMAP_EVERY=0: must be at least 1");
+        }
+        let conf_percentile: f64 = env_or("CONF_PERCENTILE", 40.0)?;
+        if !(0.0..=100.0).contains(&conf_percentile) {
+            bail!("invalid CONF_PERCENTILE={conf_percentile}: must be 0..=100");
+        }
+        Ok(Self {
+            out_dir: PathBuf::from(env_or("OUT_DIR", "out/export".to_string())?),
+            formats,
+            every,
+            colmap_every,
+            conf_percentile,
+            colmap_max_points: env_or("COLMAP_MAX_POINTS", 100_000)?,
+        })
+    }
+
+    fn has(&self, f: Format) -> bool {
+        self.formats.contains(&f)
+    }
+}
+
+/// Decodes one message by its `primitive` (`image` inputs whose id contains
+/// `vis` are the colour-mapped depth, other `image` inputs the source frame).
+pub fn decode(input: &str, data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
+    let primitive = opt_str(params, keys::PRIMITIVE)?;
+    Ok(match primitive {
+        Some("depth") => Item::Depth(DepthMap::from_message(data, params)?),
+        Some("confidence") => Item::Confidence(DepthMap::from_message(data, params)?),
+        Some("camera") => Item::Camera(CameraMsg::from_message(data, params)?),
+        Some("points") => Item::Points(PointCloud::from_message(data, params)?),
+        // Image frames from other dora nodes may carry no `primitive`.
+        Some("image") | None => {
+            if primitive.is_none() && !params.contains_key(keys::ENCODING) {
+                bail!("no `primitive` metadata");
+            }
+            let f = ImageFrame::from_message(data, params)?;
+            if input.contains("vis") {
+                Item::Vis(f)
+            } else {
+                Item::Image(f)
+            }
+        }
+        Some(other) => bail!("unknown primitive `{other}`"),
+    })
+}
+
+/// Writes the frames, keeps the COLMAP model.
+pub struct Exporter {
+    cfg: Config,
+    per_camera: HashMap<String, u64>,
+    colmap: ColmapModel,
+    colmap_dirty: bool,
+    since_colmap: u64,
+    /// Frames written.
+    pub written: u64,
+    /// Frames skipped by `EVERY`.
+    pub skipped: u64,
+    /// Files that could not be written.
+    pub errors: u64,
+}
+
+impl Exporter {
+    pub fn new(cfg: Config) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.out_dir)
+            .wrap_err_with(|| format!("cannot create OUT_DIR `{}`", cfg.out_dir.display()))?;
+        Ok(Self {
+            colmap: ColmapModel::new(cfg.colmap_max_points),
+            cfg,
+            per_camera: HashMap::new(),
+            colmap_dirty: false,
+            since_colmap: 0,
+            written: 0,
+            skipped: 0,
+            errors: 0,
+        })
+    }
+
+    fn attempt(&mut self, what: &str, r: Result<()>) {
+        if let Err(e) = r {
+            self.errors += 1;
+            tracing::error!("{what}: {e:#}");
+        }
+    }
+
+    /// Writes one frame in every format (a failed file is logged, not fatal).
+    pub fn handle(&mut self, f: &FrameResult) {
+        let n = self.per_camera.entry(f.camera.clone()).or_insert(0);
+        *n += 1;
+        if (*n - 1) % self.cfg.every != 0 {
+            self.skipped += 1;
+            return;
+        }
+        let dir = self.cfg.out_dir.clone();
+        let stem = f.stem();
+        if self.cfg.has(Format::Npz) {
+            let p = dir.join(format!("{stem}.npz"));
+            self.attempt("npz", formats::write_npz(&p, f));
+        }
+        if self.cfg.has(Format::Png16) {
+            let png = dir.join(format!("{stem}.png"));
+            let js = dir.join(format!("{stem}.json"));
+            self.attempt("png16", formats::write_png16(&png, &js, f));
+        }
+        if self.cfg.has(Format::Vis) {
+            let p = dir.join(format!("{stem}_vis.png"));
+            let r = formats::vis_bytes(f).and_then(|b| atomic::write_bytes(&p, &b));
+            self.attempt("vis", r);
+        }
+        if self.cfg.has(Format::Ply) || self.cfg.has(Format::Colmap) {
+            let (xyz, rgb) = f.world_points(self.cfg.conf_percentile);
+            if self.cfg.has(Format::Ply) {
+                let p = dir.join(format!("{stem}.ply"));
+                if xyz.is_empty() && f.points.is_none() && f.geometry().intrinsics.is_none() {
+                    tracing::warn!("frame {stem}: no points and no intrinsics: empty PLY");
+                }
+                self.attempt("ply", formats::write_ply(&p, &xyz, &rgb));
+            }
+            if self.cfg.has(Format::Colmap) {
+                let per_frame = 20_000;
+                if self
+                    .colmap
+                    .add(f, format!("{stem}.png"), &xyz, &rgb, per_frame)
+                {
+                    self.colmap_dirty = true;
+                    self.since_colmap += 1;
+                } else {
+                    tracing::warn!("frame {stem}: no intrinsics: left out of the COLMAP model");
+                }
+                if self.since_colmap >= self.cfg.colmap_every {
+                    self.write_colmap();
+                }
+            }
+        }
+        self.written += 1;
+    }
+
+    fn write_colmap(&mut self) {
+        if !self.colmap_dirty {
+            return;
+        }
+        let r = self.colmap.write(&self.cfg.out_dir.join("colmap"));
+        self.attempt("colmap", r);
+        self.colmap_dirty = false;
+        self.since_colmap = 0;
+    }
+
+    /// End of the run: the final COLMAP model.
+    pub fn finish(&mut self) {
+        if self.cfg.has(Format::Colmap) {
+            self.write_colmap();
+        }
+    }
+}
+
+/// Runs the sink until the event stream ends.
+pub fn run(
+    events: &mut EventStream,
+    inputs: Vec<String>,
+    default_camera: &str,
+    cfg: Config,
+) -> Result<Exporter> {
+    let mut exporter = Exporter::new(cfg)?;
+    let mut grouper = Grouper::new(inputs, default_camera);
+    let mut rejected = 0u64;
+    // `StreamExt::next` keeps the arrival order (`recv` may deliver Stop
+    // before the last inputs); drain until the stream ends.
+    while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
+        let ready = match event {
+            Event::Input { id, metadata, data } => {
+                let array = data.as_array();
+                match decode(id.as_str(), array.as_ref(), &metadata.parameters) {
+                    Ok(item) => grouper.push(id.as_str(), item),
+                    Err(e) => {
+                        rejected += 1;
+                        tracing::warn!("input `{id}`: message rejected: {e:#}");
+                        Vec::new()
+                    }
+                }
+            }
+            Event::InputClosed { id } => grouper.input_closed(id.as_str()),
+            Event::Error(e) => {
+                tracing::warn!("event stream error: {e}");
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        for f in &ready {
+            exporter.handle(f);
+        }
+    }
+    for f in &grouper.finish() {
+        exporter.handle(f);
+    }
+    exporter.finish();
+    tracing::info!(
+        "depth-export: {} frames written, {} skipped (EVERY), {} without depth, {rejected} messages rejected, {} write errors",
+        exporter.written,
+        exporter.skipped,
+        grouper.dropped_without_depth,
+        exporter.errors
+    );
+    Ok(exporter)
+}
+
+/// Entry point of the `depth-export` binary.
+pub fn lib_main() -> Result<()> {
+    init_logging();
+    let cfg = Config::from_env().wrap_err("depth-export: bad configuration")?;
+    let (node, mut events) = DoraNode::init_from_env()?;
+    let inputs: Vec<String> = node
+        .node_config()
+        .inputs
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    let default_camera = node.id().to_string();
+    let exporter = run(&mut events, inputs, &default_camera, cfg)?;
+    if exporter.errors > 0 {
+        return Err(eyre!("depth-export: {} files could not be written", exporter.errors));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::tests::sample_frame;
+
+    fn cfg(dir: &std::path::Path, formats: &str) -> Config {
+        Config {
+            out_dir: dir.to_path_buf(),
+            formats: parse_formats(formats).unwrap(),
+            every: 1,
+            colmap_every: 2,
+            conf_percentile: 40.0,
+            colmap_max_points: 1000,
+        }
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_format_and_every_nth() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path(), "npz,png16,vis,ply,colmap");
+        c.every = 2;
+        let mut ex = Exporter::new(c).unwrap();
+        for id in 0..3 {
+            let mut f = sample_frame();
+            f.frame_id = id;
+            ex.handle(&f);
+        }
+        ex.finish();
+        assert_eq!((ex.written, ex.skipped, ex.errors), (2, 1, 0));
+        let mut want = vec!["colmap".to_string()];
+        for id in [0, 2] {
+            for ext in ["json", "npz", "ply", "png"] {
+                want.push(format!("cam_a_{id:06}.{ext}"));
+            }
+            want.push(format!("cam_a_{id:06}_vis.png"));
+        }
+        want.sort();
+        assert_eq!(names(dir.path()), want);
+        let imgs = std::fs::read_to_string(dir.path().join("colmap/images.txt")).unwrap();
+        assert_eq!(colmap::parse_images_txt(&imgs).unwrap().len(), 2);
+        assert_eq!(
+            names(&dir.path().join("colmap")),
+            ["cameras.txt", "images.txt", "points3D.txt"]
+        );
+    }
+
+    #[test]
+    fn config_errors_are_one_line() {
+        // Env vars are process-wide: only this test touches these names.
+        std::env::set_var("FORMATS", "npz,bogus");
+        let e = Config::from_env().unwrap_err().to_string();
+        assert!(e.contains("invalid FORMATS"), "{e}");
+        std::env::set_var("FORMATS", "ply");
+        std::env::set_var("EVERY", "0");
+        let e = Config::from_env().unwrap_err().to_string();
+        assert!(e.contains("invalid EVERY=0"), "{e}");
+        std::env::set_var("EVERY", "x");
+        let e = Config::from_env().unwrap_err().to_string();
+        assert!(e.contains("invalid EVERY=\"x\""), "{e}");
+        std::env::remove_var("EVERY");
+        let c = Config::from_env().unwrap();
+        assert_eq!(c.formats, [Format::Ply]);
+        assert_eq!(c.out_dir, PathBuf::from("out/export"));
+        std::env::remove_var("FORMATS");
+        assert_eq!(Config::from_env().unwrap().formats, [Format::Npz, Format::Png16]);
+    }
+
+    #[test]
+    fn decode_routes_by_primitive() {
+        let f = sample_frame();
+        let (a, p) = f.depth.to_message();
+        assert!(matches!(decode("x", a.as_ref(), &p).unwrap(), Item::Depth(_)));
+        let (a, p) = f.confidence.unwrap().to_message();
+        assert!(matches!(decode("depth", a.as_ref(), &p).unwrap(), Item::Confidence(_)));
+        let img = da3_msg::ImageFrame::rgb8(1, 1, vec![1, 2, 3]);
+        let (a, p) = img.to_message();
+        assert!(matches!(decode("image", a.as_ref(), &p).unwrap(), Item::Image(_)));
+        assert!(matches!(decode("depth_vis", a.as_ref(), &p).unwrap(), Item::Vis(_)));
+        let mut p2 = p.clone();
+        p2.insert(keys::PRIMITIVE.into(), da3_msg::Parameter::String("what".into()));
+        assert!(decode("image", a.as_ref(), &p2).is_err());
+    }
+}

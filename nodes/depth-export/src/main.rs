@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    depth_export::lib_main()
+}

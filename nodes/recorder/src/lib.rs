@@ -1,0 +1,459 @@
+//! `recorder`: a dora sink that records every message of every input (payload,
+//! typed metadata, receive time) to Arrow IPC stream files, in the format of
+//! [`da3_msg::recording`]; the `replay` node sends them again.
+//!
+//! See `nodes/recorder/README.md` for ports, env vars and a YAML snippet.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use da3_msg::arrow::array::Array;
+use da3_msg::node_util::{env_bool, env_opt, env_or, init_logging, now_ns};
+use da3_msg::recording::{RecordingWriter, EXTENSION};
+use da3_msg::MetadataParameters;
+use dora_node_api::futures::future::{select, Either};
+use dora_node_api::futures::StreamExt;
+use dora_node_api::{DoraNode, Event, EventStream};
+use eyre::{bail, eyre, Context, Result};
+
+/// A batch is also written once its messages reach this many bytes.
+pub const BATCH_MAX_BYTES: usize = 64 << 20;
+
+/// Where recordings go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutTarget {
+    /// A folder: files are named `rec-<UTC time>.arrows`.
+    Folder(PathBuf),
+    /// One file path (replaced if it exists).
+    File(PathBuf),
+}
+
+/// Node configuration, from env vars.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub out: OutTarget,
+    pub flush: Duration,
+    pub batch: usize,
+    pub rotate_bytes: Option<u64>,
+    pub rotate_after: Option<Duration>,
+    pub sync: bool,
+}
+
+impl Config {
+    /// Reads the env vars; any invalid value is one clear error line.
+    pub fn from_env() -> Result<Self> {
+        let out: String = env_opt("OUT")?.ok_or_else(|| {
+            eyre!("OUT is not set: give a recording file (`run.arrows`) or a folder (`recordings/`)")
+        })?;
+        let flush_ms: u64 = env_or("FLUSH_MS", 500)?;
+        let batch: usize = env_or("BATCH", 64)?;
+        if batch == 0 {
+            bail!("invalid BATCH=0: must be at least 1");
+        }
+        let rotate_mb: Option<f64> = env_opt("ROTATE_MB")?;
+        let rotate_bytes = match rotate_mb {
+            None => None,
+            Some(m) if m > 0.0 && m.is_finite() => Some((m * 1024.0 * 1024.0) as u64),
+            Some(m) => bail!("invalid ROTATE_MB={m}: must be > 0"),
+        };
+        let rotate_s: Option<f64> = env_opt("ROTATE_S")?;
+        let rotate_after = match rotate_s {
+            None => None,
+            Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
+            Some(s) => bail!("invalid ROTATE_S={s}: must be > 0"),
+        };
+        Ok(Self {
+            out: parse_out(&out),
+            flush: Duration::from_millis(flush_ms),
+            batch,
+            rotate_bytes,
+            rotate_after,
+            sync: env_bool("SYNC", false)?,
+        })
+    }
+
+    fn rotates(&self) -> bool {
+        self.rotate_bytes.is_some() || self.rotate_after.is_some()
+    }
+}
+
+/// `OUT`: an existing folder or a path ending in `/` is a folder, else a file.
+pub fn parse_out(s: &str) -> OutTarget {
+    let p = PathBuf::from(s);
+    if s.ends_with('/') || s.ends_with(std::path::MAIN_SEPARATOR) || p.is_dir() {
+        OutTarget::Folder(p)
+    } else {
+        OutTarget::File(p)
+    }
+}
+
+/// Names the files of one recorder run.
+#[derive(Debug, Clone)]
+pub struct FileNamer {
+    dir: PathBuf,
+    stem: String,
+    ext: String,
+    numbered: bool,
+}
+
+impl FileNamer {
+    /// `start` names folder recordings; `numbered` (rotation on) adds `-0000`, `-0001`...
+    pub fn new(out: &OutTarget, start: chrono::DateTime<chrono::Utc>, numbered: bool) -> Self {
+        match out {
+            OutTarget::Folder(dir) => {
+                let base = format!("rec-{}", start.format("%Y%m%dT%H%M%SZ"));
+                let mut namer = Self {
+                    dir: dir.clone(),
+                    stem: base.clone(),
+                    ext: EXTENSION.to_string(),
+                    numbered,
+                };
+                // Never overwrite a recording started in the same second.
+                let mut k = 2;
+                while namer.path(0).exists() {
+                    namer.stem = format!("{base}-{k}");
+                    k += 1;
+                }
+                namer
+            }
+            OutTarget::File(p) => Self {
+                dir: p.parent().map(Path::to_path_buf).unwrap_or_default(),
+                stem: p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "rec".into()),
+                ext: p
+                    .extension()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| EXTENSION.to_string()),
+                numbered,
+            },
+        }
+    }
+
+    /// Path of file number `index`.
+    pub fn path(&self, index: u32) -> PathBuf {
+        let name = if self.numbered {
+            format!("{}-{index:04}.{}", self.stem, self.ext)
+        } else {
+            format!("{}.{}", self.stem, self.ext)
+        };
+        self.dir.join(name)
+    }
+}
+
+struct OpenFile {
+    path: PathBuf,
+    writer: RecordingWriter<std::io::BufWriter<std::fs::File>>,
+    opened: Instant,
+}
+
+/// The recording logic, independent of dora (the node feeds it).
+pub struct Recorder {
+    config: Config,
+    namer: FileNamer,
+    index: u32,
+    file: Option<OpenFile>,
+    first_pending: Option<Instant>,
+    /// Messages received per input id.
+    pub received: BTreeMap<String, u64>,
+    /// Messages written to complete batches, all files.
+    pub written: u64,
+    /// Files written, in order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Recorder {
+    /// Opens the first file.
+    pub fn new(config: Config) -> Result<Self> {
+        if let OutTarget::Folder(d) = &config.out {
+            std::fs::create_dir_all(d)
+                .wrap_err_with(|| format!("cannot create OUT folder `{}`", d.display()))?;
+        }
+        let namer = FileNamer::new(&config.out, chrono::Utc::now(), config.rotates());
+        let mut r = Self {
+            config,
+            namer,
+            index: 0,
+            file: None,
+            first_pending: None,
+            received: BTreeMap::new(),
+            written: 0,
+            files: Vec::new(),
+        };
+        r.open()?;
+        Ok(r)
+    }
+
+    fn open(&mut self) -> Result<()> {
+        let path = self.namer.path(self.index);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .wrap_err_with(|| format!("cannot create folder `{}`", dir.display()))?;
+        }
+        let writer = RecordingWriter::create(&path)?;
+        tracing::info!("recorder: writing {}", path.display());
+        self.files.push(path.clone());
+        self.file = Some(OpenFile {
+            path,
+            writer,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            let n = f.writer.written() + f.writer.pending() as u64;
+            self.written += n;
+            f.writer
+                .finish()
+                .wrap_err_with(|| format!("cannot close {}", f.path.display()))?;
+            self.first_pending = None;
+            tracing::info!("recorder: closed {} ({n} messages)", f.path.display());
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        self.close()?;
+        self.index += 1;
+        self.open()
+    }
+
+    /// Current file.
+    pub fn current_path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
+    }
+
+    /// Records one message received now.
+    pub fn record(
+        &mut self,
+        stream: &str,
+        recv_ns: i64,
+        params: &MetadataParameters,
+        data: &dyn Array,
+    ) -> Result<()> {
+        *self.received.entry(stream.to_string()).or_default() += 1;
+        if let (Some(limit), Some(f)) = (self.config.rotate_after, &self.file) {
+            let has = f.writer.written() + f.writer.pending() as u64 > 0;
+            if has && f.opened.elapsed() >= limit {
+                self.rotate()?;
+            }
+        }
+        let f = self.file.as_mut().ok_or_else(|| eyre!("recorder is closed"))?;
+        f.writer.push(stream, recv_ns, params, data)?;
+        if self.first_pending.is_none() {
+            self.first_pending = Some(Instant::now());
+        }
+        if f.writer.pending() >= self.config.batch || f.writer.pending_bytes() >= BATCH_MAX_BYTES {
+            self.flush()?;
+        }
+        if let (Some(limit), Some(f)) = (self.config.rotate_bytes, &self.file) {
+            if f.writer.bytes_written() + f.writer.pending_bytes() as u64 >= limit {
+                self.rotate()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the pending messages must be flushed (`None`: nothing pending).
+    pub fn flush_deadline(&self) -> Option<Instant> {
+        self.first_pending.map(|t| t + self.config.flush)
+    }
+
+    /// Writes the pending messages as a batch and flushes the file.
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.writer
+                .flush()
+                .wrap_err_with(|| format!("cannot write {}", f.path.display()))?;
+            if self.config.sync {
+                f.writer.sync()?;
+            }
+        }
+        self.first_pending = None;
+        Ok(())
+    }
+
+    /// Flushes when the flush deadline has passed.
+    pub fn tick(&mut self) -> Result<()> {
+        if self.flush_deadline().is_some_and(|d| Instant::now() >= d) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes the current file.
+    pub fn finish(&mut self) -> Result<()> {
+        self.close()
+    }
+}
+
+/// Runs the node until the event stream ends, in arrival order.
+pub fn run(events: &mut EventStream, config: Config) -> Result<Recorder> {
+    let mut rec = Recorder::new(config)?;
+    loop {
+        // `StreamExt::next` keeps the arrival order (`recv` may reorder Stop
+        // before the last inputs); a timer wakes us up to flush on time.
+        let wait = rec
+            .flush_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        let next = dora_node_api::futures::executor::block_on(select(
+            futures_timer::Delay::new(wait),
+            events.next(),
+        ));
+        match next {
+            Either::Left(_) => rec.tick()?,
+            Either::Right((None, _)) => break,
+            Either::Right((Some(event), _)) => {
+                match event {
+                    Event::Input { id, metadata, data } => {
+                        let recv_ns = now_ns() as i64;
+                        let array = data.as_array();
+                        rec.record(id.as_str(), recv_ns, &metadata.parameters, array.as_ref())?;
+                    }
+                    Event::InputClosed { id } => tracing::debug!("input {id} closed"),
+                    Event::Error(e) => tracing::warn!("event stream error: {e}"),
+                    _ => {}
+                }
+                rec.tick()?;
+            }
+        }
+    }
+    rec.finish()?;
+    Ok(rec)
+}
+
+/// Entry point of the `recorder` binary.
+pub fn lib_main() -> Result<()> {
+    init_logging();
+    let config = Config::from_env().wrap_err("recorder: bad configuration")?;
+    let (_node, mut events) = DoraNode::init_from_env()?;
+    let rec = run(&mut events, config)?;
+    let total: u64 = rec.received.values().sum();
+    let per: Vec<String> = rec.received.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let files: Vec<String> = rec.files.iter().map(|p| p.display().to_string()).collect();
+    tracing::info!(
+        "recorder: {total} messages in ({}), {} written to {} file(s): {}",
+        per.join(", "),
+        rec.written,
+        files.len(),
+        files.join(", ")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use da3_msg::recording::RecordingReader;
+    use da3_msg::ImageFrame;
+
+    fn config(out: OutTarget) -> Config {
+        Config {
+            out,
+            flush: Duration::from_millis(500),
+            batch: 4,
+            rotate_bytes: None,
+            rotate_after: None,
+            sync: false,
+        }
+    }
+
+    fn frame(i: u64) -> (da3_msg::arrow::array::ArrayRef, MetadataParameters) {
+        let mut f = ImageFrame::rgb8(8, 8, vec![i as u8; 192]);
+        f.info.frame_id = Some(i);
+        f.to_message()
+    }
+
+    #[test]
+    fn out_folder_or_file() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(parse_out("recs/"), OutTarget::Folder("recs/".into()));
+        let p = d.path().display().to_string();
+        assert_eq!(parse_out(&p), OutTarget::Folder(p.clone().into()));
+        assert_eq!(parse_out("a/b.arrows"), OutTarget::File("a/b.arrows".into()));
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .to_utc();
+        let n = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false);
+        assert_eq!(n.path(0), d.path().join("rec-20260102T030405Z.arrows"));
+        std::fs::write(n.path(0), b"").unwrap();
+        let n2 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, true);
+        assert_eq!(n2.path(3), d.path().join("rec-20260102T030405Z-0003.arrows"));
+        let n3 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false);
+        assert_eq!(n3.path(0), d.path().join("rec-20260102T030405Z-2.arrows"));
+        let f = FileNamer::new(&OutTarget::File("x/run.arrows".into()), t, true);
+        assert_eq!(f.path(1), PathBuf::from("x/run-0001.arrows"));
+    }
+
+    #[test]
+    fn batches_and_rotation_by_size() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = config(OutTarget::File(d.path().join("r.arrows")));
+        c.rotate_bytes = Some(2000);
+        let mut r = Recorder::new(c).unwrap();
+        for i in 0..20 {
+            let (a, p) = frame(i);
+            r.record("image", i as i64, &p, a.as_ref()).unwrap();
+        }
+        r.finish().unwrap();
+        assert!(r.files.len() > 2, "{:?}", r.files);
+        assert_eq!(r.written, 20);
+        let mut ids = vec![];
+        for f in &r.files {
+            assert!(f.file_name().unwrap().to_str().unwrap().starts_with("r-0"));
+            for m in RecordingReader::open(f).unwrap() {
+                let m = m.unwrap();
+                let img = ImageFrame::from_message(m.data.as_ref(), &m.metadata).unwrap();
+                assert_eq!(img.data[0] as u64, img.info.frame_id.unwrap());
+                ids.push(img.info.frame_id.unwrap());
+            }
+        }
+        assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn flush_deadline_and_unflushed_file_is_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("r.arrows");
+        let mut c = config(OutTarget::File(path.clone()));
+        c.batch = 100;
+        c.flush = Duration::from_millis(20);
+        let mut r = Recorder::new(c).unwrap();
+        for i in 0..3 {
+            let (a, p) = frame(i);
+            r.record("image", 0, &p, a.as_ref()).unwrap();
+        }
+        assert!(r.flush_deadline().is_some());
+        // Not flushed yet: the file has the schema only.
+        assert_eq!(RecordingReader::open(&path).unwrap().count(), 0);
+        std::thread::sleep(Duration::from_millis(30));
+        r.tick().unwrap();
+        assert!(r.flush_deadline().is_none());
+        // Flushed but not finished (as after kill -9): all 3 readable.
+        assert_eq!(RecordingReader::open(&path).unwrap().count(), 3);
+        r.finish().unwrap();
+    }
+
+    #[test]
+    fn rotation_by_time() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = config(OutTarget::Folder(d.path().join("recs")));
+        c.rotate_after = Some(Duration::from_millis(30));
+        let mut r = Recorder::new(c).unwrap();
+        for i in 0..4 {
+            let (a, p) = frame(i);
+            r.record("image", 0, &p, a.as_ref()).unwrap();
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        r.finish().unwrap();
+        assert_eq!(r.files.len(), 4);
+        for f in &r.files {
+            assert_eq!(RecordingReader::open(f).unwrap().count(), 1);
+        }
+    }
+}

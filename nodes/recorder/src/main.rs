@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    recorder::lib_main()
+}

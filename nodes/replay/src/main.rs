@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    replay::lib_main()
+}

@@ -1,0 +1,309 @@
+//! `depth-export` under the real `dora run`: the sample images through the DA3
+//! node (tiny checkpoint) into npz, 16-bit PNG + JSON, colour PNG, PLY and a
+//! COLMAP model; every file parses back and agrees with the others and with
+//! the library's depth.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use da3::export::npz::{npz_get, read_npz};
+use e2e::{repo_root, Flow};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+fn tiny_model() -> String {
+    repo_root()
+        .join("nodes/da3/tests/fixtures/tiny-anyview")
+        .display()
+        .to_string()
+}
+
+fn sample_images() -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(repo_root().join("examples/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Strict reader of a binary little-endian PLY with `float x,y,z` + `uchar red,green,blue`.
+fn parse_ply(bytes: &[u8]) -> (usize, Vec<[f32; 3]>) {
+    let end = b"end_header\n";
+    let pos = bytes
+        .windows(end.len())
+        .position(|w| w == end)
+        .expect("PLY end_header")
+        + end.len();
+    let header = std::str::from_utf8(&bytes[..pos]).expect("ASCII header");
+    let lines: Vec<&str> = header
+        .lines()
+        .filter(|l| !l.starts_with("comment"))
+        .collect();
+    assert_eq!(lines[0], "ply");
+    assert_eq!(lines[1], "format binary_little_endian 1.0");
+    let n: usize = lines[2]
+        .strip_prefix("element vertex ")
+        .expect("element vertex")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        &lines[3..],
+        [
+            "property float x",
+            "property float y",
+            "property float z",
+            "property uchar red",
+            "property uchar green",
+            "property uchar blue",
+            "end_header"
+        ]
+    );
+    let body = &bytes[pos..];
+    assert_eq!(body.len(), n * 15, "PLY body for {n} vertices");
+    let xyz = body
+        .chunks_exact(15)
+        .map(|v| {
+            let f = |i: usize| f32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
+            [f(0), f(1), f(2)]
+        })
+        .collect();
+    (n, xyz)
+}
+
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn library_depth(images: &[PathBuf]) -> Vec<Vec<f32>> {
+    let model = da3::Da3Model::load(
+        &tiny_model(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let cfg = dora_da3::config::Config {
+        model: tiny_model(),
+        precision: dora_da3::config::Precision::F32,
+        devices: vec![dora_da3::config::DeviceSpec::Cpu],
+        preprocess: da3::preprocess::PreprocessConfig {
+            process_res: 112,
+            method: "upper_bound_resize".parse().unwrap(),
+        },
+        use_ray_pose: false,
+        ref_view_strategy: "saddle_balanced".parse().unwrap(),
+        mode: dora_da3::config::Mode::Batch,
+        window: 1,
+        stride: 1,
+        sync: Duration::ZERO,
+        conf_percentile: 40.0,
+        max_points: 200_000,
+        output_size: dora_da3::config::OutputSize::Processed,
+        max_pixels: 40_000_000,
+        status_every: Duration::from_secs(1),
+        rig_inputs: None,
+    };
+    images
+        .iter()
+        .map(|path| {
+            let unit = dora_da3::engine::WorkUnit {
+                seq: 0,
+                views: vec![dora_da3::engine::ViewIn {
+                    input: "image".into(),
+                    info: Default::default(),
+                    image: da3::preprocess::RgbImage::open(path).unwrap(),
+                    intrinsics: None,
+                    extrinsics: None,
+                    received: std::time::Instant::now(),
+                }],
+                emit: vec![true],
+                chain_key: None,
+            };
+            dora_da3::engine::infer(&model, &cfg, &unit).unwrap()[0]
+                .depth
+                .clone()
+        })
+        .collect()
+}
+
+#[test]
+fn images_to_npz_png16_ply_colmap() {
+    let mut flow = Flow::load("images-da3-export.yml").unwrap();
+    flow.env(
+        "images",
+        "SOURCE",
+        repo_root().join("examples/images").display(),
+    )
+    .unwrap();
+    flow.env("da3", "MODEL", tiny_model()).unwrap();
+    flow.env("da3", "PROCESS_RES", "112").unwrap();
+    flow.env("da3", "DEVICE", "cpu").unwrap();
+    let out = flow.path("export");
+    flow.env("export", "OUT_DIR", out.display()).unwrap();
+    flow.env("export", "FORMATS", "npz,png16,vis,ply,colmap")
+        .unwrap();
+    let run = flow.run(TIMEOUT).unwrap();
+    assert!(run.success, "dora run failed:\n{}", run.log);
+
+    let images = sample_images();
+    let n = images.len();
+    assert_eq!(n, 4);
+    let mut files = Vec::new();
+    all_files(&out, &mut files);
+    let tmp: Vec<_> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+    // 5 files per frame + the COLMAP folder's 3.
+    assert_eq!(files.len(), n * 5 + 3, "{files:?}");
+
+    let want_depth = library_depth(&images);
+    let mut extrinsics = Vec::new();
+    for (i, want) in want_depth.iter().enumerate() {
+        let stem = out.join(format!("sample_{i:06}"));
+        let file = |ext: &str| PathBuf::from(format!("{}{ext}", stem.display()));
+        // npz: the reference's keys, one view.
+        let m = read_npz(file(".npz")).unwrap();
+        let names: Vec<&str> = m.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["image", "depth", "conf", "extrinsics", "intrinsics"]
+        );
+        let depth = npz_get(&m, "depth").unwrap();
+        assert_eq!(depth.shape, [1, 84, 112]);
+        let depth = depth.to_f32_vec();
+        assert!(depth.iter().all(|v| v.is_finite()));
+        assert_eq!(npz_get(&m, "image").unwrap().shape, [1, 84, 112, 3]);
+        assert_eq!(npz_get(&m, "conf").unwrap().shape, [1, 84, 112]);
+        assert_eq!(npz_get(&m, "extrinsics").unwrap().shape, [1, 3, 4]);
+        let k = npz_get(&m, "intrinsics").unwrap();
+        assert_eq!(k.shape, [1, 3, 3]);
+        let k = k.to_f32_vec();
+        extrinsics.push(npz_get(&m, "extrinsics").unwrap().to_f32_vec());
+        // The depth the node sent equals the library's on the same image.
+        let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+        let err = depth
+            .iter()
+            .zip(want)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+            / scale;
+        assert!(err <= 1e-5, "frame {i}: npz depth vs library: {err}");
+
+        // png16: depth x 1000 within one unit where it is in range.
+        let png = image::open(file(".png")).unwrap();
+        assert_eq!(png.color(), image::ColorType::L16);
+        assert_eq!((png.width(), png.height()), (112, 84));
+        let png = png.into_luma16().into_raw();
+        let mut in_range = 0;
+        for (p, d) in png.iter().zip(&depth) {
+            let mm = (*d as f64 * 1000.0).round();
+            if *d > 0.0 && mm <= 65535.0 {
+                assert!((*p as f64 - mm).abs() <= 1.0, "{p} vs {d}");
+                in_range += 1;
+            } else if *d <= 0.0 {
+                assert_eq!(*p, 0);
+            } else {
+                assert_eq!(*p, 65535);
+            }
+        }
+        println!(
+            "frame {i}: {in_range} of {} depth pixels in the PNG's range",
+            depth.len()
+        );
+        let js: Value = serde_json::from_slice(&std::fs::read(file(".json")).unwrap()).unwrap();
+        assert_eq!(js["width"], 112);
+        assert_eq!(js["height"], 84);
+        assert_eq!(js["frame_id"], i as u64);
+        assert_eq!(js["camera"], "sample");
+        assert!(js["stamp_ns"].as_u64().unwrap() > 0);
+        assert_eq!(js["depth_scale"], 0.001);
+        for r in 0..3 {
+            for c in 0..3 {
+                let v = js["intrinsics"][r][c].as_f64().unwrap();
+                assert!((v - k[r * 3 + c] as f64).abs() < 1e-3, "K[{r}][{c}]");
+            }
+        }
+
+        // Colour PNG.
+        let vis = image::open(file("_vis.png")).unwrap();
+        assert_eq!((vis.width(), vis.height()), (112, 84));
+
+        // PLY: the header's count, > 0 points, all finite.
+        let (count, xyz) = parse_ply(&std::fs::read(file(".ply")).unwrap());
+        assert!(count > 0);
+        assert_eq!(xyz.len(), count);
+        assert!(xyz.iter().flatten().all(|v| v.is_finite()));
+    }
+
+    // COLMAP: 4 cameras and images; the pose is the npz's extrinsics.
+    let col = out.join("colmap");
+    let cams = std::fs::read_to_string(col.join("cameras.txt")).unwrap();
+    let cam_lines: Vec<&str> = cams
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(cam_lines.len(), n);
+    for l in &cam_lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 8);
+        assert_eq!(f[1], "PINHOLE");
+        assert_eq!((f[2], f[3]), ("112", "84"));
+    }
+    let imgs = std::fs::read_to_string(col.join("images.txt")).unwrap();
+    let data: Vec<&str> = imgs.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(data.len(), 2 * n, "two lines per image");
+    for (i, pair) in data.chunks(2).enumerate() {
+        let f: Vec<&str> = pair[0].split_whitespace().collect();
+        assert_eq!(f.len(), 10, "{}", pair[0]);
+        assert_eq!(f[9], format!("sample_{i:06}.png"));
+        let v: Vec<f64> = f[1..8].iter().map(|x| x.parse().unwrap()).collect();
+        let (q, t) = (&v[..4], &v[4..]);
+        assert!((q.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-6);
+        let e = &extrinsics[i];
+        for (a, b) in t.iter().zip([e[3], e[7], e[11]]) {
+            assert!((a - b as f64).abs() < 1e-4, "t {t:?} vs {e:?}");
+        }
+        // R from the quaternion (w, x, y, z) equals the npz rotation.
+        let (w, x, y, z) = (q[0], q[1], q[2], q[3]);
+        let r = [
+            [
+                1.0 - 2.0 * (y * y + z * z),
+                2.0 * (x * y - z * w),
+                2.0 * (x * z + y * w),
+            ],
+            [
+                2.0 * (x * y + z * w),
+                1.0 - 2.0 * (x * x + z * z),
+                2.0 * (y * z - x * w),
+            ],
+            [
+                2.0 * (x * z - y * w),
+                2.0 * (y * z + x * w),
+                1.0 - 2.0 * (x * x + y * y),
+            ],
+        ];
+        for a in 0..3 {
+            for b in 0..3 {
+                assert!((r[a][b] - e[a * 4 + b] as f64).abs() < 1e-4, "R[{a}][{b}]");
+            }
+        }
+        assert!(pair[1].trim().is_empty());
+    }
+    let pts = std::fs::read_to_string(col.join("points3D.txt")).unwrap();
+    let npts = pts
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .inspect(|l| assert!(l.split_whitespace().count() >= 8, "{l}"))
+        .count();
+    assert!(npts > 0);
+}
