@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs the main job: the bundled sample images
-# through the DA3 dataflow (dataflows/images-da3.yml). Results: out/da3.jsonl.
+# through the DA3 dataflow into files (dataflows/images-da3-export.yml):
+# out/export/ holds per frame an .npz, a 16-bit depth PNG + JSON, a colour
+# depth PNG, a .ply and a .glb, plus a COLMAP model.
 #
 #   bash scripts/demo.sh                 # MODEL=depth-anything/DA3-SMALL
 #   MODEL=depth-anything/DA3-BASE bash scripts/demo.sh
@@ -9,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-FLOW="${1:-dataflows/images-da3.yml}"
+FLOW="${1:-dataflows/images-da3-export.yml}"
 TEST_MODEL="$PWD/nodes/da3/tests/fixtures/tiny-anyview"
 
 if [ -z "${MODEL:-}" ]; then
@@ -34,8 +36,13 @@ export MODEL
 echo "demo: MODEL=$MODEL, graph $FLOW"
 cargo build --workspace --bins
 mkdir -p out
+rm -rf out/export
 dora run "$FLOW"
-if [ -f out/da3.jsonl ]; then
+if [ -d out/export ]; then
+  echo "demo: wrote $(find out/export -type f | wc -l) files in out/export:"
+  find out/export -type f | sort | head -12
+fi
+if [ -f out/da3.jsonl ] && [ "$FLOW" = dataflows/images-da3.yml ]; then
   python3 - <<'PY'
 import collections, json
 counts = collections.Counter()

@@ -141,6 +141,24 @@ impl Flow {
         Ok(self)
     }
 
+    /// Sets (or replaces) one input of a node with dora's lossless delivery
+    /// (`queue_policy: backpressure`): for sinks that must see every message.
+    pub fn input_lossless(&mut self, node: &str, input: &str, source: &str) -> Result<&mut Self> {
+        let mut m = Mapping::new();
+        m.insert("source".into(), Value::String(source.into()));
+        m.insert("queue_size".into(), Value::Number(1000.into()));
+        m.insert("queue_policy".into(), Value::String("backpressure".into()));
+        let n = self.node_mut(node)?;
+        let inputs = n
+            .entry("inputs".into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        let inputs = inputs
+            .as_mapping_mut()
+            .ok_or_else(|| eyre!("inputs of `{node}` are not a mapping"))?;
+        inputs.insert(input.into(), Value::Mapping(m));
+        Ok(self)
+    }
+
     /// Removes one input of a node.
     pub fn remove_input(&mut self, node: &str, input: &str) -> Result<&mut Self> {
         let n = self.node_mut(node)?;

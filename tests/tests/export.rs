@@ -149,7 +149,7 @@ fn images_to_npz_png16_ply_colmap() {
     flow.env("da3", "DEVICE", "cpu").unwrap();
     let out = flow.path("export");
     flow.env("export", "OUT_DIR", out.display()).unwrap();
-    flow.env("export", "FORMATS", "npz,png16,vis,ply,colmap")
+    flow.env("export", "FORMATS", "npz,png16,vis,ply,colmap,glb")
         .unwrap();
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
@@ -164,8 +164,8 @@ fn images_to_npz_png16_ply_colmap() {
         .filter(|p| p.to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
-    // 5 files per frame + the COLMAP folder's 3.
-    assert_eq!(files.len(), n * 5 + 3, "{files:?}");
+    // 6 files per frame + the COLMAP folder's 3.
+    assert_eq!(files.len(), n * 6 + 3, "{files:?}");
 
     let want_depth = library_depth(&images);
     let mut extrinsics = Vec::new();
@@ -243,6 +243,30 @@ fn images_to_npz_png16_ply_colmap() {
         assert!(count > 0);
         assert_eq!(xyz.len(), count);
         assert!(xyz.iter().flatten().all(|v| v.is_finite()));
+
+        // GLB: header, chunks, the same points (glTF axes) and a 5-vertex frustum.
+        let glb = std::fs::read(file(".glb")).unwrap();
+        assert_eq!(&glb[..4], b"glTF");
+        assert_eq!(u32::from_le_bytes(glb[4..8].try_into().unwrap()), 2);
+        assert_eq!(
+            u32::from_le_bytes(glb[8..12].try_into().unwrap()) as usize,
+            glb.len()
+        );
+        let jl = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
+        assert_eq!(&glb[16..20], b"JSON");
+        let doc: Value = serde_json::from_slice(&glb[20..20 + jl]).unwrap();
+        assert_eq!(&glb[24 + jl..28 + jl], b"BIN\0");
+        let acc = |mesh: usize, attr: &str| {
+            let i = doc["meshes"][mesh]["primitives"][0]["attributes"][attr]
+                .as_u64()
+                .unwrap() as usize;
+            doc["accessors"][i]["count"].as_u64().unwrap() as usize
+        };
+        assert_eq!(doc["meshes"][0]["primitives"][0]["mode"], 0);
+        assert_eq!(acc(0, "POSITION"), count);
+        assert_eq!(acc(0, "COLOR_0"), count);
+        assert_eq!(doc["meshes"][1]["primitives"][0]["mode"], 1);
+        assert_eq!(acc(1, "POSITION"), 5);
     }
 
     // COLMAP: 4 cameras and images; the pose is the npz's extrinsics.
@@ -306,4 +330,52 @@ fn images_to_npz_png16_ply_colmap() {
         .inspect(|l| assert!(l.split_whitespace().count() >= 8, "{l}"))
         .count();
     assert!(npts > 0);
+}
+
+#[test]
+fn without_camera_and_points_uses_the_depth_metadata_and_every() {
+    let mut flow = Flow::load("images-da3-export.yml").unwrap();
+    flow.env(
+        "images",
+        "SOURCE",
+        repo_root().join("examples/images").display(),
+    )
+    .unwrap();
+    flow.env("da3", "MODEL", tiny_model()).unwrap();
+    flow.env("da3", "PROCESS_RES", "112").unwrap();
+    flow.env("da3", "DEVICE", "cpu").unwrap();
+    flow.remove_input("export", "camera").unwrap();
+    flow.remove_input("export", "points").unwrap();
+    let out = flow.path("export");
+    flow.env("export", "OUT_DIR", out.display()).unwrap();
+    flow.env("export", "FORMATS", "npz,ply").unwrap();
+    flow.env("export", "EVERY", "2").unwrap();
+    let run = flow.run(TIMEOUT).unwrap();
+    assert!(run.success, "dora run failed:\n{}", run.log);
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "sample_000000.npz",
+            "sample_000000.ply",
+            "sample_000002.npz",
+            "sample_000002.ply"
+        ]
+    );
+    for id in [0, 2] {
+        let m = read_npz(out.join(format!("sample_{id:06}.npz"))).unwrap();
+        // Pose and intrinsics from the depth's metadata.
+        assert_eq!(npz_get(&m, "extrinsics").unwrap().shape, [1, 3, 4]);
+        let k = npz_get(&m, "intrinsics").unwrap().to_f32_vec();
+        assert!(k[0] > 0.0 && k[4] > 0.0 && k[8] == 1.0);
+        // Back-projected, confidence-filtered points.
+        let (count, xyz) =
+            parse_ply(&std::fs::read(out.join(format!("sample_{id:06}.ply"))).unwrap());
+        assert!(count > 0 && count < 112 * 84, "{count}");
+        assert!(xyz.iter().flatten().all(|v| v.is_finite()));
+    }
 }

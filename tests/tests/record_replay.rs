@@ -63,7 +63,6 @@ fn replay_into_dump(file: &Path, speed: &str) -> Vec<Value> {
     flow.env("replay", "LINGER_MS", 500).unwrap();
     flow.env("dump", "OUT_FILE", out.display()).unwrap();
     let run = flow.run(TIMEOUT).unwrap();
-    std::fs::write("/tmp/rr_replay.log", &run.log).unwrap();
     assert!(run.success, "replay failed:\n{}", run.log);
     assert!(run.log.contains("replay: sent"), "{}", run.log);
     read_dump(&out).unwrap()
@@ -162,12 +161,12 @@ nodes:
   - id: recorder
     path: {}
     inputs:
-      image: {{source: camera/image, queue_size: 100}}
+      image: {{source: camera/image, queue_size: 100, queue_policy: backpressure}}
     env: {{FLUSH_MS: "200", BATCH: "1000"}}
   - id: dump
     path: ../target/debug/msg-dump
     inputs:
-      image: {{source: camera/image, queue_size: 1000}}
+      image: {{source: camera/image, queue_size: 1000, queue_policy: backpressure}}
 "#,
         rec_bin.display()
     );
@@ -211,7 +210,7 @@ nodes:
         .unwrap_or_else(|| panic!("the recorder was not found running:\n{}", run.log));
 
     let sent = read_dump(&dump).unwrap();
-    let (msgs, _truncated) = read_recording(&rec_path);
+    let (msgs, truncated) = read_recording(&rec_path);
     // Everything sent more than FLUSH_MS (+ slack for a busy machine) before
     // the kill was flushed.
     let cutoff = kill_ns - 200_000_000 - 500_000_000;
@@ -219,6 +218,11 @@ nodes:
         .iter()
         .filter(|r| r["metadata"]["stamp_ns"].as_u64().unwrap() < cutoff)
         .count();
+    eprintln!(
+        "kill -9: {} frames sent, {before} more than FLUSH_MS+0.5 s before the kill, {} recorded, truncated: {truncated:?}",
+        sent.len(),
+        msgs.len()
+    );
     assert!(before > 10, "too few frames before the kill: {before}");
     assert!(
         msgs.len() >= before && msgs.len() < 150,
@@ -254,8 +258,11 @@ fn synthetic_recording(path: &Path, n: u64, step_ms: i64) -> Vec<RecordedMessage
     for i in 0..n {
         let (stream, (data, metadata)): (&str, (ArrayRef, MetadataParameters)) = match i % 3 {
             0 => {
-                let mut f =
-                    ImageFrame::rgb8(32, 24, (0..32 * 24 * 3).map(|k| (k + i) as u8).collect());
+                let mut f = ImageFrame::rgb8(
+                    160,
+                    120,
+                    (0..160 * 120 * 3).map(|k| (k + i) as u8).collect(),
+                );
                 f.info = info(i);
                 ("image", f.to_message())
             }
@@ -306,8 +313,8 @@ nodes:
   - id: sink
     path: ../target/debug/slow-sink
     inputs:
-      image: {{source: replay/image, queue_size: 1000}}
-      depth: {{source: replay/d, queue_size: 1000}}
+      image: {{source: replay/image, queue_size: 1000, queue_policy: backpressure}}
+      depth: {{source: replay/d, queue_size: 1000, queue_policy: backpressure}}
     env: {{DELAY_MS: "{delay_ms}"}}
 "#,
         file.display()

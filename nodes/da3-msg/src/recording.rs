@@ -634,7 +634,7 @@ mod tests {
         for cut in 0..full_len {
             let r = RecordingReader::new(Cursor::new(full[..cut].to_vec()), "cut");
             let Ok(mut r) = r else { continue };
-            let n = r.by_ref().map(|m| m.unwrap()).count();
+            let n = r.by_ref().inspect(|m| assert!(m.is_ok())).count();
             let complete = ends.iter().filter(|&&e| e as usize <= cut).count() - 1;
             assert_eq!(n, complete * 2, "cut at {cut}");
             // (a cut inside the next message's 8-byte length prefix reads as a clean end)

@@ -174,3 +174,29 @@ fn reduced_precision_run_dtypes() {
         assert!(diff / scale < 5e-2, "{dt:?}: {}", diff / scale);
     }
 }
+
+#[test]
+fn truncated_or_missing_files_are_errors_naming_the_file() {
+    let src = fixture("tiny-mono");
+    let dir = std::env::temp_dir().join(format!("da3-truncated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+    // A header cut short.
+    std::fs::write(dir.join("model.safetensors"), &bytes[..20]).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+    // No weights at all.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+    // No config.json beside the weights.
+    std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

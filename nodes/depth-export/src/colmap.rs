@@ -158,8 +158,11 @@ impl ColmapModel {
     }
 }
 
-/// Parses `images.txt` back: `(id, [qw, qx, qy, qz], [tx, ty, tz], camera_id, name)`.
-pub fn parse_images_txt(text: &str) -> Result<Vec<(u64, [f64; 4], [f64; 3], u64, String)>> {
+/// One line of `images.txt`: `(id, [qw, qx, qy, qz], [tx, ty, tz], camera_id, name)`.
+pub type ImageLine = (u64, [f64; 4], [f64; 3], u64, String);
+
+/// Parses `images.txt` back.
+pub fn parse_images_txt(text: &str) -> Result<Vec<ImageLine>> {
     let mut out = Vec::new();
     let mut lines = text.lines().filter(|l| !l.starts_with('#'));
     while let Some(line) = lines.next() {

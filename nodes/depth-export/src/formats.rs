@@ -19,15 +19,17 @@ pub enum Format {
     Vis,
     Ply,
     Colmap,
+    Glb,
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Npz,
         Format::Png16,
         Format::Vis,
         Format::Ply,
         Format::Colmap,
+        Format::Glb,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +39,7 @@ impl Format {
             Format::Vis => "vis",
             Format::Ply => "ply",
             Format::Colmap => "colmap",
+            Format::Glb => "glb",
         }
     }
 }
@@ -47,7 +50,7 @@ pub fn parse_formats(spec: &str) -> Result<Vec<Format>> {
     for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some(f) = Format::ALL.iter().find(|f| f.as_str() == part) else {
             bail!(
-                "invalid FORMATS={spec:?}: unknown format `{part}` (expected npz, png16, vis, ply, colmap)"
+                "invalid FORMATS={spec:?}: unknown format `{part}` (expected npz, png16, vis, ply, colmap, glb)"
             );
         };
         if !out.contains(f) {
@@ -73,7 +76,10 @@ pub fn npz_arrays(f: &FrameResult) -> Result<Vec<(&'static str, NpyArray)>> {
     if let Some(img) = f.image_at_depth_size() {
         out.push(("image", NpyArray::from_u8(&[1, h, w, 3], img)?));
     }
-    out.push(("depth", NpyArray::from_f32(&[1, h, w], f.depth.values.clone())?));
+    out.push((
+        "depth",
+        NpyArray::from_f32(&[1, h, w], f.depth.values.clone())?,
+    ));
     if let Some(c) = &f.confidence {
         if c.width == f.depth.width && c.height == f.depth.height {
             out.push(("conf", NpyArray::from_f32(&[1, h, w], c.values.clone())?));
@@ -184,11 +190,14 @@ pub fn write_png16(png: &Path, json_path: &Path, f: &FrameResult) -> Result<()> 
 fn turbo(t: f32) -> [u8; 3] {
     let t = t.clamp(0.0, 1.0) as f64;
     let r = 0.13572138
-        + t * (4.61539260 + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
+        + t * (4.61539260
+            + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
     let g = 0.09140261
-        + t * (2.19418839 + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
+        + t * (2.19418839
+            + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
     let b = 0.10667330
-        + t * (12.64194608 + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
+        + t * (12.64194608
+            + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
     let c = |x: f64| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
     [c(r), c(g), c(b)]
 }
@@ -198,7 +207,13 @@ fn turbo(t: f32) -> [u8; 3] {
 pub fn colour_map(values: &[f32]) -> Vec<u8> {
     let inv: Vec<f32> = values
         .iter()
-        .map(|&d| if d > 0.0 && d.is_finite() { 1.0 / d } else { f32::NAN })
+        .map(|&d| {
+            if d > 0.0 && d.is_finite() {
+                1.0 / d
+            } else {
+                f32::NAN
+            }
+        })
         .collect();
     let lo = percentile(&inv, 2.0).unwrap_or(0.0);
     let hi = percentile(&inv, 98.0).unwrap_or(1.0);
@@ -315,15 +330,24 @@ pub mod tests {
         write_npz(&p, &f).unwrap();
         let m = read_npz(&p).unwrap();
         let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["image", "depth", "conf", "extrinsics", "intrinsics"]);
+        assert_eq!(
+            names,
+            ["image", "depth", "conf", "extrinsics", "intrinsics"]
+        );
         let d = npz_get(&m, "depth").unwrap();
         assert_eq!(d.shape, [1, 3, 4]);
         assert_eq!(d.to_f32_vec(), f.depth.values);
         assert_eq!(npz_get(&m, "image").unwrap().shape, [1, 3, 4, 3]);
-        assert_eq!(npz_get(&m, "conf").unwrap().to_f32_vec(), f.confidence.unwrap().values);
+        assert_eq!(
+            npz_get(&m, "conf").unwrap().to_f32_vec(),
+            f.confidence.unwrap().values
+        );
         let k = npz_get(&m, "intrinsics").unwrap();
         assert_eq!(k.shape, [1, 3, 3]);
-        assert_eq!(k.to_f32_vec(), [2.0, 0.0, 1.5, 0.0, 2.5, 1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(
+            k.to_f32_vec(),
+            [2.0, 0.0, 1.5, 0.0, 2.5, 1.0, 0.0, 0.0, 1.0]
+        );
         let e = npz_get(&m, "extrinsics").unwrap();
         assert_eq!(e.shape, [1, 3, 4]);
         let g = sample_frame().geometry();
@@ -352,8 +376,8 @@ pub mod tests {
         assert_eq!(img.color(), image::ColorType::L16);
         let v = img.into_luma16().into_raw();
         assert_eq!(&v[..4], [0, 0, 65535, 1234]);
-        for i in 4..12 {
-            assert_eq!(v[i] as f32, (f.depth.values[i] * 1000.0).round());
+        for (p, d) in v.iter().zip(&f.depth.values).skip(4) {
+            assert_eq!(*p as f32, (d * 1000.0).round());
         }
         let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
         assert_eq!(j["width"], 4);

@@ -125,7 +125,10 @@ impl Grouper {
         if is_depth {
             // Earlier frames of this camera: their depth came, so they are
             // released as they are; without depth they never will be.
-            for (k, q) in self.pending.range((camera.clone(), 0)..(camera.clone(), frame_id)) {
+            for (k, q) in self
+                .pending
+                .range((camera.clone(), 0)..(camera.clone(), frame_id))
+            {
                 if q.depth.is_some() {
                     ready.push(k.clone());
                 }

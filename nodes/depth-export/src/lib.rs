@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod colmap;
 pub mod formats;
 pub mod frame;
+pub mod glb;
 pub mod group;
 
 use std::collections::HashMap;
@@ -160,7 +161,7 @@ impl Exporter {
             let r = formats::vis_bytes(f).and_then(|b| atomic::write_bytes(&p, &b));
             self.attempt("vis", r);
         }
-        if self.cfg.has(Format::Ply) || self.cfg.has(Format::Colmap) {
+        if self.cfg.has(Format::Ply) || self.cfg.has(Format::Colmap) || self.cfg.has(Format::Glb) {
             let (xyz, rgb) = f.world_points(self.cfg.conf_percentile);
             if self.cfg.has(Format::Ply) {
                 let p = dir.join(format!("{stem}.ply"));
@@ -168,6 +169,10 @@ impl Exporter {
                     tracing::warn!("frame {stem}: no points and no intrinsics: empty PLY");
                 }
                 self.attempt("ply", formats::write_ply(&p, &xyz, &rgb));
+            }
+            if self.cfg.has(Format::Glb) {
+                let p = dir.join(format!("{stem}.glb"));
+                self.attempt("glb", glb::write_glb(&p, f, &xyz, &rgb));
             }
             if self.cfg.has(Format::Colmap) {
                 let per_frame = 20_000;
@@ -270,7 +275,10 @@ pub fn lib_main() -> Result<()> {
     let default_camera = node.id().to_string();
     let exporter = run(&mut events, inputs, &default_camera, cfg)?;
     if exporter.errors > 0 {
-        return Err(eyre!("depth-export: {} files could not be written", exporter.errors));
+        return Err(eyre!(
+            "depth-export: {} files could not be written",
+            exporter.errors
+        ));
     }
     Ok(())
 }
@@ -303,7 +311,7 @@ mod tests {
     #[test]
     fn every_format_and_every_nth() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = cfg(dir.path(), "npz,png16,vis,ply,colmap");
+        let mut c = cfg(dir.path(), "npz,png16,vis,ply,colmap,glb");
         c.every = 2;
         let mut ex = Exporter::new(c).unwrap();
         for id in 0..3 {
@@ -315,7 +323,7 @@ mod tests {
         assert_eq!((ex.written, ex.skipped, ex.errors), (2, 1, 0));
         let mut want = vec!["colmap".to_string()];
         for id in [0, 2] {
-            for ext in ["json", "npz", "ply", "png"] {
+            for ext in ["glb", "json", "npz", "ply", "png"] {
                 want.push(format!("cam_a_{id:06}.{ext}"));
             }
             want.push(format!("cam_a_{id:06}_vis.png"));
@@ -348,22 +356,40 @@ mod tests {
         assert_eq!(c.formats, [Format::Ply]);
         assert_eq!(c.out_dir, PathBuf::from("out/export"));
         std::env::remove_var("FORMATS");
-        assert_eq!(Config::from_env().unwrap().formats, [Format::Npz, Format::Png16]);
+        assert_eq!(
+            Config::from_env().unwrap().formats,
+            [Format::Npz, Format::Png16]
+        );
     }
 
     #[test]
     fn decode_routes_by_primitive() {
         let f = sample_frame();
         let (a, p) = f.depth.to_message();
-        assert!(matches!(decode("x", a.as_ref(), &p).unwrap(), Item::Depth(_)));
+        assert!(matches!(
+            decode("x", a.as_ref(), &p).unwrap(),
+            Item::Depth(_)
+        ));
         let (a, p) = f.confidence.unwrap().to_message();
-        assert!(matches!(decode("depth", a.as_ref(), &p).unwrap(), Item::Confidence(_)));
+        assert!(matches!(
+            decode("depth", a.as_ref(), &p).unwrap(),
+            Item::Confidence(_)
+        ));
         let img = da3_msg::ImageFrame::rgb8(1, 1, vec![1, 2, 3]);
         let (a, p) = img.to_message();
-        assert!(matches!(decode("image", a.as_ref(), &p).unwrap(), Item::Image(_)));
-        assert!(matches!(decode("depth_vis", a.as_ref(), &p).unwrap(), Item::Vis(_)));
+        assert!(matches!(
+            decode("image", a.as_ref(), &p).unwrap(),
+            Item::Image(_)
+        ));
+        assert!(matches!(
+            decode("depth_vis", a.as_ref(), &p).unwrap(),
+            Item::Vis(_)
+        ));
         let mut p2 = p.clone();
-        p2.insert(keys::PRIMITIVE.into(), da3_msg::Parameter::String("what".into()));
+        p2.insert(
+            keys::PRIMITIVE.into(),
+            da3_msg::Parameter::String("what".into()),
+        );
         assert!(decode("image", a.as_ref(), &p2).is_err());
     }
 }

@@ -295,6 +295,13 @@ impl Node<'_> {
     }
 }
 
+/// What the event thread hands to the main loop.
+enum Incoming {
+    Event(Event),
+    /// Inputs dora discarded on full queues before they reached the node.
+    DroppedByDora(u64),
+}
+
 /// Runs the node until its inputs end and every accepted frame is processed.
 pub fn run(
     node: &mut DoraNode,
@@ -360,20 +367,25 @@ pub fn run(
     };
 
     // Events are read in arrival order on their own thread (`StreamExt::next`
-    // keeps order; `recv` may hand out Stop before the last inputs).
-    let (ev_tx, ev_rx) = unbounded::<Event>();
+    // keeps order; `recv` may hand out Stop before the last inputs), with the
+    // inputs dora itself dropped on full queues (e.g. `queue_size: 1`).
+    let (ev_tx, ev_rx) = unbounded::<Incoming>();
     let reader = std::thread::Builder::new()
         .name("dora-events".into())
         .spawn(move || {
             let mut events = events;
             while let Some(ev) = dora_node_api::futures::executor::block_on(events.next()) {
-                if ev_tx.send(ev).is_err() {
+                let dropped: u64 = events.drain_drop_counts().values().sum();
+                if dropped > 0 && ev_tx.send(Incoming::DroppedByDora(dropped)).is_err() {
+                    break;
+                }
+                if ev_tx.send(Incoming::Event(ev)).is_err() {
                     break;
                 }
             }
         })
         .wrap_err("cannot start the event thread")?;
-    let mut ev_rx: Receiver<Event> = ev_rx;
+    let mut ev_rx: Receiver<Incoming> = ev_rx;
     let mut inputs_done = false;
     let mut reorder: Reorder<std::result::Result<UnitOut, (String, Vec<String>)>> =
         Reorder::default();
@@ -396,12 +408,15 @@ pub fn run(
         let wait = n.cfg.status_every.saturating_sub(last_status.elapsed());
         select! {
             recv(ev_rx) -> ev => match ev {
-                Ok(Event::Input { id, metadata, data }) => {
+                Ok(Incoming::DroppedByDora(k)) => n.stats.dropped_by_dora += k,
+                Ok(Incoming::Event(Event::Input { id, metadata, data })) => {
                     n.on_input(id.as_str(), &metadata.parameters, data.as_array().as_ref())?;
                 }
-                Ok(Event::Stop(_)) => tracing::info!("stop received; finishing accepted frames"),
-                Ok(Event::Error(e)) => tracing::warn!("event stream: {e}"),
-                Ok(_) => {}
+                Ok(Incoming::Event(Event::Stop(_))) => {
+                    tracing::info!("stop received; finishing accepted frames")
+                }
+                Ok(Incoming::Event(Event::Error(e))) => tracing::warn!("event stream: {e}"),
+                Ok(Incoming::Event(_)) => {}
                 Err(_) => {
                     inputs_done = true;
                     n.sched.finish();

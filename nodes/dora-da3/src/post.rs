@@ -14,39 +14,26 @@ fn intr(k: &[f64; 9]) -> Intrinsics {
     }
 }
 
-pub fn depth_msg(v: &ViewOut) -> DepthMap {
+/// The depth or confidence map of a view, with its camera in the metadata.
+fn map_msg(v: &ViewOut, kind: DepthKind, values: Vec<f32>) -> DepthMap {
     DepthMap {
-        kind: DepthKind::Depth,
+        kind,
         width: v.width,
         height: v.height,
-        values: v.depth.clone(),
+        values,
         info: v.info.clone(),
         intrinsics: v.intrinsics.as_ref().map(intr),
         pose: v.extrinsics.as_ref().map(Pose::from_world_to_camera),
         is_metric: v.is_metric,
     }
+}
+
+pub fn depth_msg(v: &ViewOut) -> DepthMap {
+    map_msg(v, DepthKind::Depth, v.depth.clone())
 }
 
 pub fn conf_msg(v: &ViewOut) -> Option<DepthMap> {
-    let conf = v.conf.as_ref()?;
-    Some(DepthMap {
-        kind: DepthKind::Confidence,
-        values: conf.clone(),
-        ..depth_msg_header(v)
-    })
-}
-
-fn depth_msg_header(v: &ViewOut) -> DepthMap {
-    DepthMap {
-        kind: DepthKind::Depth,
-        width: v.width,
-        height: v.height,
-        values: Vec::new(),
-        info: v.info.clone(),
-        intrinsics: v.intrinsics.as_ref().map(intr),
-        pose: v.extrinsics.as_ref().map(Pose::from_world_to_camera),
-        is_metric: v.is_metric,
-    }
+    Some(map_msg(v, DepthKind::Confidence, v.conf.clone()?))
 }
 
 pub fn camera_msg(v: &ViewOut) -> Option<CameraMsg> {

@@ -96,30 +96,8 @@ fn event(
 ) -> Value {
     let (arr, params) = msg;
     let dt = serde_json::to_value(arr.data_type()).unwrap();
-    let data: Value = match arr.data_type() {
-        da3_msg::arrow::datatypes::DataType::UInt8 => {
-            let a = arr
-                .as_any()
-                .downcast_ref::<da3_msg::arrow::array::UInt8Array>()
-                .unwrap();
-            json!(a.values().to_vec())
-        }
-        da3_msg::arrow::datatypes::DataType::Float64 => {
-            let a = arr
-                .as_any()
-                .downcast_ref::<da3_msg::arrow::array::Float64Array>()
-                .unwrap();
-            json!(a.values().to_vec())
-        }
-        da3_msg::arrow::datatypes::DataType::Float32 => {
-            let a = arr
-                .as_any()
-                .downcast_ref::<da3_msg::arrow::array::Float32Array>()
-                .unwrap();
-            json!(a.values().to_vec())
-        }
-        other => panic!("unsupported test payload {other}"),
-    };
+    let data = msg_dump::payload_values(arr.as_ref(), usize::MAX)
+        .unwrap_or_else(|| panic!("unsupported test payload {}", arr.data_type()));
     json!({"time_offset_secs": t, "type": "Input", "id": input, "metadata": params, "data": data, "data_type": dt})
 }
 

@@ -44,7 +44,9 @@ impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env() -> Result<Self> {
         let out: String = env_opt("OUT")?.ok_or_else(|| {
-            eyre!("OUT is not set: give a recording file (`run.arrows`) or a folder (`recordings/`)")
+            eyre!(
+                "OUT is not set: give a recording file (`run.arrows`) or a folder (`recordings/`)"
+            )
         })?;
         let flush_ms: u64 = env_or("FLUSH_MS", 500)?;
         let batch: usize = env_or("BATCH", 64)?;
@@ -242,7 +244,10 @@ impl Recorder {
                 self.rotate()?;
             }
         }
-        let f = self.file.as_mut().ok_or_else(|| eyre!("recorder is closed"))?;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| eyre!("recorder is closed"))?;
         f.writer.push(stream, recv_ns, params, data)?;
         if self.first_pending.is_none() {
             self.first_pending = Some(Instant::now());
@@ -334,7 +339,11 @@ pub fn lib_main() -> Result<()> {
     let (_node, mut events) = DoraNode::init_from_env()?;
     let rec = run(&mut events, config)?;
     let total: u64 = rec.received.values().sum();
-    let per: Vec<String> = rec.received.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let per: Vec<String> = rec
+        .received
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
     let files: Vec<String> = rec.files.iter().map(|p| p.display().to_string()).collect();
     tracing::info!(
         "recorder: {total} messages in ({}), {} written to {} file(s): {}",
@@ -375,7 +384,10 @@ mod tests {
         assert_eq!(parse_out("recs/"), OutTarget::Folder("recs/".into()));
         let p = d.path().display().to_string();
         assert_eq!(parse_out(&p), OutTarget::Folder(p.clone().into()));
-        assert_eq!(parse_out("a/b.arrows"), OutTarget::File("a/b.arrows".into()));
+        assert_eq!(
+            parse_out("a/b.arrows"),
+            OutTarget::File("a/b.arrows".into())
+        );
         let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
             .unwrap()
             .to_utc();
@@ -383,7 +395,10 @@ mod tests {
         assert_eq!(n.path(0), d.path().join("rec-20260102T030405Z.arrows"));
         std::fs::write(n.path(0), b"").unwrap();
         let n2 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, true);
-        assert_eq!(n2.path(3), d.path().join("rec-20260102T030405Z-0003.arrows"));
+        assert_eq!(
+            n2.path(3),
+            d.path().join("rec-20260102T030405Z-0003.arrows")
+        );
         let n3 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false);
         assert_eq!(n3.path(0), d.path().join("rec-20260102T030405Z-2.arrows"));
         let f = FileNamer::new(&OutTarget::File("x/run.arrows".into()), t, true);

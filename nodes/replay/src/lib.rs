@@ -50,7 +50,7 @@ impl Config {
         let pace = match mode.to_ascii_lowercase().as_str() {
             "tick" => Pace::Tick,
             "time" => match env_or::<f64>("SPEED", 1.0)? {
-                s if s == 0.0 => Pace::Unpaced,
+                0.0 => Pace::Unpaced,
                 s if s > 0.0 && s.is_finite() => Pace::Speed(s),
                 s => bail!("invalid SPEED={s}: must be > 0 (or 0 for as fast as possible)"),
             },
@@ -188,11 +188,19 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Re
                         continue;
                     }
                 };
-                if config.streams.as_ref().is_some_and(|sel| !sel.contains(&msg.stream)) {
+                if config
+                    .streams
+                    .as_ref()
+                    .is_some_and(|sel| !sel.contains(&msg.stream))
+                {
                     *s.skipped.entry(msg.stream).or_default() += 1;
                     continue;
                 }
-                let out = config.rename.get(&msg.stream).unwrap_or(&msg.stream).clone();
+                let out = config
+                    .rename
+                    .get(&msg.stream)
+                    .unwrap_or(&msg.stream)
+                    .clone();
                 let out_id = DataId::from(out.clone());
                 if !outputs.contains(&out_id) {
                     let n = s.skipped.entry(msg.stream.clone()).or_default();
@@ -228,7 +236,9 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Re
             break;
         }
         if pass_sent == 0 {
-            bail!("LOOP=1 but a whole pass sent no message (check STREAMS, RENAME and the outputs)");
+            bail!(
+                "LOOP=1 but a whole pass sent no message (check STREAMS, RENAME and the outputs)"
+            );
         }
     }
     Ok(s)
@@ -276,7 +286,12 @@ mod tests {
     #[test]
     fn files_from_list_glob_and_folder() {
         let d = tempfile::tempdir().unwrap();
-        for n in ["r-0001.arrows", "r-0000.arrows", "r-0002.arrows", "notes.txt"] {
+        for n in [
+            "r-0001.arrows",
+            "r-0000.arrows",
+            "r-0002.arrows",
+            "notes.txt",
+        ] {
             std::fs::write(d.path().join(n), b"").unwrap();
         }
         let names = |v: Vec<PathBuf>| -> Vec<String> {
@@ -287,7 +302,10 @@ mod tests {
         let dir = d.path().display().to_string();
         let want = vec!["r-0000.arrows", "r-0001.arrows", "r-0002.arrows"];
         assert_eq!(names(resolve_files(&dir).unwrap()), want);
-        assert_eq!(names(resolve_files(&format!("{dir}/r-*.arrows")).unwrap()), want);
+        assert_eq!(
+            names(resolve_files(&format!("{dir}/r-*.arrows")).unwrap()),
+            want
+        );
         let list = format!("{dir}/r-0002.arrows,{dir}/r-0000.arrows");
         assert_eq!(
             names(resolve_files(&list).unwrap()),

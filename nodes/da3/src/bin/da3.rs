@@ -31,6 +31,36 @@ struct Cli {
 enum Command {
     /// Run the model on a set of views and export npz results.
     Infer(InferArgs),
+    /// Time the network forward (f32 by default) on seeded random views; one JSON line per view count.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Hugging Face hub id, checkpoint directory or .safetensors file.
+    #[arg(long)]
+    model: String,
+    /// View counts to time, comma separated.
+    #[arg(long, default_value = "1,4", value_delimiter = ',')]
+    views: Vec<usize>,
+    /// Network input height (multiple of 14; 378 is a 640x480 frame at 504).
+    #[arg(long, default_value_t = 378)]
+    height: usize,
+    /// Network input width (multiple of 14).
+    #[arg(long, default_value_t = 504)]
+    width: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Compute precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -295,6 +325,82 @@ fn run_infer(args: InferArgs) -> Result<()> {
     Ok(())
 }
 
+/// Peak resident memory of this process (Linux `VmHWM`), MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    ensure!(
+        a.height % 14 == 0 && a.width % 14 == 0,
+        "--height and --width must be multiples of 14"
+    );
+    ensure!(a.iters > 0, "--iters must be at least 1");
+    let device = parse_device(&a.device)?;
+    let dtype = dtype_for(a.precision, &device);
+    let t0 = Instant::now();
+    let model = Da3Model::load(&a.model, &device, dtype)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    for &s in &a.views {
+        ensure!(s > 0, "view counts must be positive");
+        // Seeded, smooth-ish normalised input (values like ImageNet-normalised pixels).
+        let n = s * 3 * a.height * a.width;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        let x = candle_core::Tensor::from_vec(data, (1, s, 3, a.height, a.width), &device)?;
+        let opts = da3::ForwardOptions::default();
+        for _ in 0..a.warmup {
+            model
+                .forward(&x, &opts)?
+                .depth
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+        }
+        let mut times = Vec::with_capacity(a.iters);
+        for _ in 0..a.iters {
+            let t = Instant::now();
+            let out = model.forward(&x, &opts)?;
+            // Force the result (a no-op on CPU, a sync on CUDA).
+            out.depth
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let line = serde_json::json!({
+            "impl": "dora-da3 (candle)",
+            "model": a.model,
+            "views": s,
+            "height": a.height,
+            "width": a.width,
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "device": a.device,
+            "threads": candle_core::utils::get_num_threads(),
+            "median_ms": median,
+            "min_ms": times[0],
+            "views_per_s": s as f64 / (median / 1e3),
+            "peak_rss_mib": peak_rss_mib(),
+            "load_s": load_s,
+            "iters": a.iters,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -306,5 +412,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Infer(a) => run_infer(a),
+        Command::Bench(a) => run_bench(a),
     }
 }
