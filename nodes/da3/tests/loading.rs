@@ -143,35 +143,45 @@ fn unknown_source_is_an_error() {
 
 #[test]
 fn reduced_precision_run_dtypes() {
+    // bf16 / f16 on CPU stay within 2e-2 (max |a-b| / max |b|) of the f32
+    // reference on every output of the fixture cases; the figures are printed.
     let cases = candle_core::safetensors::load(
         fixture("tiny-anyview").join("cases.safetensors"),
         &Device::Cpu,
     )
     .unwrap();
-    let x = &cases["v2.input"];
-    let want = &cases["v2.out.depth"];
+    let rel = |a: &Tensor, b: &Tensor| -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap();
+        diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
+    };
     for dt in [DType::F16, DType::BF16] {
         let m = Da3Model::load(fixture("tiny-anyview").to_str().unwrap(), &Device::Cpu, dt)
             .expect("load");
-        let out = m.forward(x, &ForwardOptions::default()).expect("forward");
-        let d = out.depth.to_dtype(DType::F32).unwrap();
-        let diff = (d - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        println!("{dt:?} run: depth rel err {:.2e}", diff / scale);
-        assert!(diff / scale < 5e-2, "{dt:?}: {}", diff / scale);
+        for case in ["v2", "v4"] {
+            let x = &cases[&format!("{case}.input")];
+            let out = m.forward(x, &ForwardOptions::default()).expect("forward");
+            let pairs = [
+                ("depth", Some(&out.depth)),
+                ("depth_conf", out.depth_conf.as_ref()),
+                ("extrinsics", out.extrinsics.as_ref()),
+                ("intrinsics", out.intrinsics.as_ref()),
+            ];
+            for (name, got) in pairs {
+                let got = got.unwrap_or_else(|| panic!("{case}: no {name}"));
+                let want = &cases[&format!("{case}.out.{name}")];
+                let want = if name == "extrinsics" {
+                    // The reference stores 4x4 (or 3x4); compare the 3x4 part.
+                    &want.narrow(2, 0, 3).unwrap()
+                } else {
+                    want
+                };
+                let e = rel(got, want);
+                println!("{dt:?} {case}.{name}: rel err {e:.2e}");
+                assert!(e <= 2e-2, "{dt:?} {case}.{name}: {e}");
+            }
+        }
     }
 }
 
