@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# The end-to-end tests run the node binaries under `dora run`: build them all
+# first (`cargo test` builds a package's binaries only for its own tests).
+cargo build --workspace --bins
 # Two test binaries at a time: the dataflow tests start several processes each.
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"

@@ -2,7 +2,9 @@
 //! nodes at the binaries of this build, override env vars, run it with the
 //! real `dora run`, and read what the `msg-dump` sinks wrote.
 //!
-//! The node binaries must be built first; `cargo test --workspace` does that.
+//! The node binaries must be built first (`cargo build --workspace --bins`,
+//! as `scripts/test.sh` does: `cargo test` alone builds only the binaries of
+//! the package under test).
 //! The dora CLI is taken from `$DORA`, else `<repo>/.venv/bin/dora`, else `PATH`.
 
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     let p = bin_dir().join(name);
     if !p.is_file() {
         bail!(
-            "binary `{}` is missing: build it first (`cargo test --workspace` builds every node)",
+            "binary `{}` is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
             p.display()
         );
     }
