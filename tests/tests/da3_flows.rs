@@ -374,10 +374,15 @@ fn live_camera_into_a_slower_model_drops_counts_and_stays_bounded() {
     // Everything that reached the node is either processed or counted as dropped
     // (dora's own queue_size: 1 may drop some before they reach it).
     assert_eq!(fout + dropped, fin, "{last}");
-    // ... and what dora dropped on the full input queue is counted too:
-    // every camera frame is accounted for.
+    // What dora dropped on the full input queue is counted too. dora 1.1's
+    // default input path can also lose a frame without counting it (see
+    // docs/messages.md, Delivery): report that, never more frames than sent.
     let by_dora = last["dropped_by_dora"].as_u64().unwrap();
-    assert_eq!(fin + by_dora, frames, "{last}");
+    assert!(fin + by_dora <= frames, "{last}");
+    println!(
+        "live: {} of {frames} camera frames lost by dora without a count",
+        frames - fin - by_dora
+    );
     let p95 = last["latency_ms"]["p95"].as_f64().unwrap();
     let p50 = last["latency_ms"]["p50"].as_f64().unwrap();
     // Bounded: about one inference behind, never a growing queue.
