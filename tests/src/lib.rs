@@ -23,6 +23,25 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The committed tiny any-view checkpoint (random weights).
+pub fn tiny_model() -> String {
+    repo_root()
+        .join("nodes/da3/tests/fixtures/tiny-anyview")
+        .display()
+        .to_string()
+}
+
+/// The bundled sample images, in name order.
+pub fn sample_images() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo_root().join("examples/images"))
+        .expect("examples/images")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Folder holding the workspace's binaries for this build profile.
 pub fn bin_dir() -> PathBuf {
     // <target>/<profile>/deps/<test-binary>

@@ -4,17 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{read_dump, repo_root, Flow};
+use e2e::{read_dump, repo_root, sample_images, tiny_model, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-fn tiny_model() -> String {
-    repo_root()
-        .join("nodes/da3/tests/fixtures/tiny-anyview")
-        .display()
-        .to_string()
-}
 
 fn by_input(recs: &[Value]) -> BTreeMap<String, Vec<&Value>> {
     let mut m: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
@@ -41,17 +34,6 @@ fn stats(recs: &[&Value]) -> Vec<Value> {
         .map(|t| serde_json::from_str::<Value>(t).unwrap())
         .filter(|s| s["type"] == "stats")
         .collect()
-}
-
-fn sample_images() -> Vec<std::path::PathBuf> {
-    let dir = repo_root().join("examples/images");
-    let mut v: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    v.sort();
-    v
 }
 
 fn base_flow(mode: &str) -> Flow {
@@ -113,44 +95,11 @@ fn batch_every_frame_out_in_order_equal_to_the_library() {
         candle_core::DType::F32,
     )
     .unwrap();
-    let mut cfg_env = dora_da3::config::Config {
-        model: tiny_model(),
-        precision: dora_da3::config::Precision::F32,
-        devices: vec![dora_da3::config::DeviceSpec::Cpu],
-        preprocess: da3::preprocess::PreprocessConfig {
-            process_res: 112,
-            method: "upper_bound_resize".parse().unwrap(),
-        },
-        use_ray_pose: false,
-        ref_view_strategy: "saddle_balanced".parse().unwrap(),
-        mode: dora_da3::config::Mode::Batch,
-        window: 1,
-        stride: 1,
-        sync: Duration::ZERO,
-        conf_percentile: 40.0,
-        max_points: 200_000,
-        output_size: dora_da3::config::OutputSize::Processed,
-        max_pixels: 40_000_000,
-        status_every: Duration::from_secs(1),
-        rig_inputs: None,
-    };
-    cfg_env.window = 1;
+    let mut cfg = dora_da3::config::Config::defaults(&tiny_model());
+    cfg.preprocess.process_res = 112;
     for (i, path) in images.iter().enumerate() {
         let img = da3::preprocess::RgbImage::open(path).unwrap();
-        let unit = dora_da3::engine::WorkUnit {
-            seq: 0,
-            views: vec![dora_da3::engine::ViewIn {
-                input: "image".into(),
-                info: Default::default(),
-                image: img,
-                intrinsics: None,
-                extrinsics: None,
-                received: std::time::Instant::now(),
-            }],
-            emit: vec![true],
-            chain_key: None,
-        };
-        let want = &dora_da3::engine::infer(&model, &cfg_env, &unit).unwrap()[0];
+        let want = dora_da3::engine::infer_image(&model, &cfg, img).unwrap();
         let got = floats(m["depth"][i]);
         let scale = want.depth.iter().fold(0f32, |a, b| a.max(b.abs()));
         let err = got

@@ -7,70 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use da3::export::npz::{npz_get, read_npz};
-use e2e::{repo_root, Flow};
+use e2e::{repo_root, sample_images, tiny_model, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-fn tiny_model() -> String {
-    repo_root()
-        .join("nodes/da3/tests/fixtures/tiny-anyview")
-        .display()
-        .to_string()
-}
-
-fn sample_images() -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(repo_root().join("examples/images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Strict reader of a binary little-endian PLY with `float x,y,z` + `uchar red,green,blue`.
+/// The PLY's vertex count and points, through depth-export's strict reader.
 fn parse_ply(bytes: &[u8]) -> (usize, Vec<[f32; 3]>) {
-    let end = b"end_header\n";
-    let pos = bytes
-        .windows(end.len())
-        .position(|w| w == end)
-        .expect("PLY end_header")
-        + end.len();
-    let header = std::str::from_utf8(&bytes[..pos]).expect("ASCII header");
-    let lines: Vec<&str> = header
-        .lines()
-        .filter(|l| !l.starts_with("comment"))
-        .collect();
-    assert_eq!(lines[0], "ply");
-    assert_eq!(lines[1], "format binary_little_endian 1.0");
-    let n: usize = lines[2]
-        .strip_prefix("element vertex ")
-        .expect("element vertex")
-        .parse()
-        .unwrap();
-    assert_eq!(
-        &lines[3..],
-        [
-            "property float x",
-            "property float y",
-            "property float z",
-            "property uchar red",
-            "property uchar green",
-            "property uchar blue",
-            "end_header"
-        ]
-    );
-    let body = &bytes[pos..];
-    assert_eq!(body.len(), n * 15, "PLY body for {n} vertices");
-    let xyz = body
-        .chunks_exact(15)
-        .map(|v| {
-            let f = |i: usize| f32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
-            [f(0), f(1), f(2)]
-        })
-        .collect();
-    (n, xyz)
+    let (xyz, _) = depth_export::formats::read_ply(bytes).expect("a valid PLY");
+    (xyz.len(), xyz)
 }
 
 fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -91,46 +36,15 @@ fn library_depth(images: &[PathBuf]) -> Vec<Vec<f32>> {
         candle_core::DType::F32,
     )
     .unwrap();
-    let cfg = dora_da3::config::Config {
-        model: tiny_model(),
-        precision: dora_da3::config::Precision::F32,
-        devices: vec![dora_da3::config::DeviceSpec::Cpu],
-        preprocess: da3::preprocess::PreprocessConfig {
-            process_res: 112,
-            method: "upper_bound_resize".parse().unwrap(),
-        },
-        use_ray_pose: false,
-        ref_view_strategy: "saddle_balanced".parse().unwrap(),
-        mode: dora_da3::config::Mode::Batch,
-        window: 1,
-        stride: 1,
-        sync: Duration::ZERO,
-        conf_percentile: 40.0,
-        max_points: 200_000,
-        output_size: dora_da3::config::OutputSize::Processed,
-        max_pixels: 40_000_000,
-        status_every: Duration::from_secs(1),
-        rig_inputs: None,
-    };
+    let mut cfg = dora_da3::config::Config::defaults(&tiny_model());
+    cfg.preprocess.process_res = 112;
     images
         .iter()
         .map(|path| {
-            let unit = dora_da3::engine::WorkUnit {
-                seq: 0,
-                views: vec![dora_da3::engine::ViewIn {
-                    input: "image".into(),
-                    info: Default::default(),
-                    image: da3::preprocess::RgbImage::open(path).unwrap(),
-                    intrinsics: None,
-                    extrinsics: None,
-                    received: std::time::Instant::now(),
-                }],
-                emit: vec![true],
-                chain_key: None,
-            };
-            dora_da3::engine::infer(&model, &cfg, &unit).unwrap()[0]
+            let img = da3::preprocess::RgbImage::open(path).unwrap();
+            dora_da3::engine::infer_image(&model, &cfg, img)
+                .unwrap()
                 .depth
-                .clone()
         })
         .collect()
 }
@@ -298,24 +212,11 @@ fn images_to_npz_png16_ply_colmap() {
             assert!((a - b as f64).abs() < 1e-4, "t {t:?} vs {e:?}");
         }
         // R from the quaternion (w, x, y, z) equals the npz rotation.
-        let (w, x, y, z) = (q[0], q[1], q[2], q[3]);
-        let r = [
-            [
-                1.0 - 2.0 * (y * y + z * z),
-                2.0 * (x * y - z * w),
-                2.0 * (x * z + y * w),
-            ],
-            [
-                2.0 * (x * y + z * w),
-                1.0 - 2.0 * (x * x + z * z),
-                2.0 * (y * z - x * w),
-            ],
-            [
-                2.0 * (x * z - y * w),
-                2.0 * (y * z + x * w),
-                1.0 - 2.0 * (x * x + y * y),
-            ],
-        ];
+        let r = da3_msg::Pose {
+            position: [0.0; 3],
+            orientation: [q[1], q[2], q[3], q[0]],
+        }
+        .rotation();
         for a in 0..3 {
             for b in 0..3 {
                 assert!((r[a][b] - e[a * 4 + b] as f64).abs() < 1e-4, "R[{a}][{b}]");

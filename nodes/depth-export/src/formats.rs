@@ -9,7 +9,8 @@ use eyre::{bail, Result, WrapErr};
 use serde_json::json;
 
 use crate::atomic;
-use crate::frame::{camera_to_world, percentile, FrameResult};
+use crate::frame::{camera_to_world, FrameResult};
+use da3::postprocess::colorize_depth;
 
 /// Output formats (`FORMATS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -186,54 +187,15 @@ pub fn write_png16(png: &Path, json_path: &Path, f: &FrameResult) -> Result<()> 
 
 // ---------------------------------------------------------------- vis
 
-/// Polynomial fit of the turbo colour map (same as the DA3 node's).
-fn turbo(t: f32) -> [u8; 3] {
-    let t = t.clamp(0.0, 1.0) as f64;
-    let r = 0.13572138
-        + t * (4.61539260
-            + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
-    let g = 0.09140261
-        + t * (2.19418839
-            + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
-    let b = 0.10667330
-        + t * (12.64194608
-            + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
-    let c = |x: f64| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
-    [c(r), c(g), c(b)]
-}
-
-/// Turbo map of inverse depth over its 2nd-98th percentiles (near = warm);
-/// invalid depth is black.
-pub fn colour_map(values: &[f32]) -> Vec<u8> {
-    let inv: Vec<f32> = values
-        .iter()
-        .map(|&d| {
-            if d > 0.0 && d.is_finite() {
-                1.0 / d
-            } else {
-                f32::NAN
-            }
-        })
-        .collect();
-    let lo = percentile(&inv, 2.0).unwrap_or(0.0);
-    let hi = percentile(&inv, 98.0).unwrap_or(1.0);
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    inv.iter()
-        .flat_map(|&x| {
-            if x.is_finite() {
-                turbo((x - lo) / span)
-            } else {
-                [0, 0, 0]
-            }
-        })
-        .collect()
-}
-
 /// The `depth_vis` image when wired, else the depth colour-mapped here.
 pub fn vis_bytes(f: &FrameResult) -> Result<Vec<u8>> {
     let (w, h, rgb) = match &f.vis {
         Some(v) => v.clone(),
-        None => (f.depth.width, f.depth.height, colour_map(&f.depth.values)),
+        None => (
+            f.depth.width,
+            f.depth.height,
+            colorize_depth(&f.depth.values),
+        ),
     };
     da3_msg::image_frame::encode_png(w, h, &rgb)
 }
@@ -257,6 +219,60 @@ pub fn ply_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Vec<u8> {
     out
 }
 
+/// Points and their colours.
+pub type ColouredPoints = (Vec<[f32; 3]>, Vec<[u8; 3]>);
+
+/// Reads back a PLY written by [`ply_bytes`], strictly: binary little-endian,
+/// exactly the properties `float x,y,z` + `uchar red,green,blue`, and a body
+/// of exactly `vertex count * 15` bytes (comments are allowed).
+pub fn read_ply(bytes: &[u8]) -> Result<ColouredPoints> {
+    let end = b"end_header\n";
+    let pos = bytes
+        .windows(end.len())
+        .position(|w| w == end)
+        .ok_or_else(|| eyre::eyre!("PLY: no end_header"))?
+        + end.len();
+    let header = std::str::from_utf8(&bytes[..pos])?;
+    let lines: Vec<&str> = header
+        .lines()
+        .filter(|l| !l.starts_with("comment"))
+        .collect();
+    let expected_props = [
+        "property float x",
+        "property float y",
+        "property float z",
+        "property uchar red",
+        "property uchar green",
+        "property uchar blue",
+        "end_header",
+    ];
+    eyre::ensure!(
+        lines.len() == 3 + expected_props.len()
+            && lines[0] == "ply"
+            && lines[1] == "format binary_little_endian 1.0"
+            && lines[3..] == expected_props,
+        "PLY: unexpected header {lines:?}"
+    );
+    let n: usize = lines[2]
+        .strip_prefix("element vertex ")
+        .ok_or_else(|| eyre::eyre!("PLY: no vertex count"))?
+        .parse()?;
+    let body = &bytes[pos..];
+    eyre::ensure!(
+        body.len() == n * 15,
+        "PLY: {} body bytes for {n} vertices",
+        body.len()
+    );
+    Ok(body
+        .chunks_exact(15)
+        .map(|v| {
+            let f =
+                |i: usize| f32::from_le_bytes([v[i * 4], v[i * 4 + 1], v[i * 4 + 2], v[i * 4 + 3]]);
+            ([f(0), f(1), f(2)], [v[12], v[13], v[14]])
+        })
+        .unzip())
+}
+
 pub fn write_ply(path: &Path, xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Result<()> {
     atomic::write_with(path, |w| Ok(w.write_all(&ply_bytes(xyz, rgb))?))
 }
@@ -266,50 +282,6 @@ pub mod tests {
     use super::*;
     use crate::frame::tests::sample_frame;
     use da3::export::npz::{npz_get, read_npz};
-
-    /// A strict reader of the PLY files written here.
-    pub fn parse_ply(bytes: &[u8]) -> (Vec<[f32; 3]>, Vec<[u8; 3]>) {
-        let end = b"end_header\n";
-        let pos = bytes
-            .windows(end.len())
-            .position(|w| w == end)
-            .expect("end_header")
-            + end.len();
-        let header = std::str::from_utf8(&bytes[..pos]).unwrap();
-        let lines: Vec<&str> = header
-            .lines()
-            .filter(|l| !l.starts_with("comment"))
-            .collect();
-        assert_eq!(lines[0], "ply");
-        assert_eq!(lines[1], "format binary_little_endian 1.0");
-        let n: usize = lines[2]
-            .strip_prefix("element vertex ")
-            .expect("element vertex")
-            .parse()
-            .unwrap();
-        assert_eq!(
-            &lines[3..],
-            [
-                "property float x",
-                "property float y",
-                "property float z",
-                "property uchar red",
-                "property uchar green",
-                "property uchar blue",
-                "end_header"
-            ]
-        );
-        let body = &bytes[pos..];
-        assert_eq!(body.len(), n * 15, "body size for {n} vertices");
-        let mut xyz = Vec::new();
-        let mut rgb = Vec::new();
-        for v in body.chunks_exact(15) {
-            let f = |i: usize| f32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
-            xyz.push([f(0), f(1), f(2)]);
-            rgb.push([v[12], v[13], v[14]]);
-        }
-        (xyz, rgb)
-    }
 
     #[test]
     fn formats_parse() {
@@ -411,11 +383,11 @@ pub mod tests {
         let (xyz, rgb) = sample_frame().world_points(0.0);
         let p = dir.path().join("a.ply");
         write_ply(&p, &xyz, &rgb).unwrap();
-        let (x2, c2) = parse_ply(&std::fs::read(&p).unwrap());
+        let (x2, c2) = read_ply(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(x2.len(), 12);
         assert_eq!(x2, xyz);
         assert_eq!(c2, rgb);
-        let (x0, _) = parse_ply(&ply_bytes(&[], &[]));
+        let (x0, _) = read_ply(&ply_bytes(&[], &[])).unwrap();
         assert!(x0.is_empty());
     }
 }

@@ -66,20 +66,6 @@ pub fn camera_to_world(e: &[f64; 12]) -> ([[f64; 3]; 3], [f64; 3]) {
     (r, c)
 }
 
-/// Linear-interpolated percentile (0..=100) of the finite values.
-pub fn percentile(values: &[f32], p: f64) -> Option<f32> {
-    let mut v: Vec<f32> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let pos = (p.clamp(0.0, 100.0) / 100.0) * (v.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let f = (pos - lo as f64) as f32;
-    Some(v[lo] + (v[hi] - v[lo]) * f)
-}
-
 /// Decodes an image message to RGB8, `None` (with a warning) when it cannot be.
 pub fn decode_rgb(frame: &ImageFrame) -> Option<(u32, u32, Vec<u8>)> {
     match frame.to_rgb8(&Default::default()) {
@@ -174,39 +160,20 @@ impl FrameResult {
         let Some(k) = g.intrinsics else {
             return (Vec::new(), Vec::new());
         };
-        let (fx, fy, cx, cy) = (k[0], k[4], k[2], k[5]);
-        let (r, c) = camera_to_world(&g.extrinsics);
-        let threshold = self
-            .confidence
-            .as_ref()
-            .filter(|_| conf_percentile > 0.0)
-            .and_then(|c| percentile(&c.values, conf_percentile));
+        let conf = self.confidence.as_ref().map(|c| c.values.as_slice());
         let colours = self.pixel_colours();
-        let (w, h) = (g.width as usize, g.height as usize);
-        let mut xyz = Vec::new();
-        let mut rgb = Vec::new();
-        for v in 0..h {
-            for u in 0..w {
-                let i = v * w + u;
-                let d = self.depth.values[i];
-                if !(d.is_finite() && d > 0.0) {
-                    continue;
-                }
-                if let (Some(t), Some(conf)) = (threshold, &self.confidence) {
-                    if !(conf.values.get(i).is_some_and(|&x| x >= t)) {
-                        continue;
-                    }
-                }
-                let d = d as f64;
-                let pc = [(u as f64 - cx) / fx * d, (v as f64 - cy) / fy * d, d];
-                let mut pw = [0f32; 3];
-                for (a, out) in pw.iter_mut().enumerate() {
-                    *out = (r[a][0] * pc[0] + r[a][1] * pc[1] + r[a][2] * pc[2] + c[a]) as f32;
-                }
-                xyz.push(pw);
-                rgb.push([colours[i * 3], colours[i * 3 + 1], colours[i * 3 + 2]]);
-            }
-        }
+        let kept = da3::postprocess::back_project(
+            &self.depth.values,
+            g.width as usize,
+            conf.filter(|_| conf_percentile > 0.0),
+            conf_percentile,
+            &k,
+            &g.extrinsics,
+        );
+        let (xyz, rgb) = kept
+            .iter()
+            .map(|&(i, p)| (p, [colours[i * 3], colours[i * 3 + 1], colours[i * 3 + 2]]))
+            .unzip();
         (xyz, rgb)
     }
 }
@@ -357,6 +324,5 @@ pub mod tests {
         let img = (4, 2, vec![9u8; 24]);
         assert_eq!(rgb_at_size(&img, 2, 1).unwrap(), vec![9u8; 6]);
         assert!(rgb_at_size(&img, 2, 2).is_none());
-        assert_eq!(percentile(&[3.0, 1.0, 2.0, f32::NAN], 50.0), Some(2.0));
     }
 }

@@ -10,7 +10,8 @@ use eyre::Result;
 use serde_json::{json, Value};
 
 use crate::atomic;
-use crate::frame::{camera_to_world, percentile, FrameResult};
+use crate::frame::{camera_to_world, FrameResult};
+use da3::postprocess::percentile;
 
 const ARRAY_BUFFER: u32 = 34962;
 const ELEMENT_ARRAY_BUFFER: u32 = 34963;

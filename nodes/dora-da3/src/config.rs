@@ -270,6 +270,31 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The node's defaults (what `from_env` gives with no variable set) for
+    /// `model`, on the CPU in f32: for library use and tests.
+    pub fn defaults(model: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            precision: Precision::F32,
+            devices: vec![DeviceSpec::Cpu],
+            preprocess: PreprocessConfig::default(),
+            use_ray_pose: false,
+            ref_view_strategy: RefViewStrategy::SaddleBalanced,
+            mode: Mode::Live,
+            window: 4,
+            stride: 2,
+            sync: Duration::from_millis(50),
+            conf_percentile: 40.0,
+            max_points: 200_000,
+            output_size: OutputSize::Processed,
+            max_pixels: 40_000_000,
+            status_every: Duration::from_millis(1000),
+            rig_inputs: None,
+        }
+    }
+}
+
 /// The dtype to run with on a device.
 pub fn resolve_dtype(p: Precision, device: &candle_core::Device) -> candle_core::DType {
     use candle_core::DType;

@@ -102,6 +102,26 @@ pub fn intrinsics_to_input(k: &[f64; 9], t: &ViewTransform) -> [f64; 9] {
     o
 }
 
+/// Runs one image alone (a one-view unit), as batch and live modes do.
+pub fn infer_image(model: &Da3Model, cfg: &Config, image: RgbImage) -> Result<ViewOut> {
+    let unit = WorkUnit {
+        seq: 0,
+        views: vec![ViewIn {
+            input: "image".into(),
+            info: FrameInfo::default(),
+            image,
+            intrinsics: None,
+            extrinsics: None,
+            received: std::time::Instant::now(),
+        }],
+        emit: vec![true],
+        chain_key: None,
+    };
+    infer(model, cfg, &unit)?
+        .pop()
+        .ok_or_else(|| eyre::eyre!("no output for the image"))
+}
+
 /// Runs a unit on a model.
 pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<ViewOut>> {
     let images: Vec<RgbImage> = unit.views.iter().map(|v| v.image.clone()).collect();

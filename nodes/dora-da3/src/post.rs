@@ -1,6 +1,7 @@
 //! From per-view results to the messages of the conventions: depth,
 //! confidence, camera, coloured points and a colour-mapped depth image.
 
+use da3::postprocess::{back_project, colorize_depth};
 use da3_msg::{CameraMsg, DepthKind, DepthMap, Encoding, ImageFrame, Intrinsics, PointCloud, Pose};
 
 use crate::engine::ViewOut;
@@ -47,17 +48,6 @@ pub fn camera_msg(v: &ViewOut) -> Option<CameraMsg> {
     })
 }
 
-/// Value at `p` percent of `values` (nearest rank on the sorted finite values).
-pub fn percentile(values: &[f32], p: f64) -> Option<f32> {
-    let mut v: Vec<f32> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f32::total_cmp);
-    let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    Some(v[idx.min(v.len() - 1)])
-}
-
 /// Back-projects the depth map to a coloured point cloud in the world frame.
 ///
 /// Pixels whose confidence is below the `conf_percentile` percentile are
@@ -67,40 +57,26 @@ pub fn percentile(values: &[f32], p: f64) -> Option<f32> {
 /// view has no intrinsics.
 pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Option<PointCloud> {
     let k = v.intrinsics?;
-    let (fx, fy, cx, cy) = (k[0], k[4], k[2], k[5]);
     let e = v
         .extrinsics
         .unwrap_or([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
-    let thr = v
-        .conf
-        .as_ref()
-        .and_then(|c| percentile(c, conf_percentile))
-        .unwrap_or(f32::NEG_INFINITY);
-    let w = v.width as usize;
-    let keep: Vec<usize> = (0..v.depth.len())
-        .filter(|&i| {
-            let d = v.depth[i];
-            d.is_finite() && d > 0.0 && v.conf.as_ref().is_none_or(|c| c[i] >= thr)
+    let kept = back_project(
+        &v.depth,
+        v.width as usize,
+        v.conf.as_deref(),
+        conf_percentile,
+        &k,
+        &e,
+    );
+    let step = kept.len().div_ceil(max_points.max(1)).max(1);
+    let (xyz, rgb) = kept
+        .iter()
+        .step_by(step)
+        .map(|&(i, p)| {
+            let c = v.rgb.get(i * 3..i * 3 + 3).unwrap_or(&[0, 0, 0]);
+            (p, [c[0], c[1], c[2]])
         })
-        .collect();
-    let step = keep.len().div_ceil(max_points.max(1)).max(1);
-    let mut xyz = Vec::with_capacity(keep.len() / step + 1);
-    let mut rgb = Vec::with_capacity(keep.len() / step + 1);
-    for &i in keep.iter().step_by(step) {
-        let (u, vv) = ((i % w) as f64, (i / w) as f64);
-        let d = v.depth[i] as f64;
-        let pc = [(u - cx) / fx * d, (vv - cy) / fy * d, d];
-        // x_world = R^T (x_cam - t)
-        let q = [pc[0] - e[3], pc[1] - e[7], pc[2] - e[11]];
-        let pw = [
-            e[0] * q[0] + e[4] * q[1] + e[8] * q[2],
-            e[1] * q[0] + e[5] * q[1] + e[9] * q[2],
-            e[2] * q[0] + e[6] * q[1] + e[10] * q[2],
-        ];
-        xyz.push([pw[0] as f32, pw[1] as f32, pw[2] as f32]);
-        let c = v.rgb.get(i * 3..i * 3 + 3).unwrap_or(&[0, 0, 0]);
-        rgb.push([c[0], c[1], c[2]]);
-    }
+        .unzip();
     Some(PointCloud {
         xyz,
         rgb,
@@ -109,54 +85,13 @@ pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Optio
     })
 }
 
-/// Turbo colour map (polynomial fit), `t` in [0, 1].
-pub fn turbo(t: f32) -> [u8; 3] {
-    let t = t.clamp(0.0, 1.0) as f64;
-    let r = 0.13572138
-        + t * (4.61539260
-            + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
-    let g = 0.09140261
-        + t * (2.19418839
-            + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
-    let b = 0.10667330
-        + t * (12.64194608
-            + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
-    let c = |x: f64| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
-    [c(r), c(g), c(b)]
-}
-
-/// Colour-mapped depth (near = warm), range from the 2nd-98th percentiles of
-/// inverse depth so one outlier does not flatten the picture.
+/// Colour-mapped depth (turbo of inverse depth, near = warm).
 pub fn depth_vis(v: &ViewOut) -> ImageFrame {
-    let inv: Vec<f32> = v
-        .depth
-        .iter()
-        .map(|&d| {
-            if d > 0.0 && d.is_finite() {
-                1.0 / d
-            } else {
-                f32::NAN
-            }
-        })
-        .collect();
-    let lo = percentile(&inv, 2.0).unwrap_or(0.0);
-    let hi = percentile(&inv, 98.0).unwrap_or(1.0);
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    let data: Vec<u8> = inv
-        .iter()
-        .flat_map(|&x| {
-            if x.is_finite() {
-                turbo((x - lo) / span)
-            } else {
-                [0, 0, 0]
-            }
-        })
-        .collect();
     ImageFrame {
         encoding: Encoding::Rgb8,
         width: v.width,
         height: v.height,
-        data,
+        data: colorize_depth(&v.depth),
         info: v.info.clone(),
         intrinsics: v.intrinsics.as_ref().map(intr),
     }
@@ -224,14 +159,5 @@ mod tests {
         assert_eq!(camera_msg(&v).unwrap().extrinsics[3], 0.5);
         let vis = depth_vis(&v);
         assert_eq!(vis.data.len(), 12);
-    }
-
-    #[test]
-    fn turbo_ends() {
-        assert_eq!(turbo(0.0), [35, 23, 27]);
-        let hot = turbo(1.0);
-        assert!(hot[0] > 100 && hot[2] < 60, "{hot:?}");
-        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
-        assert_eq!(percentile(&[f32::NAN], 50.0), None);
     }
 }

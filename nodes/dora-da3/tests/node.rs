@@ -7,7 +7,7 @@ use std::time::Duration;
 use da3::Da3Model;
 use da3_msg::image_frame::{encode_jpeg, encode_png};
 use da3_msg::{CameraMsg, Encoding, FrameInfo, ImageFrame};
-use dora_da3::config::{Config, DeviceSpec, Mode, OutputSize, Precision};
+use dora_da3::config::{Config, DeviceSpec, Mode};
 use dora_node_api::integration_testing::{
     output_channel, IntegrationTestInput, TestingInput, TestingOptions, TestingOutput,
 };
@@ -22,27 +22,14 @@ const W: u32 = 56;
 const H: u32 = 42;
 
 fn config(mode: Mode) -> Config {
-    Config {
-        model: MODEL.into(),
-        precision: Precision::F32,
-        devices: vec![DeviceSpec::Cpu],
-        preprocess: da3::preprocess::PreprocessConfig {
-            process_res: 56,
-            method: "upper_bound_resize".parse().unwrap(),
-        },
-        use_ray_pose: false,
-        ref_view_strategy: "saddle_balanced".parse().unwrap(),
-        mode,
-        window: 4,
-        stride: 2,
-        sync: Duration::from_millis(20),
-        conf_percentile: 40.0,
-        max_points: 500,
-        output_size: OutputSize::Processed,
-        max_pixels: 100_000,
-        status_every: Duration::from_secs(3600),
-        rig_inputs: None,
-    }
+    let mut c = Config::defaults(MODEL);
+    c.preprocess.process_res = 56;
+    c.mode = mode;
+    c.sync = Duration::from_millis(20);
+    c.max_points = 500;
+    c.max_pixels = 100_000;
+    c.status_every = Duration::from_secs(3600);
+    c
 }
 
 fn model() -> Da3Model {
@@ -197,23 +184,10 @@ fn batch_sends_every_frame_in_order_with_the_model_values() {
     // Values equal the library run on the same frames, in input order.
     let cfg = config(Mode::Batch);
     for (i, d) in depths.iter().enumerate() {
-        let unit = dora_da3::engine::WorkUnit {
-            seq: 0,
-            views: vec![dora_da3::engine::ViewIn {
-                input: "image".into(),
-                info: FrameInfo::default(),
-                image: da3::preprocess::RgbImage::new(W as usize, H as usize, rgb(i as u32))
-                    .unwrap(),
-                intrinsics: None,
-                extrinsics: None,
-                received: std::time::Instant::now(),
-            }],
-            emit: vec![true],
-            chain_key: None,
-        };
-        let want = dora_da3::engine::infer(&m, &cfg, &unit).unwrap();
+        let image = da3::preprocess::RgbImage::new(W as usize, H as usize, rgb(i as u32)).unwrap();
+        let want = dora_da3::engine::infer_image(&m, &cfg, image).unwrap();
         assert_eq!(d.len(), (W * H) as usize);
-        let e = max_rel(d, &want[0].depth);
+        let e = max_rel(d, &want.depth);
         println!("batch frame {i}: max rel diff {e:e}");
         assert!(e <= 1e-6, "frame {i} differs from the library result ({e})");
     }
