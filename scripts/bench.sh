@@ -5,6 +5,7 @@
 #
 #   bash scripts/bench.sh                       # DA3-SMALL and DA3-BASE, 1 and 4 views
 #   VARIANTS=da3-small VIEWS="1" ITERS=3 bash scripts/bench.sh
+#   bash scripts/bench.sh --report        # only rewrite docs/benchmarks.md from the last results
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${DA3_CACHE:-$HOME/.cache/dora-da3}"
@@ -15,6 +16,7 @@ ITERS="${ITERS:-5}"
 PY="$CACHE/ref-venv/bin/python"
 OUT="$CACHE/bench/results.jsonl"
 
+if [ "${1:-}" != "--report" ]; then
 bash scripts/setup-reference.sh
 cargo build --release -p da3 --bin da3
 mkdir -p "$CACHE/bench"
@@ -25,16 +27,17 @@ for v in $VARIANTS; do
   [ -f "$ckpt/model.safetensors" ] || "$PY" scripts/bench_reference.py --make-checkpoint "$v" "$ckpt"
   for s in $VIEWS; do
     echo "bench: $v, $s view(s)"
-    target/release/da3 bench --model "$ckpt" --views "$s" --iters "$ITERS" | sed "s/\"model\":\"[^\"]*\"/\"model\":\"$v\"/" >> "$OUT"
+    target/release/da3 bench --model "$ckpt" --views "$s" --iters "$ITERS" | grep '^{' | sed "s/\"model\":\"[^\"]*\"/\"model\":\"$v\"/" >> "$OUT"
     "$PY" scripts/bench_reference.py --checkpoint "$ckpt" --views "$s" --threads "$THREADS" --iters "$ITERS" --mode forward \
-      | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/" >> "$OUT"
+      | grep '^{' | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/" >> "$OUT"
     "$PY" scripts/bench_reference.py --checkpoint "$ckpt" --views "$s" --threads "$THREADS" --iters "$ITERS" --mode api \
-      | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/" >> "$OUT"
+      | grep '^{' | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/" >> "$OUT"
   done
 done
+fi
 python3 - "$OUT" "$THREADS" <<'PY'
 import json, platform, subprocess, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 threads = sys.argv[2]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
