@@ -136,29 +136,26 @@ impl Flow {
             .ok_or_else(|| eyre!("dataflow has no node `{id}`"))
     }
 
+    /// A node's `env` or `inputs` mapping, created when absent.
+    fn section_mut(&mut self, node: &str, key: &str) -> Result<&mut Mapping> {
+        self.node_mut(node)?
+            .entry(key.into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()))
+            .as_mapping_mut()
+            .ok_or_else(|| eyre!("{key} of `{node}` is not a mapping"))
+    }
+
     /// Sets (or replaces) an env var of a node.
     pub fn env(&mut self, node: &str, key: &str, value: impl ToString) -> Result<&mut Self> {
-        let n = self.node_mut(node)?;
-        let env = n
-            .entry("env".into())
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
-        let env = env
-            .as_mapping_mut()
-            .ok_or_else(|| eyre!("env of `{node}` is not a mapping"))?;
-        env.insert(key.into(), Value::String(value.to_string()));
+        self.section_mut(node, "env")?
+            .insert(key.into(), Value::String(value.to_string()));
         Ok(self)
     }
 
     /// Sets (or replaces) one input of a node.
     pub fn input(&mut self, node: &str, input: &str, source: &str) -> Result<&mut Self> {
-        let n = self.node_mut(node)?;
-        let inputs = n
-            .entry("inputs".into())
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
-        let inputs = inputs
-            .as_mapping_mut()
-            .ok_or_else(|| eyre!("inputs of `{node}` are not a mapping"))?;
-        inputs.insert(input.into(), Value::String(source.into()));
+        self.section_mut(node, "inputs")?
+            .insert(input.into(), Value::String(source.into()));
         Ok(self)
     }
 
@@ -169,15 +166,20 @@ impl Flow {
         m.insert("source".into(), Value::String(source.into()));
         m.insert("queue_size".into(), Value::Number(1000.into()));
         m.insert("queue_policy".into(), Value::String("backpressure".into()));
-        let n = self.node_mut(node)?;
-        let inputs = n
-            .entry("inputs".into())
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
-        let inputs = inputs
-            .as_mapping_mut()
-            .ok_or_else(|| eyre!("inputs of `{node}` are not a mapping"))?;
-        inputs.insert(input.into(), Value::Mapping(m));
+        self.section_mut(node, "inputs")?
+            .insert(input.into(), Value::Mapping(m));
         Ok(self)
+    }
+
+    /// Loads a graph whose `images` source feeds a `da3` node, pointed at the
+    /// bundled sample images and the tiny test checkpoint at PROCESS_RES 112.
+    pub fn sample_images_into_tiny_da3(name: &str) -> Result<Self> {
+        let mut flow = Self::load(name)?;
+        let images = repo_root().join("examples/images");
+        flow.env("images", "SOURCE", images.display())?;
+        flow.env("da3", "MODEL", tiny_model())?;
+        flow.env("da3", "PROCESS_RES", "112")?;
+        Ok(flow)
     }
 
     /// Removes one input of a node.

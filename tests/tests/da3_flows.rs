@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{read_dump, repo_root, sample_images, tiny_model, Flow};
+use e2e::{read_dump, sample_images, tiny_model, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -37,16 +37,8 @@ fn stats(recs: &[&Value]) -> Vec<Value> {
 }
 
 fn base_flow(mode: &str) -> Flow {
-    let mut flow = Flow::load("images-da3.yml").unwrap();
-    flow.env(
-        "images",
-        "SOURCE",
-        repo_root().join("examples/images").display(),
-    )
-    .unwrap();
-    flow.env("da3", "MODEL", tiny_model()).unwrap();
+    let mut flow = Flow::sample_images_into_tiny_da3("images-da3.yml").unwrap();
     flow.env("da3", "MODE", mode).unwrap();
-    flow.env("da3", "PROCESS_RES", "112").unwrap();
     flow.env("dump", "OUT_FILE", flow.path("out.jsonl").display())
         .unwrap();
     flow.env("dump", "MAX_VALUES", "100000").unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use da3::export::npz::{npz_get, read_npz};
-use e2e::{repo_root, sample_images, tiny_model, Flow};
+use e2e::{sample_images, tiny_model, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -51,15 +51,7 @@ fn library_depth(images: &[PathBuf]) -> Vec<Vec<f32>> {
 
 #[test]
 fn images_to_npz_png16_ply_colmap() {
-    let mut flow = Flow::load("images-da3-export.yml").unwrap();
-    flow.env(
-        "images",
-        "SOURCE",
-        repo_root().join("examples/images").display(),
-    )
-    .unwrap();
-    flow.env("da3", "MODEL", tiny_model()).unwrap();
-    flow.env("da3", "PROCESS_RES", "112").unwrap();
+    let mut flow = Flow::sample_images_into_tiny_da3("images-da3-export.yml").unwrap();
     flow.env("da3", "DEVICE", "cpu").unwrap();
     let out = flow.path("export");
     flow.env("export", "OUT_DIR", out.display()).unwrap();
@@ -235,15 +227,7 @@ fn images_to_npz_png16_ply_colmap() {
 
 #[test]
 fn without_camera_and_points_uses_the_depth_metadata_and_every() {
-    let mut flow = Flow::load("images-da3-export.yml").unwrap();
-    flow.env(
-        "images",
-        "SOURCE",
-        repo_root().join("examples/images").display(),
-    )
-    .unwrap();
-    flow.env("da3", "MODEL", tiny_model()).unwrap();
-    flow.env("da3", "PROCESS_RES", "112").unwrap();
+    let mut flow = Flow::sample_images_into_tiny_da3("images-da3-export.yml").unwrap();
     flow.env("da3", "DEVICE", "cpu").unwrap();
     flow.remove_input("export", "camera").unwrap();
     flow.remove_input("export", "points").unwrap();

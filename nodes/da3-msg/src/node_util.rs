@@ -65,6 +65,15 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The input ids of the node, as declared in the dataflow.
+pub fn input_ids(node: &DoraNode) -> Vec<String> {
+    node.node_config()
+        .inputs
+        .keys()
+        .map(|k| k.to_string())
+        .collect()
+}
+
 /// Sends one frame on `output`.
 pub fn send_frame(node: &mut DoraNode, output: &str, frame: &crate::ImageFrame) -> Result<()> {
     let (array, params) = frame.to_message();

@@ -266,12 +266,7 @@ pub fn lib_main() -> Result<()> {
     init_logging();
     let cfg = Config::from_env().wrap_err("depth-export: bad configuration")?;
     let (node, mut events) = DoraNode::init_from_env()?;
-    let inputs: Vec<String> = node
-        .node_config()
-        .inputs
-        .keys()
-        .map(|k| k.to_string())
-        .collect();
+    let inputs = da3_msg::node_util::input_ids(&node);
     let default_camera = node.id().to_string();
     let exporter = run(&mut events, inputs, &default_camera, cfg)?;
     if exporter.errors > 0 {

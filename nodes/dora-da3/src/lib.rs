@@ -310,12 +310,7 @@ pub fn run(
     models: Vec<Da3Model>,
 ) -> Result<()> {
     let cfg = Arc::new(cfg);
-    let inputs: Vec<String> = node
-        .node_config()
-        .inputs
-        .keys()
-        .map(|k| k.to_string())
-        .collect();
+    let inputs = da3_msg::node_util::input_ids(node);
     let mut wired: BTreeSet<String> = node
         .node_config()
         .outputs
