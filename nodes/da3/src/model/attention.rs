@@ -5,9 +5,10 @@
 //! convention and frequencies `base^(-2k/d)` (d = head_dim / 2).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::layers::{linear, softmax_last_dim, LayerNorm};
+use super::cpu;
+use super::layers::{linear, softmax_last_dim, LayerNorm, Linear};
 
 /// Precomputed cos/sin tables for a token sequence, shape (N, head_dim) each.
 #[derive(Debug, Clone)]
@@ -113,6 +114,25 @@ impl Attention {
             .forward(x)?
             .reshape((b, n, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?;
+        if cpu::use_kernels(x) {
+            // q, k, v stay strided views of the qkv output unless normed / rotated.
+            let mut q = qkv.get(0)?;
+            let mut k = qkv.get(1)?;
+            if let Some(nq) = &self.q_norm {
+                q = nq.forward(&q)?;
+            }
+            if let Some(nk) = &self.k_norm {
+                k = nk.forward(&k)?;
+            }
+            if self.use_rope {
+                if let Some(r) = rope {
+                    q = r.apply(&q)?;
+                    k = r.apply(&k)?;
+                }
+            }
+            let out = cpu::attention(&q, &k, &qkv.get(2)?, 1.0 / (hd as f32).sqrt())?;
+            return self.proj.forward(&out);
+        }
         let mut q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;

@@ -1,9 +1,9 @@
 //! Camera decoder: camera token (2C) -> pose encoding [t(3), quat(4), fov(2)].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::layers::linear;
+use super::layers::{linear, Linear};
 
 #[derive(Debug, Clone)]
 pub struct CameraDec {

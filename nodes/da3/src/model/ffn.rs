@@ -1,10 +1,10 @@
 //! Feed-forward layers of the ViT blocks.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::FfnKind;
-use super::layers::linear;
+use super::layers::{linear, Linear};
 
 /// fc1 -> exact-erf GELU -> fc2.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&self.fc1.forward_gelu(x)?)
     }
 }
 

@@ -2,7 +2,9 @@
 //! reduces in f32 whatever the run dtype, linear / conv constructors with the checkpoint names.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
+
+use super::cpu;
 
 /// `nn.LayerNorm` over the last dim. Statistics are always computed in f32 (candle's CPU
 /// reductions accumulate in the storage type for bf16/f16).
@@ -23,6 +25,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::use_kernels(x) {
+            return cpu::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let mean = xf.mean_keepdim(D::Minus1)?;
@@ -44,8 +49,36 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `nn.Linear` with the checkpoint's `weight` (out, in) and `bias`; f32 on the CPU goes
+/// through [`cpu::linear`] (bias and GELU fused).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// `gelu_erf(x · Wᵀ + b)` in one pass on the CPU path.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::use_kernels(x) {
+            return cpu::linear(x, self.inner.weight(), self.inner.bias(), true);
+        }
+        self.inner.forward(x)?.gelu_erf()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::use_kernels(x) {
+            return cpu::linear(x, self.inner.weight(), self.inner.bias(), false);
+        }
+        self.inner.forward(x)
+    }
+}
+
 pub fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(i, o, vb)
+    Ok(Linear {
+        inner: candle_nn::linear(i, o, vb)?,
+    })
 }
 
 /// Whether convolutions must run in f32: candle has no bf16 convolution on CPU.
@@ -86,6 +119,16 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let cfg = self.inner.config();
+        if cpu::use_kernels(x) && cfg.dilation == 1 && cfg.groups == 1 {
+            return cpu::conv2d(
+                x,
+                self.inner.weight(),
+                self.inner.bias(),
+                cfg.stride,
+                cfg.padding,
+            );
+        }
         if self.f32_compute {
             self.inner
                 .forward(&x.to_dtype(DType::F32)?)?
@@ -105,6 +148,10 @@ pub struct ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if cpu::use_kernels(x) {
+            // Built with kernel = stride and no padding (see `conv_transpose2d`).
+            return cpu::conv_transpose2d_k_eq_s(x, self.inner.weight(), self.inner.bias());
+        }
         if self.f32_compute {
             self.inner
                 .forward(&x.to_dtype(DType::F32)?)?
@@ -182,6 +229,9 @@ pub fn resize_bilinear_ac(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, ih, iw) = x.dims4()?;
     if ih == h && iw == w {
         return Ok(x.clone());
+    }
+    if cpu::use_kernels(x) {
+        return cpu::resize_bilinear_ac(x, h, w);
     }
     x.contiguous()?.upsample_bilinear2d(h, w, true)
 }

@@ -15,6 +15,7 @@
 //! | `ray_pose.rs` | rays -> pose: weighted RANSAC homography + QL, injectable sample indices |
 //! | `net.rs` | `DepthAnything3Net` forward incl. the mono sky step |
 //! | `nested.rs` | metric scaling (focal * depth / 300), least-squares alignment, sky |
+//! | `cpu.rs` | f32 CPU kernels: fused linear/GELU, blocked attention, im2col+GEMM convolutions, bilinear, LayerNorm |
 //! | `layers.rs` | LayerNorm / softmax reduced in f32, conv wrappers (f32 compute for bf16 on CPU) |
 //!
 //! Conventions: extrinsics are world-to-camera (B, S, 3, 4); intrinsics in pixels of the
@@ -26,6 +27,7 @@ pub mod block;
 pub mod cam_dec;
 pub mod cam_enc;
 pub mod config;
+pub mod cpu;
 pub mod dpt;
 pub mod dual_dpt;
 pub mod ffn;

@@ -1,0 +1,1126 @@
+//! f32 CPU kernels for the hot paths of the network, written for the shapes DA3 runs:
+//! linear layers (bias and exact GELU fused), blocked attention that never holds more than
+//! one block of scores per thread, convolutions as band-wise im2col + GEMM, transposed
+//! convolutions with kernel = stride as one GEMM + scatter, and an `align_corners` bilinear
+//! resize. All GEMMs go through the `gemm` crate (the one candle uses), single-threaded per
+//! task, with the work split over rayon's pool: one level of threading, no nesting.
+//!
+//! Used when a tensor is f32 on the CPU; other dtypes and devices keep candle's ops.
+//! `DA3_CPU_KERNELS=0` switches them off (candle's ops everywhere), which the tests use to
+//! check the two paths against each other.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Whether the f32 CPU kernels are used (default yes; `DA3_CPU_KERNELS=0` turns them off).
+pub fn kernels_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("DA3_CPU_KERNELS").as_deref(),
+            Ok("0") | Ok("false") | Ok("off")
+        )
+    })
+}
+
+/// True when `t` should take the f32 CPU kernels.
+pub fn use_kernels(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && t.device().is_cpu() && kernels_enabled()
+}
+
+/// Run `f` on the f32 data of a CPU tensor (with its layout).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> Result<R>) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(cs) => f(cs.as_slice::<f32>()?, l),
+        _ => bail!("da3 cpu kernel: tensor is not on the CPU"),
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    Ok(&data[l.start_offset()..])
+}
+
+/// A raw pointer that tasks writing disjoint regions may share.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with a thread-local scratch buffer of at least `n` floats (reused across calls).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut v = s.borrow_mut();
+        if v.len() < n {
+            v.resize(n, 0.0);
+        }
+        f(&mut v[..n])
+    })
+}
+
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, all with explicit row/column strides,
+/// single-threaded (callers split the work).
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    scale: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        if accumulate { 1.0 } else { 0.0 },
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// Split `n` items into chunks of at least `min` so that there are about `4 × threads` tasks.
+fn chunk_len(n: usize, min: usize) -> usize {
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    n.div_ceil(tasks).max(min).min(n.max(1))
+}
+
+// ---------------------------------------------------------------------------------------
+// Vectorised exp / erf (AVX2 + FMA when the CPU has them, scalar otherwise).
+// ---------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    /// exp for 8 lanes: range reduction by ln 2 (Cody-Waite), degree-6 polynomial, 2^n by
+    /// exponent arithmetic. Relative error ~2 ulp over [-87, 88]; below -87 gives 0.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(x, _mm256_set1_ps(88.37626));
+        let under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654), _CMP_LT_OQ);
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_2e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let r2 = _mm256_mul_ps(r, r);
+        let y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let e = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        let y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        _mm256_andnot_ps(under, y)
+    }
+
+    /// In place `v[i] = exp(v[i] - max)`, returns the sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum(v: &mut [f32], max: f32) -> f32 {
+        let n8 = v.len() / 8 * 8;
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let p = v.as_mut_ptr();
+        let mut i = 0;
+        while i < n8 {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut s: f32 = lanes.iter().sum();
+        for x in &mut v[n8..] {
+            *x = (*x - max).exp();
+            s += *x;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn max(v: &[f32]) -> f32 {
+        let n8 = v.len() / 8 * 8;
+        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i < n8 {
+            acc = _mm256_max_ps(acc, _mm256_loadu_ps(v.as_ptr().add(i)));
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut m = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for &x in &v[n8..] {
+            m = m.max(x);
+        }
+        m
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scale(v: &mut [f32], s: f32) {
+        let n8 = v.len() / 8 * 8;
+        let k = _mm256_set1_ps(s);
+        let p = v.as_mut_ptr();
+        let mut i = 0;
+        while i < n8 {
+            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), k));
+            i += 8;
+        }
+        for x in &mut v[n8..] {
+            *x *= s;
+        }
+    }
+
+    /// Exact-erf GELU in place: 0.5·x·(1 + erf(x/√2)), erf by Abramowitz-Stegun 7.1.26
+    /// (absolute error ≤ 1.5e-7).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu(v: &mut [f32]) {
+        let n8 = v.len() / 8 * 8;
+        let p = v.as_mut_ptr();
+        let sign_mask = _mm256_set1_ps(-0.0);
+        let mut i = 0;
+        while i < n8 {
+            let x = _mm256_loadu_ps(p.add(i));
+            let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let az = _mm256_andnot_ps(sign_mask, z);
+            let t = _mm256_div_ps(
+                _mm256_set1_ps(1.0),
+                _mm256_fmadd_ps(az, _mm256_set1_ps(0.327_591_1), _mm256_set1_ps(1.0)),
+            );
+            let mut q = _mm256_set1_ps(1.061_405_4);
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-1.453_152_1));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.421_413_8));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.284_496_72));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.254_829_6));
+            q = _mm256_mul_ps(q, t);
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
+            let erf_abs = _mm256_fnmadd_ps(q, e, _mm256_set1_ps(1.0));
+            let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign_mask, z));
+            let y = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(0.5), x),
+                _mm256_add_ps(_mm256_set1_ps(1.0), erf),
+            );
+            _mm256_storeu_ps(p.add(i), y);
+            i += 8;
+        }
+        for x in &mut v[n8..] {
+            *x = super::gelu_scalar(*x);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    pub fn available() -> bool {
+        false
+    }
+    pub unsafe fn exp_sub_sum(_: &mut [f32], _: f32) -> f32 {
+        unreachable!()
+    }
+    pub unsafe fn max(_: &[f32]) -> f32 {
+        unreachable!()
+    }
+    pub unsafe fn scale(_: &mut [f32], _: f32) {
+        unreachable!()
+    }
+    pub unsafe fn gelu(_: &mut [f32]) {
+        unreachable!()
+    }
+}
+
+fn gelu_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm_erf(x / std::f32::consts::SQRT_2))
+}
+
+/// erf in f64 (Abramowitz-Stegun 7.1.26 refined by one term is not enough for f64, but the
+/// scalar path only serves tails of rows and CPUs without AVX2; 1.5e-7 absolute suffices).
+fn libm_erf(x: f32) -> f32 {
+    let ax = (x as f64).abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * ax);
+    let q = ((((1.061_405_429 * t - 1.453_152_027) * t + 1.421_413_741) * t - 0.284_496_736) * t
+        + 0.254_829_592)
+        * t;
+    let y = 1.0 - q * (-ax * ax).exp();
+    (if x < 0.0 { -y } else { y }) as f32
+}
+
+/// Softmax of one row in place.
+fn softmax_row(v: &mut [f32]) {
+    if simd::available() {
+        unsafe {
+            let m = simd::max(v);
+            let s = simd::exp_sub_sum(v, m);
+            simd::scale(v, 1.0 / s);
+        }
+    } else {
+        let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut s = 0.0;
+        for x in v.iter_mut() {
+            *x = (*x - m).exp();
+            s += *x;
+        }
+        let inv = 1.0 / s;
+        for x in v.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+fn gelu_inplace(v: &mut [f32]) {
+    if simd::available() {
+        unsafe { simd::gelu(v) }
+    } else {
+        for x in v.iter_mut() {
+            *x = gelu_scalar(*x);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Linear
+// ---------------------------------------------------------------------------------------
+
+/// `y = x · Wᵀ + b` (optionally GELU) over the last dim of a contiguous f32 tensor.
+struct LinearOp<'a> {
+    weight: &'a Tensor, // (N, K)
+    bias: Option<&'a Tensor>,
+    gelu: bool,
+}
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            bail!("da3-linear: input must be contiguous");
+        }
+        let x = f32_slice(s, l)?;
+        let dims = l.dims();
+        let k = *dims.last().unwrap_or(&0);
+        let m = l.shape().elem_count() / k.max(1);
+        let (n, wk) = self.weight.dims2()?;
+        if wk != k {
+            bail!("da3-linear: input has {k} features, weight expects {wk}");
+        }
+        let mut out = vec![0f32; m * n];
+        let bias: Option<Vec<f32>> = match self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        let w_c = self.weight.contiguous()?;
+        with_f32(&w_c, |w, wl| {
+            let w = &w[wl.start_offset()..];
+            let rows = chunk_len(m, 16);
+            let xp = x.as_ptr() as usize;
+            let wp = w.as_ptr() as usize;
+            out.par_chunks_mut(rows * n)
+                .enumerate()
+                .for_each(|(ci, o)| {
+                    let r0 = ci * rows;
+                    let mr = o.len() / n;
+                    if let Some(b) = &bias {
+                        for row in o.chunks_mut(n) {
+                            row.copy_from_slice(b);
+                        }
+                    }
+                    unsafe {
+                        sgemm(
+                            mr,
+                            n,
+                            k,
+                            o.as_mut_ptr(),
+                            n as isize,
+                            1,
+                            bias.is_some(),
+                            (xp as *const f32).add(r0 * k),
+                            k as isize,
+                            1,
+                            wp as *const f32,
+                            1,
+                            k as isize,
+                            1.0,
+                        );
+                    }
+                    if self.gelu {
+                        gelu_inplace(o);
+                    }
+                });
+            Ok(())
+        })?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// `x · Wᵀ + b`, GELU (exact erf) after it when `gelu`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op1_no_bwd(&LinearOp { weight, bias, gelu })
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------
+
+/// Queries per block: the score block is `Q_BLOCK × N` floats per thread.
+const Q_BLOCK: usize = 64;
+
+/// softmax(q·kᵀ·scale)·v for q, k, v of shape (B, H, N, d) with any strides; the result is
+/// (B, N, H·d), ready for the output projection.
+struct AttentionOp {
+    scale: f32,
+}
+
+fn strides4(l: &Layout) -> Result<[usize; 4]> {
+    let s = l.stride();
+    if s.len() != 4 {
+        bail!("da3-attention: expected (B, H, N, d), got {:?}", l.dims());
+    }
+    Ok([s[0], s[1], s[2], s[3]])
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "da3-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, n, d) = lq.shape().dims4()?;
+        let (bk, hk, nk, dk) = lk.shape().dims4()?;
+        if (bk, hk, dk) != (b, h, d) || lv.shape().dims4()? != (b, h, nk, d) {
+            bail!("da3-attention: q/k/v shapes do not match");
+        }
+        let (q, k, v) = (f32_slice(sq, lq)?, f32_slice(sk, lk)?, f32_slice(sv, lv)?);
+        let (qs, ks, vs) = (strides4(lq)?, strides4(lk)?, strides4(lv)?);
+        let c = h * d;
+        let mut out = vec![0f32; b * n * c];
+        let optr = SyncPtr(out.as_mut_ptr());
+        let nqb = n.div_ceil(Q_BLOCK);
+        let (qp, kp, vp) = (
+            q.as_ptr() as usize,
+            k.as_ptr() as usize,
+            v.as_ptr() as usize,
+        );
+        (0..b * h * nqb).into_par_iter().for_each(|task| {
+            let optr = optr;
+            let (bh, qb) = (task / nqb, task % nqb);
+            let (bi, hi) = (bh / h, bh % h);
+            let r0 = qb * Q_BLOCK;
+            let rows = Q_BLOCK.min(n - r0);
+            with_scratch(rows * nk, |sc| unsafe {
+                let qbase = (qp as *const f32).add(bi * qs[0] + hi * qs[1] + r0 * qs[2]);
+                let kbase = (kp as *const f32).add(bi * ks[0] + hi * ks[1]);
+                let vbase = (vp as *const f32).add(bi * vs[0] + hi * vs[1]);
+                // scores = scale · q · kᵀ   (rows × nk)
+                sgemm(
+                    rows,
+                    nk,
+                    d,
+                    sc.as_mut_ptr(),
+                    nk as isize,
+                    1,
+                    false,
+                    qbase,
+                    qs[2] as isize,
+                    qs[3] as isize,
+                    kbase,
+                    ks[3] as isize,
+                    ks[2] as isize,
+                    self.scale,
+                );
+                for row in sc.chunks_mut(nk) {
+                    softmax_row(row);
+                }
+                // out[bi, r0.., hi*d..] = p · v
+                let obase = optr.0.add(bi * n * c + r0 * c + hi * d);
+                sgemm(
+                    rows,
+                    d,
+                    nk,
+                    obase,
+                    c as isize,
+                    1,
+                    false,
+                    sc.as_ptr(),
+                    nk as isize,
+                    1,
+                    vbase,
+                    vs[2] as isize,
+                    vs[3] as isize,
+                    1.0,
+                );
+            });
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
+    }
+}
+
+/// Scaled dot-product attention, q/k/v (B, H, N, d) -> (B, N, H·d).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    q.apply_op3_no_bwd(k, v, &AttentionOp { scale })
+}
+
+// ---------------------------------------------------------------------------------------
+// Convolutions
+// ---------------------------------------------------------------------------------------
+
+struct Conv2dOp<'a> {
+    weight: &'a Tensor, // (Co, Ci, kh, kw), contiguous
+    bias: Option<&'a Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+/// Target floats in one im2col band (fits in L2 with the weights' panel).
+const COL_BAND: usize = 1 << 17;
+
+impl CustomOp1 for Conv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-conv2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            bail!("da3-conv2d: input must be contiguous");
+        }
+        let x = f32_slice(s, l)?;
+        let (b, ci, ih, iw) = l.shape().dims4()?;
+        let (co, wci, kh, kw) = self.weight.dims4()?;
+        if wci != ci {
+            bail!("da3-conv2d: input has {ci} channels, weight expects {wci}");
+        }
+        let (st, pad) = (self.stride, self.padding);
+        if ih + 2 * pad < kh || iw + 2 * pad < kw {
+            bail!("da3-conv2d: input {ih}x{iw} smaller than the kernel");
+        }
+        let oh = (ih + 2 * pad - kh) / st + 1;
+        let ow = (iw + 2 * pad - kw) / st + 1;
+        let npix = oh * ow;
+        let kk = ci * kh * kw;
+        let bias: Option<Vec<f32>> = match self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut out = vec![0f32; b * co * npix];
+        let optr = SyncPtr(out.as_mut_ptr());
+        let direct = kh == 1 && kw == 1 && st == 1 && pad == 0;
+        let band = if direct {
+            chunk_len(npix, 256)
+        } else {
+            chunk_len(npix, 64).min((COL_BAND / kk).max(64))
+        };
+        let nband = npix.div_ceil(band);
+        let xp = x.as_ptr() as usize;
+        with_f32(self.weight, |w, wl| {
+            let w = &w[wl.start_offset()..];
+            let wp = w.as_ptr() as usize;
+            (0..b * nband).into_par_iter().for_each(|task| {
+                let optr = optr;
+                let (bi, bj) = (task / nband, task % nband);
+                let p0 = bj * band;
+                let np = band.min(npix - p0);
+                let xb = unsafe { (xp as *const f32).add(bi * ci * ih * iw) };
+                let ob = unsafe { optr.0.add(bi * co * npix + p0) };
+                if let Some(bv) = &bias {
+                    for (o, bval) in bv.iter().enumerate() {
+                        let row = unsafe { std::slice::from_raw_parts_mut(ob.add(o * npix), np) };
+                        row.fill(*bval);
+                    }
+                }
+                if direct {
+                    unsafe {
+                        sgemm(
+                            co,
+                            np,
+                            ci,
+                            ob,
+                            npix as isize,
+                            1,
+                            bias.is_some(),
+                            wp as *const f32,
+                            ci as isize,
+                            1,
+                            xb.add(p0),
+                            (ih * iw) as isize,
+                            1,
+                            1.0,
+                        )
+                    };
+                    return;
+                }
+                with_scratch(kk * np, |cols| {
+                    let xs = unsafe { std::slice::from_raw_parts(xb, ci * ih * iw) };
+                    im2col(xs, (ci, ih, iw), (kh, kw, st, pad), (ow, p0, np), cols);
+                    unsafe {
+                        sgemm(
+                            co,
+                            np,
+                            kk,
+                            ob,
+                            npix as isize,
+                            1,
+                            bias.is_some(),
+                            wp as *const f32,
+                            kk as isize,
+                            1,
+                            cols.as_ptr(),
+                            np as isize,
+                            1,
+                            1.0,
+                        )
+                    };
+                });
+            });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((b, co, oh, ow))))
+    }
+}
+
+/// Columns for output pixels `p0 .. p0 + np` (row-major over the output grid of width `ow`):
+/// `cols[(c·kh + ky)·kw + kx][p]`, zero where the window leaves the padded input.
+fn im2col(
+    x: &[f32],
+    (ci, ih, iw): (usize, usize, usize),
+    (kh, kw, st, pad): (usize, usize, usize, usize),
+    (ow, p0, np): (usize, usize, usize),
+    cols: &mut [f32],
+) {
+    for c in 0..ci {
+        let plane = &x[c * ih * iw..(c + 1) * ih * iw];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let r = (c * kh + ky) * kw + kx;
+                let dst = &mut cols[r * np..(r + 1) * np];
+                let mut p = 0;
+                while p < np {
+                    let (oy, ox0) = ((p0 + p) / ow, (p0 + p) % ow);
+                    let len = (ow - ox0).min(np - p);
+                    let seg = &mut dst[p..p + len];
+                    let iy = (oy * st + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= ih as isize {
+                        seg.fill(0.0);
+                    } else {
+                        let row = &plane[iy as usize * iw..(iy as usize + 1) * iw];
+                        if st == 1 {
+                            // ix = ox + kx - pad: a shifted copy with zero edges.
+                            let shift = kx as isize - pad as isize;
+                            for (j, d) in seg.iter_mut().enumerate() {
+                                let ix = (ox0 + j) as isize + shift;
+                                *d = if ix >= 0 && (ix as usize) < iw {
+                                    row[ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        } else {
+                            for (j, d) in seg.iter_mut().enumerate() {
+                                let ix = ((ox0 + j) * st + kx) as isize - pad as isize;
+                                *d = if ix >= 0 && (ix as usize) < iw {
+                                    row[ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                    p += len;
+                }
+            }
+        }
+    }
+}
+
+/// 2-D convolution (NCHW, square stride/padding, no dilation or groups).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Conv2dOp {
+        weight,
+        bias,
+        stride,
+        padding,
+    })
+}
+
+struct ConvTransposeOp<'a> {
+    weight: &'a Tensor, // (Ci, Co, k, k), contiguous; stride = k, no padding
+    bias: Option<&'a Tensor>,
+}
+
+impl CustomOp1 for ConvTransposeOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-conv-transpose2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            bail!("da3-conv-transpose2d: input must be contiguous");
+        }
+        let x = f32_slice(s, l)?;
+        let (b, ci, ih, iw) = l.shape().dims4()?;
+        let (wci, co, kh, kw) = self.weight.dims4()?;
+        if wci != ci {
+            bail!("da3-conv-transpose2d: input has {ci} channels, weight expects {wci}");
+        }
+        let (oh, ow) = (ih * kh, iw * kw);
+        let rk = co * kh * kw;
+        let npix = ih * iw;
+        let bias: Vec<f32> = match self.bias {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; co],
+        };
+        let mut out = vec![0f32; b * co * oh * ow];
+        let optr = SyncPtr(out.as_mut_ptr());
+        // Bands of whole input rows so each task scatters into its own output rows.
+        let rows = chunk_len(ih, 1).min((COL_BAND / (rk * iw).max(1)).max(1));
+        let nband = ih.div_ceil(rows);
+        let xp = x.as_ptr() as usize;
+        with_f32(self.weight, |w, wl| {
+            let w = &w[wl.start_offset()..];
+            let wp = w.as_ptr() as usize;
+            (0..b * nband).into_par_iter().for_each(|task| {
+                let optr = optr;
+                let (bi, bj) = (task / nband, task % nband);
+                let y0 = bj * rows;
+                let ny = rows.min(ih - y0);
+                let np = ny * iw;
+                with_scratch(rk * np, |t| {
+                    unsafe {
+                        // t[(o,ky,kx), p] = Σ_c w[c, (o,ky,kx)] · x[c, p]
+                        sgemm(
+                            rk,
+                            np,
+                            ci,
+                            t.as_mut_ptr(),
+                            np as isize,
+                            1,
+                            false,
+                            wp as *const f32,
+                            1,
+                            rk as isize,
+                            (xp as *const f32).add(bi * ci * npix + y0 * iw),
+                            npix as isize,
+                            1,
+                            1.0,
+                        )
+                    };
+                    for o in 0..co {
+                        for ky in 0..kh {
+                            for y in 0..ny {
+                                let orow = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        optr.0.add(((bi * co + o) * oh + (y0 + y) * kh + ky) * ow),
+                                        ow,
+                                    )
+                                };
+                                for kx in 0..kw {
+                                    let src = &t[((o * kh + ky) * kw + kx) * np + y * iw..][..iw];
+                                    for (xi, v) in src.iter().enumerate() {
+                                        orow[xi * kw + kx] = v + bias[o];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((b, co, oh, ow))))
+    }
+}
+
+/// Transposed convolution with kernel = stride and no padding (DPT's upsampling).
+pub fn conv_transpose2d_k_eq_s(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op1_no_bwd(&ConvTransposeOp { weight, bias })
+}
+
+// ---------------------------------------------------------------------------------------
+// Bilinear resize (align_corners = true)
+// ---------------------------------------------------------------------------------------
+
+struct BilinearOp {
+    oh: usize,
+    ow: usize,
+}
+
+/// Source index pairs and weights along one axis, as PyTorch computes them in f32.
+fn bilinear_taps(inp: usize, out: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = if out > 1 {
+        (inp - 1) as f32 / (out - 1) as f32
+    } else {
+        0.0
+    };
+    (0..out)
+        .map(|o| {
+            let src = scale * o as f32;
+            let i0 = (src as usize).min(inp - 1);
+            let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
+            let l1 = src - i0 as f32;
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+impl CustomOp1 for BilinearOp {
+    fn name(&self) -> &'static str {
+        "da3-bilinear-ac"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            bail!("da3-bilinear: input must be contiguous");
+        }
+        let x = f32_slice(s, l)?;
+        let (b, c, ih, iw) = l.shape().dims4()?;
+        let (oh, ow) = (self.oh, self.ow);
+        let ty = bilinear_taps(ih, oh);
+        let tx = bilinear_taps(iw, ow);
+        let mut out = vec![0f32; b * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .zip(x[..b * c * ih * iw].par_chunks(ih * iw))
+            .for_each(|(o, p)| {
+                for (oy, &(y0, y1, wy0, wy1)) in ty.iter().enumerate() {
+                    let r0 = &p[y0 * iw..(y0 + 1) * iw];
+                    let r1 = &p[y1 * iw..(y1 + 1) * iw];
+                    let orow = &mut o[oy * ow..(oy + 1) * ow];
+                    for (d, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tx.iter()) {
+                        *d = wy0 * (wx0 * r0[x0] + wx1 * r0[x1])
+                            + wy1 * (wx0 * r1[x0] + wx1 * r1[x1]);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
+    }
+}
+
+/// Bilinear resize of an NCHW map with `align_corners = true`.
+pub fn resize_bilinear_ac(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&BilinearOp { oh, ow })
+}
+
+// ---------------------------------------------------------------------------------------
+// LayerNorm
+// ---------------------------------------------------------------------------------------
+
+struct LayerNormOp<'a> {
+    weight: &'a Tensor,
+    bias: &'a Tensor,
+    eps: f32,
+}
+
+impl CustomOp1 for LayerNormOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            bail!("da3-layer-norm: input must be contiguous");
+        }
+        let x = f32_slice(s, l)?;
+        let c = *l.dims().last().unwrap_or(&1);
+        let n = l.shape().elem_count();
+        let w = self.weight.to_vec1::<f32>()?;
+        let bv = self.bias.to_vec1::<f32>()?;
+        if w.len() != c || bv.len() != c {
+            bail!("da3-layer-norm: {c} features, weight has {}", w.len());
+        }
+        let mut out = vec![0f32; n];
+        let rows = chunk_len(n / c.max(1), 8);
+        out.par_chunks_mut(rows * c)
+            .zip(x[..n].par_chunks(rows * c))
+            .for_each(|(o, xi)| {
+                for (orow, xrow) in o.chunks_mut(c).zip(xi.chunks(c)) {
+                    let mean = xrow.iter().sum::<f32>() / c as f32;
+                    let var = xrow.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+                    let inv = 1.0 / (var + self.eps).sqrt();
+                    for i in 0..c {
+                        orow[i] = (xrow[i] - mean) * inv * w[i] + bv[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dim.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&LayerNormOp {
+        weight,
+        bias,
+        eps: eps as f32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let m = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / m.max(1e-12)
+    }
+
+    #[test]
+    fn exp_and_gelu_match_libm() {
+        // exp is clamped below -87.3 (0); the range stops where the f32 sum would overflow
+        let xs: Vec<f32> = (-1740..1600).map(|i| i as f32 * 0.05).collect();
+        let mut e = xs.clone();
+        if simd::available() {
+            let s = unsafe { simd::exp_sub_sum(&mut e, 0.0) };
+            let mut want = 0f64;
+            for (x, y) in xs.iter().zip(&e) {
+                let r = (*x as f64).exp();
+                want += r;
+                assert!(
+                    ((*y as f64) - r).abs() <= 4e-7 * r + 1e-37,
+                    "exp({x}) = {y}, want {r}"
+                );
+            }
+            assert!(((s as f64) - want).abs() < 1e-5 * want);
+        }
+        let mut g = xs.clone();
+        gelu_inplace(&mut g);
+        for (x, y) in xs.iter().zip(&g) {
+            let xd = *x as f64;
+            let want = 0.5 * xd * (1.0 + erf_ref(xd / std::f64::consts::SQRT_2));
+            assert!(
+                ((*y as f64) - want).abs() <= 2e-7 * (1.0 + xd.abs()),
+                "gelu({x})={y} want {want}"
+            );
+        }
+    }
+
+    /// erf by its Taylor / continued-fraction-free series, f64, for the test only.
+    fn erf_ref(x: f64) -> f64 {
+        if x.abs() > 6.0 {
+            return x.signum();
+        }
+        // erf x = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)), converges for |x| ≤ 6 in f64 with
+        // enough terms when summed with compensation; use the complementary form past 3.
+        if x.abs() < 3.0 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc by continued fraction
+            let ax = x.abs();
+            let mut f = 0.0;
+            for k in (1..60).rev() {
+                f = (k as f64 / 2.0) / (ax + f);
+            }
+            let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f);
+            x.signum() * (1.0 - erfc)
+        }
+    }
+
+    #[test]
+    fn linear_matches_candle() {
+        let x = rand(&[3, 37, 24], 1);
+        let w = rand(&[50, 24], 2);
+        let b = rand(&[50], 3);
+        let got = linear(&x, &w, Some(&b), false).unwrap();
+        let want = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_rel(&got, &want) < 1e-6);
+        let got = linear(&x, &w, None, true).unwrap();
+        let want = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .gelu_erf()
+            .unwrap();
+        assert!(max_rel(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn attention_matches_naive() {
+        for (bb, n, nk) in [(2usize, 70usize, 70usize), (1, 5, 130), (1, 129, 3)] {
+            let q = rand(&[bb, 3, n, 16], 4);
+            // k, v as strided views of a (B, Nk, H, d) tensor, like the qkv split
+            let k = rand(&[bb, nk, 3, 16], 5).transpose(1, 2).unwrap();
+            let v = rand(&[bb, nk, 3, 16], 6).transpose(1, 2).unwrap();
+            let got = attention(&q, &k, &v, 0.25).unwrap();
+            let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * 0.25).unwrap();
+            let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
+            let want = p
+                .matmul(&v.contiguous().unwrap())
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((bb, n, 48))
+                .unwrap();
+            assert!(max_rel(&got, &want) < 2e-6, "{bb} {n} {nk}");
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_candle() {
+        for (ci, co, k, s, p, h, w) in [
+            (5usize, 7usize, 3usize, 1usize, 1usize, 19usize, 23usize),
+            (3, 8, 14, 14, 0, 28, 42),
+            (6, 4, 1, 1, 0, 9, 11),
+            (4, 6, 3, 2, 1, 17, 12),
+        ] {
+            let x = rand(&[2, ci, h, w], 7);
+            let wt = rand(&[co, ci, k, k], 8);
+            let b = rand(&[co], 9);
+            let got = conv2d(&x, &wt, Some(&b), s, p).unwrap();
+            let want = x
+                .conv2d(&wt, p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_rel(&got, &want) < 1e-5, "conv {ci} {co} {k} {s} {p}");
+        }
+    }
+
+    #[test]
+    fn conv_transpose_matches_candle() {
+        for k in [2usize, 4] {
+            let x = rand(&[2, 5, 7, 9], 10);
+            let wt = rand(&[5, 6, k, k], 11);
+            let b = rand(&[6], 12);
+            let got = conv_transpose2d_k_eq_s(&x, &wt, Some(&b)).unwrap();
+            let want = x
+                .conv_transpose2d(&wt, 0, 0, k, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap())
+                .unwrap();
+            assert!(max_rel(&got, &want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn bilinear_and_layer_norm_match_candle() {
+        let x = rand(&[2, 3, 7, 9], 13);
+        let got = resize_bilinear_ac(&x, 15, 20).unwrap();
+        let want = x.upsample_bilinear2d(15, 20, true).unwrap();
+        assert!(max_rel(&got, &want) < 1e-6);
+        let x = rand(&[4, 9, 24], 14);
+        let w = rand(&[24], 15);
+        let b = rand(&[24], 16);
+        let got = layer_norm(&x, &w, &b, 1e-6).unwrap();
+        let mean = x.mean_keepdim(D::Minus1).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let want = xc
+            .broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_rel(&got, &want) < 1e-5);
+    }
+}
