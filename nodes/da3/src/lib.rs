@@ -108,6 +108,9 @@ impl Da3Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        if device.is_cpu() {
+            model::cpu::keep_freed_memory();
+        }
         let vb = weights::checked_var_builder(weights, &cfg, dtype, device)?;
         let inner = Self::build(&cfg, vb.pp("model"))
             .wrap_err_with(|| format!("loading weights from {}", weights.display()))?;

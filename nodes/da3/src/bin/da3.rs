@@ -61,6 +61,10 @@ struct BenchArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// After timing, run one more forward with per-kernel timing (f32 CPU kernels) and
+    /// print where the time goes, with the GEMM rate against a measured matmul peak.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -380,7 +384,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "impl": "dora-da3 (candle)",
             "model": a.model,
             "views": s,
@@ -396,9 +400,71 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             "load_s": load_s,
             "iters": a.iters,
         });
+        if a.profile {
+            line["profile"] = profile_forward(&model, &x, &opts)?;
+        }
         println!("{line}");
     }
     Ok(())
+}
+
+/// One forward with the CPU kernels timed; prints a table to stderr, returns it as JSON.
+fn profile_forward(
+    model: &Da3Model,
+    x: &candle_core::Tensor,
+    opts: &da3::ForwardOptions,
+) -> Result<serde_json::Value> {
+    use da3::model::cpu;
+    let peak = cpu::matmul_peak_gflops();
+    cpu::set_profiling(true);
+    let t = Instant::now();
+    model.forward(x, opts)?;
+    let total = t.elapsed().as_secs_f64();
+    let stats = cpu::profile();
+    cpu::set_profiling(false);
+    let mut rows = Vec::new();
+    let (mut ksecs, mut kflops) = (0.0, 0.0);
+    eprintln!("kernel            calls   ms      share   GFLOP   GFLOP/s");
+    for (name, st) in &stats {
+        ksecs += st.secs;
+        kflops += st.flops;
+        eprintln!(
+            "{name:<16} {:>6} {:>8.1} {:>6.1}% {:>7.2} {:>8.1}",
+            st.calls,
+            st.secs * 1e3,
+            100.0 * st.secs / total,
+            st.flops / 1e9,
+            st.flops / 1e9 / st.secs.max(1e-12)
+        );
+        rows.push(
+            serde_json::json!({"kernel": name, "calls": st.calls, "ms": st.secs * 1e3,
+            "gflop": st.flops / 1e9}),
+        );
+    }
+    let other = (total - ksecs).max(0.0);
+    eprintln!(
+        "other (candle)          {:>8.1} {:>6.1}%",
+        other * 1e3,
+        100.0 * other / total
+    );
+    eprintln!(
+        "forward {:.1} ms, {:.2} GFLOP in GEMM kernels: {:.1} GFLOP/s overall, {:.1} GFLOP/s \
+         inside them; matmul peak {:.1} GFLOP/s",
+        total * 1e3,
+        kflops / 1e9,
+        kflops / 1e9 / total,
+        kflops / 1e9 / ksecs.max(1e-12),
+        peak
+    );
+    Ok(serde_json::json!({
+        "forward_ms": total * 1e3,
+        "gflop": kflops / 1e9,
+        "gflops_overall": kflops / 1e9 / total,
+        "gflops_in_kernels": kflops / 1e9 / ksecs.max(1e-12),
+        "matmul_peak_gflops": peak,
+        "other_ms": other * 1e3,
+        "kernels": rows,
+    }))
 }
 
 fn main() -> Result<()> {

@@ -106,6 +106,26 @@ impl Attention {
 
     /// x: (B, N, C).
     pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
+        self.forward_impl(x, rope, None)
+    }
+
+    /// `res + gamma ⊙ attention(x)`: the block's residual branch, fused on the CPU path.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope2d>,
+        res: &Tensor,
+        gamma: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_impl(x, rope, Some((res, gamma)))
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope2d>,
+        residual: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let h = self.num_heads;
         let hd = c / h;
@@ -115,23 +135,26 @@ impl Attention {
             .reshape((b, n, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?;
         if cpu::use_kernels(x) {
-            // q, k, v stay strided views of the qkv output unless normed / rotated.
-            let mut q = qkv.get(0)?;
-            let mut k = qkv.get(1)?;
-            if let Some(nq) = &self.q_norm {
-                q = nq.forward(&q)?;
-            }
-            if let Some(nk) = &self.k_norm {
-                k = nk.forward(&k)?;
-            }
-            if self.use_rope {
-                if let Some(r) = rope {
-                    q = r.apply(&q)?;
-                    k = r.apply(&k)?;
+            // q, k, v stay strided views of the qkv output; norm and RoPE in one pass.
+            let rope_t = match (self.use_rope, rope) {
+                (true, Some(r)) => Some((&r.cos, &r.sin)),
+                _ => None,
+            };
+            let prep = |t: Tensor, norm: &Option<LayerNorm>| -> Result<Tensor> {
+                let nm = norm.as_ref().map(|n| n.params());
+                if nm.is_none() && rope_t.is_none() {
+                    Ok(t)
+                } else {
+                    cpu::norm_rope(&t, nm, rope_t)
                 }
-            }
+            };
+            let q = prep(qkv.get(0)?, &self.q_norm)?;
+            let k = prep(qkv.get(1)?, &self.k_norm)?;
             let out = cpu::attention(&q, &k, &qkv.get(2)?, 1.0 / (hd as f32).sqrt())?;
-            return self.proj.forward(&out);
+            return match residual {
+                Some((r, g)) => self.proj.forward_residual(&out, r, g),
+                None => self.proj.forward(&out),
+            };
         }
         let mut q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
@@ -168,6 +191,9 @@ impl Attention {
             Tensor::cat(&parts, 2)?
         };
         let out = out.transpose(1, 2)?.reshape((b, n, c))?;
-        self.proj.forward(&out)
+        match residual {
+            Some((r, g)) => self.proj.forward_residual(&out, r, g),
+            None => self.proj.forward(&out),
+        }
     }
 }

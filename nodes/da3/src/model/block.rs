@@ -45,15 +45,10 @@ impl Block {
 
     /// x: (B, N, C).
     pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
-        let a = self
+        let x = self
             .attn
-            .forward(&self.norm1.forward(x)?, rope)?
-            .broadcast_mul(&self.ls1)?;
-        let x = (x + a)?;
-        let m = self
-            .mlp
-            .forward(&self.norm2.forward(&x)?)?
-            .broadcast_mul(&self.ls2)?;
-        x + m
+            .forward_residual(&self.norm1.forward(x)?, rope, x, &self.ls1)?;
+        self.mlp
+            .forward_residual(&self.norm2.forward(&x)?, &x, &self.ls2)
     }
 }

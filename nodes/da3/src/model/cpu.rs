@@ -29,6 +29,73 @@ pub fn kernels_enabled() -> bool {
     })
 }
 
+/// Time and work of one kernel kind, summed over calls (see [`profile`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpStat {
+    pub calls: u64,
+    /// Multiply-adds counted as 2 flops, GEMM work only.
+    pub flops: f64,
+    pub secs: f64,
+}
+
+static PROFILE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static PROFILE: std::sync::Mutex<Vec<(&'static str, OpStat)>> = std::sync::Mutex::new(Vec::new());
+
+/// Start (or stop) recording kernel times; clears what was recorded.
+pub fn set_profiling(on: bool) {
+    PROFILE_ON.store(on, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut p) = PROFILE.lock() {
+        p.clear();
+    }
+}
+
+/// Kernel times recorded since [`set_profiling`]`(true)`, by kernel kind.
+pub fn profile() -> Vec<(&'static str, OpStat)> {
+    PROFILE.lock().map(|p| p.clone()).unwrap_or_default()
+}
+
+fn timed<R>(name: &'static str, flops: f64, f: impl FnOnce() -> R) -> R {
+    if !PROFILE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
+    let t = std::time::Instant::now();
+    let r = f();
+    let secs = t.elapsed().as_secs_f64();
+    if let Ok(mut p) = PROFILE.lock() {
+        let i = match p.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                p.push((name, OpStat::default()));
+                p.len() - 1
+            }
+        };
+        let st = &mut p[i].1;
+        st.calls += 1;
+        st.flops += flops;
+        st.secs += secs;
+    }
+    r
+}
+
+/// Let the allocator keep freed memory for the next frame instead of returning it to the
+/// system: every forward allocates the same buffers again, and fresh pages from the kernel
+/// cost a page fault and a zeroing each (~5% of a forward on CPU). Peak RSS is unchanged;
+/// RSS stays at the peak between frames. glibc only; `DA3_KEEP_MEMORY=0` turns it off.
+pub fn keep_freed_memory() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if matches!(std::env::var("DA3_KEEP_MEMORY").as_deref(), Ok("0")) {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        unsafe {
+            // Blocks up to 1 GiB come from the heap (reused), and the heap top is not trimmed.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    });
+}
+
 /// True when `t` should take the f32 CPU kernels.
 pub fn use_kernels(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && t.device().is_cpu() && kernels_enabled()
@@ -331,6 +398,8 @@ struct LinearOp<'a> {
     weight: &'a Tensor, // (N, K)
     bias: Option<&'a Tensor>,
     gelu: bool,
+    /// `res + gamma ⊙ y` (residual with LayerScale) instead of `y`.
+    residual: Option<(&'a Tensor, Vec<f32>)>,
 }
 
 impl CustomOp1 for LinearOp<'_> {
@@ -356,6 +425,26 @@ impl CustomOp1 for LinearOp<'_> {
             None => None,
         };
         let w_c = self.weight.contiguous()?;
+        let res_c = match &self.residual {
+            Some((r, g)) => {
+                if r.elem_count() != m * n || g.len() != n {
+                    bail!(
+                        "da3-linear: residual {:?} does not match the output",
+                        r.dims()
+                    );
+                }
+                Some((r.contiguous()?, g))
+            }
+            None => None,
+        };
+        let res_guard = res_c.as_ref().map(|(r, _)| r.storage_and_layout());
+        let res: Option<(&[f32], &Vec<f32>)> = match (&res_guard, &res_c) {
+            (Some((st, rl)), Some((_, g))) => match &**st {
+                Storage::Cpu(cs) => Some((&cs.as_slice::<f32>()?[rl.start_offset()..], *g)),
+                _ => bail!("da3-linear: residual is not on the CPU"),
+            },
+            _ => None,
+        };
         with_f32(&w_c, |w, wl| {
             let w = &w[wl.start_offset()..];
             let rows = chunk_len(m, 16);
@@ -392,6 +481,14 @@ impl CustomOp1 for LinearOp<'_> {
                     if self.gelu {
                         gelu_inplace(o);
                     }
+                    if let Some((rv, g)) = res {
+                        let rr = &rv[r0 * n..(r0 + mr) * n];
+                        for (orow, rrow) in o.chunks_mut(n).zip(rr.chunks(n)) {
+                            for ((y, r), gj) in orow.iter_mut().zip(rrow).zip(g.iter()) {
+                                *y = r + gj * *y;
+                            }
+                        }
+                    }
                 });
             Ok(())
         })?;
@@ -405,8 +502,77 @@ impl CustomOp1 for LinearOp<'_> {
 
 /// `x · Wᵀ + b`, GELU (exact erf) after it when `gelu`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op1_no_bwd(&LinearOp { weight, bias, gelu })
+    let (n, k) = weight.dims2()?;
+    let flops = 2.0 * (x.elem_count() / k.max(1)) as f64 * (n * k) as f64;
+    let name = if gelu { "linear+gelu" } else { "linear" };
+    timed(name, flops, || {
+        x.contiguous()?.apply_op1_no_bwd(&LinearOp {
+            weight,
+            bias,
+            gelu,
+            residual: None,
+        })
+    })
+}
+
+/// `res + gamma ⊙ (x · Wᵀ + b)`: a block's output projection with LayerScale and the
+/// residual add in one pass.
+pub fn linear_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    res: &Tensor,
+    gamma: &Tensor,
+) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    let flops = 2.0 * (x.elem_count() / k.max(1)) as f64 * (n * k) as f64;
+    timed("linear+residual", flops, || {
+        x.contiguous()?.apply_op1_no_bwd(&LinearOp {
+            weight,
+            bias,
+            gelu: false,
+            residual: Some((res, gamma.flatten_all()?.to_vec1()?)),
+        })
+    })
+}
+
+/// Best GFLOP/s of a large square-ish f32 matmul split over the thread pool the same way
+/// as the linear layers (the practical GEMM peak of this machine for these kernels).
+pub fn matmul_peak_gflops() -> f64 {
+    let (m, k, n) = (2048usize, 1024usize, 1024usize);
+    let x = Tensor::from_vec(
+        (0..m * k)
+            .map(|i| (i % 13) as f32 * 0.01)
+            .collect::<Vec<_>>(),
+        (m, k),
+        &candle_core::Device::Cpu,
+    );
+    let w = Tensor::from_vec(
+        (0..n * k)
+            .map(|i| (i % 7) as f32 * 0.01)
+            .collect::<Vec<_>>(),
+        (n, k),
+        &candle_core::Device::Cpu,
+    );
+    let (Ok(x), Ok(w)) = (x, w) else {
+        return 0.0;
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        if x.apply_op1_no_bwd(&LinearOp {
+            weight: &w,
+            bias: None,
+            gelu: false,
+            residual: None,
+        })
+        .is_err()
+        {
+            return 0.0;
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * n * k) as f64 / best / 1e9
 }
 
 // ---------------------------------------------------------------------------------------
@@ -516,7 +682,12 @@ impl CustomOp3 for AttentionOp {
 
 /// Scaled dot-product attention, q/k/v (B, H, N, d) -> (B, N, H·d).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &AttentionOp { scale })
+    let (b, h, n, d) = q.dims4()?;
+    let nk = k.dim(2)?;
+    let flops = 4.0 * (b * h) as f64 * (n * nk * d) as f64;
+    timed("attention", flops, || {
+        q.apply_op3_no_bwd(k, v, &AttentionOp { scale })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -664,13 +835,15 @@ fn im2col(
                         if st == 1 {
                             // ix = ox + kx - pad: a shifted copy with zero edges.
                             let shift = kx as isize - pad as isize;
-                            for (j, d) in seg.iter_mut().enumerate() {
-                                let ix = (ox0 + j) as isize + shift;
-                                *d = if ix >= 0 && (ix as usize) < iw {
-                                    row[ix as usize]
-                                } else {
-                                    0.0
-                                };
+                            let start = ox0 as isize + shift; // ix of seg[0]
+                            let ja = (-start).clamp(0, len as isize) as usize;
+                            let jb =
+                                (iw as isize - start).clamp(ja as isize, len as isize) as usize;
+                            seg[..ja].fill(0.0);
+                            seg[jb..].fill(0.0);
+                            if jb > ja {
+                                let s0 = (start + ja as isize) as usize;
+                                seg[ja..jb].copy_from_slice(&row[s0..s0 + (jb - ja)]);
                             }
                         } else {
                             for (j, d) in seg.iter_mut().enumerate() {
@@ -698,11 +871,28 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&Conv2dOp {
-        weight,
-        bias,
-        stride,
-        padding,
+    let (b, _, ih, iw) = x.dims4()?;
+    let (co, ci, kh, kw) = weight.dims4()?;
+    let oh = (ih + 2 * padding).saturating_sub(kh) / stride + 1;
+    let ow = (iw + 2 * padding).saturating_sub(kw) / stride + 1;
+    let flops = 2.0 * (b * oh * ow) as f64 * (co * ci * kh * kw) as f64;
+    let name: &'static str = if PROFILE_ON.load(std::sync::atomic::Ordering::Relaxed)
+        && std::env::var_os("DA3_PROFILE_SHAPES").is_some()
+    {
+        // Per-shape rows, for finding the expensive layers (leaks a few bytes per shape).
+        Box::leak(format!("conv{kh}x{kw}/{stride} {ci}->{co} {oh}x{ow}").into_boxed_str())
+    } else if kh * kw == 1 {
+        "conv1x1"
+    } else {
+        "conv"
+    };
+    timed(name, flops, || {
+        x.contiguous()?.apply_op1_no_bwd(&Conv2dOp {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
     })
 }
 
@@ -800,8 +990,11 @@ pub fn conv_transpose2d_k_eq_s(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op1_no_bwd(&ConvTransposeOp { weight, bias })
+    let flops = 2.0 * x.elem_count() as f64 * (weight.elem_count() / weight.dim(0)?.max(1)) as f64;
+    timed("conv-transpose", flops, || {
+        x.contiguous()?
+            .apply_op1_no_bwd(&ConvTransposeOp { weight, bias })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -865,60 +1058,193 @@ impl CustomOp1 for BilinearOp {
 
 /// Bilinear resize of an NCHW map with `align_corners = true`.
 pub fn resize_bilinear_ac(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&BilinearOp { oh, ow })
+    timed("bilinear", 0.0, || {
+        x.contiguous()?.apply_op1_no_bwd(&BilinearOp { oh, ow })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
-// LayerNorm
+// LayerNorm, and the fused QK-norm + 2-D RoPE of the attention inputs
 // ---------------------------------------------------------------------------------------
 
-struct LayerNormOp<'a> {
-    weight: &'a Tensor,
-    bias: &'a Tensor,
-    eps: f32,
+/// Offsets of the rows (last dim, stride 1) of a layout, in row-major order.
+fn row_offsets(l: &Layout) -> Result<Vec<usize>> {
+    let dims = l.dims();
+    let strides = l.stride();
+    let r = dims.len();
+    if r == 0 || strides[r - 1] != 1 {
+        bail!("da3 cpu kernel: the last dim must be contiguous");
+    }
+    let nrows: usize = dims[..r - 1].iter().product();
+    let mut out = Vec::with_capacity(nrows);
+    let mut idx = vec![0usize; r - 1];
+    let mut off = l.start_offset();
+    for _ in 0..nrows {
+        out.push(off);
+        for j in (0..r - 1).rev() {
+            idx[j] += 1;
+            off += strides[j];
+            if idx[j] < dims[j] {
+                break;
+            }
+            off -= strides[j] * dims[j];
+            idx[j] = 0;
+        }
+    }
+    Ok(out)
 }
 
-impl CustomOp1 for LayerNormOp<'_> {
+/// Mean and 1/sqrt(var + eps) of a row, accumulated in 8 lanes (vectorises).
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let c = x.len();
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for ch in &mut chunks {
+        for i in 0..8 {
+            acc[i] += ch[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    sum += chunks.remainder().iter().sum::<f32>();
+    let mean = sum / c as f32;
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for ch in &mut chunks {
+        for i in 0..8 {
+            let d = ch[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let mut var: f32 = acc.iter().sum();
+    var += chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum::<f32>();
+    let var = var / c as f32;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm over the last dim (`norm`), then 2-D RoPE (`rope`: cos/sin tables (N, d) for
+/// inputs (B, H, N, d)); either may be absent. Input rows may be strided; output contiguous.
+struct NormRopeOp {
+    norm: Option<(Vec<f32>, Vec<f32>, f32)>,
+    rope: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl CustomOp1 for NormRopeOp {
     fn name(&self) -> &'static str {
-        "da3-layer-norm"
+        "da3-norm-rope"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("da3-layer-norm: input must be contiguous");
+        let x = s.as_slice::<f32>()?;
+        let dims = l.dims();
+        let c = *dims.last().unwrap_or(&1);
+        let offs = row_offsets(l)?;
+        if let Some((w, b, _)) = &self.norm {
+            if w.len() != c || b.len() != c {
+                bail!("da3-layer-norm: {c} features, weight has {}", w.len());
+            }
         }
-        let x = f32_slice(s, l)?;
-        let c = *l.dims().last().unwrap_or(&1);
-        let n = l.shape().elem_count();
-        let w = self.weight.to_vec1::<f32>()?;
-        let bv = self.bias.to_vec1::<f32>()?;
-        if w.len() != c || bv.len() != c {
-            bail!("da3-layer-norm: {c} features, weight has {}", w.len());
+        // Token index of each row for the rope tables: rows are (..., N) major to minor.
+        let ntok = if dims.len() >= 2 {
+            dims[dims.len() - 2]
+        } else {
+            1
+        };
+        if let Some((cos, _)) = &self.rope {
+            if c % 4 != 0 || cos.len() != ntok * c {
+                bail!(
+                    "da3-rope: tables of {} values for {ntok} tokens x {c}",
+                    cos.len()
+                );
+            }
         }
+        let n = offs.len() * c;
         let mut out = vec![0f32; n];
-        let rows = chunk_len(n / c.max(1), 8);
+        let rows = chunk_len(offs.len(), 16);
         out.par_chunks_mut(rows * c)
-            .zip(x[..n].par_chunks(rows * c))
-            .for_each(|(o, xi)| {
-                for (orow, xrow) in o.chunks_mut(c).zip(xi.chunks(c)) {
-                    let mean = xrow.iter().sum::<f32>() / c as f32;
-                    let var = xrow.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-                    let inv = 1.0 / (var + self.eps).sqrt();
-                    for i in 0..c {
-                        orow[i] = (xrow[i] - mean) * inv * w[i] + bv[i];
+            .enumerate()
+            .for_each(|(ci, o)| {
+                let mut tmp = vec![0f32; c];
+                for (ri, orow) in o.chunks_mut(c).enumerate() {
+                    let r = ci * rows + ri;
+                    let xrow = &x[offs[r]..offs[r] + c];
+                    let src: &[f32] = match &self.norm {
+                        Some((w, b, eps)) => {
+                            let (mean, inv) = row_stats(xrow, *eps);
+                            for i in 0..c {
+                                tmp[i] = (xrow[i] - mean) * inv * w[i] + b[i];
+                            }
+                            &tmp
+                        }
+                        None => xrow,
+                    };
+                    match &self.rope {
+                        Some((cos, sin)) => {
+                            let t = r % ntok;
+                            let (cr, sr) = (&cos[t * c..(t + 1) * c], &sin[t * c..(t + 1) * c]);
+                            let q = c / 4;
+                            for part in 0..4 {
+                                let (lo, sign, from) = match part {
+                                    0 => (0, -1.0f32, q),
+                                    1 => (q, 1.0, 0),
+                                    2 => (2 * q, -1.0, 3 * q),
+                                    _ => (3 * q, 1.0, 2 * q),
+                                };
+                                for i in 0..q {
+                                    let j = lo + i;
+                                    orow[j] = src[j] * cr[j] + sign * src[from + i] * sr[j];
+                                }
+                            }
+                        }
+                        None => orow.copy_from_slice(src),
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from(dims.to_vec())))
     }
 }
 
-/// LayerNorm over the last dim.
+/// LayerNorm over the last dim (rows may be strided views).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&LayerNormOp {
-        weight,
-        bias,
-        eps: eps as f32,
+    timed("layer-norm", 0.0, || {
+        let op = NormRopeOp {
+            norm: Some((weight.to_vec1()?, bias.to_vec1()?, eps as f32)),
+            rope: None,
+        };
+        if x.stride().last() == Some(&1) {
+            x.apply_op1_no_bwd(&op)
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&op)
+        }
+    })
+}
+
+/// Optional LayerNorm then optional 2-D RoPE (tables (N, d)) of q or k (B, H, N, d), in one
+/// pass over a possibly strided view; the result is contiguous.
+pub fn norm_rope(
+    x: &Tensor,
+    norm: Option<(&Tensor, &Tensor, f64)>,
+    rope: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    timed("norm+rope", 0.0, || {
+        let norm = match norm {
+            Some((w, b, eps)) => Some((w.to_vec1()?, b.to_vec1()?, eps as f32)),
+            None => None,
+        };
+        let rope = match rope {
+            Some((c, s)) => Some((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?)),
+            None => None,
+        };
+        let op = NormRopeOp { norm, rope };
+        if x.stride().last() == Some(&1) {
+            x.apply_op1_no_bwd(&op)
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&op)
+        }
     })
 }
 

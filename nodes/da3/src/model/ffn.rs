@@ -22,6 +22,14 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// `res + gamma ⊙ mlp(x)`.
+    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        self.fc2
+            .forward_residual(&self.fc1.forward_gelu(x)?, res, gamma)
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward_gelu(x)?)
@@ -51,12 +59,23 @@ impl SwiGluFused {
     }
 }
 
-impl Module for SwiGluFused {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl SwiGluFused {
+    fn hidden_act(&self, x: &Tensor) -> Result<Tensor> {
         let x12 = self.w12.forward(x)?;
         let a = x12.narrow(D::Minus1, 0, self.hidden)?;
         let b = x12.narrow(D::Minus1, self.hidden, self.hidden)?;
-        self.w3.forward(&(a.silu()? * b)?)
+        a.silu()? * b
+    }
+
+    /// `res + gamma ⊙ swiglu(x)`.
+    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        self.w3.forward_residual(&self.hidden_act(x)?, res, gamma)
+    }
+}
+
+impl Module for SwiGluFused {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.w3.forward(&self.hidden_act(x)?)
     }
 }
 
@@ -72,6 +91,16 @@ impl Ffn {
             FfnKind::Mlp => Self::Mlp(Mlp::new(dim, hidden, dim, vb)?),
             FfnKind::SwiGluFused => Self::SwiGlu(SwiGluFused::new(dim, hidden, vb)?),
         })
+    }
+}
+
+impl Ffn {
+    /// `res + gamma ⊙ ffn(x)` (LayerScale and residual fused on the CPU path).
+    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Mlp(m) => m.forward_residual(x, res, gamma),
+            Self::SwiGlu(m) => m.forward_residual(x, res, gamma),
+        }
     }
 }
 

@@ -28,6 +28,17 @@ impl Module for LayerNorm {
         if cpu::use_kernels(x) {
             return cpu::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
+        self.forward_ref(x)
+    }
+}
+
+impl LayerNorm {
+    /// (weight, bias, eps) for the fused CPU kernels.
+    pub fn params(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
+    }
+
+    fn forward_ref(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let mean = xf.mean_keepdim(D::Minus1)?;
@@ -63,6 +74,14 @@ impl Linear {
             return cpu::linear(x, self.inner.weight(), self.inner.bias(), true);
         }
         self.inner.forward(x)?.gelu_erf()
+    }
+
+    /// `res + gamma ⊙ (x · Wᵀ + b)` (residual with LayerScale), fused on the CPU path.
+    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        if cpu::use_kernels(x) && res.dtype() == x.dtype() {
+            return cpu::linear_residual(x, self.inner.weight(), self.inner.bias(), res, gamma);
+        }
+        res + self.forward(x)?.broadcast_mul(gamma)?
     }
 }
 
