@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::cpu;
-use super::layers::{linear, softmax_last_dim, LayerNorm, Linear};
+use super::layers::{linear, softmax_last_dim, LayerNorm, Linear, LinearExt};
 
 /// Precomputed cos/sin tables for a token sequence, shape (N, head_dim) each.
 #[derive(Debug, Clone)]
@@ -106,23 +106,25 @@ impl Attention {
 
     /// x: (B, N, C).
     pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
-        self.forward_impl(x, rope, None)
+        self.forward_impl(x, None, rope, None)
     }
 
-    /// `res + gamma ⊙ attention(x)`: the block's residual branch, fused on the CPU path.
-    pub fn forward_residual(
+    /// `x + gamma ⊙ attention(norm(x))`: a pre-norm block's attention branch with its
+    /// residual, the norm and the residual fused into the projections on the CPU path.
+    pub fn forward_block(
         &self,
         x: &Tensor,
+        norm: &LayerNorm,
         rope: Option<&Rope2d>,
-        res: &Tensor,
         gamma: &Tensor,
     ) -> Result<Tensor> {
-        self.forward_impl(x, rope, Some((res, gamma)))
+        self.forward_impl(x, Some(norm), rope, Some((x, gamma)))
     }
 
     fn forward_impl(
         &self,
         x: &Tensor,
+        prenorm: Option<&LayerNorm>,
         rope: Option<&Rope2d>,
         residual: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
@@ -131,7 +133,13 @@ impl Attention {
         let hd = c / h;
         let qkv = self
             .qkv
-            .forward(x)?
+            .forward_ext(
+                x,
+                LinearExt {
+                    prenorm,
+                    ..Default::default()
+                },
+            )?
             .reshape((b, n, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?;
         if cpu::use_kernels(x) {
@@ -151,10 +159,13 @@ impl Attention {
             let q = prep(qkv.get(0)?, &self.q_norm)?;
             let k = prep(qkv.get(1)?, &self.k_norm)?;
             let out = cpu::attention(&q, &k, &qkv.get(2)?, 1.0 / (hd as f32).sqrt())?;
-            return match residual {
-                Some((r, g)) => self.proj.forward_residual(&out, r, g),
-                None => self.proj.forward(&out),
-            };
+            return self.proj.forward_ext(
+                &out,
+                LinearExt {
+                    residual,
+                    ..Default::default()
+                },
+            );
         }
         let mut q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
@@ -191,9 +202,12 @@ impl Attention {
             Tensor::cat(&parts, 2)?
         };
         let out = out.transpose(1, 2)?.reshape((b, n, c))?;
-        match residual {
-            Some((r, g)) => self.proj.forward_residual(&out, r, g),
-            None => self.proj.forward(&out),
-        }
+        self.proj.forward_ext(
+            &out,
+            LinearExt {
+                residual,
+                ..Default::default()
+            },
+        )
     }
 }

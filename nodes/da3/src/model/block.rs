@@ -1,6 +1,6 @@
 //! Pre-norm transformer block with LayerScale (DINOv2 style).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{Attention, Rope2d};
@@ -45,10 +45,7 @@ impl Block {
 
     /// x: (B, N, C).
     pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
-        let x = self
-            .attn
-            .forward_residual(&self.norm1.forward(x)?, rope, x, &self.ls1)?;
-        self.mlp
-            .forward_residual(&self.norm2.forward(&x)?, &x, &self.ls2)
+        let x = self.attn.forward_block(x, &self.norm1, rope, &self.ls1)?;
+        self.mlp.forward_block(&x, &self.norm2, &self.ls2)
     }
 }

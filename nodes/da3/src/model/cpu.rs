@@ -269,21 +269,6 @@ mod simd {
         m
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scale(v: &mut [f32], s: f32) {
-        let n8 = v.len() / 8 * 8;
-        let k = _mm256_set1_ps(s);
-        let p = v.as_mut_ptr();
-        let mut i = 0;
-        while i < n8 {
-            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), k));
-            i += 8;
-        }
-        for x in &mut v[n8..] {
-            *x *= s;
-        }
-    }
-
     /// Exact-erf GELU in place: 0.5·x·(1 + erf(x/√2)), erf by Abramowitz-Stegun 7.1.26
     /// (absolute error ≤ 1.5e-7).
     #[target_feature(enable = "avx2,fma")]
@@ -333,9 +318,6 @@ mod simd {
     pub unsafe fn max(_: &[f32]) -> f32 {
         unreachable!()
     }
-    pub unsafe fn scale(_: &mut [f32], _: f32) {
-        unreachable!()
-    }
     pub unsafe fn gelu(_: &mut [f32]) {
         unreachable!()
     }
@@ -357,13 +339,12 @@ fn libm_erf(x: f32) -> f32 {
     (if x < 0.0 { -y } else { y }) as f32
 }
 
-/// Softmax of one row in place.
-fn softmax_row(v: &mut [f32]) {
+/// `v = exp(v - max v)` in place; returns the sum.
+fn exp_row(v: &mut [f32]) -> f32 {
     if simd::available() {
         unsafe {
             let m = simd::max(v);
-            let s = simd::exp_sub_sum(v, m);
-            simd::scale(v, 1.0 / s);
+            simd::exp_sub_sum(v, m)
         }
     } else {
         let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -372,10 +353,7 @@ fn softmax_row(v: &mut [f32]) {
             *x = (*x - m).exp();
             s += *x;
         }
-        let inv = 1.0 / s;
-        for x in v.iter_mut() {
-            *x *= inv;
-        }
+        s
     }
 }
 
@@ -400,6 +378,8 @@ struct LinearOp<'a> {
     gelu: bool,
     /// `res + gamma ⊙ y` (residual with LayerScale) instead of `y`.
     residual: Option<(&'a Tensor, Vec<f32>)>,
+    /// LayerNorm (weight, bias, eps) of the input rows first (pre-norm blocks).
+    prenorm: Option<(Vec<f32>, Vec<f32>, f32)>,
 }
 
 impl CustomOp1 for LinearOp<'_> {
@@ -418,6 +398,11 @@ impl CustomOp1 for LinearOp<'_> {
         let (n, wk) = self.weight.dims2()?;
         if wk != k {
             bail!("da3-linear: input has {k} features, weight expects {wk}");
+        }
+        if let Some((w, b, _)) = &self.prenorm {
+            if w.len() != k || b.len() != k {
+                bail!("da3-linear: norm of {} features for {k} inputs", w.len());
+            }
         }
         let mut out = vec![0f32; m * n];
         let bias: Option<Vec<f32>> = match self.bias {
@@ -460,7 +445,9 @@ impl CustomOp1 for LinearOp<'_> {
                             row.copy_from_slice(b);
                         }
                     }
-                    unsafe {
+                    let xrows =
+                        unsafe { std::slice::from_raw_parts((xp as *const f32).add(r0 * k), mr * k) };
+                    let gemm_from = |lhs: &[f32], o: &mut [f32]| unsafe {
                         sgemm(
                             mr,
                             n,
@@ -469,14 +456,26 @@ impl CustomOp1 for LinearOp<'_> {
                             n as isize,
                             1,
                             bias.is_some(),
-                            (xp as *const f32).add(r0 * k),
+                            lhs.as_ptr(),
                             k as isize,
                             1,
                             wp as *const f32,
                             1,
                             k as isize,
                             1.0,
-                        );
+                        )
+                    };
+                    match &self.prenorm {
+                        Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
+                            for (trow, xrow) in t.chunks_mut(k).zip(xrows.chunks(k)) {
+                                let (mean, inv) = row_stats(xrow, *eps);
+                                for i in 0..k {
+                                    trow[i] = (xrow[i] - mean) * inv * nw[i] + nb[i];
+                                }
+                            }
+                            gemm_from(t, o)
+                        }),
+                        None => gemm_from(xrows, o),
                     }
                     if self.gelu {
                         gelu_inplace(o);
@@ -500,38 +499,48 @@ impl CustomOp1 for LinearOp<'_> {
     }
 }
 
-/// `x · Wᵀ + b`, GELU (exact erf) after it when `gelu`.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
-    let (n, k) = weight.dims2()?;
-    let flops = 2.0 * (x.elem_count() / k.max(1)) as f64 * (n * k) as f64;
-    let name = if gelu { "linear+gelu" } else { "linear" };
-    timed(name, flops, || {
-        x.contiguous()?.apply_op1_no_bwd(&LinearOp {
-            weight,
-            bias,
-            gelu,
-            residual: None,
-        })
-    })
+/// What a linear layer does around its GEMM (all optional).
+#[derive(Default, Clone, Copy)]
+pub struct LinearExt<'a> {
+    /// LayerNorm (weight, bias, eps) of the input first.
+    pub prenorm: Option<(&'a Tensor, &'a Tensor, f64)>,
+    /// Exact-erf GELU of the output.
+    pub gelu: bool,
+    /// `res + gamma ⊙ y` (residual with LayerScale).
+    pub residual: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// `res + gamma ⊙ (x · Wᵀ + b)`: a block's output projection with LayerScale and the
-/// residual add in one pass.
-pub fn linear_residual(
+/// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)` over the last dim.
+pub fn linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    res: &Tensor,
-    gamma: &Tensor,
+    ext: LinearExt<'_>,
 ) -> Result<Tensor> {
     let (n, k) = weight.dims2()?;
     let flops = 2.0 * (x.elem_count() / k.max(1)) as f64 * (n * k) as f64;
-    timed("linear+residual", flops, || {
+    let name = match (ext.prenorm.is_some(), ext.gelu, ext.residual.is_some()) {
+        (true, true, _) => "norm+linear+gelu",
+        (true, false, _) => "norm+linear",
+        (false, true, _) => "linear+gelu",
+        (false, false, true) => "linear+residual",
+        (false, false, false) => "linear",
+    };
+    timed(name, flops, || {
+        let residual = match ext.residual {
+            Some((r, g)) => Some((r, g.flatten_all()?.to_vec1()?)),
+            None => None,
+        };
+        let prenorm = match ext.prenorm {
+            Some((w, b, eps)) => Some((w.to_vec1()?, b.to_vec1()?, eps as f32)),
+            None => None,
+        };
         x.contiguous()?.apply_op1_no_bwd(&LinearOp {
             weight,
             bias,
-            gelu: false,
-            residual: Some((res, gamma.flatten_all()?.to_vec1()?)),
+            gelu: ext.gelu,
+            residual,
+            prenorm,
         })
     })
 }
@@ -565,6 +574,7 @@ pub fn matmul_peak_gflops() -> f64 {
             bias: None,
             gelu: false,
             residual: None,
+            prenorm: None,
         })
         .is_err()
         {
@@ -579,8 +589,19 @@ pub fn matmul_peak_gflops() -> f64 {
 // Attention
 // ---------------------------------------------------------------------------------------
 
-/// Queries per block: the score block is `Q_BLOCK × N` floats per thread.
-const Q_BLOCK: usize = 64;
+/// Queries per block: the score block is `q_block() × N` floats per thread.
+const Q_BLOCK_MAX: usize = 512;
+
+fn q_block() -> usize {
+    static B: OnceLock<usize> = OnceLock::new();
+    *B.get_or_init(|| {
+        std::env::var("DA3_Q_BLOCK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128usize)
+            .clamp(8, Q_BLOCK_MAX)
+    })
+}
 
 /// softmax(q·kᵀ·scale)·v for q, k, v of shape (B, H, N, d) with any strides; the result is
 /// (B, N, H·d), ready for the output projection.
@@ -620,7 +641,8 @@ impl CustomOp3 for AttentionOp {
         let c = h * d;
         let mut out = vec![0f32; b * n * c];
         let optr = SyncPtr(out.as_mut_ptr());
-        let nqb = n.div_ceil(Q_BLOCK);
+        let qblk = q_block();
+        let nqb = n.div_ceil(qblk);
         let (qp, kp, vp) = (
             q.as_ptr() as usize,
             k.as_ptr() as usize,
@@ -630,8 +652,8 @@ impl CustomOp3 for AttentionOp {
             let optr = optr;
             let (bh, qb) = (task / nqb, task % nqb);
             let (bi, hi) = (bh / h, bh % h);
-            let r0 = qb * Q_BLOCK;
-            let rows = Q_BLOCK.min(n - r0);
+            let r0 = qb * qblk;
+            let rows = qblk.min(n - r0);
             with_scratch(rows * nk, |sc| unsafe {
                 let qbase = (qp as *const f32).add(bi * qs[0] + hi * qs[1] + r0 * qs[2]);
                 let kbase = (kp as *const f32).add(bi * ks[0] + hi * ks[1]);
@@ -653,8 +675,10 @@ impl CustomOp3 for AttentionOp {
                     ks[2] as isize,
                     self.scale,
                 );
-                for row in sc.chunks_mut(nk) {
-                    softmax_row(row);
+                // exp(s - max) per row; the 1/sum goes on the output rows (d ≪ nk values).
+                let mut inv = [0f32; Q_BLOCK_MAX];
+                for (row, iv) in sc.chunks_mut(nk).zip(inv.iter_mut()) {
+                    *iv = 1.0 / exp_row(row);
                 }
                 // out[bi, r0.., hi*d..] = p · v
                 let obase = optr.0.add(bi * n * c + r0 * c + hi * d);
@@ -674,6 +698,12 @@ impl CustomOp3 for AttentionOp {
                     vs[3] as isize,
                     1.0,
                 );
+                for (r, iv) in inv.iter().enumerate().take(rows) {
+                    let orow = std::slice::from_raw_parts_mut(obase.add(r * c), d);
+                    for v in orow {
+                        *v *= iv;
+                    }
+                }
             });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
@@ -1352,19 +1382,62 @@ mod tests {
         let x = rand(&[3, 37, 24], 1);
         let w = rand(&[50, 24], 2);
         let b = rand(&[50], 3);
-        let got = linear(&x, &w, Some(&b), false).unwrap();
+        let got = linear(&x, &w, Some(&b), LinearExt::default()).unwrap();
         let want = x
             .broadcast_matmul(&w.t().unwrap())
             .unwrap()
             .broadcast_add(&b)
             .unwrap();
         assert!(max_rel(&got, &want) < 1e-6);
-        let got = linear(&x, &w, None, true).unwrap();
+        let ext = LinearExt {
+            gelu: true,
+            ..Default::default()
+        };
+        let got = linear(&x, &w, None, ext).unwrap();
         let want = x
             .broadcast_matmul(&w.t().unwrap())
             .unwrap()
             .gelu_erf()
             .unwrap();
+        assert!(max_rel(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn linear_with_norm_and_residual_matches_candle() {
+        let x = rand(&[2, 33, 24], 20);
+        let w = rand(&[24, 24], 21);
+        let b = rand(&[24], 22);
+        let (nw, nb) = (rand(&[24], 23), rand(&[24], 24));
+        let g = rand(&[24], 25);
+        let ext = LinearExt {
+            prenorm: Some((&nw, &nb, 1e-6)),
+            residual: Some((&x, &g)),
+            ..Default::default()
+        };
+        let got = linear(&x, &w, Some(&b), ext).unwrap();
+        let xn = layer_norm(&x, &nw, &nb, 1e-6).unwrap();
+        let y = xn
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let want = (&x + y.broadcast_mul(&g).unwrap()).unwrap();
+        assert!(max_rel(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn norm_rope_matches_rope2d() {
+        use super::super::attention::Rope2d;
+        let pos: Vec<(u32, u32)> = (0..10).map(|i| (i / 3, i % 3)).collect();
+        let rope = Rope2d::new(&pos, 16, 100.0, DType::F32, &Device::Cpu).unwrap();
+        // strided (B, H, N, d) view, as split from a qkv output
+        let x = rand(&[2, 10, 3, 16], 26).transpose(1, 2).unwrap();
+        let got = norm_rope(&x, None, Some((&rope.cos, &rope.sin))).unwrap();
+        let want = rope.apply(&x.contiguous().unwrap()).unwrap();
+        assert!(max_rel(&got, &want) < 1e-6);
+        let (nw, nb) = (rand(&[16], 27), rand(&[16], 28));
+        let got = norm_rope(&x, Some((&nw, &nb, 1e-5)), None).unwrap();
+        let want = layer_norm(&x.contiguous().unwrap(), &nw, &nb, 1e-5).unwrap();
         assert!(max_rel(&got, &want) < 1e-6);
     }
 

@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::FfnKind;
-use super::layers::{linear, Linear};
+use super::layers::{linear, LayerNorm, Linear, LinearExt};
 
 /// fc1 -> exact-erf GELU -> fc2.
 #[derive(Debug, Clone)]
@@ -23,16 +23,35 @@ impl Mlp {
 }
 
 impl Mlp {
-    /// `res + gamma ⊙ mlp(x)`.
-    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward_residual(&self.fc1.forward_gelu(x)?, res, gamma)
+    /// `x + gamma ⊙ mlp(norm(x))`.
+    pub fn forward_block(&self, x: &Tensor, norm: &LayerNorm, gamma: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward_ext(
+            x,
+            LinearExt {
+                prenorm: Some(norm),
+                gelu: true,
+                ..Default::default()
+            },
+        )?;
+        self.fc2.forward_ext(
+            &h,
+            LinearExt {
+                residual: Some((x, gamma)),
+                ..Default::default()
+            },
+        )
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward_gelu(x)?)
+        self.fc2.forward(&self.fc1.forward_ext(
+            x,
+            LinearExt {
+                gelu: true,
+                ..Default::default()
+            },
+        )?)
     }
 }
 
@@ -60,22 +79,34 @@ impl SwiGluFused {
 }
 
 impl SwiGluFused {
-    fn hidden_act(&self, x: &Tensor) -> Result<Tensor> {
-        let x12 = self.w12.forward(x)?;
+    fn hidden_act(&self, x: &Tensor, prenorm: Option<&LayerNorm>) -> Result<Tensor> {
+        let x12 = self.w12.forward_ext(
+            x,
+            LinearExt {
+                prenorm,
+                ..Default::default()
+            },
+        )?;
         let a = x12.narrow(D::Minus1, 0, self.hidden)?;
         let b = x12.narrow(D::Minus1, self.hidden, self.hidden)?;
         a.silu()? * b
     }
 
-    /// `res + gamma ⊙ swiglu(x)`.
-    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-        self.w3.forward_residual(&self.hidden_act(x)?, res, gamma)
+    /// `x + gamma ⊙ swiglu(norm(x))`.
+    pub fn forward_block(&self, x: &Tensor, norm: &LayerNorm, gamma: &Tensor) -> Result<Tensor> {
+        self.w3.forward_ext(
+            &self.hidden_act(x, Some(norm))?,
+            LinearExt {
+                residual: Some((x, gamma)),
+                ..Default::default()
+            },
+        )
     }
 }
 
 impl Module for SwiGluFused {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.w3.forward(&self.hidden_act(x)?)
+        self.w3.forward(&self.hidden_act(x, None)?)
     }
 }
 
@@ -95,11 +126,11 @@ impl Ffn {
 }
 
 impl Ffn {
-    /// `res + gamma ⊙ ffn(x)` (LayerScale and residual fused on the CPU path).
-    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    /// `x + gamma ⊙ ffn(norm(x))` (norm, LayerScale and residual fused on the CPU path).
+    pub fn forward_block(&self, x: &Tensor, norm: &LayerNorm, gamma: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Mlp(m) => m.forward_residual(x, res, gamma),
-            Self::SwiGlu(m) => m.forward_residual(x, res, gamma),
+            Self::Mlp(m) => m.forward_block(x, norm, gamma),
+            Self::SwiGlu(m) => m.forward_block(x, norm, gamma),
         }
     }
 }

@@ -67,30 +67,45 @@ pub struct Linear {
     inner: candle_nn::Linear,
 }
 
-impl Linear {
-    /// `gelu_erf(x · Wᵀ + b)` in one pass on the CPU path.
-    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        if cpu::use_kernels(x) {
-            return cpu::linear(x, self.inner.weight(), self.inner.bias(), true);
-        }
-        self.inner.forward(x)?.gelu_erf()
-    }
+/// What a [`Linear`] does around its matmul (all optional); fused on the CPU path.
+#[derive(Default, Clone, Copy)]
+pub struct LinearExt<'a> {
+    /// LayerNorm of the input first (pre-norm blocks).
+    pub prenorm: Option<&'a LayerNorm>,
+    /// Exact-erf GELU of the output.
+    pub gelu: bool,
+    /// `res + gamma ⊙ y` (residual with LayerScale).
+    pub residual: Option<(&'a Tensor, &'a Tensor)>,
+}
 
-    /// `res + gamma ⊙ (x · Wᵀ + b)` (residual with LayerScale), fused on the CPU path.
-    pub fn forward_residual(&self, x: &Tensor, res: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-        if cpu::use_kernels(x) && res.dtype() == x.dtype() {
-            return cpu::linear_residual(x, self.inner.weight(), self.inner.bias(), res, gamma);
+impl Linear {
+    /// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)`.
+    pub fn forward_ext(&self, x: &Tensor, ext: LinearExt<'_>) -> Result<Tensor> {
+        if cpu::use_kernels(x) && ext.residual.is_none_or(|(r, _)| r.dtype() == x.dtype()) {
+            let cext = cpu::LinearExt {
+                prenorm: ext.prenorm.map(|n| n.params()),
+                gelu: ext.gelu,
+                residual: ext.residual,
+            };
+            return cpu::linear(x, self.inner.weight(), self.inner.bias(), cext);
         }
-        res + self.forward(x)?.broadcast_mul(gamma)?
+        let mut y = match ext.prenorm {
+            Some(n) => self.inner.forward(&n.forward(x)?)?,
+            None => self.inner.forward(x)?,
+        };
+        if ext.gelu {
+            y = y.gelu_erf()?;
+        }
+        match ext.residual {
+            Some((r, g)) => r + y.broadcast_mul(g)?,
+            None => Ok(y),
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if cpu::use_kernels(x) {
-            return cpu::linear(x, self.inner.weight(), self.inner.bias(), false);
-        }
-        self.inner.forward(x)
+        self.forward_ext(x, LinearExt::default())
     }
 }
 
