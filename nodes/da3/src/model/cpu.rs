@@ -6,8 +6,12 @@
 //! task, with the work split over rayon's pool: one level of threading, no nesting.
 //!
 //! Used when a tensor is f32 on the CPU; other dtypes and devices keep candle's ops.
-//! `DA3_CPU_KERNELS=0` switches them off (candle's ops everywhere), which the tests use to
-//! check the two paths against each other.
+//! `DA3_CPU_KERNELS=0` switches them off (candle's ops everywhere, about 2x slower).
+//! Tuning knobs (defaults measured on a 2-core AVX2 machine, see docs/benchmarks.md):
+//! `DA3_Q_BLOCK` (queries per attention block, 128), `DA3_LINEAR_TASKS` (linear-layer
+//! tasks per thread, 1), `DA3_LINEAR_SUB` (rows per fused-epilogue sub-block, 256),
+//! `DA3_COL_BAND` (floats per im2col band, 131072). `da3 bench --profile` shows the time
+//! and GFLOP/s of each kernel kind.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -180,8 +184,20 @@ unsafe fn sgemm(
 
 /// Split `n` items into chunks of at least `min` so that there are about `4 × threads` tasks.
 fn chunk_len(n: usize, min: usize) -> usize {
-    let tasks = 4 * rayon::current_num_threads().max(1);
+    chunk_len_tasks(n, min, 4)
+}
+
+/// Like [`chunk_len`] with `per_thread` tasks per thread.
+fn chunk_len_tasks(n: usize, min: usize, per_thread: usize) -> usize {
+    let tasks = per_thread * rayon::current_num_threads().max(1);
     n.div_ceil(tasks).max(min).min(n.max(1))
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -432,59 +448,75 @@ impl CustomOp1 for LinearOp<'_> {
         };
         with_f32(&w_c, |w, wl| {
             let w = &w[wl.start_offset()..];
-            let rows = chunk_len(m, 16);
+            // Each task packs the whole weight: few, large tasks.
+            static TPT: OnceLock<usize> = OnceLock::new();
+            let tpt = *TPT.get_or_init(|| env_usize("DA3_LINEAR_TASKS", 1).max(1));
+            let rows = chunk_len_tasks(m, 16, tpt);
+            static SUB: OnceLock<usize> = OnceLock::new();
+            let sub_rows = *SUB.get_or_init(|| env_usize("DA3_LINEAR_SUB", 256).max(8));
             let xp = x.as_ptr() as usize;
             let wp = w.as_ptr() as usize;
             out.par_chunks_mut(rows * n)
                 .enumerate()
-                .for_each(|(ci, o)| {
-                    let r0 = ci * rows;
-                    let mr = o.len() / n;
-                    if let Some(b) = &bias {
-                        for row in o.chunks_mut(n) {
-                            row.copy_from_slice(b);
-                        }
-                    }
-                    let xrows =
-                        unsafe { std::slice::from_raw_parts((xp as *const f32).add(r0 * k), mr * k) };
-                    let gemm_from = |lhs: &[f32], o: &mut [f32]| unsafe {
-                        sgemm(
-                            mr,
-                            n,
-                            k,
-                            o.as_mut_ptr(),
-                            n as isize,
-                            1,
-                            bias.is_some(),
-                            lhs.as_ptr(),
-                            k as isize,
-                            1,
-                            wp as *const f32,
-                            1,
-                            k as isize,
-                            1.0,
-                        )
+                .for_each(|(ci, o_task)| {
+                    // Sub-blocks of rows so the epilogue (GELU, residual) finds the GEMM's
+                    // output still in cache; each sub-block packs the weight again, so
+                    // plain layers take the task's rows at once.
+                    let sub = if self.gelu || res.is_some() {
+                        sub_rows
+                    } else {
+                        usize::MAX
                     };
-                    match &self.prenorm {
-                        Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
-                            for (trow, xrow) in t.chunks_mut(k).zip(xrows.chunks(k)) {
-                                let (mean, inv) = row_stats(xrow, *eps);
-                                for i in 0..k {
-                                    trow[i] = (xrow[i] - mean) * inv * nw[i] + nb[i];
-                                }
+                    for (si, o) in o_task.chunks_mut(sub.saturating_mul(n).max(n)).enumerate() {
+                        let r0 = ci * rows + si * sub.min(rows);
+                        let mr = o.len() / n;
+                        if let Some(b) = &bias {
+                            for row in o.chunks_mut(n) {
+                                row.copy_from_slice(b);
                             }
-                            gemm_from(t, o)
-                        }),
-                        None => gemm_from(xrows, o),
-                    }
-                    if self.gelu {
-                        gelu_inplace(o);
-                    }
-                    if let Some((rv, g)) = res {
-                        let rr = &rv[r0 * n..(r0 + mr) * n];
-                        for (orow, rrow) in o.chunks_mut(n).zip(rr.chunks(n)) {
-                            for ((y, r), gj) in orow.iter_mut().zip(rrow).zip(g.iter()) {
-                                *y = r + gj * *y;
+                        }
+                        let xrows = unsafe {
+                            std::slice::from_raw_parts((xp as *const f32).add(r0 * k), mr * k)
+                        };
+                        let gemm_from = |lhs: &[f32], o: &mut [f32]| unsafe {
+                            sgemm(
+                                mr,
+                                n,
+                                k,
+                                o.as_mut_ptr(),
+                                n as isize,
+                                1,
+                                bias.is_some(),
+                                lhs.as_ptr(),
+                                k as isize,
+                                1,
+                                wp as *const f32,
+                                1,
+                                k as isize,
+                                1.0,
+                            )
+                        };
+                        match &self.prenorm {
+                            Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
+                                for (trow, xrow) in t.chunks_mut(k).zip(xrows.chunks(k)) {
+                                    let (mean, inv) = row_stats(xrow, *eps);
+                                    for i in 0..k {
+                                        trow[i] = (xrow[i] - mean) * inv * nw[i] + nb[i];
+                                    }
+                                }
+                                gemm_from(t, o)
+                            }),
+                            None => gemm_from(xrows, o),
+                        }
+                        if self.gelu {
+                            gelu_inplace(o);
+                        }
+                        if let Some((rv, g)) = res {
+                            let rr = &rv[r0 * n..(r0 + mr) * n];
+                            for (orow, rrow) in o.chunks_mut(n).zip(rr.chunks(n)) {
+                                for ((y, r), gj) in orow.iter_mut().zip(rrow).zip(g.iter()) {
+                                    *y = r + gj * *y;
+                                }
                             }
                         }
                     }
@@ -589,6 +621,17 @@ pub fn matmul_peak_gflops() -> f64 {
 // Attention
 // ---------------------------------------------------------------------------------------
 
+/// Let the GEMM read a column-major lhs in place for output blocks up to 64·NR columns
+/// (the attention's `vᵀ`); the default packs it past 8·NR.
+fn unpacked_lhs_ok() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if gemm::get_lhs_packing_threshold_single_thread() < 64 {
+            gemm::set_lhs_packing_threshold_single_thread(64);
+        }
+    });
+}
+
 /// Queries per block: the score block is `q_block() × N` floats per thread.
 const Q_BLOCK_MAX: usize = 512;
 
@@ -642,6 +685,7 @@ impl CustomOp3 for AttentionOp {
         let mut out = vec![0f32; b * n * c];
         let optr = SyncPtr(out.as_mut_ptr());
         let qblk = q_block();
+        unpacked_lhs_ok();
         let nqb = n.div_ceil(qblk);
         let (qp, kp, vp) = (
             q.as_ptr() as usize,
@@ -680,22 +724,24 @@ impl CustomOp3 for AttentionOp {
                 for (row, iv) in sc.chunks_mut(nk).zip(inv.iter_mut()) {
                     *iv = 1.0 / exp_row(row);
                 }
-                // out[bi, r0.., hi*d..] = p · v
+                // out[bi, r0.., hi*d..] = p · v, computed as oᵀ = vᵀ · pᵀ: both operands
+                // are then read in place (vᵀ column-major, pᵀ with unit row stride), so the
+                // GEMM packs neither the score block nor v.
                 let obase = optr.0.add(bi * n * c + r0 * c + hi * d);
                 sgemm(
-                    rows,
                     d,
+                    rows,
                     nk,
                     obase,
+                    1,
                     c as isize,
-                    1,
                     false,
-                    sc.as_ptr(),
-                    nk as isize,
-                    1,
                     vbase,
-                    vs[2] as isize,
                     vs[3] as isize,
+                    vs[2] as isize,
+                    sc.as_ptr(),
+                    1,
+                    nk as isize,
                     1.0,
                 );
                 for (r, iv) in inv.iter().enumerate().take(rows) {
@@ -729,10 +775,17 @@ struct Conv2dOp<'a> {
     bias: Option<&'a Tensor>,
     stride: usize,
     padding: usize,
+    /// ReLU of the input (applied while gathering the columns).
+    relu_in: bool,
+    /// Added to the output (same shape).
+    residual: Option<&'a Tensor>,
 }
 
 /// Target floats in one im2col band (fits in L2 with the weights' panel).
-const COL_BAND: usize = 1 << 17;
+fn col_band() -> usize {
+    static B: OnceLock<usize> = OnceLock::new();
+    *B.get_or_init(|| env_usize("DA3_COL_BAND", 1 << 17))
+}
 
 impl CustomOp1 for Conv2dOp<'_> {
     fn name(&self) -> &'static str {
@@ -761,13 +814,25 @@ impl CustomOp1 for Conv2dOp<'_> {
             Some(b) => Some(b.to_vec1::<f32>()?),
             None => None,
         };
-        let mut out = vec![0f32; b * co * npix];
+        let mut out = match self.residual {
+            Some(r) => {
+                if r.dims() != [b, co, oh, ow] {
+                    bail!(
+                        "da3-conv2d: residual {:?} does not match the output",
+                        r.dims()
+                    );
+                }
+                r.flatten_all()?.to_vec1::<f32>()?
+            }
+            None => vec![0f32; b * co * npix],
+        };
+        let accumulate = self.residual.is_some();
         let optr = SyncPtr(out.as_mut_ptr());
-        let direct = kh == 1 && kw == 1 && st == 1 && pad == 0;
+        let direct = kh == 1 && kw == 1 && st == 1 && pad == 0 && !self.relu_in;
         let band = if direct {
             chunk_len(npix, 256)
         } else {
-            chunk_len(npix, 64).min((COL_BAND / kk).max(64))
+            chunk_len(npix, 64).min((col_band() / kk).max(64))
         };
         let nband = npix.div_ceil(band);
         let xp = x.as_ptr() as usize;
@@ -784,9 +849,14 @@ impl CustomOp1 for Conv2dOp<'_> {
                 if let Some(bv) = &bias {
                     for (o, bval) in bv.iter().enumerate() {
                         let row = unsafe { std::slice::from_raw_parts_mut(ob.add(o * npix), np) };
-                        row.fill(*bval);
+                        if accumulate {
+                            row.iter_mut().for_each(|v| *v += bval);
+                        } else {
+                            row.fill(*bval);
+                        }
                     }
                 }
+                let acc = accumulate || bias.is_some();
                 if direct {
                     unsafe {
                         sgemm(
@@ -796,7 +866,7 @@ impl CustomOp1 for Conv2dOp<'_> {
                             ob,
                             npix as isize,
                             1,
-                            bias.is_some(),
+                            acc,
                             wp as *const f32,
                             ci as isize,
                             1,
@@ -811,6 +881,9 @@ impl CustomOp1 for Conv2dOp<'_> {
                 with_scratch(kk * np, |cols| {
                     let xs = unsafe { std::slice::from_raw_parts(xb, ci * ih * iw) };
                     im2col(xs, (ci, ih, iw), (kh, kw, st, pad), (ow, p0, np), cols);
+                    if self.relu_in {
+                        cols.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
                     unsafe {
                         sgemm(
                             co,
@@ -819,7 +892,7 @@ impl CustomOp1 for Conv2dOp<'_> {
                             ob,
                             npix as isize,
                             1,
-                            bias.is_some(),
+                            acc,
                             wp as *const f32,
                             kk as isize,
                             1,
@@ -894,12 +967,22 @@ fn im2col(
 }
 
 /// 2-D convolution (NCHW, square stride/padding, no dilation or groups).
+/// What a convolution does around its GEMM (optional).
+#[derive(Default, Clone, Copy)]
+pub struct ConvExt<'a> {
+    /// ReLU of the input first.
+    pub relu_in: bool,
+    /// Added to the output.
+    pub residual: Option<&'a Tensor>,
+}
+
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    ext: ConvExt<'_>,
 ) -> Result<Tensor> {
     let (b, _, ih, iw) = x.dims4()?;
     let (co, ci, kh, kw) = weight.dims4()?;
@@ -922,6 +1005,8 @@ pub fn conv2d(
             bias,
             stride,
             padding,
+            relu_in: ext.relu_in,
+            residual: ext.residual,
         })
     })
 }
@@ -956,7 +1041,7 @@ impl CustomOp1 for ConvTransposeOp<'_> {
         let mut out = vec![0f32; b * co * oh * ow];
         let optr = SyncPtr(out.as_mut_ptr());
         // Bands of whole input rows so each task scatters into its own output rows.
-        let rows = chunk_len(ih, 1).min((COL_BAND / (rk * iw).max(1)).max(1));
+        let rows = chunk_len(ih, 1).min((col_band() / (rk * iw).max(1)).max(1));
         let nband = ih.div_ceil(rows);
         let xp = x.as_ptr() as usize;
         with_f32(self.weight, |w, wl| {
@@ -1024,6 +1109,62 @@ pub fn conv_transpose2d_k_eq_s(
     timed("conv-transpose", flops, || {
         x.contiguous()?
             .apply_op1_no_bwd(&ConvTransposeOp { weight, bias })
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// UV position embedding add
+// ---------------------------------------------------------------------------------------
+
+struct UvEmbedOp<'a> {
+    ex: &'a [f32], // (C/2, W): channel k < C/2 adds ex[k][x]
+    ey: &'a [f32], // (C/2, H): channel C/2 + k adds ey[k][y]
+}
+
+impl CustomOp1 for UvEmbedOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-uv-embed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            bail!("da3-uv-embed: input must be contiguous");
+        }
+        let x = f32_slice(s, l)?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let half = c / 2;
+        if c % 2 != 0 || self.ex.len() != half * w || self.ey.len() != half * h {
+            bail!("da3-uv-embed: tables do not match ({c}, {h}, {w})");
+        }
+        let mut out = vec![0f32; b * c * h * w];
+        out.par_chunks_mut(h * w)
+            .zip(x[..b * c * h * w].par_chunks(h * w))
+            .enumerate()
+            .for_each(|(plane, (o, xi))| {
+                let ch = plane % c;
+                for (y, (orow, xrow)) in o.chunks_mut(w).zip(xi.chunks(w)).enumerate() {
+                    if ch < half {
+                        let e = &self.ex[ch * w..(ch + 1) * w];
+                        for ((d, v), ev) in orow.iter_mut().zip(xrow).zip(e) {
+                            *d = v + ev;
+                        }
+                    } else {
+                        let ev = self.ey[(ch - half) * h + y];
+                        for (d, v) in orow.iter_mut().zip(xrow) {
+                            *d = v + ev;
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `x + pe` for the DPT UV embedding: the first C/2 channels vary along x (`ex`: C/2 × W),
+/// the others along y (`ey`: C/2 × H).
+pub fn add_uv_embed(x: &Tensor, ex: &[f32], ey: &[f32]) -> Result<Tensor> {
+    timed("uv-embed", 0.0, || {
+        x.contiguous()?.apply_op1_no_bwd(&UvEmbedOp { ex, ey })
     })
 }
 
@@ -1473,7 +1614,7 @@ mod tests {
             let x = rand(&[2, ci, h, w], 7);
             let wt = rand(&[co, ci, k, k], 8);
             let b = rand(&[co], 9);
-            let got = conv2d(&x, &wt, Some(&b), s, p).unwrap();
+            let got = conv2d(&x, &wt, Some(&b), s, p, ConvExt::default()).unwrap();
             let want = x
                 .conv2d(&wt, p, s, 1, 1)
                 .unwrap()
@@ -1482,6 +1623,29 @@ mod tests {
             assert_eq!(got.dims(), want.dims());
             assert!(max_rel(&got, &want) < 1e-5, "conv {ci} {co} {k} {s} {p}");
         }
+    }
+
+    #[test]
+    fn conv2d_relu_residual_matches_candle() {
+        let x = rand(&[2, 5, 9, 11], 30);
+        let wt = rand(&[5, 5, 3, 3], 31);
+        let b = rand(&[5], 32);
+        let r = rand(&[2, 5, 9, 11], 33);
+        let ext = ConvExt {
+            relu_in: true,
+            residual: Some(&r),
+        };
+        let got = conv2d(&x, &wt, Some(&b), 1, 1, ext).unwrap();
+        let want = (x
+            .relu()
+            .unwrap()
+            .conv2d(&wt, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap())
+            .unwrap()
+            + &r)
+            .unwrap();
+        assert!(max_rel(&got, &want) < 1e-5);
     }
 
     #[test]
@@ -1521,5 +1685,69 @@ mod tests {
             .broadcast_add(&b)
             .unwrap();
         assert!(max_rel(&got, &want) < 1e-5);
+    }
+}
+
+/// Kernel timings on DA3-SMALL shapes (not a test: `cargo test --release -p da3 --lib
+/// kernel_timings -- --ignored --nocapture`); prints the best of several runs.
+#[cfg(test)]
+mod timings {
+    use super::*;
+    use candle_core::Device;
+
+    fn best_ms(mut f: impl FnMut()) -> f64 {
+        f();
+        (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    #[ignore]
+    fn kernel_timings() {
+        let dev = Device::Cpu;
+        let qkv = Tensor::randn(0f32, 1.0, (1, 3892, 3, 6, 64), &dev)
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let (q, k, v) = (
+            qkv.get(0).unwrap(),
+            qkv.get(1).unwrap(),
+            qkv.get(2).unwrap(),
+        );
+        let ms = best_ms(|| {
+            attention(&q, &k, &v, 0.125).unwrap();
+        });
+        let gf = 4.0 * 6.0 * 3892f64 * 3892.0 * 64.0 / 1e9;
+        println!(
+            "attention global 4v: {ms:.1} ms, {:.1} GFLOP/s",
+            gf / ms * 1e3
+        );
+        let x = Tensor::randn(0f32, 1.0, (4, 64, 108, 144), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (64, 64, 3, 3), &dev).unwrap();
+        let ms = best_ms(|| {
+            conv2d(&x, &w, None, 1, 1, ConvExt::default()).unwrap();
+        });
+        let gf = 2.0 * 4.0 * 108.0 * 144.0 * 64.0 * 64.0 * 9.0 / 1e9;
+        println!(
+            "conv3x3 64->64 108x144 x4: {ms:.1} ms, {:.1} GFLOP/s",
+            gf / ms * 1e3
+        );
+        let x = Tensor::randn(0f32, 1.0, (4, 973, 384), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (1536, 384), &dev).unwrap();
+        let ext = LinearExt {
+            gelu: true,
+            ..Default::default()
+        };
+        let ms = best_ms(|| {
+            linear(&x, &w, None, ext).unwrap();
+        });
+        let gf = 2.0 * 4.0 * 973.0 * 384.0 * 1536.0 / 1e9;
+        println!("fc1+gelu 4v: {ms:.1} ms, {:.1} GFLOP/s", gf / ms * 1e3);
+        println!("matmul peak {:.1} GFLOP/s", matmul_peak_gflops());
     }
 }

@@ -5,6 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
+use super::cpu::ConvExt;
 use super::layers::{
     conv2d, conv2d_no_bias, conv_transpose2d, resize_bilinear_ac, Conv2d, ConvTranspose2d,
     LayerNorm,
@@ -46,6 +47,9 @@ pub fn add_uv_pos_embed(x: &Tensor, img_w: usize, img_h: usize) -> Result<Tensor
         }
         v
     };
+    if super::cpu::use_kernels(x) {
+        return super::cpu::add_uv_embed(x, &embed(&xs), &embed(&ys));
+    }
     let dev = x.device();
     let ex = Tensor::from_vec(embed(&xs), (half, 1, pw), dev)?.broadcast_as((half, ph, pw))?;
     let ey = Tensor::from_vec(embed(&ys), (half, ph, 1), dev)?.broadcast_as((half, ph, pw))?;
@@ -70,11 +74,32 @@ impl ResidualConvUnit {
     }
 }
 
+impl ResidualConvUnit {
+    /// `conv2(relu(conv1(relu(x)))) + x [+ extra]`, ReLUs and adds fused into the convs on
+    /// the CPU path.
+    pub fn forward_plus(&self, x: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
+        let relu_in = ConvExt {
+            relu_in: true,
+            ..Default::default()
+        };
+        let y = self.conv1.forward_ext(x, relu_in)?;
+        let res = match extra {
+            Some(e) => (x + e)?,
+            None => x.clone(),
+        };
+        self.conv2.forward_ext(
+            &y,
+            ConvExt {
+                relu_in: true,
+                residual: Some(&res),
+            },
+        )
+    }
+}
+
 impl Module for ResidualConvUnit {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(&x.relu()?)?;
-        let y = self.conv2.forward(&y.relu()?)?;
-        y + x
+        self.forward_plus(x, None)
     }
 }
 
@@ -108,7 +133,7 @@ impl FusionBlock {
     ) -> Result<Tensor> {
         let mut y = x.clone();
         if let (Some(r), Some(l)) = (&self.res1, lateral) {
-            y = (y + r.forward(l)?)?;
+            y = r.forward_plus(l, Some(&y))?;
         }
         let y = self.res2.forward(&y)?;
         let (_, _, h, w) = y.dims4()?;
@@ -388,4 +413,30 @@ pub fn touch_gs_head(cfg: &HeadConfig, vb: VarBuilder) -> Result<()> {
     let _ = conv2d(half / 4, half / 2, 3, 1, 1, m.pp(2))?;
     let _ = conv2d(half / 2, half, 3, 1, 1, m.pp(4))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod uv_tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// The f32 CPU kernel against candle's ops (taken for f64 inputs).
+    #[test]
+    fn uv_embed_kernel_matches_candle_ops() {
+        let x = Tensor::randn(0f32, 1.0, (2, 8, 5, 7), &Device::Cpu).unwrap();
+        let fast = add_uv_pos_embed(&x, 70, 50).unwrap();
+        let slow = add_uv_pos_embed(&x.to_dtype(DType::F64).unwrap(), 70, 50)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let d = (fast - slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "{d}");
+    }
 }

@@ -151,8 +151,9 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv2d {
+    /// `conv(relu?(x)) + residual?`, fused on the CPU path.
+    pub fn forward_ext(&self, x: &Tensor, ext: cpu::ConvExt<'_>) -> Result<Tensor> {
         let cfg = self.inner.config();
         if cpu::use_kernels(x) && cfg.dilation == 1 && cfg.groups == 1 {
             return cpu::conv2d(
@@ -161,15 +162,27 @@ impl Module for Conv2d {
                 self.inner.bias(),
                 cfg.stride,
                 cfg.padding,
+                ext,
             );
         }
-        if self.f32_compute {
+        let x = if ext.relu_in { x.relu()? } else { x.clone() };
+        let y = if self.f32_compute {
             self.inner
                 .forward(&x.to_dtype(DType::F32)?)?
-                .to_dtype(x.dtype())
+                .to_dtype(x.dtype())?
         } else {
-            self.inner.forward(x)
+            self.inner.forward(&x)?
+        };
+        match ext.residual {
+            Some(r) => y + r,
+            None => Ok(y),
         }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_ext(x, cpu::ConvExt::default())
     }
 }
 
