@@ -125,6 +125,13 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -355,7 +362,31 @@ fn libm_erf(x: f32) -> f32 {
     (if x < 0.0 { -y } else { y }) as f32
 }
 
+/// Largest value of a row.
+fn row_max(v: &[f32]) -> f32 {
+    if simd::available() {
+        unsafe { simd::max(v) }
+    } else {
+        v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+/// `v = exp(v - m)` in place; returns the sum.
+fn exp_sub_sum(v: &mut [f32], m: f32) -> f32 {
+    if simd::available() {
+        unsafe { simd::exp_sub_sum(v, m) }
+    } else {
+        let mut s = 0.0;
+        for x in v.iter_mut() {
+            *x = (*x - m).exp();
+            s += *x;
+        }
+        s
+    }
+}
+
 /// `v = exp(v - max v)` in place; returns the sum.
+#[allow(dead_code)]
 fn exp_row(v: &mut [f32]) -> f32 {
     if simd::available() {
         unsafe {
@@ -635,6 +666,12 @@ fn unpacked_lhs_ok() {
 /// Queries per block: the score block is `q_block() × N` floats per thread.
 const Q_BLOCK_MAX: usize = 512;
 
+/// Keys per block of the online softmax (the score block stays in L2).
+fn k_block() -> usize {
+    static B: OnceLock<usize> = OnceLock::new();
+    *B.get_or_init(|| env_usize("DA3_K_BLOCK", 512).max(16))
+}
+
 fn q_block() -> usize {
     static B: OnceLock<usize> = OnceLock::new();
     *B.get_or_init(|| {
@@ -693,61 +730,88 @@ impl CustomOp3 for AttentionOp {
             v.as_ptr() as usize,
         );
         (0..b * h * nqb).into_par_iter().for_each(|task| {
-            let optr = optr;
             let (bh, qb) = (task / nqb, task % nqb);
             let (bi, hi) = (bh / h, bh % h);
             let r0 = qb * qblk;
             let rows = qblk.min(n - r0);
-            with_scratch(rows * nk, |sc| unsafe {
+            let kblk = k_block().min(nk);
+            let single = kblk >= nk;
+            with_scratch(rows * kblk + rows * d, |buf| unsafe {
+                let (sc, oacc) = buf.split_at_mut(rows * kblk);
                 let qbase = (qp as *const f32).add(bi * qs[0] + hi * qs[1] + r0 * qs[2]);
                 let kbase = (kp as *const f32).add(bi * ks[0] + hi * ks[1]);
                 let vbase = (vp as *const f32).add(bi * vs[0] + hi * vs[1]);
-                // scores = scale · q · kᵀ   (rows × nk)
-                sgemm(
-                    rows,
-                    nk,
-                    d,
-                    sc.as_mut_ptr(),
-                    nk as isize,
-                    1,
-                    false,
-                    qbase,
-                    qs[2] as isize,
-                    qs[3] as isize,
-                    kbase,
-                    ks[3] as isize,
-                    ks[2] as isize,
-                    self.scale,
-                );
-                // exp(s - max) per row; the 1/sum goes on the output rows (d ≪ nk values).
-                let mut inv = [0f32; Q_BLOCK_MAX];
-                for (row, iv) in sc.chunks_mut(nk).zip(inv.iter_mut()) {
-                    *iv = 1.0 / exp_row(row);
+                let obase = optr.get().add(bi * n * c + r0 * c + hi * d);
+                // Running max and sum per query row (online softmax over key blocks).
+                let mut mrow = [f32::NEG_INFINITY; Q_BLOCK_MAX];
+                let mut lrow = [0f32; Q_BLOCK_MAX];
+                let mut k0 = 0;
+                while k0 < nk {
+                    let kn = kblk.min(nk - k0);
+                    let sc = &mut sc[..rows * kn];
+                    // scores = scale · q · kᵀ   (rows × kn); kᵀ is read in place
+                    sgemm(
+                        rows,
+                        kn,
+                        d,
+                        sc.as_mut_ptr(),
+                        kn as isize,
+                        1,
+                        false,
+                        qbase,
+                        qs[2] as isize,
+                        qs[3] as isize,
+                        kbase.add(k0 * ks[2]),
+                        ks[3] as isize,
+                        ks[2] as isize,
+                        self.scale,
+                    );
+                    for (r, row) in sc.chunks_mut(kn).enumerate() {
+                        let m_new = mrow[r].max(row_max(row));
+                        let alpha = (mrow[r] - m_new).exp(); // 0 on the first block
+                        lrow[r] = lrow[r] * alpha + exp_sub_sum(row, m_new);
+                        mrow[r] = m_new;
+                        if k0 > 0 && alpha != 1.0 {
+                            for v in &mut oacc[r * d..(r + 1) * d] {
+                                *v *= alpha;
+                            }
+                        }
+                    }
+                    // acc (+)= p · v as accᵀ = vᵀ · pᵀ: both operands read in place (vᵀ
+                    // column-major, pᵀ with unit row stride), nothing packed. A single key
+                    // block writes straight into the output.
+                    let (dst, dst_cs) = if single {
+                        (obase, c as isize)
+                    } else {
+                        (oacc.as_mut_ptr(), d as isize)
+                    };
+                    sgemm(
+                        d,
+                        rows,
+                        kn,
+                        dst,
+                        1,
+                        dst_cs,
+                        k0 > 0,
+                        vbase.add(k0 * vs[2]),
+                        vs[3] as isize,
+                        vs[2] as isize,
+                        sc.as_ptr(),
+                        1,
+                        kn as isize,
+                        1.0,
+                    );
+                    k0 += kn;
                 }
-                // out[bi, r0.., hi*d..] = p · v, computed as oᵀ = vᵀ · pᵀ: both operands
-                // are then read in place (vᵀ column-major, pᵀ with unit row stride), so the
-                // GEMM packs neither the score block nor v.
-                let obase = optr.0.add(bi * n * c + r0 * c + hi * d);
-                sgemm(
-                    d,
-                    rows,
-                    nk,
-                    obase,
-                    1,
-                    c as isize,
-                    false,
-                    vbase,
-                    vs[3] as isize,
-                    vs[2] as isize,
-                    sc.as_ptr(),
-                    1,
-                    nk as isize,
-                    1.0,
-                );
-                for (r, iv) in inv.iter().enumerate().take(rows) {
+                for r in 0..rows {
+                    let inv = 1.0 / lrow[r];
                     let orow = std::slice::from_raw_parts_mut(obase.add(r * c), d);
-                    for v in orow {
-                        *v *= iv;
+                    if single {
+                        orow.iter_mut().for_each(|v| *v *= inv);
+                    } else {
+                        for (o, a) in orow.iter_mut().zip(&oacc[r * d..(r + 1) * d]) {
+                            *o = a * inv;
+                        }
                     }
                 }
             });
@@ -840,12 +904,11 @@ impl CustomOp1 for Conv2dOp<'_> {
             let w = &w[wl.start_offset()..];
             let wp = w.as_ptr() as usize;
             (0..b * nband).into_par_iter().for_each(|task| {
-                let optr = optr;
                 let (bi, bj) = (task / nband, task % nband);
                 let p0 = bj * band;
                 let np = band.min(npix - p0);
                 let xb = unsafe { (xp as *const f32).add(bi * ci * ih * iw) };
-                let ob = unsafe { optr.0.add(bi * co * npix + p0) };
+                let ob = unsafe { optr.get().add(bi * co * npix + p0) };
                 if let Some(bv) = &bias {
                     for (o, bval) in bv.iter().enumerate() {
                         let row = unsafe { std::slice::from_raw_parts_mut(ob.add(o * npix), np) };
@@ -1011,6 +1074,109 @@ pub fn conv2d(
     })
 }
 
+/// 1x1 convolution of a token-major input: (B, N, C) tokens (rows may be strided) to an
+/// (B, O, h, w) map with N = h·w, without transposing the tokens first (the GEMM reads
+/// them in place as a column-major operand).
+struct TokensConv1x1Op<'a> {
+    weight: &'a Tensor, // (O, C, 1, 1)
+    bias: Option<&'a Tensor>,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for TokensConv1x1Op<'_> {
+    fn name(&self) -> &'static str {
+        "da3-tokens-conv1x1"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (b, n, c) = l.shape().dims3()?;
+        let st = l.stride();
+        if st[2] != 1 {
+            bail!("da3-tokens-conv1x1: channels must be contiguous");
+        }
+        if n != self.h * self.w {
+            bail!(
+                "da3-tokens-conv1x1: {n} tokens for a {}x{} map",
+                self.h,
+                self.w
+            );
+        }
+        let (o, wc, kh, kw) = self.weight.dims4()?;
+        if (wc, kh, kw) != (c, 1, 1) {
+            bail!(
+                "da3-tokens-conv1x1: weight {:?} for {c} channels",
+                self.weight.dims()
+            );
+        }
+        let bias: Option<Vec<f32>> = match self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut out = vec![0f32; b * o * n];
+        let optr = SyncPtr(out.as_mut_ptr());
+        let band = chunk_len(n, 64);
+        let nband = n.div_ceil(band);
+        let xp = x.as_ptr() as usize;
+        let w_c = self.weight.contiguous()?;
+        with_f32(&w_c, |w, wl| {
+            let wp = w[wl.start_offset()..].as_ptr() as usize;
+            (0..b * nband).into_par_iter().for_each(|task| {
+                let (bi, bj) = (task / nband, task % nband);
+                let p0 = bj * band;
+                let np = band.min(n - p0);
+                let ob = unsafe { optr.get().add(bi * o * n + p0) };
+                if let Some(bv) = &bias {
+                    for (oc, bval) in bv.iter().enumerate() {
+                        unsafe { std::slice::from_raw_parts_mut(ob.add(oc * n), np) }.fill(*bval);
+                    }
+                }
+                unsafe {
+                    sgemm(
+                        o,
+                        np,
+                        c,
+                        ob,
+                        n as isize,
+                        1,
+                        bias.is_some(),
+                        wp as *const f32,
+                        c as isize,
+                        1,
+                        (xp as *const f32).add(bi * st[0] + p0 * st[1]),
+                        1,
+                        st[1] as isize,
+                        1.0,
+                    )
+                };
+            });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((b, o, self.h, self.w))))
+    }
+}
+
+/// 1x1 convolution of (B, h·w, C) tokens into a (B, O, h, w) map.
+pub fn conv1x1_tokens(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
+    let (o, c, _, _) = weight.dims4()?;
+    let flops = 2.0 * (x.elem_count() / c.max(1)) as f64 * (o * c) as f64;
+    timed("conv1x1-tokens", flops, || {
+        let op = TokensConv1x1Op { weight, bias, h, w };
+        if x.stride().last() == Some(&1) {
+            x.apply_op1_no_bwd(&op)
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&op)
+        }
+    })
+}
+
 struct ConvTransposeOp<'a> {
     weight: &'a Tensor, // (Ci, Co, k, k), contiguous; stride = k, no padding
     bias: Option<&'a Tensor>,
@@ -1048,7 +1214,6 @@ impl CustomOp1 for ConvTransposeOp<'_> {
             let w = &w[wl.start_offset()..];
             let wp = w.as_ptr() as usize;
             (0..b * nband).into_par_iter().for_each(|task| {
-                let optr = optr;
                 let (bi, bj) = (task / nband, task % nband);
                 let y0 = bj * rows;
                 let ny = rows.min(ih - y0);
@@ -1078,7 +1243,7 @@ impl CustomOp1 for ConvTransposeOp<'_> {
                             for y in 0..ny {
                                 let orow = unsafe {
                                     std::slice::from_raw_parts_mut(
-                                        optr.0.add(((bi * co + o) * oh + (y0 + y) * kh + ky) * ow),
+                                        optr.get().add(((bi * co + o) * oh + (y0 + y) * kh + ky) * ow),
                                         ow,
                                     )
                                 };
@@ -1213,13 +1378,17 @@ impl CustomOp1 for BilinearOp {
         out.par_chunks_mut(oh * ow)
             .zip(x[..b * c * ih * iw].par_chunks(ih * iw))
             .for_each(|(o, p)| {
+                // Separable: blend the two source rows (vectorises), then gather along x.
+                let mut tmp = vec![0f32; iw];
                 for (oy, &(y0, y1, wy0, wy1)) in ty.iter().enumerate() {
                     let r0 = &p[y0 * iw..(y0 + 1) * iw];
                     let r1 = &p[y1 * iw..(y1 + 1) * iw];
+                    for ((t, a), b) in tmp.iter_mut().zip(r0).zip(r1) {
+                        *t = wy0 * a + wy1 * b;
+                    }
                     let orow = &mut o[oy * ow..(oy + 1) * ow];
                     for (d, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tx.iter()) {
-                        *d = wy0 * (wx0 * r0[x0] + wx1 * r0[x1])
-                            + wy1 * (wx0 * r1[x0] + wx1 * r1[x1]);
+                        *d = wx0 * tmp[x0] + wx1 * tmp[x1];
                     }
                 }
             });
@@ -1646,6 +1815,25 @@ mod tests {
             + &r)
             .unwrap();
         assert!(max_rel(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn tokens_conv1x1_matches_transpose_then_conv() {
+        // tokens as a narrowed view (skip token 0), like the backbone outputs
+        let t = rand(&[2, 1 + 12, 10], 40);
+        let x = t.narrow(1, 1, 12).unwrap();
+        let wt = rand(&[7, 10, 1, 1], 41);
+        let b = rand(&[7], 42);
+        let got = conv1x1_tokens(&x, &wt, Some(&b), 3, 4).unwrap();
+        let nchw = x
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((2, 10, 3, 4))
+            .unwrap();
+        let want = conv2d(&nchw, &wt, Some(&b), 1, 0, ConvExt::default()).unwrap();
+        assert!(max_rel(&got, &want) < 1e-6);
     }
 
     #[test]

@@ -216,8 +216,14 @@ impl DptNeck {
             if let Some(n) = &self.norm {
                 x = n.forward(&x)?;
             }
-            let x = x.transpose(1, 2)?.contiguous()?.reshape((bs, c, ph, pw))?;
-            let mut x = self.projects[i].forward(&x)?;
+            let proj = &self.projects[i];
+            let mut x = if super::cpu::use_kernels(&x) && proj.weight().dims()[2..] == [1, 1] {
+                // 1x1 projection straight from the token-major features (no transpose).
+                super::cpu::conv1x1_tokens(&x, proj.weight(), proj.bias(), ph, pw)?
+            } else {
+                let x = x.transpose(1, 2)?.contiguous()?.reshape((bs, c, ph, pw))?;
+                proj.forward(&x)?
+            };
             if self.pos_embed {
                 x = add_uv_pos_embed(&x, img_w, img_h)?;
             }

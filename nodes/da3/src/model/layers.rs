@@ -152,6 +152,13 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
     /// `conv(relu?(x)) + residual?`, fused on the CPU path.
     pub fn forward_ext(&self, x: &Tensor, ext: cpu::ConvExt<'_>) -> Result<Tensor> {
         let cfg = self.inner.config();
