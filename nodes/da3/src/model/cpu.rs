@@ -1243,7 +1243,8 @@ impl CustomOp1 for ConvTransposeOp<'_> {
                             for y in 0..ny {
                                 let orow = unsafe {
                                     std::slice::from_raw_parts_mut(
-                                        optr.get().add(((bi * co + o) * oh + (y0 + y) * kh + ky) * ow),
+                                        optr.get()
+                                            .add(((bi * co + o) * oh + (y0 + y) * kh + ky) * ow),
                                         ow,
                                     )
                                 };
