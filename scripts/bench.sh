@@ -45,6 +45,19 @@ for v in $VARIANTS; do
       | grep '^{' | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/" >> "$OUT"
   done
 done
+if [ "${MEMORY:-1}" != 0 ]; then
+  # Peak RSS per view count (one process per count: the peak is per process).
+  v="${VARIANTS%% *}"
+  for s in ${MEMORY_VIEWS:-1 2 4 8 16}; do
+    echo "bench: $v, memory, $s view(s)"
+    "${RT[@]}" target/release/da3 bench --model "$CACHE/bench/$v" --views "$s" --iters 1 --warmup 0 \
+      | grep '^{' | sed "s/\"model\":\"[^\"]*\"/\"model\":\"$v\"/; s/\"impl\":\"[^\"]*\"/\"impl\":\"memory ours\"/" >> "$OUT"
+    if [ "$s" -le "${MEMORY_REF_MAX:-8}" ]; then
+      "${RT[@]}" "$PY" scripts/bench_reference.py --checkpoint "$CACHE/bench/$v" --views "$s" --threads "$THREADS" --iters 1 --warmup 0 --mode forward \
+        | grep '^{' | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/; s/\"impl\": \"[^\"]*\"/\"impl\": \"memory ref\"/" >> "$OUT"
+    fi
+  done
+fi
 if [ "${MIXED:-1}" != 0 ]; then
   v="${VARIANTS%% *}"
   for p in bf16 f16; do
@@ -73,6 +86,8 @@ out = ["# Benchmarks", "",
        "|---|---|---|---|---|---|---|---|---|"]
 by = {}
 for r in rows:
+    if r["impl"].startswith("memory"):
+        continue
     key = r["impl"] + ("" if r.get("dtype", "f32") == "f32" else " " + r["dtype"])
     by.setdefault((r["model"], r["views"]), {})[key] = r
 mixed = []
@@ -91,6 +106,17 @@ for (m, v), d in sorted(by.items()):
 if mixed:
     out += ["", "Mixed precision on this CPU (ours; parity with f32 is tested to 2e-2 in `nodes/da3/tests/loading.rs`):", "",
             "| model | views | dtype | ms | f32 ms | vs f32 | RSS MiB |", "|---|---|---|---|---|---|---|"] + mixed
+memo = {}
+for r in rows:
+    if r["impl"] in ("memory ours", "memory ref"):
+        memo.setdefault((r["model"], r["views"]), {})[r["impl"]] = r
+if memo:
+    out += ["", "Peak RSS by number of views (one forward per process, f32; the reference stops at the count set by MEMORY_REF_MAX):", "",
+            "| model | views | ours MiB | ours ms | ref MiB | ref ms |", "|---|---|---|---|---|---|"]
+    for (m, v), d in sorted(memo.items()):
+        o = d.get("memory ours"); r = d.get("memory ref")
+        g = lambda x, k: f"{x[k]:.0f}" if x else "-"
+        out.append(f"| {m} | {v} | {g(o,'peak_rss_mib')} | {g(o,'median_ms')} | {g(r,'peak_rss_mib')} | {g(r,'median_ms')} |")
 kern = [(m, v, d["dora-da3 (candle)"]["profile"]) for (m, v), d in sorted(by.items()) if d.get("dora-da3 (candle)", {}).get("profile")]
 if kern:
     out += ["", "Where our time goes (one profiled forward, `da3 bench --profile`; GFLOP counted in GEMM work only):", ""]
