@@ -97,16 +97,25 @@ impl Flow {
         let path = repo_root().join("dataflows").join(name);
         let text = std::fs::read_to_string(&path)
             .wrap_err_with(|| format!("cannot read {}", path.display()))?;
-        let mut doc: Value = serde_yaml::from_str(&text)
-            .wrap_err_with(|| format!("{} is not valid YAML", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// A graph written by the test itself, rewritten as [`Flow::load`] does.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Self::parse(text, "the test's graph")
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self> {
+        let mut doc: Value =
+            serde_yaml::from_str(text).wrap_err_with(|| format!("{origin} is not valid YAML"))?;
         let nodes = doc
             .get_mut("nodes")
             .and_then(Value::as_sequence_mut)
-            .ok_or_else(|| eyre!("{} has no `nodes` list", path.display()))?;
+            .ok_or_else(|| eyre!("{origin} has no `nodes` list"))?;
         for node in nodes {
             let map = node
                 .as_mapping_mut()
-                .ok_or_else(|| eyre!("a node of {} is not a mapping", path.display()))?;
+                .ok_or_else(|| eyre!("a node of {origin} is not a mapping"))?;
             map.remove("build");
             if let Some(Value::String(p)) = map.get("path") {
                 if let Some(name) = p
@@ -122,6 +131,13 @@ impl Flow {
             doc,
             dir: tempfile::tempdir()?,
         })
+    }
+
+    /// Sets (or replaces) any key of a node (`restart_policy`, `deploy`,
+    /// `shared_memory_pool_size`, `path`...).
+    pub fn set(&mut self, node: &str, key: &str, value: Value) -> Result<&mut Self> {
+        self.node_mut(node)?.insert(key.into(), value);
+        Ok(self)
     }
 
     fn node_mut(&mut self, id: &str) -> Result<&mut Mapping> {
@@ -196,15 +212,29 @@ impl Flow {
         self.dir.path().join(name)
     }
 
+    /// Writes the graph as it stands to `flow.yml` in the scratch folder.
+    pub fn write(&self) -> Result<PathBuf> {
+        let file = self.path("flow.yml");
+        std::fs::write(&file, serde_yaml::to_string(&self.doc)?)
+            .wrap_err_with(|| format!("cannot write {}", file.display()))?;
+        Ok(file)
+    }
+
     /// Runs the graph with `dora run`, killing it after `timeout`.
     pub fn run(&self, timeout: Duration) -> Result<RunOutput> {
-        let file = self.path("flow.yml");
-        std::fs::write(&file, serde_yaml::to_string(&self.doc)?)?;
+        self.run_with(&[], timeout)
+    }
+
+    /// Runs the graph with `dora run <extra args>` (e.g. `--stop-after 20s`),
+    /// killing it after `timeout`.
+    pub fn run_with(&self, args: &[&str], timeout: Duration) -> Result<RunOutput> {
+        let file = self.write()?;
         let log_path = self.path("dora.log");
         let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new(dora_cli())
             .arg("run")
             .arg(&file)
+            .args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -242,4 +272,50 @@ pub fn read_dump(path: &Path) -> Result<Vec<serde_json::Value>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).wrap_err_with(|| format!("bad JSON line: {l}")))
         .collect()
+}
+
+/// The `type: stats` records of the DA3 node's `status` output among the
+/// lines of a `msg-dump` sink (every input named `status`), in order.
+pub fn da3_stats(recs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    recs.iter()
+        .filter(|r| r["input"] == "status")
+        .filter_map(|r| r["text"].as_str())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .filter(|s| s["type"] == "stats")
+        .collect()
+}
+
+/// A copy of a workspace binary under a name of its own in `dir`, so a test
+/// can find (and kill) exactly its own process by that name.
+pub fn bin_copy(name: &str, dir: &Path, new_name: &str) -> Result<PathBuf> {
+    let to = dir.join(new_name);
+    std::fs::copy(bin(name)?, &to)
+        .wrap_err_with(|| format!("cannot copy `{name}` to {}", to.display()))?;
+    Ok(to)
+}
+
+/// Sends SIGKILL to every process whose command line contains `pattern`
+/// (`pgrep -f`); returns their pids.
+pub fn sigkill_matching(pattern: &str) -> Result<Vec<u32>> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(pattern)
+        .output()
+        .wrap_err("cannot run pgrep")?;
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for pid in &pids {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    Ok(pids)
+}
+
+/// Resident memory of a process in MiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_mib_of(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

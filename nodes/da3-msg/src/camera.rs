@@ -26,7 +26,54 @@ pub struct CameraMsg {
     pub is_metric: bool,
 }
 
+/// Checks a world-to-camera `[R | t]` (row-major 3x4): finite, `R` orthonormal
+/// with determinant +1 (a rigid motion, so the pose can be inverted).
+pub fn check_extrinsics(e: &[f64; 12]) -> std::result::Result<(), String> {
+    if e.iter().any(|v| !v.is_finite()) {
+        return Err("pose has NaN or infinite values".into());
+    }
+    let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
+    for i in 0..3 {
+        for j in 0..3 {
+            let dot: f64 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
+            let want = if i == j { 1.0 } else { 0.0 };
+            if (dot - want).abs() > 1e-3 {
+                return Err(
+                    "pose rotation is not orthonormal (not invertible as a rigid motion)".into(),
+                );
+            }
+        }
+    }
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    if (det - 1.0).abs() > 1e-3 {
+        return Err(format!(
+            "pose rotation has determinant {det:.3}, expected 1"
+        ));
+    }
+    Ok(())
+}
+
 impl CameraMsg {
+    /// Checks what [`from_message`](Self::from_message) does not: the pose is
+    /// a rigid motion ([`check_extrinsics`]) and the focal lengths are positive.
+    /// Nodes that use the camera geometry call this and reject the message on `Err`.
+    pub fn check_geometry(&self) -> Result<()> {
+        check_extrinsics(&self.extrinsics).map_err(|reason| MsgError::InvalidValue {
+            key: keys::CAMERA_ORIENTATION,
+            reason,
+        })?;
+        let (fx, fy) = (self.intrinsics[0], self.intrinsics[4]);
+        if !(fx > 0.0 && fy > 0.0) {
+            return Err(MsgError::InvalidValue {
+                key: keys::FOCAL,
+                reason: format!("intrinsics have non-positive focal lengths [{fx}, {fy}]"),
+            });
+        }
+        Ok(())
+    }
+
     /// Camera-to-world pose (the inverse of the extrinsics).
     pub fn pose(&self) -> Pose {
         Pose::from_world_to_camera(&self.extrinsics)

@@ -316,6 +316,12 @@ pub fn decode_compressed(
         encoding: encoding.as_str(),
         reason: e.to_string(),
     };
+    // A PNG's size is at a fixed place: check it before the decoder sees it,
+    // so that an image over the limit is named as such (`TooLarge`) even when
+    // the decoder's own allocation limit would trip first.
+    if let (Encoding::Png, Some((w, h))) = (encoding, png_size(bytes)) {
+        limits.check(w as u64, h as u64)?;
+    }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     let mut l = image::Limits::default();
     l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
@@ -329,6 +335,17 @@ pub fn decode_compressed(
     let img = reader.decode().map_err(decode_err)?;
     let rgb = img.into_rgb8();
     Ok((rgb.width(), rgb.height(), rgb.into_raw()))
+}
+
+/// Width and height from a PNG's `IHDR` chunk, when `bytes` starts like a PNG.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    if bytes.len() < 24 || bytes[..8] != SIGNATURE || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let w = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    let h = u32::from_be_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
+    Some((w, h))
 }
 
 /// Encodes packed RGB8 pixels as JPEG of the given quality (1-100).

@@ -2,7 +2,7 @@
 //! writer shares (intrinsics at the depth size, world-to-camera pose,
 //! back-projected points, colours).
 
-use da3_msg::{CameraMsg, DepthMap, ImageFrame, PointCloud, Pose};
+use da3_msg::{CameraMsg, DepthMap, PointCloud, Pose};
 
 /// The results of one frame of one camera, ready to write.
 #[derive(Debug, Clone)]
@@ -64,17 +64,6 @@ pub fn camera_to_world(e: &[f64; 12]) -> ([[f64; 3]; 3], [f64; 3]) {
         *ci = -(r[i][0] * t[0] + r[i][1] * t[1] + r[i][2] * t[2]);
     }
     (r, c)
-}
-
-/// Decodes an image message to RGB8, `None` (with a warning) when it cannot be.
-pub fn decode_rgb(frame: &ImageFrame) -> Option<(u32, u32, Vec<u8>)> {
-    match frame.to_rgb8(&Default::default()) {
-        Ok(x) => Some(x),
-        Err(e) => {
-            tracing::warn!("cannot decode image frame {:?}: {e}", frame.info.frame_id);
-            None
-        }
-    }
 }
 
 /// `rgb` resized to `w x h` (bilinear), or as is when it already has that size.

@@ -8,9 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use da3_msg::{CameraMsg, DepthMap, FrameInfo, ImageFrame, PointCloud};
+use da3_msg::{CameraMsg, DepthMap, FrameInfo, PointCloud};
 
-use crate::frame::{decode_rgb, FrameResult};
+use crate::frame::FrameResult;
+
+/// An image message decoded to packed RGB8 when it arrived (an image that does
+/// not decode is rejected at the door, with the other bad messages).
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    pub info: FrameInfo,
+    /// `(width, height, pixels)`.
+    pub rgb: (u32, u32, Vec<u8>),
+}
 
 /// A decoded input message.
 #[derive(Debug, Clone)]
@@ -20,9 +29,9 @@ pub enum Item {
     Camera(CameraMsg),
     Points(PointCloud),
     /// The source image (colours).
-    Image(ImageFrame),
+    Image(DecodedImage),
     /// The colour-mapped depth (`depth_vis`).
-    Vis(ImageFrame),
+    Vis(DecodedImage),
 }
 
 impl Item {
@@ -43,8 +52,8 @@ struct Pending {
     confidence: Option<DepthMap>,
     camera_msg: Option<CameraMsg>,
     points: Option<PointCloud>,
-    image: Option<ImageFrame>,
-    vis: Option<ImageFrame>,
+    image: Option<DecodedImage>,
+    vis: Option<DecodedImage>,
     seen: BTreeSet<String>,
 }
 
@@ -59,8 +68,8 @@ impl Pending {
             confidence: self.confidence,
             camera_msg: self.camera_msg,
             points: self.points,
-            image: self.image.as_ref().and_then(decode_rgb),
-            vis: self.vis.as_ref().and_then(decode_rgb),
+            image: self.image.map(|i| i.rgb),
+            vis: self.vis.map(|i| i.rgb),
         })
     }
 }

@@ -17,7 +17,9 @@ use std::path::PathBuf;
 
 use da3_msg::meta::opt_str;
 use da3_msg::node_util::{env_or, init_logging};
-use da3_msg::{keys, CameraMsg, DepthMap, ImageFrame, MetadataParameters, PointCloud};
+use da3_msg::{
+    keys, CameraMsg, DecodeLimits, DepthMap, ImageFrame, MetadataParameters, PointCloud,
+};
 use dora_node_api::arrow_v59::array::Array;
 use dora_node_api::futures::StreamExt;
 use dora_node_api::{DoraNode, Event, EventStream};
@@ -26,7 +28,7 @@ use eyre::{bail, eyre, Context, Result};
 use colmap::ColmapModel;
 use formats::{parse_formats, Format};
 use frame::FrameResult;
-use group::{Grouper, Item};
+use group::{DecodedImage, Grouper, Item};
 
 /// Node configuration, from env vars.
 #[derive(Debug, Clone)]
@@ -76,12 +78,21 @@ impl Config {
 
 /// Decodes one message by its `primitive` (`image` inputs whose id contains
 /// `vis` are the colour-mapped depth, other `image` inputs the source frame).
+///
+/// Everything the writers rely on is checked here, so that a bad message is
+/// rejected (logged and counted) when it arrives: camera poses must be rigid
+/// motions with positive focal lengths, images must decode (within the
+/// default pixel limit).
 pub fn decode(input: &str, data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
     let primitive = opt_str(params, keys::PRIMITIVE)?;
     Ok(match primitive {
         Some("depth") => Item::Depth(DepthMap::from_message(data, params)?),
         Some("confidence") => Item::Confidence(DepthMap::from_message(data, params)?),
-        Some("camera") => Item::Camera(CameraMsg::from_message(data, params)?),
+        Some("camera") => {
+            let c = CameraMsg::from_message(data, params)?;
+            c.check_geometry()?;
+            Item::Camera(c)
+        }
         Some("points") => Item::Points(PointCloud::from_message(data, params)?),
         // Image frames from other dora nodes may carry no `primitive`.
         Some("image") | None => {
@@ -89,10 +100,14 @@ pub fn decode(input: &str, data: &dyn Array, params: &MetadataParameters) -> Res
                 bail!("no `primitive` metadata");
             }
             let f = ImageFrame::from_message(data, params)?;
+            let rgb = f
+                .to_rgb8(&DecodeLimits::default())
+                .wrap_err_with(|| format!("image frame {:?}", f.info.frame_id))?;
+            let image = DecodedImage { info: f.info, rgb };
             if input.contains("vis") {
-                Item::Vis(f)
+                Item::Vis(image)
             } else {
-                Item::Image(f)
+                Item::Image(image)
             }
         }
         Some(other) => bail!("unknown primitive `{other}`"),
@@ -112,6 +127,8 @@ pub struct Exporter {
     pub skipped: u64,
     /// Files that could not be written.
     pub errors: u64,
+    /// Input messages rejected (they do not decode or break a rule).
+    pub rejected: u64,
 }
 
 impl Exporter {
@@ -127,6 +144,7 @@ impl Exporter {
             written: 0,
             skipped: 0,
             errors: 0,
+            rejected: 0,
         })
     }
 
@@ -220,7 +238,6 @@ pub fn run(
 ) -> Result<Exporter> {
     let mut exporter = Exporter::new(cfg)?;
     let mut grouper = Grouper::new(inputs, default_camera);
-    let mut rejected = 0u64;
     // `StreamExt::next` keeps the arrival order (`recv` may deliver Stop
     // before the last inputs); drain until the stream ends.
     while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
@@ -230,7 +247,7 @@ pub fn run(
                 match decode(id.as_str(), array.as_ref(), &metadata.parameters) {
                     Ok(item) => grouper.push(id.as_str(), item),
                     Err(e) => {
-                        rejected += 1;
+                        exporter.rejected += 1;
                         tracing::warn!("input `{id}`: message rejected: {e:#}");
                         Vec::new()
                     }
@@ -252,10 +269,11 @@ pub fn run(
     }
     exporter.finish();
     tracing::info!(
-        "depth-export: {} frames written, {} skipped (EVERY), {} without depth, {rejected} messages rejected, {} write errors",
+        "depth-export: {} frames written, {} skipped (EVERY), {} without depth, {} messages rejected, {} write errors",
         exporter.written,
         exporter.skipped,
         grouper.dropped_without_depth,
+        exporter.rejected,
         exporter.errors
     );
     Ok(exporter)

@@ -86,32 +86,10 @@ pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
     Ok(models)
 }
 
-/// Checks a known world-to-camera pose: finite, rotation orthonormal with det +1.
+/// Checks a known world-to-camera pose: finite, rotation orthonormal with det +1
+/// (the check of `da3_msg::camera::check_extrinsics`).
 pub fn check_pose(e: &[f64; 12]) -> std::result::Result<(), String> {
-    if e.iter().any(|v| !v.is_finite()) {
-        return Err("pose has NaN or infinite values".into());
-    }
-    let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
-    for i in 0..3 {
-        for j in 0..3 {
-            let dot: f64 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
-            let want = if i == j { 1.0 } else { 0.0 };
-            if (dot - want).abs() > 1e-3 {
-                return Err(
-                    "pose rotation is not orthonormal (not invertible as a rigid motion)".into(),
-                );
-            }
-        }
-    }
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
-        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
-        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
-    if (det - 1.0).abs() > 1e-3 {
-        return Err(format!(
-            "pose rotation has determinant {det:.3}, expected 1"
-        ));
-    }
-    Ok(())
+    da3_msg::camera::check_extrinsics(e)
 }
 
 /// What the node knows about each camera from `camera_info*` inputs.

@@ -117,14 +117,49 @@ pub fn record(input: &str, params: &MetadataParameters, data: &dyn Array) -> Val
     rec
 }
 
-/// Runs the sink until the event stream ends, in arrival order.
+/// Checks a message against the da3 conventions (`docs/messages.md`) when it
+/// says what it is (`primitive` = `image`, `depth`, `confidence`, `camera`,
+/// `points`): `Some(why)` when it breaks them. Messages without a known
+/// `primitive` are not judged. Images are checked as messages (metadata,
+/// payload type and size), not decoded; cameras must also be rigid motions
+/// with positive focal lengths.
+pub fn check(params: &MetadataParameters, data: &dyn Array) -> Option<String> {
+    let r = match da3_msg::meta::opt_str(params, da3_msg::keys::PRIMITIVE) {
+        Err(e) => Err(e),
+        Ok(Some("image")) => da3_msg::ImageFrame::from_message(data, params).map(|_| ()),
+        Ok(Some("depth" | "confidence")) => {
+            da3_msg::DepthMap::from_message(data, params).map(|_| ())
+        }
+        Ok(Some("camera")) => {
+            da3_msg::CameraMsg::from_message(data, params).and_then(|c| c.check_geometry())
+        }
+        Ok(Some("points")) => da3_msg::PointCloud::from_message(data, params).map(|_| ()),
+        Ok(_) => Ok(()),
+    };
+    r.err().map(|e| e.to_string())
+}
+
+/// What [`run`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages recorded (every message received).
+    pub messages: u64,
+    /// Of those, messages that break the da3 conventions ([`check`]); their
+    /// record carries the reason as `invalid`.
+    pub invalid: u64,
+}
+
+/// Runs the sink until the event stream ends, in arrival order. Every message
+/// is recorded; one that breaks the da3 conventions is also logged as a
+/// warning and counted.
 pub fn run(
     events: &mut EventStream,
     mut out: Option<std::fs::File>,
     print: bool,
     max_values: usize,
-) -> Result<u64> {
+) -> Result<Summary> {
     let mut n = 0u64;
+    let mut invalid = 0u64;
     // `StreamExt::next` keeps the arrival order (`recv` may reorder Stop
     // before the last inputs); drain until the stream ends.
     while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
@@ -134,6 +169,11 @@ pub fn run(
                 let mut rec = record(id.as_str(), &metadata.parameters, array.as_ref());
                 if let Some(v) = payload_values(array.as_ref(), max_values) {
                     rec["values"] = v;
+                }
+                if let Some(why) = check(&metadata.parameters, array.as_ref()) {
+                    invalid += 1;
+                    tracing::warn!("input `{id}`: message breaks the da3 conventions: {why}");
+                    rec["invalid"] = json!(why);
                 }
                 if print {
                     tracing::info!("{rec}");
@@ -149,7 +189,10 @@ pub fn run(
             _ => {}
         }
     }
-    Ok(n)
+    Ok(Summary {
+        messages: n,
+        invalid,
+    })
 }
 
 pub fn lib_main() -> Result<()> {
@@ -164,8 +207,8 @@ pub fn lib_main() -> Result<()> {
         None => None,
     };
     let (_node, mut events) = DoraNode::init_from_env()?;
-    let n = run(&mut events, out, print, max_values)?;
-    tracing::info!("msg-dump: {n} messages");
+    let s = run(&mut events, out, print, max_values)?;
+    tracing::info!("msg-dump: {} messages, {} invalid", s.messages, s.invalid);
     Ok(())
 }
 

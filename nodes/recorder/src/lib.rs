@@ -162,6 +162,8 @@ pub struct Recorder {
     pub received: BTreeMap<String, u64>,
     /// Messages written to complete batches, all files.
     pub written: u64,
+    /// Messages that could not be encoded (logged, left out of the recording).
+    pub rejected: u64,
     /// Files written, in order.
     pub files: Vec<PathBuf>,
 }
@@ -182,6 +184,7 @@ impl Recorder {
             first_pending: None,
             received: BTreeMap::new(),
             written: 0,
+            rejected: 0,
             files: Vec::new(),
         };
         r.open()?;
@@ -248,7 +251,13 @@ impl Recorder {
             .file
             .as_mut()
             .ok_or_else(|| eyre!("recorder is closed"))?;
-        f.writer.push(stream, recv_ns, params, data)?;
+        // Only encoding can fail here (no I/O): one message that cannot be
+        // encoded is left out, not the end of the recording.
+        if let Err(e) = f.writer.push(stream, recv_ns, params, data) {
+            self.rejected += 1;
+            tracing::warn!("recorder: message on `{stream}` left out: {e:#}");
+            return Ok(());
+        }
         if self.first_pending.is_none() {
             self.first_pending = Some(Instant::now());
         }
@@ -346,10 +355,11 @@ pub fn lib_main() -> Result<()> {
         .collect();
     let files: Vec<String> = rec.files.iter().map(|p| p.display().to_string()).collect();
     tracing::info!(
-        "recorder: {total} messages in ({}), {} written to {} file(s): {}",
+        "recorder: {total} messages in ({}), {} written to {} file(s), {} left out: {}",
         per.join(", "),
         rec.written,
         files.len(),
+        rec.rejected,
         files.join(", ")
     );
     Ok(())

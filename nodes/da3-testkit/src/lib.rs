@@ -1,0 +1,19 @@
+//! Test helpers shared by every node's bad-input test and by the fuzz targets
+//! (`fuzz/` at the repository root). Nothing here ships in a node.
+//!
+//! - [`rng`]: a seeded xorshift PRNG (runs are reproducible from the seed);
+//! - [`bad`]: generators of broken messages, each broken *by construction*
+//!   (a node must reject every one), plus generic garbage;
+//! - [`harness`]: feeds messages to a node through
+//!   `dora_node_api::integration_testing`, payloads as Arrow IPC files so that
+//!   any Arrow type, NaN and nulls arrive exactly;
+//! - [`fuzz`]: the functions the fuzz targets call, also run on stable by the
+//!   `fuzz_corpus` test of this crate.
+
+pub mod bad;
+pub mod fuzz;
+pub mod harness;
+pub mod rng;
+
+pub use bad::Case;
+pub use rng::Rng;
