@@ -25,5 +25,11 @@ SRC
 fi
 nvcc --version | tail -2
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
+# Debian's nvcc 11.8 refuses gcc 12 (bookworm's default) as host compiler and points at
+# clang-14, which the toolkit package pulls in.
+if [ -z "${NVCC_CCBIN:-}" ] && command -v clang-14 >/dev/null \
+   && [ "$(gcc -dumpversion | cut -d. -f1)" -gt 11 ]; then
+  export NVCC_CCBIN=clang-14
+fi
 cargo build --release -p dora-da3 -p da3 --features dora-da3/cuda,da3/cuda "$@"
 echo "built: $(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/{dora-da3,da3} with CUDA (compute cap $CUDA_COMPUTE_CAP)"

@@ -835,7 +835,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "serde_json is built without `float_roundtrip`: about 1 float in 10 comes back one ULP off (docs/reliability.md)"]
     fn metadata_floats_round_trip_exactly() {
         let mut p = MetadataParameters::new();
         p.insert("f".into(), Parameter::Float(100535.93453410221));
