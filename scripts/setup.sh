@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dora-da3 needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: FFmpeg's libraries (video input), clang (bindgen), V4L2, pkg-config, ffmpeg
-#   - the dora CLI 1.1.0 from PyPI into ./.venv
+#   - the dora CLI 1.1.0 and the Rerun SDK 0.36.3 (viewer + .rrd reader) from PyPI into ./.venv
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -24,6 +24,13 @@ if [ ! -x .venv/bin/dora ] || ! .venv/bin/dora --version 2>/dev/null | grep -q "
   echo "setup: installing dora-rs-cli==1.1.0 into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check dora-rs-cli==1.1.0
+fi
+
+# The Rerun SDK of the viewer node's version: the `rerun` viewer binary (opens
+# .rrd files, RERUN_MODE=spawn) and the .rrd reader the viewer tests use.
+if ! .venv/bin/python -c "import rerun, sys; sys.exit(rerun.__version__ != '0.36.3')" 2>/dev/null; then
+  echo "setup: installing rerun-sdk==0.36.3 into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check rerun-sdk==0.36.3
 fi
 
 if ! command -v cargo >/dev/null; then

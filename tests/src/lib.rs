@@ -42,6 +42,49 @@ pub fn sample_images() -> Vec<PathBuf> {
     v
 }
 
+/// Frame `i` of a synthetic RGB clip: `w x h` packed RGB8, different per frame.
+pub fn synthetic_rgb(w: u32, h: u32, i: u32) -> Vec<u8> {
+    (0..h)
+        .flat_map(|y| {
+            (0..w).flat_map(move |x| {
+                [
+                    ((x * 4 + i * 10) % 256) as u8,
+                    ((y * 5 + i) % 256) as u8,
+                    ((i * 20 + x + y) % 256) as u8,
+                ]
+            })
+        })
+        .collect()
+}
+
+/// Writes frames `0..n` of [`synthetic_rgb`] as a lossless RGB H.264 MP4 at
+/// 10 fps (decoded bytes equal the encoded ones), with the `ffmpeg` CLI.
+pub fn write_test_video(path: &Path, w: u32, h: u32, n: u32) -> Result<()> {
+    let raw: Vec<u8> = (0..n).flat_map(|i| synthetic_rgb(w, h, i)).collect();
+    let raw_path = path.with_extension("rgb");
+    std::fs::write(&raw_path, &raw)?;
+    let status = Command::new("ffmpeg")
+        .args([
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+        ])
+        .args(["-s", &format!("{w}x{h}"), "-r", "10", "-i"])
+        .arg(&raw_path)
+        .args(["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"])
+        .arg(path)
+        .status()
+        .wrap_err("ffmpeg (Debian package `ffmpeg`) is needed to make the test video")?;
+    if !status.success() {
+        bail!("ffmpeg failed ({status}) writing {}", path.display());
+    }
+    Ok(())
+}
+
 /// Folder holding the workspace's binaries for this build profile.
 pub fn bin_dir() -> PathBuf {
     // <target>/<profile>/deps/<test-binary>

@@ -3,10 +3,9 @@
 //! metadata; bad inputs give clear errors naming the file.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use e2e::{read_dump, Flow};
+use e2e::{read_dump, synthetic_rgb, write_test_video, Flow};
 use msg_dump::fnv1a64;
 use serde_json::Value;
 
@@ -14,20 +13,6 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn hash(bytes: &[u8]) -> String {
     format!("{:016x}", fnv1a64(bytes))
-}
-
-fn synthetic(w: u32, h: u32, i: u32) -> Vec<u8> {
-    (0..h)
-        .flat_map(|y| {
-            (0..w).flat_map(move |x| {
-                [
-                    ((x * 4 + i * 10) % 256) as u8,
-                    ((y * 5 + i) % 256) as u8,
-                    ((i * 20 + x + y) % 256) as u8,
-                ]
-            })
-        })
-        .collect()
 }
 
 /// Checks the common metadata and returns the records.
@@ -55,7 +40,7 @@ fn write_pngs(dir: &Path, n: u32, w: u32, h: u32) -> Vec<(u32, u32, Vec<u8>)> {
     std::fs::create_dir_all(dir).unwrap();
     (0..n)
         .map(|i| {
-            let rgb = synthetic(w, h, i);
+            let rgb = synthetic_rgb(w, h, i);
             image::RgbImage::from_raw(w, h, rgb.clone())
                 .unwrap()
                 .save(dir.join(format!("img_{i:02}.png")))
@@ -136,28 +121,8 @@ fn missing_source_path_is_a_clear_error() {
 fn mp4_frames_arrive_bit_exact() {
     let mut flow = Flow::load("frames.yml").unwrap();
     let (w, h, n) = (64u32, 48u32, 12u32);
-    let raw: Vec<u8> = (0..n).flat_map(|i| synthetic(w, h, i)).collect();
-    let raw_path = flow.path("raw.rgb");
-    std::fs::write(&raw_path, &raw).unwrap();
     let mp4 = flow.path("clip.mp4");
-    // Lossless RGB H.264, so the decoded bytes must equal what was encoded.
-    let status = Command::new("ffmpeg")
-        .args([
-            "-y",
-            "-loglevel",
-            "error",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-        ])
-        .args(["-s", &format!("{w}x{h}"), "-r", "10", "-i"])
-        .arg(&raw_path)
-        .args(["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"])
-        .arg(&mp4)
-        .status()
-        .expect("ffmpeg (Debian package `ffmpeg`) is needed to make the test video");
-    assert!(status.success());
+    write_test_video(&mp4, w, h, n).unwrap();
     let out = flow.path("frames.jsonl");
     flow.env("images", "SOURCE", mp4.display()).unwrap();
     flow.env("images", "CAMERA_NAME", "video").unwrap();
@@ -167,7 +132,7 @@ fn mp4_frames_arrive_bit_exact() {
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
     let recs = read_dump(&out).unwrap();
-    let expected: Vec<_> = (0..n).map(|i| (w, h, synthetic(w, h, i))).collect();
+    let expected: Vec<_> = (0..n).map(|i| (w, h, synthetic_rgb(w, h, i))).collect();
     check_stream(&recs, "video", &expected);
 
     // Stride and the longest-side limit apply to videos too.

@@ -1,0 +1,812 @@
+//! `viewer`: a dora sink that logs the DA3 node's results to [Rerun]: source
+//! images, depth, confidence, the colour-mapped depth, the cameras (pinhole +
+//! camera-to-world pose), each camera's trajectory and the coloured point
+//! clouds, on a `frame` sequence timeline and a `capture_time` timestamp
+//! timeline. It saves an `.rrd` file (default), spawns a viewer or connects
+//! to a running one.
+//!
+//! See `nodes/viewer/README.md` for entities, ports, env vars and a YAML snippet.
+//!
+//! [Rerun]: https://rerun.io
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use da3_msg::meta::opt_str;
+use da3_msg::node_util::{env_or, init_logging};
+use da3_msg::{
+    keys, CameraMsg, DecodeLimits, DepthMap, FrameInfo, ImageFrame, Intrinsics, MetadataParameters,
+    PointCloud, Pose,
+};
+use dora_node_api::arrow_v59::array::Array;
+use dora_node_api::futures::StreamExt;
+use dora_node_api::{DoraNode, Event, EventStream};
+use eyre::{bail, eyre, Context, Result};
+use rerun::{RecordingStream, RecordingStreamBuilder};
+
+/// Timeline of the frames' `frame_id` (a sequence).
+pub const FRAME_TIMELINE: &str = "frame";
+/// Timeline of the frames' `stamp_ns` (capture time, a timestamp).
+pub const TIME_TIMELINE: &str = "capture_time";
+
+/// Where the recording goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Write an `.rrd` file.
+    Save(PathBuf),
+    /// Start a `rerun` viewer (found on `PATH`) and stream to it.
+    Spawn,
+    /// Stream to a running viewer or server at this gRPC URL.
+    Connect(String),
+}
+
+/// Node configuration, from env vars.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub app_id: String,
+    /// Shared by several loggers that should land in one recording.
+    pub recording_id: Option<String>,
+    /// Most camera centres kept in each trajectory (the latest ones).
+    pub trajectory_max: usize,
+    /// How long to wait at the end for the data to reach the file / viewer.
+    pub flush_timeout: Duration,
+}
+
+/// The default gRPC address of a local Rerun viewer.
+pub const DEFAULT_ADDR: &str = "rerun+http://127.0.0.1:9876/proxy";
+
+impl Config {
+    /// Reads the env vars; any invalid value is one clear error line.
+    pub fn from_env() -> Result<Self> {
+        let mode = match env_or("RERUN_MODE", "save".to_string())?.as_str() {
+            "save" => Mode::Save(PathBuf::from(env_or(
+                "RERUN_RRD",
+                "out/viewer.rrd".to_string(),
+            )?)),
+            "spawn" => Mode::Spawn,
+            "connect" => Mode::Connect(env_or("RERUN_ADDR", DEFAULT_ADDR.to_string())?),
+            other => bail!("invalid RERUN_MODE={other:?}: expected save, spawn or connect"),
+        };
+        let trajectory_max: usize = env_or("TRAJECTORY_MAX", 10_000)?;
+        if trajectory_max < 2 {
+            bail!("invalid TRAJECTORY_MAX={trajectory_max}: must be at least 2");
+        }
+        let flush_s: f64 = env_or("FLUSH_TIMEOUT_S", 30.0)?;
+        if !(flush_s.is_finite() && flush_s > 0.0) {
+            bail!("invalid FLUSH_TIMEOUT_S={flush_s}: must be > 0");
+        }
+        Ok(Self {
+            mode,
+            app_id: env_or("RERUN_APP_ID", "dora-da3".to_string())?,
+            recording_id: da3_msg::node_util::env_opt("RERUN_RECORDING_ID")?,
+            trajectory_max,
+            flush_timeout: Duration::from_secs_f64(flush_s),
+        })
+    }
+}
+
+/// Finds an executable on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Opens the recording stream for the configured mode.
+pub fn open_stream(cfg: &Config) -> Result<RecordingStream> {
+    let app_id = rerun::ApplicationId::try_from(cfg.app_id.clone())
+        .map_err(|e| eyre!("invalid RERUN_APP_ID={:?}: {e}", cfg.app_id))?;
+    let mut b = RecordingStreamBuilder::new(app_id).enabled(true);
+    if let Some(id) = &cfg.recording_id {
+        b = b.recording_id(id.clone());
+    }
+    match &cfg.mode {
+        Mode::Save(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).wrap_err_with(|| {
+                    format!("cannot create the folder of `{}`", path.display())
+                })?;
+            }
+            b.save(path)
+                .wrap_err_with(|| format!("cannot write `{}`", path.display()))
+        }
+        Mode::Spawn => {
+            if find_on_path("rerun").is_none() {
+                bail!(
+                    "RERUN_MODE=spawn needs the `rerun` viewer on PATH, and it is not there: \
+                     `pip install rerun-sdk==0.36.3` (scripts/setup.sh puts it into .venv/bin), \
+                     or use RERUN_MODE=save"
+                );
+            }
+            b.spawn().wrap_err("cannot spawn the rerun viewer")
+        }
+        Mode::Connect(addr) => b
+            .connect_grpc_opts(addr.as_str())
+            .wrap_err_with(|| format!("cannot connect to `{addr}`")),
+    }
+}
+
+/// One decoded input message.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A source frame.
+    Image(ImageFrame),
+    /// The colour-mapped depth (an `image` input whose id contains `vis`).
+    Vis(ImageFrame),
+    Depth(DepthMap),
+    Confidence(DepthMap),
+    Camera(CameraMsg),
+    Points(PointCloud),
+}
+
+/// Decodes one message by its `primitive` (`image` inputs whose id contains
+/// `vis` are the colour-mapped depth, other `image` inputs source frames).
+pub fn decode(input: &str, data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
+    let primitive = opt_str(params, keys::PRIMITIVE)?;
+    Ok(match primitive {
+        Some("depth") => Item::Depth(DepthMap::from_message(data, params)?),
+        Some("confidence") => Item::Confidence(DepthMap::from_message(data, params)?),
+        Some("camera") => Item::Camera(CameraMsg::from_message(data, params)?),
+        Some("points") => Item::Points(PointCloud::from_message(data, params)?),
+        // Image frames from other dora nodes may carry no `primitive`.
+        Some("image") | None => {
+            if primitive.is_none() && !params.contains_key(keys::ENCODING) {
+                bail!("no `primitive` metadata");
+            }
+            let f = ImageFrame::from_message(data, params)?;
+            if input.contains("vis") {
+                Item::Vis(f)
+            } else {
+                Item::Image(f)
+            }
+        }
+        Some(other) => bail!("unknown primitive `{other}`"),
+    })
+}
+
+/// A camera name as one entity path part: characters other than
+/// `A-Za-z0-9_-` become `_`.
+pub fn entity_name(camera: &str) -> String {
+    let s: String = camera
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+/// The entity paths of one camera.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `Transform3D`: camera-to-world pose.
+    pub camera: String,
+    /// `Pinhole` at the depth size; parent of `depth`, `confidence`, `depth_vis`.
+    pub pinhole: String,
+    pub depth: String,
+    pub confidence: String,
+    pub depth_vis: String,
+    /// `Pinhole` at the source image size; parent of `rgb`.
+    pub image: String,
+    pub rgb: String,
+    /// `Points3D`, world frame.
+    pub points: String,
+    /// `LineStrips3D` of the camera centres so far.
+    pub trajectory: String,
+}
+
+impl Paths {
+    pub fn new(camera: &str) -> Self {
+        let c = entity_name(camera);
+        let cam = format!("world/cameras/{c}");
+        Self {
+            pinhole: format!("{cam}/pinhole"),
+            depth: format!("{cam}/pinhole/depth"),
+            confidence: format!("{cam}/pinhole/confidence"),
+            depth_vis: format!("{cam}/pinhole/depth_vis"),
+            image: format!("{cam}/image"),
+            rgb: format!("{cam}/image/rgb"),
+            points: format!("world/points/{c}"),
+            trajectory: format!("world/trajectory/{c}"),
+            camera: cam,
+        }
+    }
+}
+
+/// What is known about one camera.
+struct CamState {
+    paths: Paths,
+    /// Camera centres, oldest first (at most `trajectory_max`).
+    trajectory: Vec<[f32; 3]>,
+    /// Frame whose pose / intrinsics were logged last (one log per frame).
+    pose_frame: Option<u64>,
+    k_frame: Option<u64>,
+    /// Latest intrinsics and the size they refer to.
+    k: Option<(Intrinsics, u32, u32)>,
+    /// Size of the latest source image, and the size its pinhole was logged for.
+    image_size: Option<(u32, u32)>,
+    image_pinhole: Option<(u32, u32)>,
+}
+
+/// Messages logged, per kind, and problems.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub images: u64,
+    pub depth_vis: u64,
+    pub depth: u64,
+    pub confidence: u64,
+    pub cameras: u64,
+    pub points: u64,
+    /// Poses logged (`Transform3D`), one per frame.
+    pub poses: u64,
+    /// Messages that could not be decoded.
+    pub rejected: u64,
+    /// Messages decoded but not loggable (e.g. a corrupt JPEG).
+    pub errors: u64,
+}
+
+/// Turns decoded messages into Rerun log calls.
+pub struct Logger {
+    rec: RecordingStream,
+    cams: HashMap<String, CamState>,
+    default_camera: String,
+    trajectory_max: usize,
+    pub counts: Counts,
+}
+
+fn f32s<const N: usize>(v: [f64; N]) -> [f32; N] {
+    v.map(|x| x as f32)
+}
+
+/// Pinhole of `k` at `w x h`, OpenCV axes (x right, y down, z forward).
+fn pinhole(k: &Intrinsics, w: u32, h: u32) -> rerun::Pinhole {
+    // `image_from_camera` is column-major.
+    rerun::Pinhole::new([
+        [k.fx as f32, 0.0, 0.0],
+        [0.0, k.fy as f32, 0.0],
+        [k.cx as f32, k.cy as f32, 1.0],
+    ])
+    .with_resolution([w as f32, h as f32])
+    .with_camera_xyz(rerun::components::ViewCoordinates::RDF)
+}
+
+/// Intrinsics of a camera message, checked.
+fn camera_intrinsics(c: &CameraMsg) -> Option<Intrinsics> {
+    let m = &c.intrinsics;
+    let k = Intrinsics {
+        fx: m[0],
+        fy: m[4],
+        cx: m[2],
+        cy: m[5],
+    };
+    (k.fx > 0.0 && k.fy > 0.0 && [k.fx, k.fy, k.cx, k.cy].iter().all(|v| v.is_finite()))
+        .then_some(k)
+}
+
+impl Logger {
+    /// Logs the world's axes (OpenCV: x right, y down, z forward) as static data.
+    pub fn new(rec: RecordingStream, default_camera: &str, trajectory_max: usize) -> Result<Self> {
+        rec.log_static("world", &rerun::ViewCoordinates::RIGHT_HAND_Y_DOWN())?;
+        Ok(Self {
+            rec,
+            cams: HashMap::new(),
+            default_camera: default_camera.to_string(),
+            trajectory_max: trajectory_max.max(2),
+            counts: Counts::default(),
+        })
+    }
+
+    fn cam(&mut self, info: &FrameInfo) -> &mut CamState {
+        let name = info
+            .camera
+            .clone()
+            .unwrap_or_else(|| self.default_camera.clone());
+        self.cams.entry(name).or_insert_with_key(|name| CamState {
+            paths: Paths::new(name),
+            trajectory: Vec::new(),
+            pose_frame: None,
+            k_frame: None,
+            k: None,
+            image_size: None,
+            image_pinhole: None,
+        })
+    }
+
+    /// Sets the timelines of the next log calls from the frame's metadata.
+    fn set_time(&self, info: &FrameInfo) {
+        match info.frame_id {
+            Some(id) => self
+                .rec
+                .set_time_sequence(FRAME_TIMELINE, i64::try_from(id).unwrap_or(i64::MAX)),
+            None => self.rec.disable_timeline(FRAME_TIMELINE),
+        }
+        match info.stamp_ns {
+            Some(ns) => self.rec.set_timestamp_nanos_since_epoch(
+                TIME_TIMELINE,
+                i64::try_from(ns).unwrap_or(i64::MAX),
+            ),
+            None => self.rec.disable_timeline(TIME_TIMELINE),
+        }
+    }
+
+    /// Logs one message. A message that cannot be logged is an error the
+    /// caller counts; nothing here panics on message content.
+    pub fn handle(&mut self, item: &Item) -> Result<()> {
+        match item {
+            Item::Image(f) => {
+                self.set_time(&f.info);
+                let (w, h, rgb) = f.to_rgb8(&DecodeLimits::default())?;
+                let own_k = f.intrinsics;
+                let cam = self.cam(&f.info);
+                cam.image_size = Some((w, h));
+                let rgb_path = cam.paths.rgb.clone();
+                // The source image's pinhole: DA3's intrinsics scaled to this
+                // size, else the frame's own; logged when the size changes.
+                if cam.image_pinhole != Some((w, h)) {
+                    let k = match cam.k {
+                        Some((k, kw, kh)) => {
+                            Some(k.scaled(w as f64 / kw as f64, h as f64 / kh as f64))
+                        }
+                        None => own_k,
+                    };
+                    if let Some(k) = k {
+                        cam.image_pinhole = Some((w, h));
+                        let p = cam.paths.image.clone();
+                        self.rec.log(p, &pinhole(&k, w, h))?;
+                    }
+                }
+                self.rec
+                    .log(rgb_path, &rerun::Image::from_rgb24(rgb, [w, h]))?;
+                self.counts.images += 1;
+            }
+            Item::Vis(f) => {
+                self.set_time(&f.info);
+                let (w, h, rgb) = f.to_rgb8(&DecodeLimits::default())?;
+                let p = self.cam(&f.info).paths.depth_vis.clone();
+                self.rec.log(p, &rerun::Image::from_rgb24(rgb, [w, h]))?;
+                self.counts.depth_vis += 1;
+            }
+            Item::Depth(d) => {
+                self.set_time(&d.info);
+                self.geometry(
+                    &d.info,
+                    d.pose,
+                    d.intrinsics.map(|k| (k, d.width, d.height)),
+                )?;
+                let bytes: Vec<u8> = d.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let img = rerun::DepthImage::from_data_type_and_bytes(
+                    bytes,
+                    [d.width, d.height],
+                    rerun::ChannelDatatype::F32,
+                )
+                .with_meter(1.0);
+                let p = self.cam(&d.info).paths.depth.clone();
+                self.rec.log(p, &img)?;
+                self.counts.depth += 1;
+            }
+            Item::Confidence(d) => {
+                self.set_time(&d.info);
+                let img = rerun::Image::from_elements(
+                    &d.values,
+                    [d.width, d.height],
+                    rerun::ColorModel::L,
+                );
+                let p = self.cam(&d.info).paths.confidence.clone();
+                self.rec.log(p, &img)?;
+                self.counts.confidence += 1;
+            }
+            Item::Camera(c) => {
+                self.set_time(&c.info);
+                let k = camera_intrinsics(c).map(|k| (k, c.width, c.height));
+                self.geometry(&c.info, Some(c.pose()), k)?;
+                self.counts.cameras += 1;
+            }
+            Item::Points(p) => {
+                self.set_time(&p.info);
+                let colors = p
+                    .rgb
+                    .iter()
+                    .map(|c| rerun::Color::from_rgb(c[0], c[1], c[2]));
+                let pts = rerun::Points3D::new(p.xyz.iter().copied()).with_colors(colors);
+                let path = self.cam(&p.info).paths.points.clone();
+                self.rec.log(path, &pts)?;
+                self.counts.points += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs a frame's pose (transform + trajectory) and intrinsics (pinholes),
+    /// once per frame whichever message (camera or depth) brings them first.
+    fn geometry(
+        &mut self,
+        info: &FrameInfo,
+        pose: Option<Pose>,
+        k: Option<(Intrinsics, u32, u32)>,
+    ) -> Result<()> {
+        let max = self.trajectory_max;
+        let rec = self.rec.clone();
+        let cam = self.cam(info);
+        let fresh = |last: Option<u64>| info.frame_id.is_none() || last != info.frame_id;
+        if let Some(pose) = pose.filter(|_| fresh(cam.pose_frame)) {
+            let pos = f32s(pose.position);
+            if pos.iter().all(|v| v.is_finite()) {
+                cam.pose_frame = info.frame_id;
+                let q = rerun::Quaternion::from_xyzw(f32s(pose.orientation));
+                rec.log(
+                    cam.paths.camera.as_str(),
+                    &rerun::Transform3D::from_translation_rotation(pos, q),
+                )?;
+                cam.trajectory.push(pos);
+                if cam.trajectory.len() > max {
+                    let cut = cam.trajectory.len() - max;
+                    cam.trajectory.drain(..cut);
+                }
+                rec.log(
+                    cam.paths.trajectory.as_str(),
+                    &rerun::LineStrips3D::new([cam.trajectory.clone()]),
+                )?;
+                self.counts.poses += 1;
+            }
+        }
+        let cam = self.cam(info);
+        if let Some((k, w, h)) = k.filter(|_| fresh(cam.k_frame)) {
+            if w > 0 && h > 0 {
+                cam.k_frame = info.frame_id;
+                cam.k = Some((k, w, h));
+                rec.log(cam.paths.pinhole.as_str(), &pinhole(&k, w, h))?;
+                if let Some((iw, ih)) = cam.image_size {
+                    let ks = k.scaled(iw as f64 / w as f64, ih as f64 / h as f64);
+                    cam.image_pinhole = Some((iw, ih));
+                    rec.log(cam.paths.image.as_str(), &pinhole(&ks, iw, ih))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything logged has reached the sink, then closes it
+    /// (an `.rrd` gets its footer when its writer closes).
+    pub fn finish(self, timeout: Duration) -> Result<Counts> {
+        self.rec
+            .flush_with_timeout(timeout)
+            .map_err(|e| eyre!("the recording could not be flushed: {e}"))?;
+        let Self { rec, counts, .. } = self;
+        drop(rec);
+        Ok(counts)
+    }
+}
+
+/// Runs the sink until the event stream ends.
+pub fn run(
+    events: &mut EventStream,
+    mut logger: Logger,
+    flush_timeout: Duration,
+) -> Result<Counts> {
+    // `StreamExt::next` keeps the arrival order (`recv` may deliver Stop
+    // before the last inputs); drain until the stream ends.
+    while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
+        match event {
+            Event::Input { id, metadata, data } => {
+                let array = data.as_array();
+                match decode(id.as_str(), array.as_ref(), &metadata.parameters) {
+                    Ok(item) => {
+                        if let Err(e) = logger.handle(&item) {
+                            logger.counts.errors += 1;
+                            tracing::warn!("input `{id}`: not logged: {e:#}");
+                        }
+                    }
+                    Err(e) => {
+                        logger.counts.rejected += 1;
+                        tracing::warn!("input `{id}`: message rejected: {e:#}");
+                    }
+                }
+            }
+            Event::Error(e) => tracing::warn!("event stream error: {e}"),
+            _ => {}
+        }
+    }
+    let c = logger.finish(flush_timeout)?;
+    tracing::info!(
+        "viewer: logged image: {}, depth: {}, confidence: {}, depth_vis: {}, camera: {}, points: {}, poses: {}; {} messages rejected, {} not logged",
+        c.images,
+        c.depth,
+        c.confidence,
+        c.depth_vis,
+        c.cameras,
+        c.points,
+        c.poses,
+        c.rejected,
+        c.errors
+    );
+    Ok(c)
+}
+
+/// Entry point of the `viewer` binary.
+pub fn lib_main() -> Result<()> {
+    init_logging();
+    let cfg = Config::from_env().wrap_err("viewer: bad configuration")?;
+    let (node, mut events) = DoraNode::init_from_env()?;
+    let rec = open_stream(&cfg).wrap_err("viewer")?;
+    match &cfg.mode {
+        Mode::Save(p) => tracing::info!("viewer: recording to {}", p.display()),
+        Mode::Spawn => tracing::info!("viewer: streaming to a spawned rerun viewer"),
+        Mode::Connect(a) => tracing::info!("viewer: streaming to {a}"),
+    }
+    let logger = Logger::new(rec, node.id().as_ref(), cfg.trajectory_max)?;
+    run(&mut events, logger, cfg.flush_timeout)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use da3_msg::{DepthKind, Parameter};
+    use rerun::log::{Chunk, LogMsg};
+
+    /// Rows logged per `(entity, archetype)`.
+    fn logged(storage: &rerun::sink::MemorySinkStorage) -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for msg in storage.take() {
+            if let LogMsg::ArrowMsg(_, m) = msg {
+                let c = Chunk::from_arrow_msg(&m).unwrap();
+                let mut archs: Vec<String> = c
+                    .component_descriptors()
+                    .filter_map(|d| d.archetype.map(|a| a.short_name().to_string()))
+                    .collect();
+                archs.dedup();
+                for a in archs {
+                    // Entity paths print as `/world/...`.
+                    let e = c
+                        .entity_path()
+                        .to_string()
+                        .trim_start_matches('/')
+                        .to_string();
+                    *out.entry((e, a)).or_default() += c.num_rows();
+                }
+            }
+        }
+        out
+    }
+
+    fn memory_logger() -> (Logger, rerun::sink::MemorySinkStorage) {
+        let (rec, storage) = RecordingStreamBuilder::new("test")
+            .enabled(true)
+            .memory()
+            .unwrap();
+        (Logger::new(rec, "node", 3).unwrap(), storage)
+    }
+
+    fn info(i: u64) -> FrameInfo {
+        FrameInfo {
+            frame_id: Some(i),
+            stamp_ns: Some(1_000 + i),
+            camera: Some("cam a".into()),
+            last: false,
+        }
+    }
+
+    fn depth(i: u64) -> DepthMap {
+        DepthMap {
+            kind: DepthKind::Depth,
+            width: 4,
+            height: 3,
+            values: vec![1.5; 12],
+            info: info(i),
+            intrinsics: Some(Intrinsics {
+                fx: 4.0,
+                fy: 4.0,
+                cx: 2.0,
+                cy: 1.5,
+            }),
+            pose: Some(Pose {
+                position: [i as f64, 0.0, 0.0],
+                orientation: [0.0, 0.0, 0.0, 1.0],
+            }),
+            is_metric: false,
+        }
+    }
+
+    fn camera(i: u64) -> CameraMsg {
+        CameraMsg {
+            extrinsics: [
+                1.0,
+                0.0,
+                0.0,
+                -(i as f64),
+                0.0,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+                0.0,
+            ],
+            intrinsics: [4.0, 0.0, 2.0, 0.0, 4.0, 1.5, 0.0, 0.0, 1.0],
+            width: 4,
+            height: 3,
+            info: info(i),
+            is_metric: false,
+        }
+    }
+
+    #[test]
+    fn one_pose_and_pinhole_per_frame_and_a_capped_trajectory() {
+        let (mut lg, storage) = memory_logger();
+        for i in 0..5 {
+            let mut img = ImageFrame::rgb8(8, 6, vec![7; 8 * 6 * 3]);
+            img.info = info(i);
+            lg.handle(&Item::Image(img)).unwrap();
+            // Camera and depth both carry the pose: logged once.
+            lg.handle(&Item::Camera(camera(i))).unwrap();
+            lg.handle(&Item::Depth(depth(i))).unwrap();
+            let mut conf = depth(i);
+            conf.kind = DepthKind::Confidence;
+            lg.handle(&Item::Confidence(conf)).unwrap();
+            lg.handle(&Item::Points(PointCloud {
+                xyz: vec![[0.0, 0.0, 1.0]; 3],
+                rgb: vec![[1, 2, 3]; 3],
+                info: info(i),
+                is_metric: false,
+            }))
+            .unwrap();
+        }
+        assert_eq!(lg.cams["cam a"].trajectory.len(), 3, "TRAJECTORY_MAX");
+        assert_eq!(lg.cams["cam a"].trajectory[2], [4.0, 0.0, 0.0]);
+        let c = lg.finish(Duration::from_secs(10)).unwrap();
+        assert_eq!((c.images, c.depth, c.cameras, c.poses), (5, 5, 5, 5));
+        let got = logged(&storage);
+        let n = |e: &str, a: &str| got.get(&(e.to_string(), a.to_string())).copied();
+        let cam = "world/cameras/cam_a";
+        assert_eq!(n(cam, "Transform3D"), Some(5));
+        assert_eq!(n(&format!("{cam}/pinhole"), "Pinhole"), Some(5));
+        assert_eq!(n(&format!("{cam}/pinhole/depth"), "DepthImage"), Some(5));
+        assert_eq!(n(&format!("{cam}/pinhole/confidence"), "Image"), Some(5));
+        // The image pinhole: first when frame 0's K arrives, then per frame.
+        assert_eq!(n(&format!("{cam}/image"), "Pinhole"), Some(5));
+        assert_eq!(n(&format!("{cam}/image/rgb"), "Image"), Some(5));
+        assert_eq!(n("world/points/cam_a", "Points3D"), Some(5));
+        assert_eq!(n("world/trajectory/cam_a", "LineStrips3D"), Some(5));
+        assert_eq!(n("world", "ViewCoordinates"), Some(1));
+    }
+
+    #[test]
+    fn messages_without_frame_ids_use_the_node_name_and_still_log() {
+        let (mut lg, storage) = memory_logger();
+        let mut d = depth(0);
+        d.info = FrameInfo::default();
+        lg.handle(&Item::Depth(d.clone())).unwrap();
+        lg.handle(&Item::Depth(d)).unwrap();
+        lg.finish(Duration::from_secs(10)).unwrap();
+        let got = logged(&storage);
+        let key = ("world/cameras/node".to_string(), "Transform3D".to_string());
+        assert_eq!(got.get(&key), Some(&2));
+    }
+
+    #[test]
+    fn a_corrupt_jpeg_is_an_error_not_a_panic() {
+        let (mut lg, _storage) = memory_logger();
+        let mut f = ImageFrame::rgb8(0, 0, b"nope".to_vec());
+        f.encoding = da3_msg::Encoding::Jpeg;
+        assert!(lg.handle(&Item::Image(f)).is_err());
+        // Non-finite poses are skipped, not logged.
+        let mut d = depth(1);
+        d.pose = Some(Pose {
+            position: [f64::NAN, 0.0, 0.0],
+            orientation: [0.0, 0.0, 0.0, 1.0],
+        });
+        lg.handle(&Item::Depth(d)).unwrap();
+        assert_eq!(lg.counts.poses, 0);
+    }
+
+    #[test]
+    fn decode_routes_by_primitive() {
+        let d = depth(0);
+        let (a, p) = d.to_message();
+        assert!(matches!(
+            decode("x", a.as_ref(), &p).unwrap(),
+            Item::Depth(_)
+        ));
+        let (a, p) = camera(0).to_message();
+        assert!(matches!(
+            decode("c", a.as_ref(), &p).unwrap(),
+            Item::Camera(_)
+        ));
+        let (a, p) = ImageFrame::rgb8(1, 1, vec![1, 2, 3]).to_message();
+        assert!(matches!(
+            decode("image", a.as_ref(), &p).unwrap(),
+            Item::Image(_)
+        ));
+        assert!(matches!(
+            decode("depth_vis", a.as_ref(), &p).unwrap(),
+            Item::Vis(_)
+        ));
+        let mut p2 = p.clone();
+        p2.insert(keys::PRIMITIVE.into(), Parameter::String("what".into()));
+        assert!(decode("image", a.as_ref(), &p2).is_err());
+        // A depth payload of the wrong size.
+        let (_, p) = d.to_message();
+        let short = std::sync::Arc::new(da3_msg::arrow::array::Float32Array::from(vec![1.0f32]));
+        assert!(decode("depth", short.as_ref(), &p).is_err());
+    }
+
+    #[test]
+    fn entity_names_are_one_path_part() {
+        assert_eq!(entity_name("front cam/1"), "front_cam_1");
+        assert_eq!(entity_name(""), "_");
+        assert_eq!(Paths::new("a.b").points, "world/points/a_b");
+    }
+
+    #[test]
+    fn config_from_env_and_spawn_without_rerun() {
+        // Env vars are process-wide: only this test touches these names.
+        std::env::set_var("RERUN_MODE", "bogus");
+        let e = Config::from_env().unwrap_err().to_string();
+        assert!(e.contains("invalid RERUN_MODE"), "{e}");
+        std::env::set_var("RERUN_MODE", "connect");
+        assert_eq!(
+            Config::from_env().unwrap().mode,
+            Mode::Connect(DEFAULT_ADDR.into())
+        );
+        std::env::set_var("TRAJECTORY_MAX", "1");
+        assert!(Config::from_env().is_err());
+        std::env::remove_var("TRAJECTORY_MAX");
+        std::env::remove_var("RERUN_MODE");
+        let c = Config::from_env().unwrap();
+        assert_eq!(c.mode, Mode::Save(PathBuf::from("out/viewer.rrd")));
+        assert_eq!(c.app_id, "dora-da3");
+
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::env::var_os("PATH");
+        std::env::set_var("PATH", dir.path());
+        let cfg = Config {
+            mode: Mode::Spawn,
+            ..c
+        };
+        let e = format!("{:#}", open_stream(&cfg).unwrap_err());
+        if let Some(p) = old {
+            std::env::set_var("PATH", p);
+        }
+        assert!(e.contains("needs the `rerun` viewer on PATH"), "{e}");
+    }
+
+    #[test]
+    fn save_writes_a_file_that_grows_and_is_closed_at_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/x.rrd");
+        let cfg = Config {
+            mode: Mode::Save(path.clone()),
+            app_id: "t".into(),
+            recording_id: None,
+            trajectory_max: 10,
+            flush_timeout: Duration::from_secs(10),
+        };
+        let mut lg = Logger::new(open_stream(&cfg).unwrap(), "n", 10).unwrap();
+        lg.handle(&Item::Depth(depth(0))).unwrap();
+        lg.finish(Duration::from_secs(10)).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 100);
+        assert_eq!(&bytes[..4], b"RRF2", "rrd magic");
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> eyre::Result<()> {
+    viewer::lib_main()
+}
