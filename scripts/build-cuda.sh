@@ -23,13 +23,12 @@ SRC
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nvidia-cuda-toolkit
 fi
+# Debian's nvcc 11.8 wrapper refuses gcc 12 (bookworm's default) as host compiler and
+# picks a supported one when present: gcc 11.
+if ! command -v g++-11 >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-11
+fi
 nvcc --version | tail -2
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
-# Debian's nvcc 11.8 refuses gcc 12 (bookworm's default) as host compiler and points at
-# clang-14, which the toolkit package pulls in.
-if [ -z "${NVCC_CCBIN:-}" ] && command -v clang-14 >/dev/null \
-   && [ "$(gcc -dumpversion | cut -d. -f1)" -gt 11 ]; then
-  export NVCC_CCBIN=clang-14
-fi
 cargo build --release -p dora-da3 -p da3 --features dora-da3/cuda,da3/cuda "$@"
 echo "built: $(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/{dora-da3,da3} with CUDA (compute cap $CUDA_COMPUTE_CAP)"
