@@ -17,3 +17,19 @@ pub mod rng;
 
 pub use bad::Case;
 pub use rng::Rng;
+
+/// A deterministic RGB8 test picture (`w`×`h`, row-major), different for each `seed`:
+/// the good frames the node tests send between broken ones.
+pub fn test_picture(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    (0..h)
+        .flat_map(|y| {
+            (0..w).flat_map(move |x| {
+                [
+                    ((x * 5 + seed * 31) % 256) as u8,
+                    ((y * 7 + seed * 17) % 256) as u8,
+                    (((x + y) * 3 + seed * 7) % 256) as u8,
+                ]
+            })
+        })
+        .collect()
+}

@@ -36,22 +36,8 @@ fn config() -> Config {
     c
 }
 
-fn picture(seed: u32) -> Vec<u8> {
-    (0..H)
-        .flat_map(|y| {
-            (0..W).flat_map(move |x| {
-                [
-                    ((x * 5 + seed * 31) % 256) as u8,
-                    ((y * 7 + seed * 17) % 256) as u8,
-                    (((x + y) * 3 + seed * 7) % 256) as u8,
-                ]
-            })
-        })
-        .collect()
-}
-
 fn frame(seed: u32, id: u64) -> ImageFrame {
-    let mut f = ImageFrame::rgb8(W, H, picture(seed));
+    let mut f = ImageFrame::rgb8(W, H, da3_testkit::test_picture(W, H, seed));
     f.info = FrameInfo {
         frame_id: Some(id),
         stamp_ns: Some(id * 1_000_000),

@@ -36,22 +36,8 @@ fn model() -> Da3Model {
     Da3Model::load(MODEL, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap()
 }
 
-fn rgb(seed: u32) -> Vec<u8> {
-    (0..H)
-        .flat_map(|y| {
-            (0..W).flat_map(move |x| {
-                [
-                    ((x * 5 + seed * 31) % 256) as u8,
-                    ((y * 7 + seed * 17) % 256) as u8,
-                    (((x + y) * 3 + seed * 7) % 256) as u8,
-                ]
-            })
-        })
-        .collect()
-}
-
 fn frame(enc: Encoding, seed: u32, id: u64, camera: &str, stamp_ms: u64) -> ImageFrame {
-    let px = rgb(seed);
+    let px = da3_testkit::test_picture(W, H, seed);
     let data = match enc {
         Encoding::Rgb8 => px,
         Encoding::Bgr8 => px.chunks(3).flat_map(|p| [p[2], p[1], p[0]]).collect(),
@@ -184,7 +170,12 @@ fn batch_sends_every_frame_in_order_with_the_model_values() {
     // Values equal the library run on the same frames, in input order.
     let cfg = config(Mode::Batch);
     for (i, d) in depths.iter().enumerate() {
-        let image = da3::preprocess::RgbImage::new(W as usize, H as usize, rgb(i as u32)).unwrap();
+        let image = da3::preprocess::RgbImage::new(
+            W as usize,
+            H as usize,
+            da3_testkit::test_picture(W, H, i as u32),
+        )
+        .unwrap();
         let want = dora_da3::engine::infer_image(&m, &cfg, image).unwrap();
         assert_eq!(d.len(), (W * H) as usize);
         let e = max_rel(d, &want.depth);

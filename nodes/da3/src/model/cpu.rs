@@ -385,25 +385,6 @@ fn exp_sub_sum(v: &mut [f32], m: f32) -> f32 {
     }
 }
 
-/// `v = exp(v - max v)` in place; returns the sum.
-#[allow(dead_code)]
-fn exp_row(v: &mut [f32]) -> f32 {
-    if simd::available() {
-        unsafe {
-            let m = simd::max(v);
-            simd::exp_sub_sum(v, m)
-        }
-    } else {
-        let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut s = 0.0;
-        for x in v.iter_mut() {
-            *x = (*x - m).exp();
-            s += *x;
-        }
-        s
-    }
-}
-
 fn gelu_inplace(v: &mut [f32]) {
     if simd::available() {
         unsafe { simd::gelu(v) }
