@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use da3::export::npz::{npz_get, read_npz};
-use e2e::{sample_images, tiny_model, Flow};
+use e2e::{repo_root, sample_images, tiny_model, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -75,6 +75,7 @@ fn images_to_npz_png16_ply_colmap() {
 
     let want_depth = library_depth(&images);
     let mut extrinsics = Vec::new();
+    let mut depth_sums = Vec::new();
     for (i, want) in want_depth.iter().enumerate() {
         let stem = out.join(format!("sample_{i:06}"));
         let file = |ext: &str| PathBuf::from(format!("{}{ext}", stem.display()));
@@ -104,6 +105,7 @@ fn images_to_npz_png16_ply_colmap() {
             .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
             / scale;
         assert!(err <= 1e-5, "frame {i}: npz depth vs library: {err}");
+        depth_sums.push(depth.iter().map(|v| *v as f64).sum::<f64>());
 
         // png16: depth x 1000 within one unit where it is in range.
         let png = image::open(file(".png")).unwrap();
@@ -173,6 +175,42 @@ fn images_to_npz_png16_ply_colmap() {
         assert_eq!(acc(0, "COLOR_0"), count);
         assert_eq!(doc["meshes"][1]["primitives"][0]["mode"], 1);
         assert_eq!(acc(1, "POSITION"), 5);
+    }
+
+    // numpy reads the same files (the .venv Python of scripts/setup.sh; numpy comes
+    // with rerun-sdk): keys, shapes, dtypes and the depth values agree.
+    let npz: Vec<String> = (0..n)
+        .map(|i| out.join(format!("sample_{i:06}.npz")).display().to_string())
+        .collect();
+    let script = "import json, sys, numpy as np\n\
+        print(json.dumps([{k: [list(d[k].shape), str(d[k].dtype), float(np.asarray(d[k], np.float64).sum())] \
+        for k in d.files} for d in map(np.load, sys.argv[1:])]))";
+    let py = std::process::Command::new(repo_root().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .args(&npz)
+        .output()
+        .expect("running .venv/bin/python (bash scripts/setup.sh installs it)");
+    assert!(
+        py.status.success(),
+        "numpy: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let seen: Vec<Value> = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(seen.len(), n);
+    for (i, f) in seen.iter().enumerate() {
+        let keys: Vec<&str> = f.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), 5, "frame {i}: {keys:?}");
+        assert_eq!(f["depth"][0], serde_json::json!([1, 84, 112]));
+        assert_eq!(f["depth"][1], "float32");
+        assert_eq!(f["image"][1], "uint8");
+        assert_eq!(f["extrinsics"][0], serde_json::json!([1, 3, 4]));
+        let sum = f["depth"][2].as_f64().unwrap();
+        assert!(
+            (sum - depth_sums[i]).abs() <= 1e-6 * depth_sums[i].abs().max(1.0),
+            "frame {i}: numpy depth sum {sum} vs {}",
+            depth_sums[i]
+        );
     }
 
     // COLMAP: 4 cameras and images; the pose is the npz's extrinsics.
