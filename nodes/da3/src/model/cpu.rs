@@ -119,6 +119,19 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     Ok(&data[l.start_offset()..])
 }
 
+/// The f32 data of a contiguous input (the kernels' common entry check).
+fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    if !l.is_contiguous() {
+        bail!("{op}: input must be contiguous");
+    }
+    f32_slice(s, l)
+}
+
+/// A layer's bias as host values.
+fn bias_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    bias.map(|b| b.to_vec1::<f32>()).transpose()
+}
+
 /// A raw pointer that tasks writing disjoint regions may share.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
@@ -416,10 +429,7 @@ impl CustomOp1 for LinearOp<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("da3-linear: input must be contiguous");
-        }
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32("da3-linear", s, l)?;
         let dims = l.dims();
         let k = *dims.last().unwrap_or(&0);
         let m = l.shape().elem_count() / k.max(1);
@@ -433,10 +443,7 @@ impl CustomOp1 for LinearOp<'_> {
             }
         }
         let mut out = vec![0f32; m * n];
-        let bias: Option<Vec<f32>> = match self.bias {
-            Some(b) => Some(b.to_vec1::<f32>()?),
-            None => None,
-        };
+        let bias = bias_values(self.bias)?;
         let w_c = self.weight.contiguous()?;
         let res_c = match &self.residual {
             Some((r, g)) => {
@@ -838,10 +845,7 @@ impl CustomOp1 for Conv2dOp<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("da3-conv2d: input must be contiguous");
-        }
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32("da3-conv2d", s, l)?;
         let (b, ci, ih, iw) = l.shape().dims4()?;
         let (co, wci, kh, kw) = self.weight.dims4()?;
         if wci != ci {
@@ -855,10 +859,7 @@ impl CustomOp1 for Conv2dOp<'_> {
         let ow = (iw + 2 * pad - kw) / st + 1;
         let npix = oh * ow;
         let kk = ci * kh * kw;
-        let bias: Option<Vec<f32>> = match self.bias {
-            Some(b) => Some(b.to_vec1::<f32>()?),
-            None => None,
-        };
+        let bias = bias_values(self.bias)?;
         let mut out = match self.residual {
             Some(r) => {
                 if r.dims() != [b, co, oh, ow] {
@@ -1091,10 +1092,7 @@ impl CustomOp1 for TokensConv1x1Op<'_> {
                 self.weight.dims()
             );
         }
-        let bias: Option<Vec<f32>> = match self.bias {
-            Some(b) => Some(b.to_vec1::<f32>()?),
-            None => None,
-        };
+        let bias = bias_values(self.bias)?;
         let mut out = vec![0f32; b * o * n];
         let optr = SyncPtr(out.as_mut_ptr());
         let band = chunk_len(n, 64);
@@ -1169,10 +1167,7 @@ impl CustomOp1 for ConvTransposeOp<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("da3-conv-transpose2d: input must be contiguous");
-        }
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32("da3-conv-transpose2d", s, l)?;
         let (b, ci, ih, iw) = l.shape().dims4()?;
         let (wci, co, kh, kw) = self.weight.dims4()?;
         if wci != ci {
@@ -1274,10 +1269,7 @@ impl CustomOp1 for UvEmbedOp<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("da3-uv-embed: input must be contiguous");
-        }
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32("da3-uv-embed", s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
         let half = c / 2;
         if c % 2 != 0 || self.ex.len() != half * w || self.ey.len() != half * h {
@@ -1348,10 +1340,7 @@ impl CustomOp1 for BilinearOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !l.is_contiguous() {
-            bail!("da3-bilinear: input must be contiguous");
-        }
-        let x = f32_slice(s, l)?;
+        let x = contiguous_f32("da3-bilinear", s, l)?;
         let (b, c, ih, iw) = l.shape().dims4()?;
         let (oh, ow) = (self.oh, self.ow);
         let ty = bilinear_taps(ih, oh);
