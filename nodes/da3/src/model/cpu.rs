@@ -233,46 +233,40 @@ mod simd {
         *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
-    /// exp for 8 lanes: range reduction by ln 2 (Cody-Waite), degree-6 polynomial, 2^n by
-    /// exponent arithmetic. Relative error ~2 ulp over [-87, 88]; below -87 gives 0.
+    /// 2^x for 8 lanes, x ≤ 0 (the softmax's shifted scores and GELU's -z²): n = round(x),
+    /// 2^(x-n) by Cephes' degree-6 polynomial on [-0.5, 0.5] (relative error ≤ 2e-7),
+    /// 2^n by exponent arithmetic. Below -126 gives 2^-126 (≈1.2e-38) instead of a smaller
+    /// value or 0: nothing that matters next to the row's largest term, which is 1.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(x, _mm256_set1_ps(88.37626));
-        let under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654), _CMP_LT_OQ);
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654));
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_2e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
-        let r2 = _mm256_mul_ps(r, r);
-        let y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    pub unsafe fn exp2_neg8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-126.0));
+        let n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let f = _mm256_sub_ps(x, n);
+        let mut p = _mm256_set1_ps(1.535_336_2e-4);
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339_887_4e-3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618_437e-3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550_332_5e-2));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402_264_8e-1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931_472e-1));
+        let y = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
         let e = _mm256_slli_epi32(
             _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
             23,
         );
-        let y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-        _mm256_andnot_ps(under, y)
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
     }
 
-    /// In place `v[i] = exp(v[i] - max)`, returns the sum.
+    /// In place `v[i] = 2^(v[i] - max)` (`max` ≥ every `v[i]`), returns the sum.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_sub_sum(v: &mut [f32], max: f32) -> f32 {
+    pub unsafe fn exp2_sub_sum(v: &mut [f32], max: f32) -> f32 {
         let n8 = v.len() / 8 * 8;
         let m = _mm256_set1_ps(max);
         let mut acc = _mm256_setzero_ps();
         let p = v.as_mut_ptr();
         let mut i = 0;
         while i < n8 {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            let e = exp2_neg8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
             _mm256_storeu_ps(p.add(i), e);
             acc = _mm256_add_ps(acc, e);
             i += 8;
@@ -281,7 +275,7 @@ mod simd {
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         let mut s: f32 = lanes.iter().sum();
         for x in &mut v[n8..] {
-            *x = (*x - max).exp();
+            *x = (*x - max).exp2();
             s += *x;
         }
         s
@@ -317,17 +311,21 @@ mod simd {
             let x = _mm256_loadu_ps(p.add(i));
             let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
             let az = _mm256_andnot_ps(sign_mask, z);
-            let t = _mm256_div_ps(
-                _mm256_set1_ps(1.0),
-                _mm256_fmadd_ps(az, _mm256_set1_ps(0.327_591_1), _mm256_set1_ps(1.0)),
-            );
+            // t = 1 / (1 + 0.3275911·|z|): reciprocal estimate + one Newton step (~23 bits)
+            let den = _mm256_fmadd_ps(az, _mm256_set1_ps(0.327_591_1), _mm256_set1_ps(1.0));
+            let t0 = _mm256_rcp_ps(den);
+            let t = _mm256_mul_ps(t0, _mm256_fnmadd_ps(den, t0, _mm256_set1_ps(2.0)));
             let mut q = _mm256_set1_ps(1.061_405_4);
             q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-1.453_152_1));
             q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.421_413_8));
             q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.284_496_72));
             q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.254_829_6));
             q = _mm256_mul_ps(q, t);
-            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
+            // exp(-z²) = 2^(-z²·log2 e)
+            let e = exp2_neg8(_mm256_mul_ps(
+                _mm256_mul_ps(az, az),
+                _mm256_set1_ps(-std::f32::consts::LOG2_E),
+            ));
             let erf_abs = _mm256_fnmadd_ps(q, e, _mm256_set1_ps(1.0));
             let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign_mask, z));
             let y = _mm256_mul_ps(
@@ -348,7 +346,7 @@ mod simd {
     pub fn available() -> bool {
         false
     }
-    pub unsafe fn exp_sub_sum(_: &mut [f32], _: f32) -> f32 {
+    pub unsafe fn exp2_sub_sum(_: &mut [f32], _: f32) -> f32 {
         unreachable!()
     }
     pub unsafe fn max(_: &[f32]) -> f32 {
@@ -384,14 +382,14 @@ fn row_max(v: &[f32]) -> f32 {
     }
 }
 
-/// `v = exp(v - m)` in place; returns the sum.
-fn exp_sub_sum(v: &mut [f32], m: f32) -> f32 {
+/// `v = 2^(v - m)` in place (`m` ≥ every `v`); returns the sum.
+fn exp2_sub_sum(v: &mut [f32], m: f32) -> f32 {
     if simd::available() {
-        unsafe { simd::exp_sub_sum(v, m) }
+        unsafe { simd::exp2_sub_sum(v, m) }
     } else {
         let mut s = 0.0;
         for x in v.iter_mut() {
-            *x = (*x - m).exp();
+            *x = (*x - m).exp2();
             s += *x;
         }
         s
@@ -651,7 +649,9 @@ fn unpacked_lhs_ok() {
     });
 }
 
-/// Queries per block: the score block is `q_block() × N` floats per thread.
+/// Queries per block (default and largest): the score block is `q_block() × k_block()`
+/// floats per thread. 512 rather than 128 makes `p · v` (n = queries) run at the GEMM's
+/// peak instead of ~75% of it (DA3-SMALL, d = 64).
 const Q_BLOCK_MAX: usize = 512;
 
 /// Keys per block of the online softmax (the score block stays in L2).
@@ -666,7 +666,7 @@ fn q_block() -> usize {
         std::env::var("DA3_Q_BLOCK")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(128usize)
+            .unwrap_or(Q_BLOCK_MAX)
             .clamp(8, Q_BLOCK_MAX)
     })
 }
@@ -737,7 +737,8 @@ impl CustomOp3 for AttentionOp {
                 while k0 < nk {
                     let kn = kblk.min(nk - k0);
                     let sc = &mut sc[..rows * kn];
-                    // scores = scale · q · kᵀ   (rows × kn); kᵀ is read in place
+                    // scores = log2(e) · scale · q · kᵀ   (rows × kn), kᵀ read in place; the
+                    // softmax then takes 2^(s - max), which is exp of the true scores.
                     sgemm(
                         rows,
                         kn,
@@ -752,12 +753,12 @@ impl CustomOp3 for AttentionOp {
                         kbase.add(k0 * ks[2]),
                         ks[3] as isize,
                         ks[2] as isize,
-                        self.scale,
+                        self.scale * std::f32::consts::LOG2_E,
                     );
                     for (r, row) in sc.chunks_mut(kn).enumerate() {
                         let m_new = mrow[r].max(row_max(row));
-                        let alpha = (mrow[r] - m_new).exp(); // 0 on the first block
-                        lrow[r] = lrow[r] * alpha + exp_sub_sum(row, m_new);
+                        let alpha = (mrow[r] - m_new).exp2(); // 0 on the first block
+                        lrow[r] = lrow[r] * alpha + exp2_sub_sum(row, m_new);
                         mrow[r] = m_new;
                         if k0 > 0 && alpha != 1.0 {
                             for v in &mut oacc[r * d..(r + 1) * d] {
@@ -1600,22 +1601,34 @@ mod tests {
     }
 
     #[test]
-    fn exp_and_gelu_match_libm() {
-        // exp is clamped below -87.3 (0); the range stops where the f32 sum would overflow
+    fn exp2_and_gelu_match_libm() {
         let xs: Vec<f32> = (-1740..1600).map(|i| i as f32 * 0.05).collect();
-        let mut e = xs.clone();
         if simd::available() {
-            let s = unsafe { simd::exp_sub_sum(&mut e, 0.0) };
+            // 2^x for x ≤ 0 as the softmax uses it (the max subtracted), and its sum
+            let neg: Vec<f32> = (0..3000).map(|i| -(i as f32) * 0.045).collect();
+            let mut e = neg.clone();
+            let s = unsafe { simd::exp2_sub_sum(&mut e, 0.0) };
             let mut want = 0f64;
-            for (x, y) in xs.iter().zip(&e) {
-                let r = (*x as f64).exp();
+            for (x, y) in neg.iter().zip(&e) {
+                let r = (*x as f64).exp2();
                 want += r;
                 assert!(
-                    ((*y as f64) - r).abs() <= 4e-7 * r + 1e-37,
-                    "exp({x}) = {y}, want {r}"
+                    ((*y as f64) - r).abs() <= 3e-7 * r + 1.2e-38,
+                    "2^{x} = {y}, want {r}"
                 );
             }
-            assert!(((s as f64) - want).abs() < 1e-5 * want);
+            assert!(((s as f64) - want).abs() < 1e-6 * want);
+            // shifted by a row max
+            let mut e = vec![3.0f32, 1.5, -2.25, 3.0, 0.0, -40.0, 2.0, 1.0, -0.5];
+            let s = unsafe { simd::exp2_sub_sum(&mut e, 3.0) };
+            let want: Vec<f64> = [3.0f64, 1.5, -2.25, 3.0, 0.0, -40.0, 2.0, 1.0, -0.5]
+                .iter()
+                .map(|x| (x - 3.0).exp2())
+                .collect();
+            for (y, r) in e.iter().zip(&want) {
+                assert!(((*y as f64) - r).abs() <= 3e-7 * r);
+            }
+            assert!(((s as f64) - want.iter().sum::<f64>()).abs() < 1e-6 * s as f64);
         }
         let mut g = xs.clone();
         gelu_inplace(&mut g);
