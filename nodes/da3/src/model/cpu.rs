@@ -832,6 +832,9 @@ struct Conv2dOp<'a> {
     relu_in: bool,
     /// Added to the output (same shape).
     residual: Option<&'a Tensor>,
+    /// `w2 · relu(y) + b2` of the conv's output `y` as the result (a following ReLU + 1x1
+    /// conv computed per band while `y` is in cache; `y` itself is never stored).
+    then_1x1: Option<(Vec<f32>, Option<Vec<f32>>)>,
 }
 
 /// Target floats in one im2col band (fits in L2 with the weights' panel).
@@ -861,6 +864,25 @@ impl CustomOp1 for Conv2dOp<'_> {
         let npix = oh * ow;
         let kk = ci * kh * kw;
         let bias = bias_values(self.bias)?;
+        // Channels of the result: the conv's own, or those of the fused 1x1 after it.
+        let co_out = match &self.then_1x1 {
+            Some((w2, b2)) => {
+                let co2 = w2.len() / co.max(1);
+                if self.residual.is_some()
+                    || co2 == 0
+                    || w2.len() != co2 * co
+                    || b2.as_ref().is_some_and(|b2| b2.len() != co2)
+                {
+                    bail!(
+                        "da3-conv2d: fused 1x1 of {} weights for {co} channels",
+                        w2.len()
+                    );
+                }
+                co2
+            }
+            None => co,
+        };
+        let fused = self.then_1x1.is_some();
         let mut out = match self.residual {
             Some(r) => {
                 if r.dims() != [b, co, oh, ow] {
@@ -871,7 +893,7 @@ impl CustomOp1 for Conv2dOp<'_> {
                 }
                 r.flatten_all()?.to_vec1::<f32>()?
             }
-            None => vec![0f32; b * co * npix],
+            None => vec![0f32; b * co_out * npix],
         };
         let accumulate = self.residual.is_some();
         let optr = SyncPtr(out.as_mut_ptr());
@@ -891,68 +913,91 @@ impl CustomOp1 for Conv2dOp<'_> {
                 let p0 = bj * band;
                 let np = band.min(npix - p0);
                 let xb = unsafe { (xp as *const f32).add(bi * ci * ih * iw) };
-                let ob = unsafe { optr.get().add(bi * co * npix + p0) };
-                if let Some(bv) = &bias {
-                    for (o, bval) in bv.iter().enumerate() {
-                        let row = unsafe { std::slice::from_raw_parts_mut(ob.add(o * npix), np) };
-                        if accumulate {
-                            row.iter_mut().for_each(|v| *v += bval);
-                        } else {
-                            row.fill(*bval);
+                let ob = unsafe { optr.get().add(bi * co_out * npix + p0) };
+                let ncols = if direct { 0 } else { kk * np };
+                let ny = if fused { co * np } else { 0 };
+                with_scratch(ncols + ny, |buf| {
+                    let (cols, ybuf) = buf.split_at_mut(ncols);
+                    // The conv's output band: straight into the result, or into `ybuf`
+                    // (row stride np) when a 1x1 follows.
+                    let (yb, ys) = if fused {
+                        (ybuf.as_mut_ptr(), np)
+                    } else {
+                        (ob, npix)
+                    };
+                    if let Some(bv) = &bias {
+                        for (o, bval) in bv.iter().enumerate() {
+                            let row = unsafe { std::slice::from_raw_parts_mut(yb.add(o * ys), np) };
+                            if accumulate {
+                                row.iter_mut().for_each(|v| *v += bval);
+                            } else {
+                                row.fill(*bval);
+                            }
                         }
                     }
-                }
-                let acc = accumulate || bias.is_some();
-                if direct {
-                    unsafe {
-                        sgemm(
-                            co,
-                            np,
-                            ci,
-                            ob,
-                            npix as isize,
-                            1,
-                            acc,
-                            wp as *const f32,
-                            ci as isize,
-                            1,
-                            xb.add(p0),
-                            (ih * iw) as isize,
-                            1,
-                            1.0,
-                        )
-                    };
-                    return;
-                }
-                with_scratch(kk * np, |cols| {
-                    let xs = unsafe { std::slice::from_raw_parts(xb, ci * ih * iw) };
-                    im2col(xs, (ci, ih, iw), (kh, kw, st, pad), (ow, p0, np), cols);
-                    if self.relu_in {
-                        cols.iter_mut().for_each(|v| *v = v.max(0.0));
+                    let acc = accumulate || bias.is_some();
+                    if direct {
+                        unsafe {
+                            sgemm(
+                                co,
+                                np,
+                                ci,
+                                yb,
+                                ys as isize,
+                                1,
+                                acc,
+                                wp as *const f32,
+                                ci as isize,
+                                1,
+                                xb.add(p0),
+                                (ih * iw) as isize,
+                                1,
+                                1.0,
+                            )
+                        };
+                    } else {
+                        let xs = unsafe { std::slice::from_raw_parts(xb, ci * ih * iw) };
+                        im2col(xs, (ci, ih, iw), (kh, kw, st, pad), (ow, p0, np), cols);
+                        if self.relu_in {
+                            cols.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
+                        unsafe {
+                            sgemm(
+                                co,
+                                np,
+                                kk,
+                                yb,
+                                ys as isize,
+                                1,
+                                acc,
+                                wp as *const f32,
+                                kk as isize,
+                                1,
+                                cols.as_ptr(),
+                                np as isize,
+                                1,
+                                1.0,
+                            )
+                        };
                     }
-                    unsafe {
-                        sgemm(
-                            co,
-                            np,
-                            kk,
-                            ob,
-                            npix as isize,
-                            1,
-                            acc,
-                            wp as *const f32,
-                            kk as isize,
-                            1,
-                            cols.as_ptr(),
-                            np as isize,
-                            1,
-                            1.0,
-                        )
-                    };
+                    if let Some((w2, b2)) = &self.then_1x1 {
+                        for o2 in 0..co_out {
+                            let z =
+                                unsafe { std::slice::from_raw_parts_mut(ob.add(o2 * npix), np) };
+                            z.fill(b2.as_ref().map_or(0.0, |b2| b2[o2]));
+                            for (c, yrow) in ybuf.chunks(np).enumerate() {
+                                let wv = w2[o2 * co + c];
+                                for (zv, yv) in z.iter_mut().zip(yrow) {
+                                    *zv += wv * yv.max(0.0);
+                                }
+                            }
+                        }
+                    }
                 });
             });
             Ok(())
         })?;
-        Ok((CpuStorage::F32(out), Shape::from((b, co, oh, ow))))
+        Ok((CpuStorage::F32(out), Shape::from((b, co_out, oh, ow))))
     }
 }
 
@@ -1020,6 +1065,9 @@ pub struct ConvExt<'a> {
     pub relu_in: bool,
     /// Added to the output.
     pub residual: Option<&'a Tensor>,
+    /// ReLU of the output, then this 1x1 conv (weight (O2, Co, 1, 1), bias): the result is
+    /// the 1x1's output. Not with `residual`.
+    pub then_1x1: Option<(&'a Tensor, Option<&'a Tensor>)>,
 }
 
 pub fn conv2d(
@@ -1034,7 +1082,18 @@ pub fn conv2d(
     let (co, ci, kh, kw) = weight.dims4()?;
     let oh = (ih + 2 * padding).saturating_sub(kh) / stride + 1;
     let ow = (iw + 2 * padding).saturating_sub(kw) / stride + 1;
-    let flops = 2.0 * (b * oh * ow) as f64 * (co * ci * kh * kw) as f64;
+    let then_1x1 = match ext.then_1x1 {
+        Some((w2, b2)) => Some((
+            w2.flatten_all()?.to_vec1::<f32>()?,
+            match b2 {
+                Some(b2) => Some(b2.to_vec1::<f32>()?),
+                None => None,
+            },
+        )),
+        None => None,
+    };
+    let co2 = then_1x1.as_ref().map_or(0, |(w2, _)| w2.len());
+    let flops = 2.0 * (b * oh * ow) as f64 * (co * ci * kh * kw + co2) as f64;
     let name: &'static str = if PROFILE_ON.load(std::sync::atomic::Ordering::Relaxed)
         && std::env::var_os("DA3_PROFILE_SHAPES").is_some()
     {
@@ -1053,6 +1112,7 @@ pub fn conv2d(
             padding,
             relu_in: ext.relu_in,
             residual: ext.residual,
+            then_1x1,
         })
     })
 }
@@ -1793,6 +1853,7 @@ mod tests {
         let ext = ConvExt {
             relu_in: true,
             residual: Some(&r),
+            ..Default::default()
         };
         let got = conv2d(&x, &wt, Some(&b), 1, 1, ext).unwrap();
         let want = (x
@@ -1805,6 +1866,46 @@ mod tests {
             + &r)
             .unwrap();
         assert!(max_rel(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn conv2d_then_relu_1x1_matches_candle() {
+        // band boundaries inside rows: 2 images of 37x53 pixels, several bands each
+        let x = rand(&[2, 6, 37, 53], 60);
+        let wt = rand(&[8, 6, 3, 3], 61);
+        let b = rand(&[8], 62);
+        let w2 = rand(&[2, 8, 1, 1], 63);
+        let b2 = rand(&[2], 64);
+        for b2 in [Some(&b2), None] {
+            let ext = ConvExt {
+                then_1x1: Some((&w2, b2)),
+                ..Default::default()
+            };
+            let got = conv2d(&x, &wt, Some(&b), 1, 1, ext).unwrap();
+            let y = x
+                .conv2d(&wt, 1, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, 8, 1, 1)).unwrap())
+                .unwrap()
+                .relu()
+                .unwrap()
+                .conv2d(&w2, 0, 1, 1, 1)
+                .unwrap();
+            let want = match b2 {
+                Some(b2) => y.broadcast_add(&b2.reshape((1, 2, 1, 1)).unwrap()).unwrap(),
+                None => y,
+            };
+            assert_eq!(got.dims(), &[2, 2, 37, 53]);
+            assert!(max_rel(&got, &want) < 1e-5);
+        }
+        // with a residual it is refused, not computed wrongly
+        let r = rand(&[2, 8, 37, 53], 65);
+        let ext = ConvExt {
+            residual: Some(&r),
+            then_1x1: Some((&w2, None)),
+            ..Default::default()
+        };
+        assert!(conv2d(&x, &wt, Some(&b), 1, 1, ext).is_err());
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl ResidualConvUnit {
             ConvExt {
                 relu_in: true,
                 residual: Some(&res),
+                ..Default::default()
             },
         )
     }
@@ -124,7 +125,7 @@ impl FusionBlock {
         })
     }
 
-    /// Merge `lateral` (if any), refine, upsample to `size` (default 2x), 1x1 conv.
+    /// Merge `lateral` (if any), refine, 1x1 conv, upsample to `size` (default 2x).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -138,8 +139,11 @@ impl FusionBlock {
         let y = self.res2.forward(&y)?;
         let (_, _, h, w) = y.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        let y = resize_bilinear_ac(&y, th, tw)?;
-        self.out_conv.forward(&y)
+        // The reference upsamples, then applies the 1x1 `out_conv`. Both are linear per
+        // channel and the bilinear weights of each output pixel sum to 1 (bias unchanged),
+        // so the 1x1 runs first, on ~4x fewer pixels; equal up to rounding.
+        let y = self.out_conv.forward(&y)?;
+        resize_bilinear_ac(&y, th, tw)
     }
 }
 
@@ -297,6 +301,17 @@ impl OutConv2 {
 
 impl Module for OutConv2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.ln.is_none() {
+            // conv_last(relu(conv0(x))): the 1x1 runs per band inside conv0 on the CPU path,
+            // so the full-resolution hidden map is never written out.
+            return self.conv0.forward_ext(
+                x,
+                ConvExt {
+                    then_1x1: Some((self.conv_last.weight(), self.conv_last.bias())),
+                    ..Default::default()
+                },
+            );
+        }
         let mut y = self.conv0.forward(x)?;
         if let Some(ln) = &self.ln {
             y = ln

@@ -180,8 +180,20 @@ impl Conv2d {
         } else {
             self.inner.forward(&x)?
         };
-        match ext.residual {
-            Some(r) => y + r,
+        let y = match ext.residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        match ext.then_1x1 {
+            Some((w2, b2)) => {
+                // in the 1x1's own dtype (f32 where convs compute in f32), back to y's
+                let z = y.relu()?.to_dtype(w2.dtype())?.conv2d(w2, 0, 1, 1, 1)?;
+                let z = match b2 {
+                    Some(b2) => z.broadcast_add(&b2.reshape((1, (), 1, 1))?)?,
+                    None => z,
+                };
+                z.to_dtype(y.dtype())
+            }
             None => Ok(y),
         }
     }
