@@ -156,9 +156,11 @@ impl Attention {
                     cpu::norm_rope(&t, nm, rope_t)
                 }
             };
-            let q = prep(qkv.get(0)?, &self.q_norm)?;
-            let k = prep(qkv.get(1)?, &self.k_norm)?;
-            let out = cpu::attention(&q, &k, &qkv.get(2)?, 1.0 / (hd as f32).sqrt())?;
+            // `narrow + squeeze` keeps the strides (`get` would copy: it reshapes).
+            let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
+            let q = prep(part(0)?, &self.q_norm)?;
+            let k = prep(part(1)?, &self.k_norm)?;
+            let out = cpu::attention(&q, &k, &part(2)?, 1.0 / (hd as f32).sqrt())?;
             return self.proj.forward_ext(
                 &out,
                 LinearExt {
