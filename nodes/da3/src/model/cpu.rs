@@ -8,7 +8,7 @@
 //! Used when a tensor is f32 on the CPU; other dtypes and devices keep candle's ops.
 //! `DA3_CPU_KERNELS=0` switches them off (candle's ops everywhere, about 2x slower).
 //! Tuning knobs (defaults measured on a 2-core AVX2 machine, see docs/benchmarks.md):
-//! `DA3_Q_BLOCK` (queries per attention block, 128), `DA3_K_BLOCK` (keys per online-softmax
+//! `DA3_Q_BLOCK` (queries per attention block, 512, also the largest), `DA3_K_BLOCK` (keys per online-softmax
 //! block, 512), `DA3_LINEAR_TASKS` (linear-layer tasks per thread, 1), `DA3_LINEAR_SUB`
 //! (rows per fused sub-block, 256), `DA3_COL_BAND` (floats per im2col band, 131072).
 //! `da3 bench --profile` shows the time and GFLOP/s of each kernel kind.
