@@ -114,12 +114,6 @@ for r in rows:
         continue
     key = r["impl"] + ("" if r.get("dtype", "f32") == "f32" else " " + r["dtype"])
     by.setdefault((r["model"], r["views"]), {})[key] = r
-if nrounds > 1:
-    out += ["", "Medians of each round, ms (ours / reference forward):", ""]
-    for (m, v), d in sorted(by.items()):
-        o = d.get("dora-da3 (candle)"); r = d.get("reference forward f32")
-        if o and r:
-            out.append(f"- {m}, {v} view(s): {o['round_medians_ms']} / {r['round_medians_ms']}")
 mixed = []
 for (m, v), d in sorted(by.items()):
     ours = d.get("dora-da3 (candle)"); ref = d.get("reference forward f32"); api = d.get("reference inference() (autocast)")
@@ -133,6 +127,12 @@ for (m, v), d in sorted(by.items()):
         r = d.get(f"dora-da3 (candle) {p}")
         if r:
             mixed.append(f"| {m} | {v} | {p} | {r['median_ms']:.0f} | {ours['median_ms']:.0f} | {r['median_ms']/ours['median_ms']:.2f} | {r['peak_rss_mib']:.0f} |" if ours else "")
+if nrounds > 1:
+    out += ["", "Medians of each round (sorted), ms, ours / reference forward:", ""]
+    for (m, v), d in sorted(by.items()):
+        o = d.get("dora-da3 (candle)"); r = d.get("reference forward f32")
+        if o and r:
+            out.append(f"- {m}, {v} view(s): {o['round_medians_ms']} / {r['round_medians_ms']}")
 if mixed:
     out += ["", "Mixed precision on this CPU (ours; parity with f32 is tested to 2e-2 in `nodes/da3/tests/loading.rs`):", "",
             "| model | views | dtype | ms | f32 ms | vs f32 | RSS MiB |", "|---|---|---|---|---|---|---|"] + mixed
