@@ -863,12 +863,26 @@ struct Conv2dOp<'a> {
     /// `w2 · relu(y) + b2` of the conv's output `y` as the result (a following ReLU + 1x1
     /// conv computed per band while `y` is in cache; `y` itself is never stored).
     then_1x1: Option<(Vec<f32>, Option<Vec<f32>>)>,
+    /// Stride-1 kernels taller than 1 by rows ([`row_cols`]) rather than full im2col.
+    by_rows: bool,
 }
 
 /// Target floats in one im2col band (fits in L2 with the weights' panel).
 fn col_band() -> usize {
     static B: OnceLock<usize> = OnceLock::new();
     *B.get_or_init(|| env_usize("DA3_COL_BAND", 1 << 17))
+}
+
+/// Target floats in one by-rows column band (`DA3_ROW_BAND`).
+fn row_band() -> usize {
+    static B: OnceLock<usize> = OnceLock::new();
+    *B.get_or_init(|| env_usize("DA3_ROW_BAND", 1 << 18))
+}
+
+/// Stride-1 convolutions by rows (`DA3_CONV_ROWS=0`: full im2col instead).
+fn conv_by_rows() -> bool {
+    static B: OnceLock<bool> = OnceLock::new();
+    *B.get_or_init(|| std::env::var("DA3_CONV_ROWS").map_or(true, |v| v != "0"))
 }
 
 impl CustomOp1 for Conv2dOp<'_> {
@@ -926,8 +940,16 @@ impl CustomOp1 for Conv2dOp<'_> {
         let accumulate = self.residual.is_some();
         let optr = SyncPtr(out.as_mut_ptr());
         let direct = kh == 1 && kw == 1 && st == 1 && pad == 0 && !self.relu_in;
+        // Stride-1 kernels taller than one row: bands of whole output rows, columns
+        // gathered for (channel, kx) only, and one GEMM per kernel row ky reading them
+        // shifted by ky rows: kh times fewer columns to copy than a full im2col.
+        let by_rows = st == 1 && kh > 1 && self.by_rows;
         let band = if direct {
             chunk_len(npix, 256)
+        } else if by_rows {
+            let per_row = ci * kw * ow;
+            let fit = (row_band() / per_row.max(1)).saturating_sub(kh - 1).max(1);
+            chunk_len(oh, 1).min(fit) * ow
         } else {
             chunk_len(npix, 64).min((col_band() / kk).max(64))
         };
@@ -935,6 +957,21 @@ impl CustomOp1 for Conv2dOp<'_> {
         let xp = x.as_ptr() as usize;
         with_f32(self.weight, |w, wl| {
             let w = &w[wl.start_offset()..];
+            // by rows: the weight as kh matrices (Co × Ci·kw), one per kernel row
+            let w_rows: Vec<f32> = if by_rows {
+                let mut v = Vec::with_capacity(co * kk);
+                for ky in 0..kh {
+                    for o in 0..co {
+                        for c in 0..ci {
+                            let at = ((o * ci + c) * kh + ky) * kw;
+                            v.extend_from_slice(&w[at..at + kw]);
+                        }
+                    }
+                }
+                v
+            } else {
+                Vec::new()
+            };
             let wp = w.as_ptr() as usize;
             (0..b * nband).into_par_iter().for_each(|task| {
                 let (bi, bj) = (task / nband, task % nband);
@@ -942,7 +979,15 @@ impl CustomOp1 for Conv2dOp<'_> {
                 let np = band.min(npix - p0);
                 let xb = unsafe { (xp as *const f32).add(bi * ci * ih * iw) };
                 let ob = unsafe { optr.get().add(bi * co_out * npix + p0) };
-                let ncols = if direct { 0 } else { kk * np };
+                // by rows: input rows y0 - pad .. y0 + nr + kh - 1 - pad, each ow wide
+                let rlen = (np / ow.max(1) + kh - 1) * ow;
+                let ncols = if direct {
+                    0
+                } else if by_rows {
+                    ci * kw * rlen
+                } else {
+                    kk * np
+                };
                 let ny = if fused { co * np } else { 0 };
                 with_scratch(ncols + ny, |buf| {
                     let (cols, ybuf) = buf.split_at_mut(ncols);
@@ -983,6 +1028,34 @@ impl CustomOp1 for Conv2dOp<'_> {
                                 1.0,
                             )
                         };
+                    } else if by_rows {
+                        let xs = unsafe { std::slice::from_raw_parts(xb, ci * ih * iw) };
+                        let y0 = p0 / ow;
+                        row_cols(xs, (ci, ih, iw), (kw, pad), (ow, y0, rlen / ow), cols);
+                        if self.relu_in {
+                            cols.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
+                        let rk = ci * kw;
+                        for ky in 0..kh {
+                            unsafe {
+                                sgemm(
+                                    co,
+                                    np,
+                                    rk,
+                                    yb,
+                                    ys as isize,
+                                    1,
+                                    acc || ky > 0,
+                                    w_rows.as_ptr().add(ky * co * rk),
+                                    rk as isize,
+                                    1,
+                                    cols.as_ptr().add(ky * ow),
+                                    rlen as isize,
+                                    1,
+                                    1.0,
+                                )
+                            };
+                        }
                     } else {
                         let xs = unsafe { std::slice::from_raw_parts(xb, ci * ih * iw) };
                         im2col(xs, (ci, ih, iw), (kh, kw, st, pad), (ow, p0, np), cols);
@@ -1026,6 +1099,43 @@ impl CustomOp1 for Conv2dOp<'_> {
             Ok(())
         })?;
         Ok((CpuStorage::F32(out), Shape::from((b, co_out, oh, ow))))
+    }
+}
+
+/// Stride-1 columns by rows: `cols[c·kw + kx][yy·ow + x] = x[c, y0 + yy - pad, x + kx - pad]`
+/// for `yy < nrows` (zero outside the input), so that kernel row `ky` of output rows
+/// `y0 ..` reads the same matrix from column `ky·ow` on.
+fn row_cols(
+    x: &[f32],
+    (ci, ih, iw): (usize, usize, usize),
+    (kw, pad): (usize, usize),
+    (ow, y0, nrows): (usize, usize, usize),
+    cols: &mut [f32],
+) {
+    let rlen = nrows * ow;
+    for c in 0..ci {
+        let plane = &x[c * ih * iw..(c + 1) * ih * iw];
+        for kx in 0..kw {
+            let dst = &mut cols[(c * kw + kx) * rlen..(c * kw + kx + 1) * rlen];
+            // ix = x + kx - pad: a shifted copy of each input row with zero edges
+            let start = kx as isize - pad as isize;
+            let ja = (-start).clamp(0, ow as isize) as usize;
+            let jb = (iw as isize - start).clamp(ja as isize, ow as isize) as usize;
+            for (yy, seg) in dst.chunks_mut(ow).enumerate() {
+                let iy = (y0 + yy) as isize - pad as isize;
+                if iy < 0 || iy >= ih as isize {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let row = &plane[iy as usize * iw..(iy as usize + 1) * iw];
+                seg[..ja].fill(0.0);
+                seg[jb..].fill(0.0);
+                if jb > ja {
+                    let s0 = (start + ja as isize) as usize;
+                    seg[ja..jb].copy_from_slice(&row[s0..s0 + (jb - ja)]);
+                }
+            }
+        }
     }
 }
 
@@ -1141,6 +1251,7 @@ pub fn conv2d(
             relu_in: ext.relu_in,
             residual: ext.residual,
             then_1x1,
+            by_rows: conv_by_rows(),
         })
     })
 }
@@ -1857,18 +1968,40 @@ mod tests {
             (3, 8, 14, 14, 0, 28, 42),
             (6, 4, 1, 1, 0, 9, 11),
             (4, 6, 3, 2, 1, 17, 12),
+            (3, 5, 5, 1, 2, 13, 17),
+            (4, 3, 3, 1, 0, 10, 9),
+            (2, 3, 2, 1, 0, 7, 8),
+            (3, 4, 3, 1, 1, 1, 6),
         ] {
             let x = rand(&[2, ci, h, w], 7);
             let wt = rand(&[co, ci, k, k], 8);
             let b = rand(&[co], 9);
-            let got = conv2d(&x, &wt, Some(&b), s, p, ConvExt::default()).unwrap();
             let want = x
                 .conv2d(&wt, p, s, 1, 1)
                 .unwrap()
                 .broadcast_add(&b.reshape((1, co, 1, 1)).unwrap())
                 .unwrap();
+            let got = conv2d(&x, &wt, Some(&b), s, p, ConvExt::default()).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(max_rel(&got, &want) < 1e-5, "conv {ci} {co} {k} {s} {p}");
+            // both column layouts, whatever DA3_CONV_ROWS says
+            for by_rows in [false, true] {
+                let op = Conv2dOp {
+                    weight: &wt,
+                    bias: Some(&b),
+                    stride: s,
+                    padding: p,
+                    relu_in: false,
+                    residual: None,
+                    then_1x1: None,
+                    by_rows,
+                };
+                let got = x.apply_op1_no_bwd(&op).unwrap();
+                assert!(
+                    max_rel(&got, &want) < 1e-5,
+                    "conv {ci} {co} {k} {s} {p} {by_rows}"
+                );
+            }
         }
     }
 
@@ -2057,6 +2190,16 @@ mod timings {
         let gf = 2.0 * 4.0 * 108.0 * 144.0 * 64.0 * 64.0 * 9.0 / 1e9;
         println!(
             "conv3x3 64->64 108x144 x4: {ms:.1} ms, {:.1} GFLOP/s",
+            gf / ms * 1e3
+        );
+        let x = Tensor::randn(0f32, 1.0, (4, 32, 378, 504), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (32, 32, 3, 3), &dev).unwrap();
+        let ms = best_ms(|| {
+            conv2d(&x, &w, None, 1, 1, ConvExt::default()).unwrap();
+        });
+        let gf = 2.0 * 4.0 * 378.0 * 504.0 * 32.0 * 32.0 * 9.0 / 1e9;
+        println!(
+            "conv3x3 32->32 378x504 x4: {ms:.1} ms, {:.1} GFLOP/s",
             gf / ms * 1e3
         );
         let x = Tensor::randn(0f32, 1.0, (4, 973, 384), &dev).unwrap();

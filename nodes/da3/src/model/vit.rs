@@ -80,6 +80,18 @@ pub struct LayerOutput {
     pub cam_token: Tensor,
 }
 
+/// Per-grid tables a stream of same-sized frames would otherwise rebuild every forward
+/// (single-threaded: the bicubic pos-embed resize and the RoPE sin/cos, ~1% of a 4-view
+/// DA3-SMALL forward on 2 cores). Keyed by what they depend on; the last one is kept.
+#[derive(Debug, Default)]
+struct GridCache {
+    pos: Option<((usize, usize), Tensor)>,
+    ropes: Option<(RopeKey, (Rope2d, Rope2d))>,
+}
+
+/// Views, grid height, grid width, dtype.
+type RopeKey = (usize, usize, usize, DType);
+
 #[derive(Debug, Clone)]
 pub struct DinoVisionTransformer {
     cfg: VitConfig,
@@ -89,6 +101,7 @@ pub struct DinoVisionTransformer {
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
+    cache: std::sync::Arc<std::sync::Mutex<GridCache>>,
 }
 
 impl DinoVisionTransformer {
@@ -134,6 +147,7 @@ impl DinoVisionTransformer {
             pos_embed,
             blocks,
             norm,
+            cache: Default::default(),
         })
     }
 
@@ -141,8 +155,23 @@ impl DinoVisionTransformer {
         &self.cfg
     }
 
-    /// Position embedding for an (h, w)-patch grid: (1, 1 + h*w, C).
+    /// Position embedding for an (h, w)-patch grid: (1, 1 + h*w, C), computed once per grid.
     pub fn interpolate_pos_encoding(&self, h: usize, w: usize) -> Result<Tensor> {
+        if let Ok(c) = self.cache.lock() {
+            if let Some((key, t)) = &c.pos {
+                if *key == (h, w) {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        let t = self.interpolate_pos_encoding_uncached(h, w)?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.pos = Some(((h, w), t.clone()));
+        }
+        Ok(t)
+    }
+
+    fn interpolate_pos_encoding_uncached(&self, h: usize, w: usize) -> Result<Tensor> {
         let (_, n1, c) = self.pos_embed.dims3()?;
         let n = n1 - 1;
         let m = (n as f64).sqrt() as usize;
@@ -179,6 +208,29 @@ impl DinoVisionTransformer {
     }
 
     fn ropes(
+        &self,
+        s: usize,
+        h: usize,
+        w: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Rope2d, Rope2d)> {
+        let key = (s, h, w, dtype);
+        if let Ok(c) = self.cache.lock() {
+            if let Some((k, r)) = &c.ropes {
+                if *k == key {
+                    return Ok(r.clone());
+                }
+            }
+        }
+        let r = self.ropes_uncached(s, h, w, dtype, dev)?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.ropes = Some((key, r.clone()));
+        }
+        Ok(r)
+    }
+
+    fn ropes_uncached(
         &self,
         s: usize,
         h: usize,
