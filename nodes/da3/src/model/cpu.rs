@@ -1,16 +1,19 @@
 //! f32 CPU kernels for the hot paths of the network, written for the shapes DA3 runs:
 //! linear layers (bias and exact GELU fused), blocked attention that never holds more than
-//! one block of scores per thread, convolutions as band-wise im2col + GEMM, transposed
-//! convolutions with kernel = stride as one GEMM + scatter, and an `align_corners` bilinear
-//! resize. All GEMMs go through the `gemm` crate (the one candle uses), single-threaded per
-//! task, with the work split over rayon's pool: one level of threading, no nesting.
+//! one block of scores per thread, convolutions as band-wise im2col + GEMM (stride 1: by
+//! rows, one GEMM per kernel row), transposed convolutions with kernel = stride as one
+//! GEMM + scatter, and an `align_corners` bilinear resize. All GEMMs go through the `gemm`
+//! crate (the one candle uses), single-threaded per task, with the work split over rayon's
+//! pool: one level of threading, no nesting.
 //!
 //! Used when a tensor is f32 on the CPU; other dtypes and devices keep candle's ops.
 //! `DA3_CPU_KERNELS=0` switches them off (candle's ops everywhere, about 2x slower).
 //! Tuning knobs (defaults measured on a 2-core AVX2 machine, see docs/benchmarks.md):
-//! `DA3_Q_BLOCK` (queries per attention block, 512, also the largest), `DA3_K_BLOCK` (keys per online-softmax
-//! block, 512), `DA3_LINEAR_TASKS` (linear-layer tasks per thread, 1), `DA3_LINEAR_SUB`
-//! (rows per fused sub-block, 256), `DA3_COL_BAND` (floats per im2col band, 131072).
+//! `DA3_Q_BLOCK` (queries per attention block, 512, also the largest), `DA3_K_BLOCK` (keys
+//! per online-softmax block, 512), `DA3_LINEAR_TASKS` (linear-layer tasks per thread, 1),
+//! `DA3_LINEAR_SUB` (rows per fused sub-block, 256), `DA3_COL_BAND` (floats per im2col
+//! band, 131072), `DA3_CONV_ROWS` (stride-1 convolutions by rows, 1; 0: full im2col),
+//! `DA3_ROW_BAND` (floats per by-rows column band, 262144).
 //! `da3 bench --profile` shows the time and GFLOP/s of each kernel kind.
 
 use std::cell::RefCell;
