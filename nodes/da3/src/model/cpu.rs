@@ -2185,26 +2185,19 @@ mod timings {
             "attention global 4v: {ms:.1} ms, {:.1} GFLOP/s (contiguous q/k/v: {ms_c:.1} ms; only v strided {ms_v:.1}, only k {ms_k:.1}, only q {ms_q:.1})",
             gf / ms * 1e3
         );
-        let x = Tensor::randn(0f32, 1.0, (4, 64, 108, 144), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (64, 64, 3, 3), &dev).unwrap();
-        let ms = best_ms(|| {
-            conv2d(&x, &w, None, 1, 1, ConvExt::default()).unwrap();
-        });
-        let gf = 2.0 * 4.0 * 108.0 * 144.0 * 64.0 * 64.0 * 9.0 / 1e9;
-        println!(
-            "conv3x3 64->64 108x144 x4: {ms:.1} ms, {:.1} GFLOP/s",
-            gf / ms * 1e3
-        );
-        let x = Tensor::randn(0f32, 1.0, (4, 32, 378, 504), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.1, (32, 32, 3, 3), &dev).unwrap();
-        let ms = best_ms(|| {
-            conv2d(&x, &w, None, 1, 1, ConvExt::default()).unwrap();
-        });
-        let gf = 2.0 * 4.0 * 378.0 * 504.0 * 32.0 * 32.0 * 9.0 / 1e9;
-        println!(
-            "conv3x3 32->32 378x504 x4: {ms:.1} ms, {:.1} GFLOP/s",
-            gf / ms * 1e3
-        );
+        // the DPT's two most expensive 3x3 convolutions at 4 views
+        for (c, h, w) in [(64usize, 108usize, 144usize), (32, 378, 504)] {
+            let x = Tensor::randn(0f32, 1.0, (4, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.1, (c, c, 3, 3), &dev).unwrap();
+            let ms = best_ms(|| {
+                conv2d(&x, &wt, None, 1, 1, ConvExt::default()).unwrap();
+            });
+            let gf = 2.0 * (4 * h * w * c * c * 9) as f64 / 1e9;
+            println!(
+                "conv3x3 {c}->{c} {h}x{w} x4: {ms:.1} ms, {:.1} GFLOP/s",
+                gf / ms * 1e3
+            );
+        }
         let x = Tensor::randn(0f32, 1.0, (4, 973, 384), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.1, (1536, 384), &dev).unwrap();
         let ext = LinearExt {
