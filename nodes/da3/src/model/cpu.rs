@@ -2034,7 +2034,7 @@ mod tests {
 
     #[test]
     fn conv2d_then_relu_1x1_matches_candle() {
-        // band boundaries inside rows: 2 images of 37x53 pixels, several bands each
+        // 2 images of 37x53 pixels, several bands each
         let x = rand(&[2, 6, 37, 53], 60);
         let wt = rand(&[8, 6, 3, 3], 61);
         let b = rand(&[8], 62);
