@@ -18,6 +18,22 @@ pub mod rng;
 pub use bad::Case;
 pub use rng::Rng;
 
+/// A valid camera of camera `cam` for a `width`×`height` view: identity rotation, 0.1 along
+/// x, focal 50 px, principal point (28, 21): the good camera the node tests condition on.
+pub fn test_camera(width: u32, height: u32) -> da3_msg::CameraMsg {
+    da3_msg::CameraMsg {
+        extrinsics: [1.0, 0.0, 0.0, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        intrinsics: [50.0, 0.0, 28.0, 0.0, 50.0, 21.0, 0.0, 0.0, 1.0],
+        width,
+        height,
+        info: da3_msg::FrameInfo {
+            camera: Some("cam".into()),
+            ..Default::default()
+        },
+        is_metric: false,
+    }
+}
+
 /// A deterministic RGB8 test picture (`w`×`h`, row-major), different for each `seed`:
 /// the good frames the node tests send between broken ones.
 pub fn test_picture(w: u32, h: u32, seed: u32) -> Vec<u8> {

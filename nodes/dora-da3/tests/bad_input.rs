@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use da3::Da3Model;
-use da3_msg::{CameraMsg, DecodeLimits, Encoding, FrameInfo, ImageFrame};
+use da3_msg::{DecodeLimits, Encoding, FrameInfo, ImageFrame};
 use da3_testkit::bad::{CameraKit, ImageKit};
 use da3_testkit::harness::{catch_crash, outputs, Events, Figures};
 use da3_testkit::Rng;
@@ -67,17 +67,7 @@ fn bad_inputs_are_rejected_counted_and_good_frames_keep_flowing() {
     let mut rng = Rng::new(0xDA3_0001);
     let mut images = ImageKit::new(frame(0, 0), cfg.max_pixels).unwrap();
     let mut cameras = CameraKit {
-        good: CameraMsg {
-            extrinsics: [1.0, 0.0, 0.0, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            intrinsics: [50.0, 0.0, 28.0, 0.0, 50.0, 21.0, 0.0, 0.0, 1.0],
-            width: W,
-            height: H,
-            info: FrameInfo {
-                camera: Some("cam".into()),
-                ..Default::default()
-            },
-            is_metric: false,
-        },
+        good: da3_testkit::test_camera(W, H),
     };
     // Good frames cycle through the encodings: the kit's JPEG and PNG too.
     let encodings = [

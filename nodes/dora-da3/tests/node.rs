@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use da3::Da3Model;
 use da3_msg::image_frame::{encode_jpeg, encode_png};
-use da3_msg::{CameraMsg, Encoding, FrameInfo, ImageFrame};
+use da3_msg::{Encoding, FrameInfo, ImageFrame};
 use dora_da3::config::{Config, DeviceSpec, Mode};
 use dora_node_api::integration_testing::{
     output_channel, IntegrationTestInput, TestingInput, TestingOptions, TestingOutput,
@@ -439,17 +439,7 @@ fn several_replicas_keep_the_input_order() {
 
 #[test]
 fn camera_info_inputs_condition_the_pose_and_bad_poses_are_rejected() {
-    let good_cam = CameraMsg {
-        extrinsics: [1.0, 0.0, 0.0, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-        intrinsics: [50.0, 0.0, 28.0, 0.0, 50.0, 21.0, 0.0, 0.0, 1.0],
-        width: W,
-        height: H,
-        info: FrameInfo {
-            camera: Some("cam".into()),
-            ..Default::default()
-        },
-        is_metric: false,
-    };
+    let good_cam = da3_testkit::test_camera(W, H);
     // (NaN cannot travel through the JSON test format; check_pose's unit test covers it.)
     let mut nan_cam = good_cam.clone();
     nan_cam.extrinsics[0] = 2.0;
