@@ -35,6 +35,17 @@ fi
 export MODEL
 echo "demo: MODEL=$MODEL, graph $FLOW"
 cargo build --workspace --bins
+# The graphs name their nodes as ../target/debug/<node>. With CARGO_TARGET_DIR set
+# elsewhere, point target/debug at that build (unless a real target/debug is there).
+tdir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+if [ "$tdir" != "$PWD/target" ]; then
+  if [ -L target/debug ] || [ ! -e target/debug ]; then
+    mkdir -p target
+    ln -sfn "$tdir/debug" target/debug
+  else
+    echo "demo: WARNING: built into $tdir, but the graph runs the binaries in $PWD/target/debug"
+  fi
+fi
 mkdir -p out
 rm -rf out/export
 dora run "$FLOW"

@@ -92,6 +92,28 @@ struct GridCache {
 /// Views, grid height, grid width, dtype.
 type RopeKey = (usize, usize, usize, DType);
 
+/// The value kept in `slot` of the cache for `key`, or `make()`'s, then kept. The lock is
+/// not held while `make` runs.
+fn memo<K: PartialEq, V: Clone>(
+    cache: &std::sync::Mutex<GridCache>,
+    slot: fn(&mut GridCache) -> &mut Option<(K, V)>,
+    key: K,
+    make: impl FnOnce() -> Result<V>,
+) -> Result<V> {
+    if let Ok(mut c) = cache.lock() {
+        if let Some((k, v)) = slot(&mut c) {
+            if *k == key {
+                return Ok(v.clone());
+            }
+        }
+    }
+    let v = make()?;
+    if let Ok(mut c) = cache.lock() {
+        *slot(&mut c) = Some((key, v.clone()));
+    }
+    Ok(v)
+}
+
 #[derive(Debug, Clone)]
 pub struct DinoVisionTransformer {
     cfg: VitConfig,
@@ -157,18 +179,12 @@ impl DinoVisionTransformer {
 
     /// Position embedding for an (h, w)-patch grid: (1, 1 + h*w, C), computed once per grid.
     pub fn interpolate_pos_encoding(&self, h: usize, w: usize) -> Result<Tensor> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some((key, t)) = &c.pos {
-                if *key == (h, w) {
-                    return Ok(t.clone());
-                }
-            }
-        }
-        let t = self.interpolate_pos_encoding_uncached(h, w)?;
-        if let Ok(mut c) = self.cache.lock() {
-            c.pos = Some(((h, w), t.clone()));
-        }
-        Ok(t)
+        memo(
+            &self.cache,
+            |c| &mut c.pos,
+            (h, w),
+            || self.interpolate_pos_encoding_uncached(h, w),
+        )
     }
 
     fn interpolate_pos_encoding_uncached(&self, h: usize, w: usize) -> Result<Tensor> {
@@ -215,19 +231,12 @@ impl DinoVisionTransformer {
         dtype: DType,
         dev: &Device,
     ) -> Result<(Rope2d, Rope2d)> {
-        let key = (s, h, w, dtype);
-        if let Ok(c) = self.cache.lock() {
-            if let Some((k, r)) = &c.ropes {
-                if *k == key {
-                    return Ok(r.clone());
-                }
-            }
-        }
-        let r = self.ropes_uncached(s, h, w, dtype, dev)?;
-        if let Ok(mut c) = self.cache.lock() {
-            c.ropes = Some((key, r.clone()));
-        }
-        Ok(r)
+        memo(
+            &self.cache,
+            |c| &mut c.ropes,
+            (s, h, w, dtype),
+            || self.ropes_uncached(s, h, w, dtype, dev),
+        )
     }
 
     fn ropes_uncached(
