@@ -10,6 +10,10 @@ checkpoint and input sizes as `da3 bench`, one JSON line per view count.
 our `da3 bench` times). --mode api: the reference's own `inference()` on
 640x480 uint8 frames at process_res 504 (preprocessing, autocast, outputs).
 Run one view count per process so peak RSS is per configuration.
+
+--lockstep WAIT,SIGNAL (forward mode): take turns with `da3 bench --lockstep
+SIGNAL,WAIT` over two named pipes, one forward per turn, so that each timed run
+of ours sits next to one of the reference's on a machine whose speed drifts.
 """
 import argparse
 import json
@@ -45,12 +49,28 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--mode", choices=["forward", "api"], default="forward")
+    ap.add_argument("--lockstep", help="WAIT,SIGNAL named pipes (forward mode)")
     a = ap.parse_args()
     if a.make_checkpoint:
         make_checkpoint(*a.make_checkpoint)
         return
     if not a.checkpoint:
         sys.exit("--checkpoint DIR is required")
+    turn = lambda f: f()
+    if a.lockstep:
+        if a.mode != "forward":
+            sys.exit("--lockstep is for --mode forward")
+        wait_path, signal_path = a.lockstep.split(",")
+        # Read + write opens of a FIFO do not wait for the other end (Linux).
+        wait_fd, signal_fd = os.open(wait_path, os.O_RDWR), os.open(signal_path, os.O_RDWR)
+
+        def turn(f):
+            if len(os.read(wait_fd, 1)) != 1:
+                sys.exit("lockstep: the other side went away")
+            try:
+                return f()
+            finally:
+                os.write(signal_fd, b"x")
 
     import numpy as np
     import torch
@@ -65,12 +85,15 @@ def main():
     if a.mode == "forward":
         x = torch.rand((1, a.views, 3, a.height, a.width), generator=g) * 4 - 2
         with torch.inference_mode():
-            for _ in range(a.warmup):
-                api.model(x, export_feat_layers=[])
-            for _ in range(a.iters):
+            def run():
                 t = time.perf_counter()
                 api.model(x, export_feat_layers=[])
-                times.append((time.perf_counter() - t) * 1e3)
+                return (time.perf_counter() - t) * 1e3
+
+            for _ in range(a.warmup):
+                turn(run)
+            for _ in range(a.iters):
+                times.append(turn(run))
     else:
         rs = np.random.RandomState(0)
         frames = [rs.randint(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(a.views)]
@@ -80,6 +103,7 @@ def main():
             t = time.perf_counter()
             api.inference(frames, process_res=504)
             times.append((time.perf_counter() - t) * 1e3)
+    in_order = list(times)
     times.sort()
     median = statistics.median(times)
     print(json.dumps({
@@ -96,6 +120,7 @@ def main():
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "load_s": load_s,
         "iters": a.iters,
+        "times_ms": in_order,
     }))
 
 

@@ -61,10 +61,64 @@ struct BenchArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// After timing, run one more forward with per-kernel timing (f32 CPU kernels) and
-    /// print where the time goes, with the GEMM rate against a measured matmul peak.
+    /// After the warm-up, run one more forward with per-kernel timing (f32 CPU kernels)
+    /// and print where the time goes, with the GEMM rate against a measured matmul peak.
     #[arg(long)]
     profile: bool,
+    /// `WAIT,SIGNAL`: two named pipes shared with another benchmark process (the reference's
+    /// `bench_reference.py --lockstep SIGNAL,WAIT`). Every forward first reads one byte from
+    /// WAIT and writes one to SIGNAL when done, so the two processes take strict turns and
+    /// each timed run of ours sits next to one of theirs: a slow spell of a shared machine
+    /// lands on both sides. The `--profile` forward takes one turn more (after the warm-up:
+    /// give the other side one more warm-up run).
+    #[arg(long, value_delimiter = ',')]
+    lockstep: Option<Vec<PathBuf>>,
+}
+
+/// Turn-taking with another process over two named pipes (see `BenchArgs::lockstep`).
+struct Lockstep {
+    wait: std::fs::File,
+    signal: std::fs::File,
+}
+
+impl Lockstep {
+    fn open(paths: &[PathBuf]) -> Result<Self> {
+        // Read + write opens of a FIFO do not block waiting for the other end (Linux).
+        let open = |p: &PathBuf| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .wrap_err_with(|| format!("opening lockstep pipe {}", p.display()))
+        };
+        ensure!(paths.len() == 2, "--lockstep takes WAIT,SIGNAL");
+        Ok(Self {
+            wait: open(&paths[0])?,
+            signal: open(&paths[1])?,
+        })
+    }
+
+    /// Wait for our turn, run `f`, hand the turn over.
+    fn turn<R>(&mut self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        use std::io::{Read, Write};
+        let mut b = [0u8; 1];
+        self.wait
+            .read_exact(&mut b)
+            .wrap_err("lockstep: waiting for our turn")?;
+        let r = f();
+        self.signal
+            .write_all(b"x")
+            .wrap_err("lockstep: handing the turn over")?;
+        r
+    }
+}
+
+/// Run `f` as one turn of `lockstep`, or straight away without one.
+fn take_turn<R>(lockstep: &mut Option<Lockstep>, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match lockstep {
+        Some(l) => l.turn(f),
+        None => f(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -343,6 +397,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         "--height and --width must be multiples of 14"
     );
     ensure!(a.iters > 0, "--iters must be at least 1");
+    ensure!(
+        a.lockstep.is_none() || a.views.len() == 1,
+        "--lockstep times one view count per process (the other side runs one)"
+    );
+    let mut lockstep = a.lockstep.as_deref().map(Lockstep::open).transpose()?;
     let device = parse_device(&a.device)?;
     let dtype = dtype_for(a.precision, &device);
     let t0 = Instant::now();
@@ -363,16 +422,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             .collect();
         let x = candle_core::Tensor::from_vec(data, (1, s, 3, a.height, a.width), &device)?;
         let opts = da3::ForwardOptions::default();
-        for _ in 0..a.warmup {
-            model
-                .forward(&x, &opts)?
-                .depth
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()?;
-        }
-        let mut times = Vec::with_capacity(a.iters);
-        for _ in 0..a.iters {
+        let run = || -> Result<f64> {
             let t = Instant::now();
             let out = model.forward(&x, &opts)?;
             // Force the result (a no-op on CPU, a sync on CUDA).
@@ -380,8 +430,23 @@ fn run_bench(a: BenchArgs) -> Result<()> {
                 .to_dtype(DType::F32)?
                 .sum_all()?
                 .to_scalar::<f32>()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        for _ in 0..a.warmup {
+            take_turn(&mut lockstep, run)?;
         }
+        let profile = if a.profile {
+            Some(take_turn(&mut lockstep, || {
+                profile_forward(&model, &x, &opts)
+            })?)
+        } else {
+            None
+        };
+        let mut times = Vec::with_capacity(a.iters);
+        for _ in 0..a.iters {
+            times.push(take_turn(&mut lockstep, run)?);
+        }
+        let in_order = times.clone();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let mut line = serde_json::json!({
@@ -399,9 +464,10 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             "peak_rss_mib": peak_rss_mib(),
             "load_s": load_s,
             "iters": a.iters,
+            "times_ms": in_order,
         });
-        if a.profile {
-            line["profile"] = profile_forward(&model, &x, &opts)?;
+        if let Some(p) = profile {
+            line["profile"] = p;
         }
         println!("{line}");
     }
