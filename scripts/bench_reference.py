@@ -67,6 +67,8 @@ def main():
         def turn(f):
             if len(os.read(wait_fd, 1)) != 1:
                 sys.exit("lockstep: the other side went away")
+            # As `da3 bench`: let the other side's idle workers stop spinning first.
+            time.sleep(0.05)
             try:
                 return f()
             finally:

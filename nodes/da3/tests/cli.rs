@@ -251,3 +251,77 @@ fn cli_rejects_bad_arguments() {
     assert!(out.join("exports/mini_npz/results.npz").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `da3 bench --lockstep`: two processes take strict turns over two named pipes. Neither
+/// runs a forward before the first byte is written, and both then finish with their runs.
+#[test]
+fn bench_lockstep_takes_turns() {
+    use std::time::{Duration, Instant};
+    let dir = out_dir("lockstep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for p in [&a, &b] {
+        let ok = Command::new("mkfifo").arg(p).status().expect("mkfifo");
+        assert!(ok.success(), "mkfifo {}", p.display());
+    }
+    let side = |wait: &Path, signal: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_da3"));
+        cmd.arg("bench")
+            .arg("--model")
+            .arg(fixtures().join("tiny-anyview"))
+            .args(["--views", "2", "--height", "28", "--width", "42"])
+            .args(["--iters", "3", "--warmup", "1", "--lockstep"])
+            .arg(format!("{},{}", wait.display(), signal.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("running da3 bench")
+    };
+    let mut first = side(&a, &b);
+    let mut second = side(&b, &a);
+    // Without the first byte nobody may run: both still wait after the model has loaded.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(first.try_wait().unwrap().is_none(), "ran without its turn");
+    assert!(second.try_wait().unwrap().is_none(), "ran without its turn");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .expect("starting the first turn");
+    let t0 = Instant::now();
+    for child in [&mut first, &mut second] {
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "lockstep did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .expect("a JSON line");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["times_ms"].as_array().map(|t| t.len()), Some(3), "{line}");
+        assert_eq!(v["views"], 2);
+    }
+    // One view count per process with --lockstep.
+    let res = Command::new(env!("CARGO_BIN_EXE_da3"))
+        .arg("bench")
+        .arg("--model")
+        .arg(fixtures().join("tiny-anyview"))
+        .args(["--views", "1,2", "--lockstep"])
+        .arg(format!("{},{}", a.display(), b.display()))
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -75,6 +75,9 @@ struct BenchArgs {
     lockstep: Option<Vec<PathBuf>>,
 }
 
+/// Pause at the start of each lockstep turn, before the timer starts.
+const LOCKSTEP_SETTLE: Duration = Duration::from_millis(50);
+
 /// Turn-taking with another process over two named pipes (see `BenchArgs::lockstep`).
 struct Lockstep {
     wait: std::fs::File,
@@ -105,6 +108,9 @@ impl Lockstep {
         self.wait
             .read_exact(&mut b)
             .wrap_err("lockstep: waiting for our turn")?;
+        // Let the other side's idle worker threads stop spinning first (libgomp spins
+        // ~10 ms after a parallel region; under SCHED_FIFO they would hold a core).
+        std::thread::sleep(LOCKSTEP_SETTLE);
         let r = f();
         self.signal
             .write_all(b"x")
