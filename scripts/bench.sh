@@ -189,7 +189,8 @@ if kern:
     out += ["", "Where our time goes (one profiled forward, `da3 bench --profile`; GFLOP counted in GEMM work only):", ""]
     for m, v, p in kern:
         parts = ", ".join(f"{k['kernel']} {k['ms']:.0f} ms" + (f" ({k['gflop']/k['ms']*1e3:.0f} GFLOP/s)" if k['gflop'] > 0.05 else "") for k in sorted(p["kernels"], key=lambda k: -k["ms"])[:6])
-        out.append(f"- {m}, {v} view(s): {p['forward_ms']:.0f} ms, {p['gflop']:.0f} GFLOP, {p['gflops_overall']:.0f} GFLOP/s overall against a matmul peak of {p['matmul_peak_gflops']:.0f}; {parts}; other (candle ops) {p['other_ms']:.0f} ms.")
+        busy = f" ({p['busy_pct']:.0f}% busy: CPU time over wall time x threads)" if p.get("busy_pct") else ""
+        out.append(f"- {m}, {v} view(s): {p['forward_ms']:.0f} ms{busy}, {p['gflop']:.0f} GFLOP, {p['gflops_overall']:.0f} GFLOP/s overall against a matmul peak of {p['matmul_peak_gflops']:.0f}; {parts}; other (candle ops) {p['other_ms']:.0f} ms.")
 out += ["", "Raw results: `~/.cache/dora-da3/bench/results.jsonl`.", "", ""]
 open("docs/benchmarks.md.new", "w").write("\n".join(out))
 PY

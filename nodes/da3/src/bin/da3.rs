@@ -488,41 +488,49 @@ fn profile_forward(
 ) -> Result<serde_json::Value> {
     use da3::model::cpu;
     let peak = cpu::matmul_peak_gflops();
+    let threads = candle_core::utils::get_num_threads().max(1) as f64;
     cpu::set_profiling(true);
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu::process_cpu_secs());
     model.forward(x, opts)?;
     let total = t.elapsed().as_secs_f64();
+    let total_cpu = cpu::process_cpu_secs() - c;
+    // How busy the threads were: CPU time over wall time x threads.
+    let busy = |cpu: f64, wall: f64| 100.0 * cpu / (wall * threads).max(1e-12);
     let stats = cpu::profile();
     cpu::set_profiling(false);
     let mut rows = Vec::new();
-    let (mut ksecs, mut kflops) = (0.0, 0.0);
-    eprintln!("kernel            calls   ms      share   GFLOP   GFLOP/s");
+    let (mut ksecs, mut kcpu, mut kflops) = (0.0, 0.0, 0.0);
+    eprintln!("kernel            calls   ms      share   GFLOP   GFLOP/s  busy");
     for (name, st) in &stats {
         ksecs += st.secs;
+        kcpu += st.cpu_secs;
         kflops += st.flops;
         eprintln!(
-            "{name:<16} {:>6} {:>8.1} {:>6.1}% {:>7.2} {:>8.1}",
+            "{name:<16} {:>6} {:>8.1} {:>6.1}% {:>7.2} {:>8.1} {:>5.1}%",
             st.calls,
             st.secs * 1e3,
             100.0 * st.secs / total,
             st.flops / 1e9,
-            st.flops / 1e9 / st.secs.max(1e-12)
+            st.flops / 1e9 / st.secs.max(1e-12),
+            busy(st.cpu_secs, st.secs)
         );
         rows.push(
             serde_json::json!({"kernel": name, "calls": st.calls, "ms": st.secs * 1e3,
-            "gflop": st.flops / 1e9}),
+            "gflop": st.flops / 1e9, "busy_pct": busy(st.cpu_secs, st.secs)}),
         );
     }
     let other = (total - ksecs).max(0.0);
     eprintln!(
-        "other (candle)          {:>8.1} {:>6.1}%",
+        "other (candle)          {:>8.1} {:>6.1}%                  {:>5.1}%",
         other * 1e3,
-        100.0 * other / total
+        100.0 * other / total,
+        busy((total_cpu - kcpu).max(0.0), other)
     );
     eprintln!(
-        "forward {:.1} ms, {:.2} GFLOP in GEMM kernels: {:.1} GFLOP/s overall, {:.1} GFLOP/s \
-         inside them; matmul peak {:.1} GFLOP/s",
+        "forward {:.1} ms ({:.1}% busy), {:.2} GFLOP in GEMM kernels: {:.1} GFLOP/s overall, \
+         {:.1} GFLOP/s inside them; matmul peak {:.1} GFLOP/s",
         total * 1e3,
+        busy(total_cpu, total),
         kflops / 1e9,
         kflops / 1e9 / total,
         kflops / 1e9 / ksecs.max(1e-12),
@@ -535,6 +543,7 @@ fn profile_forward(
         "gflops_in_kernels": kflops / 1e9 / ksecs.max(1e-12),
         "matmul_peak_gflops": peak,
         "other_ms": other * 1e3,
+        "busy_pct": busy(total_cpu, total),
         "kernels": rows,
     }))
 }

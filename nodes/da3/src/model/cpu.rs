@@ -43,6 +43,22 @@ pub struct OpStat {
     /// Multiply-adds counted as 2 flops, GEMM work only.
     pub flops: f64,
     pub secs: f64,
+    /// CPU time of the whole process meanwhile (all threads; Linux), for how busy the
+    /// thread pool kept the cores: `cpu_secs / (secs × threads)`.
+    pub cpu_secs: f64,
+}
+
+/// CPU time used by this process so far, seconds (0 where unknown).
+pub fn process_cpu_secs() -> f64 {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(ru.ru_utime) + tv(ru.ru_stime);
+        }
+    }
+    0.0
 }
 
 static PROFILE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -65,9 +81,10 @@ fn timed<R>(name: &'static str, flops: f64, f: impl FnOnce() -> R) -> R {
     if !PROFILE_ON.load(std::sync::atomic::Ordering::Relaxed) {
         return f();
     }
-    let t = std::time::Instant::now();
+    let (t, c) = (std::time::Instant::now(), process_cpu_secs());
     let r = f();
     let secs = t.elapsed().as_secs_f64();
+    let cpu_secs = process_cpu_secs() - c;
     if let Ok(mut p) = PROFILE.lock() {
         let i = match p.iter().position(|(n, _)| *n == name) {
             Some(i) => i,
@@ -80,6 +97,7 @@ fn timed<R>(name: &'static str, flops: f64, f: impl FnOnce() -> R) -> R {
         st.calls += 1;
         st.flops += flops;
         st.secs += secs;
+        st.cpu_secs += cpu_secs;
     }
     r
 }
