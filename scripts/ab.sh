@@ -29,24 +29,21 @@ if [ "${BENCH_RT:-1}" != 0 ] && [ "$(id -u)" = 0 ] && command -v chrt >/dev/null
   RT=(chrt -f 10)
 fi
 export RAYON_NUM_THREADS="$THREADS"
+# shellcheck source=scripts/lockstep.sh
+. scripts/lockstep.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkfifo "$tmp/a" "$tmp/b"
 side() { # env, binary, wait, signal, output
   # shellcheck disable=SC2086
-  env $1 "${RT[@]}" "$2" bench --model "$MODEL" --views "$VIEWS" --iters "$ITERS" --warmup 1 \
+  exec env $1 "${RT[@]}" "$2" bench --model "$MODEL" --views "$VIEWS" --iters "$ITERS" --warmup 1 \
     --lockstep "$3,$4" > "$5"
 }
 side "$1" "$A_BIN" "$tmp/a" "$tmp/b" "$tmp/A" &
 pa=$!
 side "$2" "$B_BIN" "$tmp/b" "$tmp/a" "$tmp/B" &
 pb=$!
-printf x > "$tmp/a"
-if ! wait -n "$pa" "$pb" || ! wait "$pa" || ! wait "$pb"; then
-  kill "$pa" "$pb" 2>/dev/null || true
-  echo "ab: a side failed" >&2
-  exit 1
-fi
+lockstep_finish ab "$tmp/a" "$pa" "$pb" || exit 1
 python3 - "$tmp/A" "$tmp/B" "$1" "$2" <<'PY'
 import json, statistics, sys
 a, b = (json.loads([l for l in open(p) if l.startswith("{")][-1])["times_ms"] for p in sys.argv[1:3])

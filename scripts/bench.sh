@@ -36,6 +36,8 @@ cargo build --release -p da3 --bin da3
 mkdir -p "$CACHE/bench"
 : > "$OUT"
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+# shellcheck source=scripts/lockstep.sh
+. scripts/lockstep.sh
 # One configuration, ours and the reference taking turns; their JSON lines go to $OUT.
 pair() {
   local v="$1" ckpt="$2" s="$3" tmp po pr
@@ -48,13 +50,7 @@ pair() {
   "${RT[@]}" "$PY" scripts/bench_reference.py --checkpoint "$ckpt" --views "$s" --threads "$THREADS" \
     --iters "$ITERS" --warmup "$((WARMUP + 1))" --mode forward --lockstep "$tmp/b,$tmp/a" > "$tmp/ref" &
   pr=$!
-  printf x > "$tmp/a"
-  # If one side fails, the other would wait for its turn forever.
-  if ! wait -n "$po" "$pr" || ! wait "$po" || ! wait "$pr"; then
-    kill "$po" "$pr" 2>/dev/null || true
-    echo "bench: $v, $s view(s): a side failed" >&2
-    exit 1
-  fi
+  lockstep_finish "bench: $v, $s view(s)" "$tmp/a" "$po" "$pr" || exit 1
   grep '^{' "$tmp/ours" | sed "s/\"model\":\"[^\"]*\"/\"model\":\"$v\"/" >> "$OUT"
   grep '^{' "$tmp/ref" | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$v\"/" >> "$OUT"
   rm -r "$tmp"

@@ -1216,46 +1216,45 @@ fn winograd_conv(x: &[f32], wt: &[f32], p: WinogradConv<'_>, out: &mut [f32]) {
     // Bands of whole tile rows, at least ~512 tiles for the GEMMs' sake.
     let rows = chunk_len(th, 1).max(512usize.div_ceil(tw)).min(th);
     let nband = th.div_ceil(rows);
-    let optr = SyncPtr(out.as_mut_ptr());
+    let run = WinogradRun {
+        p: &p,
+        x,
+        u: &u,
+        out: SyncPtr(out.as_mut_ptr()),
+    };
     let avx2 = simd::available();
     (0..p.b * nband).into_par_iter().for_each(|task| {
         let (bi, band) = (task / nband, task % nband);
         let ty0 = band * rows;
         let nty = rows.min(th - ty0);
         if avx2 {
-            unsafe { winograd_band_avx2(x, &u, &p, bi, ty0, nty, optr) }
+            unsafe { winograd_band_avx2(&run, bi, ty0, nty) }
         } else {
-            winograd_band(x, &u, &p, bi, ty0, nty, optr)
+            winograd_band(&run, bi, ty0, nty)
         }
     });
 }
 
-/// [`winograd_band`] compiled for AVX2 + FMA (its loops vectorise 8 wide).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-unsafe fn winograd_band_avx2(
-    x: &[f32],
-    u: &[f32],
-    p: &WinogradConv<'_>,
-    bi: usize,
-    ty0: usize,
-    nty: usize,
-    optr: SyncPtr,
-) {
-    winograd_band(x, u, p, bi, ty0, nty, optr)
+/// What every band of one Winograd convolution reads (and where it writes).
+struct WinogradRun<'a> {
+    p: &'a WinogradConv<'a>,
+    x: &'a [f32],
+    /// The transformed weights ([`winograd_weights`]).
+    u: &'a [f32],
+    /// The output (the tasks' output rows are disjoint).
+    out: SyncPtr,
 }
 
-/// Tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `2·ty0 ..`), written through
-/// `optr` (the tasks' output rows are disjoint).
+/// [`winograd_band`] compiled for AVX2 + FMA (its loops vectorise 8 wide).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn winograd_band_avx2(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
+    winograd_band(run, bi, ty0, nty)
+}
+
+/// Tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `2·ty0 ..`).
 #[inline(always)]
-fn winograd_band(
-    x: &[f32],
-    u: &[f32],
-    p: &WinogradConv<'_>,
-    bi: usize,
-    ty0: usize,
-    nty: usize,
-    optr: SyncPtr,
-) {
+fn winograd_band(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
+    let WinogradRun { p, x, u, out: optr } = *run;
     let WinogradConv { ci, co, h, w, .. } = *p;
     let tw = w.div_ceil(2);
     let npix = h * w;
