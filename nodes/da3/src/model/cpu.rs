@@ -1,8 +1,9 @@
 //! f32 CPU kernels for the hot paths of the network, written for the shapes DA3 runs:
 //! linear layers (bias and exact GELU fused), blocked attention that never holds more than
 //! one block of scores per thread, convolutions as band-wise im2col + GEMM (stride 1: by
-//! rows, one GEMM per kernel row; 3x3 with enough channels: Winograd F(2x2, 3x3)), transposed convolutions with kernel = stride as one
-//! GEMM + scatter, and an `align_corners` bilinear resize. All GEMMs go through the `gemm`
+//! rows, one GEMM per kernel row; 3x3 with enough channels: Winograd F(2x2, 3x3)),
+//! transposed convolutions with kernel = stride as one GEMM + scatter, and an
+//! `align_corners` bilinear resize. All GEMMs go through the `gemm`
 //! crate (the one candle uses), single-threaded per task, with the work split over rayon's
 //! pool: one level of threading, no nesting.
 //!
@@ -1138,23 +1139,38 @@ impl CustomOp1 for Conv2dOp<'_> {
                         };
                     }
                     if let Some((w2, b2)) = &self.then_1x1 {
-                        for o2 in 0..co_out {
-                            let z =
-                                unsafe { std::slice::from_raw_parts_mut(ob.add(o2 * npix), np) };
-                            z.fill(b2.as_ref().map_or(0.0, |b2| b2[o2]));
-                            for (c, yrow) in ybuf.chunks(np).enumerate() {
-                                let wv = w2[o2 * co + c];
-                                for (zv, yv) in z.iter_mut().zip(yrow) {
-                                    *zv += wv * yv.max(0.0);
-                                }
-                            }
-                        }
+                        unsafe { relu_then_1x1(ybuf, np, (w2, b2.as_deref()), ob, npix) };
                     }
                 });
             });
             Ok(())
         })?;
         Ok((CpuStorage::F32(out), Shape::from((b, co_out, oh, ow))))
+    }
+}
+
+/// The fused ReLU + 1x1 after a convolution, for one band: `y` holds the band's `np`
+/// pixels of each of the conv's Co channels (row stride `np`); output channel `o2` of the
+/// 1x1 (`w2` is (O2, Co), `b2` its bias) goes to `ob + o2·npix`, `np` values.
+///
+/// # Safety
+/// `ob + o2·npix .. + np` must be valid, writable and not aliased for every `o2 < O2`.
+unsafe fn relu_then_1x1(
+    y: &[f32],
+    np: usize,
+    (w2, b2): (&[f32], Option<&[f32]>),
+    ob: *mut f32,
+    npix: usize,
+) {
+    let co = y.len() / np.max(1);
+    for (o2, w2row) in w2.chunks_exact(co.max(1)).enumerate() {
+        let z = std::slice::from_raw_parts_mut(ob.add(o2 * npix), np);
+        z.fill(b2.map_or(0.0, |b2| b2[o2]));
+        for (yrow, wv) in y.chunks(np).zip(w2row) {
+            for (zv, yv) in z.iter_mut().zip(yrow) {
+                *zv += wv * yv.max(0.0);
+            }
+        }
     }
 }
 
@@ -1429,17 +1445,8 @@ fn winograd_band(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
                 }
             }
         }
-        if let Some((w2, b2)) = p.then_1x1 {
-            for o2 in 0..co_out {
-                let z = unsafe { std::slice::from_raw_parts_mut(ob.add(o2 * npix), np) };
-                z.fill(b2.map_or(0.0, |b2| b2[o2]));
-                for (c, yrow) in ybuf.chunks(np).enumerate() {
-                    let wv = w2[o2 * co + c];
-                    for (zv, yv) in z.iter_mut().zip(yrow) {
-                        *zv += wv * yv.max(0.0);
-                    }
-                }
-            }
+        if let Some(w2b2) = p.then_1x1 {
+            unsafe { relu_then_1x1(ybuf, np, w2b2, ob, npix) };
         }
     });
 }
