@@ -19,6 +19,9 @@ pub mod inference;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
+#[doc(hidden)]
+pub mod testing;
+pub mod tuning;
 pub mod weights;
 
 use candle_core::{DType, Device, Tensor};
@@ -109,7 +112,7 @@ impl Da3Model {
         dtype: DType,
     ) -> Result<Self> {
         if device.is_cpu() {
-            model::cpu::keep_freed_memory();
+            model::ops::keep_freed_memory();
         }
         let vb = weights::checked_var_builder(weights, &cfg, dtype, device)?;
         let inner = Self::build(&cfg, vb.pp("model"))

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use da3::testing::max_rel_err;
 use da3::{Da3Model, ForwardOptions};
 
 fn fixture(name: &str) -> PathBuf {
@@ -109,26 +110,9 @@ fn half_precision_checkpoints_load_and_run() {
         let m = Da3Model::load(dir.to_str().unwrap(), &Device::Cpu, DType::F32)
             .expect("load half checkpoint");
         let out = m.forward(x, &ForwardOptions::default()).unwrap();
-        let diff = (out.depth - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        println!(
-            "{dt:?} checkpoint, f32 run: depth rel err {:.2e}",
-            diff / scale
-        );
-        assert!(diff / scale < 5e-2, "{dt:?}: {}", diff / scale);
+        let e = max_rel_err(&out.depth, want);
+        println!("{dt:?} checkpoint, f32 run: depth rel err {e:.2e}");
+        assert!(e < 5e-2, "{dt:?}: {e}");
     }
 }
 
@@ -150,12 +134,6 @@ fn reduced_precision_run_dtypes() {
         &Device::Cpu,
     )
     .unwrap();
-    let rel = |a: &Tensor, b: &Tensor| -> f32 {
-        let a = a.to_dtype(DType::F32).unwrap();
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let scale = b.abs().unwrap().max_all().unwrap();
-        diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
-    };
     for dt in [DType::F16, DType::BF16] {
         let m = Da3Model::load(fixture("tiny-anyview").to_str().unwrap(), &Device::Cpu, dt)
             .expect("load");
@@ -177,7 +155,7 @@ fn reduced_precision_run_dtypes() {
                 } else {
                     want
                 };
-                let e = rel(got, want);
+                let e = max_rel_err(got, want);
                 println!("{dt:?} {case}.{name}: rel err {e:.2e}");
                 assert!(e <= 2e-2, "{dt:?} {case}.{name}: {e}");
             }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use da3::testing::max_rel_err;
 use da3::{Da3Model, ForwardOptions, RefViewStrategy};
 
 const TOL: f64 = 1e-4;
@@ -15,31 +16,6 @@ fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max).max(1e-12);
-    diff / scale
 }
 
 /// Runs every case of one committed fixture; returns the failures ("case.output: figure").
@@ -112,7 +88,7 @@ fn run_fixture_dir(dir: &Path) -> Vec<String> {
                         ));
                         return;
                     }
-                    let e = rel_err(o, want);
+                    let e = max_rel_err(o, want);
                     line.push_str(&format!(" {label}={e:.2e}"));
                     if e.is_nan() || e > TOL {
                         failures.push(format!("{name}/{case}.{label}: {e:.3e}"));

@@ -430,6 +430,7 @@ pub fn run(
 pub fn lib_main() -> Result<()> {
     da3_msg::node_util::init_logging();
     let cfg = Config::from_env().wrap_err("dora-da3: bad configuration")?;
+    da3::tuning::set(da3::tuning::Tuning::from_env().wrap_err("dora-da3: bad DA3_* tuning")?);
     let models = load_models(&cfg)?;
     if models.is_empty() {
         bail!("no model replica could be started");

@@ -486,7 +486,7 @@ fn profile_forward(
     x: &candle_core::Tensor,
     opts: &da3::ForwardOptions,
 ) -> Result<serde_json::Value> {
-    use da3::model::cpu;
+    use da3::model::profile as cpu;
     let peak = cpu::matmul_peak_gflops();
     let threads = candle_core::utils::get_num_threads().max(1) as f64;
     cpu::set_profiling(true);
@@ -557,6 +557,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    da3::tuning::set(da3::tuning::Tuning::from_env()?);
     match cli.command {
         Command::Infer(a) => run_infer(a),
         Command::Bench(a) => run_bench(a),

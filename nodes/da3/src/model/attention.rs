@@ -4,11 +4,11 @@
 //! token's row index, the second by its column index, each half with the 1-D "rotate half"
 //! convention and frequencies `base^(-2k/d)` (d = head_dim / 2).
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::cpu;
-use super::layers::{linear, softmax_last_dim, LayerNorm, Linear, LinearExt};
+use super::layers::{linear, LayerNorm, Linear};
+use super::ops::{self, LinearExt, QkPrep};
 
 /// Precomputed cos/sin tables for a token sequence, shape (N, head_dim) each.
 #[derive(Debug, Clone)]
@@ -51,16 +51,10 @@ impl Rope2d {
         Ok(Self { cos, sin })
     }
 
-    /// Apply to (B, heads, N, head_dim).
+    /// Apply to (B, heads, N, head_dim) by candle's ops ([`ops::rope_candle`]; the
+    /// attention op fuses it with the QK-norm on the CPU path).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let d = x.dim(D::Minus1)?;
-        let q = d / 4;
-        let p0 = x.narrow(D::Minus1, 0, q)?;
-        let p1 = x.narrow(D::Minus1, q, q)?;
-        let p2 = x.narrow(D::Minus1, 2 * q, q)?;
-        let p3 = x.narrow(D::Minus1, 3 * q, q)?;
-        let rot = Tensor::cat(&[&p1.neg()?, &p0, &p3.neg()?, &p2], D::Minus1)?;
-        x.broadcast_mul(&self.cos)? + rot.broadcast_mul(&self.sin)?
+        ops::rope_candle(x, &self.cos, &self.sin)
     }
 }
 
@@ -73,9 +67,6 @@ pub struct Attention {
     num_heads: usize,
     use_rope: bool,
 }
-
-/// Bound on the elements of one attention-score buffer (queries are processed in chunks).
-const MAX_SCORE_ELEMS: usize = 1 << 26;
 
 impl Attention {
     pub fn new(
@@ -136,74 +127,21 @@ impl Attention {
             .forward_ext(
                 x,
                 LinearExt {
-                    prenorm,
+                    prenorm: prenorm.map(LayerNorm::params),
                     ..Default::default()
                 },
             )?
             .reshape((b, n, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?;
-        if cpu::use_kernels(x) {
-            // q, k, v stay strided views of the qkv output; norm and RoPE in one pass.
-            let rope_t = match (self.use_rope, rope) {
+        let prep = QkPrep {
+            q_norm: self.q_norm.as_ref().map(LayerNorm::params),
+            k_norm: self.k_norm.as_ref().map(LayerNorm::params),
+            rope: match (self.use_rope, rope) {
                 (true, Some(r)) => Some((&r.cos, &r.sin)),
                 _ => None,
-            };
-            let prep = |t: Tensor, norm: &Option<LayerNorm>| -> Result<Tensor> {
-                let nm = norm.as_ref().map(|n| n.params());
-                if nm.is_none() && rope_t.is_none() {
-                    Ok(t)
-                } else {
-                    cpu::norm_rope(&t, nm, rope_t)
-                }
-            };
-            // `narrow + squeeze` keeps the strides (`get` would copy: it reshapes).
-            let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
-            let q = prep(part(0)?, &self.q_norm)?;
-            let k = prep(part(1)?, &self.k_norm)?;
-            let out = cpu::attention(&q, &k, &part(2)?, 1.0 / (hd as f32).sqrt())?;
-            return self.proj.forward_ext(
-                &out,
-                LinearExt {
-                    residual,
-                    ..Default::default()
-                },
-            );
-        }
-        let mut q = qkv.get(0)?.contiguous()?;
-        let mut k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        if let Some(nq) = &self.q_norm {
-            q = nq.forward(&q)?;
-        }
-        if let Some(nk) = &self.k_norm {
-            k = nk.forward(&k)?;
-        }
-        if self.use_rope {
-            if let Some(r) = rope {
-                q = r.apply(&q)?;
-                k = r.apply(&k)?;
-            }
-        }
-        let scale = 1.0 / (hd as f64).sqrt();
-        let q = (q * scale)?;
-        let kt = k.t()?.contiguous()?;
-        let chunk = (MAX_SCORE_ELEMS / (b * h * n).max(1)).max(1).min(n);
-        let out = if chunk >= n {
-            let att = softmax_last_dim(&q.matmul(&kt)?)?;
-            att.matmul(&v)?
-        } else {
-            let mut parts = Vec::new();
-            let mut s = 0;
-            while s < n {
-                let l = chunk.min(n - s);
-                let qs = q.narrow(2, s, l)?;
-                let att = softmax_last_dim(&qs.matmul(&kt)?)?;
-                parts.push(att.matmul(&v)?);
-                s += l;
-            }
-            Tensor::cat(&parts, 2)?
+            },
         };
-        let out = out.transpose(1, 2)?.reshape((b, n, c))?;
+        let out = ops::attention(&qkv, prep)?;
         self.proj.forward_ext(
             &out,
             LinearExt {

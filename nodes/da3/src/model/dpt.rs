@@ -5,11 +5,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
-use super::cpu::ConvExt;
-use super::layers::{
-    conv2d, conv2d_no_bias, conv_transpose2d, resize_bilinear_ac, Conv2d, ConvTranspose2d,
-    LayerNorm,
-};
+use super::layers::{conv2d, conv2d_no_bias, conv_transpose2d, Conv2d, ConvTranspose2d, LayerNorm};
+use super::ops::{self, resize_bilinear_ac, ConvExt};
 
 /// Sin-cos embedding of a normalised UV grid, scaled by 0.1, added to an NCHW map.
 /// `(img_w, img_h)` give the aspect ratio of the network input.
@@ -47,16 +44,7 @@ pub fn add_uv_pos_embed(x: &Tensor, img_w: usize, img_h: usize) -> Result<Tensor
         }
         v
     };
-    if super::cpu::use_kernels(x) {
-        return super::cpu::add_uv_embed(x, &embed(&xs), &embed(&ys));
-    }
-    let dev = x.device();
-    let ex = Tensor::from_vec(embed(&xs), (half, 1, pw), dev)?.broadcast_as((half, ph, pw))?;
-    let ey = Tensor::from_vec(embed(&ys), (half, ph, 1), dev)?.broadcast_as((half, ph, pw))?;
-    let pe = Tensor::cat(&[&ex, &ey], 0)?
-        .to_dtype(x.dtype())?
-        .unsqueeze(0)?;
-    x.broadcast_add(&pe)
+    ops::add_uv_embed(x, &embed(&xs), &embed(&ys))
 }
 
 #[derive(Debug, Clone)]
@@ -215,19 +203,12 @@ impl DptNeck {
     ) -> Result<Vec<Tensor>> {
         let mut out = Vec::with_capacity(4);
         for (i, f) in feats.iter().enumerate() {
-            let (bs, _, c) = f.dims3()?;
             let mut x = f.clone();
             if let Some(n) = &self.norm {
                 x = n.forward(&x)?;
             }
-            let proj = &self.projects[i];
-            let mut x = if super::cpu::use_kernels(&x) && proj.weight().dims()[2..] == [1, 1] {
-                // 1x1 projection straight from the token-major features (no transpose).
-                super::cpu::conv1x1_tokens(&x, proj.weight(), proj.bias(), ph, pw)?
-            } else {
-                let x = x.transpose(1, 2)?.contiguous()?.reshape((bs, c, ph, pw))?;
-                proj.forward(&x)?
-            };
+            // 1x1 projection straight from the token-major features (no transpose).
+            let mut x = self.projects[i].forward_tokens(&x, (ph, pw))?;
             if self.pos_embed {
                 x = add_uv_pos_embed(&x, img_w, img_h)?;
             }
@@ -439,6 +420,7 @@ pub fn touch_gs_head(cfg: &HeadConfig, vb: VarBuilder) -> Result<()> {
 #[cfg(test)]
 mod uv_tests {
     use super::*;
+    use crate::testing::max_abs_diff;
     use candle_core::{DType, Device};
 
     /// The f32 CPU kernel against candle's ops (taken for f64 inputs).
@@ -446,18 +428,8 @@ mod uv_tests {
     fn uv_embed_kernel_matches_candle_ops() {
         let x = Tensor::randn(0f32, 1.0, (2, 8, 5, 7), &Device::Cpu).unwrap();
         let fast = add_uv_pos_embed(&x, 70, 50).unwrap();
-        let slow = add_uv_pos_embed(&x.to_dtype(DType::F64).unwrap(), 70, 50)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let d = (fast - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let slow = add_uv_pos_embed(&x.to_dtype(DType::F64).unwrap(), 70, 50).unwrap();
+        let d = max_abs_diff(&fast, &slow.to_dtype(DType::F32).unwrap());
         assert!(d < 1e-6, "{d}");
     }
 }

@@ -8,7 +8,8 @@ use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
 use super::dpt::{add_uv_pos_embed, DptNeck, FusionChain, OutConv2};
-use super::layers::{conv2d, resize_bilinear_ac, Conv2d};
+use super::layers::{conv2d, Conv2d};
+use super::ops::resize_bilinear_ac;
 
 /// Number of auxiliary pyramid levels in the checkpoints.
 const AUX_LEVELS: usize = 4;

@@ -4,7 +4,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::FfnKind;
-use super::layers::{linear, LayerNorm, Linear, LinearExt};
+use super::layers::{linear, LayerNorm, Linear};
+use super::ops::LinearExt;
 
 /// fc1 -> exact-erf GELU -> fc2.
 #[derive(Debug, Clone)]
@@ -28,7 +29,7 @@ impl Mlp {
         let h = self.fc1.forward_ext(
             x,
             LinearExt {
-                prenorm: Some(norm),
+                prenorm: Some(norm.params()),
                 gelu: true,
                 ..Default::default()
             },
@@ -83,7 +84,7 @@ impl SwiGluFused {
         let x12 = self.w12.forward_ext(
             x,
             LinearExt {
-                prenorm,
+                prenorm: prenorm.map(LayerNorm::params),
                 ..Default::default()
             },
         )?;

@@ -15,8 +15,9 @@
 //! | `ray_pose.rs` | rays -> pose: weighted RANSAC homography + QL, injectable sample indices |
 //! | `net.rs` | `DepthAnything3Net` forward incl. the mono sky step |
 //! | `nested.rs` | metric scaling (focal * depth / 300), least-squares alignment, sky |
-//! | `cpu.rs` | f32 CPU kernels: fused linear/GELU, blocked attention, im2col+GEMM convolutions, bilinear, LayerNorm |
-//! | `layers.rs` | LayerNorm / softmax reduced in f32, conv wrappers (f32 compute for bf16 on CPU) |
+//! | `layers.rs` | LayerNorm (reduced in f32), linear / conv layers with the checkpoint names (f32 compute for bf16 convs on CPU) |
+//! | `ops/` | one op per concept (`linear`, `layer_norm`, `attention`, `conv2d`, ...): the fused CPU kernel where it applies, candle's ops otherwise (the `*_candle` reference beside each) |
+//! | `cpu/` | the f32 CPU kernels behind the ops, one file per concern (GEMM/buffers, SIMD, linear, attention, conv, Winograd, transposed conv, DPT token ops, resize, norm + RoPE, profile, memory) |
 //!
 //! Conventions: extrinsics are world-to-camera (B, S, 3, 4); intrinsics in pixels of the
 //! network input (B, S, 3, 3); maps (B, S, H, W). Small per-view camera math runs on the host
@@ -34,7 +35,11 @@ pub mod ffn;
 pub mod layers;
 pub mod nested;
 pub mod net;
+pub mod ops;
 pub mod ray_pose;
 pub mod ref_view;
 pub mod transform;
 pub mod vit;
+
+/// Per-kernel timing of `da3 bench --profile`.
+pub use ops::profile;

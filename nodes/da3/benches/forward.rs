@@ -1,5 +1,6 @@
-//! Timing of a DA3-SMALL-sized network (random weights) on CPU. Ignored by default:
-//! `cargo test -p da3 --test perf -- --ignored --nocapture`.
+//! Timing of a DA3-SMALL-sized network (random weights) on CPU, and of candle's matmul:
+//! `cargo bench -p da3 --bench forward`. The `DA3_*` tuning variables apply (see
+//! `da3::tuning::Tuning`).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -8,8 +9,12 @@ use da3::model::net::Da3Net;
 use da3::model::vit::DinoVisionTransformer;
 use da3::{ForwardOptions, NetConfig, RefViewStrategy};
 
-#[test]
-#[ignore]
+fn main() {
+    da3::tuning::set(da3::tuning::Tuning::from_env().expect("DA3_* tuning variables"));
+    da3_small_cpu_timing();
+    matmul_gflops();
+}
+
 fn da3_small_cpu_timing() {
     let dev = Device::Cpu;
     let cfg = NetConfig::da3_small();
@@ -45,8 +50,6 @@ fn da3_small_cpu_timing() {
     }
 }
 
-#[test]
-#[ignore]
 fn matmul_gflops() {
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1.0, (1296, 384), &dev).unwrap();

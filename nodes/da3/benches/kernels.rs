@@ -1,0 +1,128 @@
+//! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
+//! best of several runs of each kernel (attention with strided and contiguous q/k/v, the
+//! DPT's most expensive 3x3 convolutions, the ViT block's linear layers with and without
+//! their fused extras, GELU alone and the matmul peak). The `DA3_*` tuning variables apply
+//! (see `da3::tuning::Tuning`).
+
+use candle_core::{Device, Tensor};
+use da3::model::cpu::profile::matmul_peak_gflops;
+use da3::model::cpu::{attention, conv2d, gelu_inplace, linear, ConvExt, LinearExt, Norm};
+
+fn best_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..7)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    da3::tuning::set(da3::tuning::Tuning::from_env().expect("DA3_* tuning variables"));
+    let dev = Device::Cpu;
+    let qkv = Tensor::randn(0f32, 1.0, (1, 3892, 3, 6, 64), &dev)
+        .unwrap()
+        .permute((2, 0, 3, 1, 4))
+        .unwrap();
+    // strided views of the qkv output, as in the model, and contiguous copies
+    let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+    let (q, k, v) = (part(0), part(1), part(2));
+    let ms = best_ms(|| {
+        attention(&q, &k, &v, 0.125).unwrap();
+    });
+    let (qc, kc, vc) = (
+        qkv.get(0).unwrap(),
+        qkv.get(1).unwrap(),
+        qkv.get(2).unwrap(),
+    );
+    let ms_c = best_ms(|| {
+        attention(&qc, &kc, &vc, 0.125).unwrap();
+    });
+    let ms_v = best_ms(|| {
+        attention(&qc, &kc, &v, 0.125).unwrap();
+    });
+    let ms_k = best_ms(|| {
+        attention(&qc, &k, &vc, 0.125).unwrap();
+    });
+    let ms_q = best_ms(|| {
+        attention(&q, &kc, &vc, 0.125).unwrap();
+    });
+    let gf = 4.0 * 6.0 * 3892f64 * 3892.0 * 64.0 / 1e9;
+    println!(
+        "attention global 4v: {ms:.1} ms, {:.1} GFLOP/s (contiguous q/k/v: {ms_c:.1} ms; only v strided {ms_v:.1}, only k {ms_k:.1}, only q {ms_q:.1})",
+        gf / ms * 1e3
+    );
+    // the DPT's two most expensive 3x3 convolutions at 4 views
+    for (c, h, w) in [(64usize, 108usize, 144usize), (32, 378, 504)] {
+        let x = Tensor::randn(0f32, 1.0, (4, c, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.1, (c, c, 3, 3), &dev).unwrap();
+        let ms = best_ms(|| {
+            conv2d(&x, &wt, None, 1, 1, ConvExt::default()).unwrap();
+        });
+        let gf = 2.0 * (4 * h * w * c * c * 9) as f64 / 1e9;
+        println!(
+            "conv3x3 {c}->{c} {h}x{w} x4: {ms:.1} ms, {:.1} GFLOP/s",
+            gf / ms * 1e3
+        );
+    }
+    let x = Tensor::randn(0f32, 1.0, (4, 973, 384), &dev).unwrap();
+    let w = Tensor::randn(0f32, 0.1, (1536, 384), &dev).unwrap();
+    let ext = LinearExt {
+        gelu: true,
+        ..Default::default()
+    };
+    let ms = best_ms(|| {
+        linear(&x, &w, None, ext).unwrap();
+    });
+    let gf = 2.0 * 4.0 * 973.0 * 384.0 * 1536.0 / 1e9;
+    println!("fc1+gelu 4v: {ms:.1} ms, {:.1} GFLOP/s", gf / ms * 1e3);
+    let ms = best_ms(|| {
+        linear(&x, &w, None, LinearExt::default()).unwrap();
+    });
+    println!("fc1 (no gelu) 4v: {ms:.1} ms, {:.1} GFLOP/s", gf / ms * 1e3);
+    // the block's other linears, with and without their fused extras
+    let nw = Tensor::randn(0f32, 1.0, 384, &dev).unwrap();
+    let nb = Tensor::randn(0f32, 1.0, 384, &dev).unwrap();
+    let wq = Tensor::randn(0f32, 0.1, (1152, 384), &dev).unwrap();
+    let bq = Tensor::randn(0f32, 0.1, 1152, &dev).unwrap();
+    let gf = 2.0 * 4.0 * 973.0 * 384.0 * 1152.0 / 1e9;
+    let plain = best_ms(|| {
+        linear(&x, &wq, Some(&bq), LinearExt::default()).unwrap();
+    });
+    let ext = LinearExt {
+        prenorm: Some(Norm::new(&nw, &nb, 1e-6)),
+        ..Default::default()
+    };
+    let normed = best_ms(|| {
+        linear(&x, &wq, Some(&bq), ext).unwrap();
+    });
+    println!(
+        "qkv 4v: {plain:.1} ms ({:.1} GFLOP/s), with pre-norm {normed:.1} ms ({:.1})",
+        gf / plain * 1e3,
+        gf / normed * 1e3
+    );
+    let h = Tensor::randn(0f32, 1.0, (4, 973, 1536), &dev).unwrap();
+    let w2 = Tensor::randn(0f32, 0.1, (384, 1536), &dev).unwrap();
+    let gamma = Tensor::randn(0f32, 0.1, 384, &dev).unwrap();
+    let plain = best_ms(|| {
+        linear(&h, &w2, Some(&nb), LinearExt::default()).unwrap();
+    });
+    let ext = LinearExt {
+        residual: Some((&x, &gamma)),
+        ..Default::default()
+    };
+    let resid = best_ms(|| {
+        linear(&h, &w2, Some(&nb), ext).unwrap();
+    });
+    println!(
+        "fc2 4v: {plain:.1} ms ({:.1} GFLOP/s), with residual {resid:.1} ms ({:.1})",
+        gf * 4.0 / 3.0 / plain * 1e3,
+        gf * 4.0 / 3.0 / resid * 1e3
+    );
+    let mut v = vec![0.5f32; 4 * 973 * 1536];
+    let ms = best_ms(|| gelu_inplace(&mut v));
+    println!("gelu alone, 1 thread, {} values: {ms:.1} ms", v.len());
+    println!("matmul peak {:.1} GFLOP/s", matmul_peak_gflops());
+}

@@ -1,0 +1,288 @@
+//! Linear layers: `y = x · Wᵀ + b` with the pre-norm LayerNorm, exact GELU and
+//! LayerScale + residual fused around the GEMM, in cache-sized row blocks.
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::buffers::{
+    bias_values, chunk_len_tasks, contiguous_f32, output_buffer, sgemm, with_f32, with_scratch, Mat,
+};
+use super::norm::{row_stats, Norm};
+use super::profile::timed;
+use super::simd::gelu_inplace;
+
+/// `y = x · Wᵀ + b` (optionally GELU) over the last dim of a contiguous f32 tensor.
+struct LinearOp<'a> {
+    weight: &'a Tensor, // (N, K)
+    bias: Option<&'a Tensor>,
+    gelu: bool,
+    /// `res + gamma ⊙ y` (residual with LayerScale) instead of `y`.
+    residual: Option<(&'a Tensor, Vec<f32>)>,
+    /// LayerNorm (weight, bias, eps) of the input rows first (pre-norm blocks).
+    prenorm: Option<(Vec<f32>, Vec<f32>, f32)>,
+    /// Tasks per thread ([`crate::tuning::Tuning::linear_tasks`]).
+    tasks: usize,
+    /// Rows per fused sub-block ([`crate::tuning::Tuning::linear_sub_rows`]).
+    sub_rows: usize,
+}
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32("da3-linear", s, l)?;
+        let dims = l.dims();
+        let k = *dims.last().unwrap_or(&0);
+        let m = l.shape().elem_count() / k.max(1);
+        let (n, wk) = self.weight.dims2()?;
+        if wk != k {
+            bail!("da3-linear: input has {k} features, weight expects {wk}");
+        }
+        if let Some((w, b, _)) = &self.prenorm {
+            if w.len() != k || b.len() != k {
+                bail!("da3-linear: norm of {} features for {k} inputs", w.len());
+            }
+        }
+        let mut out = output_buffer(m * n);
+        let bias = bias_values(self.bias)?;
+        let w_c = self.weight.contiguous()?;
+        let res_c = match &self.residual {
+            Some((r, g)) => {
+                if r.elem_count() != m * n || g.len() != n {
+                    bail!(
+                        "da3-linear: residual {:?} does not match the output",
+                        r.dims()
+                    );
+                }
+                Some((r.contiguous()?, g))
+            }
+            None => None,
+        };
+        let res_guard = res_c.as_ref().map(|(r, _)| r.storage_and_layout());
+        let res: Option<(&[f32], &Vec<f32>)> = match (&res_guard, &res_c) {
+            (Some((st, rl)), Some((_, g))) => match &**st {
+                Storage::Cpu(cs) => Some((&cs.as_slice::<f32>()?[rl.start_offset()..], *g)),
+                _ => bail!("da3-linear: residual is not on the CPU"),
+            },
+            _ => None,
+        };
+        with_f32(&w_c, |w, wl| {
+            let w = &w[wl.start_offset()..];
+            // Each task packs the whole weight: few, large tasks.
+            let rows = chunk_len_tasks(m, 16, self.tasks.max(1));
+            let sub_rows = self.sub_rows.max(8);
+            let xp = x.as_ptr() as usize;
+            let wp = w.as_ptr() as usize;
+            out.par_chunks_mut(rows * n)
+                .enumerate()
+                .for_each(|(ci, o_task)| {
+                    // Sub-blocks of rows so the normalised input and the epilogue (GELU,
+                    // residual) stay in cache. The weight is read in place (unit row stride,
+                    // at most 2048 rows a call), so sub-blocks cost no extra packing.
+                    let sub = if self.gelu || res.is_some() || self.prenorm.is_some() {
+                        sub_rows
+                    } else {
+                        usize::MAX
+                    };
+                    for (si, o) in o_task.chunks_mut(sub.saturating_mul(n).max(n)).enumerate() {
+                        let r0 = ci * rows + si * sub.min(rows);
+                        let mr = o.len() / n;
+                        if let Some(b) = &bias {
+                            for row in o.chunks_mut(n) {
+                                row.copy_from_slice(b);
+                            }
+                        }
+                        let xrows = unsafe {
+                            std::slice::from_raw_parts((xp as *const f32).add(r0 * k), mr * k)
+                        };
+                        let gemm_from = |lhs: &[f32], o: &mut [f32]| unsafe {
+                            sgemm(
+                                (mr, n, k),
+                                Mat::rows(o.as_mut_ptr(), n),
+                                bias.is_some(),
+                                Mat::rows(lhs.as_ptr(), k),
+                                Mat::cols(wp as *const f32, k),
+                                1.0,
+                            )
+                        };
+                        match &self.prenorm {
+                            Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
+                                for (trow, xrow) in t.chunks_mut(k).zip(xrows.chunks(k)) {
+                                    let (mean, inv) = row_stats(xrow, *eps);
+                                    for i in 0..k {
+                                        trow[i] = (xrow[i] - mean) * inv * nw[i] + nb[i];
+                                    }
+                                }
+                                gemm_from(t, o)
+                            }),
+                            None => gemm_from(xrows, o),
+                        }
+                        if self.gelu {
+                            gelu_inplace(o);
+                        }
+                        if let Some((rv, g)) = res {
+                            let rr = &rv[r0 * n..(r0 + mr) * n];
+                            for (orow, rrow) in o.chunks_mut(n).zip(rr.chunks(n)) {
+                                for ((y, r), gj) in orow.iter_mut().zip(rrow).zip(g.iter()) {
+                                    *y = r + gj * *y;
+                                }
+                            }
+                        }
+                    }
+                });
+            Ok(())
+        })?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// What a linear layer does around its GEMM (all optional): fused on the CPU path, applied
+/// in this order by candle's ops otherwise.
+#[derive(Default, Clone, Copy)]
+pub struct LinearExt<'a> {
+    /// LayerNorm of the input first (pre-norm blocks).
+    pub prenorm: Option<Norm<'a>>,
+    /// Exact-erf GELU of the output.
+    pub gelu: bool,
+    /// `res + gamma ⊙ y` (residual with LayerScale).
+    pub residual: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)` over the last dim.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    ext: LinearExt<'_>,
+) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    let flops = 2.0 * (x.elem_count() / k.max(1)) as f64 * (n * k) as f64;
+    let name = match (ext.prenorm.is_some(), ext.gelu, ext.residual.is_some()) {
+        (true, true, _) => "norm+linear+gelu",
+        (true, false, _) => "norm+linear",
+        (false, true, _) => "linear+gelu",
+        (false, false, true) => "linear+residual",
+        (false, false, false) => "linear",
+    };
+    timed(name, flops, || {
+        let residual = match ext.residual {
+            Some((r, g)) => Some((r, g.flatten_all()?.to_vec1()?)),
+            None => None,
+        };
+        let prenorm = ext.prenorm.map(|n| n.host()).transpose()?;
+        let t = crate::tuning::get();
+        x.contiguous()?.apply_op1_no_bwd(&LinearOp {
+            weight,
+            bias,
+            gelu: ext.gelu,
+            residual,
+            prenorm,
+            tasks: t.linear_tasks,
+            sub_rows: t.linear_sub_rows,
+        })
+    })
+}
+
+/// Best GFLOP/s of a large square-ish f32 matmul split over the thread pool the same way
+/// as the linear layers (the practical GEMM peak of this machine for these kernels).
+pub fn matmul_peak_gflops() -> f64 {
+    let (m, k, n) = (2048usize, 1024usize, 1024usize);
+    let x = Tensor::from_vec(
+        (0..m * k)
+            .map(|i| (i % 13) as f32 * 0.01)
+            .collect::<Vec<_>>(),
+        (m, k),
+        &candle_core::Device::Cpu,
+    );
+    let w = Tensor::from_vec(
+        (0..n * k)
+            .map(|i| (i % 7) as f32 * 0.01)
+            .collect::<Vec<_>>(),
+        (n, k),
+        &candle_core::Device::Cpu,
+    );
+    let (Ok(x), Ok(w)) = (x, w) else {
+        return 0.0;
+    };
+    let tuning = crate::tuning::get();
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        if x.apply_op1_no_bwd(&LinearOp {
+            weight: &w,
+            bias: None,
+            gelu: false,
+            residual: None,
+            prenorm: None,
+            tasks: tuning.linear_tasks,
+            sub_rows: tuning.linear_sub_rows,
+        })
+        .is_err()
+        {
+            return 0.0;
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * n * k) as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cpu::layer_norm;
+    use crate::testing::{max_rel_err, rand};
+
+    #[test]
+    fn linear_matches_candle() {
+        let x = rand(&[3, 37, 24], 1);
+        let w = rand(&[50, 24], 2);
+        let b = rand(&[50], 3);
+        let got = linear(&x, &w, Some(&b), LinearExt::default()).unwrap();
+        let want = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-6);
+        let ext = LinearExt {
+            gelu: true,
+            ..Default::default()
+        };
+        let got = linear(&x, &w, None, ext).unwrap();
+        let want = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .gelu_erf()
+            .unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn linear_with_norm_and_residual_matches_candle() {
+        let x = rand(&[2, 33, 24], 20);
+        let w = rand(&[24, 24], 21);
+        let b = rand(&[24], 22);
+        let (nw, nb) = (rand(&[24], 23), rand(&[24], 24));
+        let g = rand(&[24], 25);
+        let ext = LinearExt {
+            prenorm: Some(Norm::new(&nw, &nb, 1e-6)),
+            residual: Some((&x, &g)),
+            ..Default::default()
+        };
+        let got = linear(&x, &w, Some(&b), ext).unwrap();
+        let xn = layer_norm(&x, Norm::new(&nw, &nb, 1e-6)).unwrap();
+        let y = xn
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let want = (&x + y.broadcast_mul(&g).unwrap()).unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-5);
+    }
+}

@@ -1,0 +1,54 @@
+//! f32 CPU kernels for the hot paths of the network, written for the shapes DA3 runs:
+//! linear layers (pre-norm, bias, exact GELU, LayerScale + residual fused), blocked
+//! attention that never holds more than one block of scores per thread, convolutions as
+//! band-wise im2col + GEMM (stride 1: by rows, one GEMM per kernel row; 3x3 with enough
+//! channels: Winograd F(2x2, 3x3)), transposed convolutions with kernel = stride as one
+//! GEMM + scatter, the DPT's token-side ops and an `align_corners` bilinear resize. All
+//! GEMMs go through the `gemm` crate (the one candle uses), single-threaded per task, with
+//! the work split over rayon's pool: one level of threading, no nesting.
+//!
+//! The model does not call these directly: [`super::ops`] picks them for f32 tensors on the
+//! CPU (unless [`Tuning::cpu_kernels`] is off) and runs candle's ops otherwise. How the work
+//! is split is [`Tuning`] (read by each kernel call from [`crate::tuning::get`]);
+//! `da3 bench --profile` shows the time and GFLOP/s of each kernel kind ([`profile`]).
+//!
+//! | file | concern |
+//! |---|---|
+//! | `buffers.rs` | host views, output / scratch buffers, the typed `sgemm` call, task split |
+//! | `simd.rs` | AVX2 2^x, max and exact-erf GELU |
+//! | `linear.rs` | fused linear layers, the matmul peak |
+//! | `attention.rs` | blocked online-softmax attention |
+//! | `conv.rs` | im2col / by-rows convolutions and their fusions |
+//! | `winograd.rs` | Winograd F(2x2, 3x3) |
+//! | `conv_transpose.rs` | kernel = stride transposed convolutions |
+//! | `tokens.rs` | DPT token ops: 1x1 projection of token-major features, UV embedding add |
+//! | `resize.rs` | bilinear resize (align corners) |
+//! | `norm.rs` | LayerNorm, fused QK-norm + 2-D RoPE |
+//! | `profile.rs` | per-kernel timers, process CPU time |
+//! | `memory.rs` | allocator settings between frames |
+//!
+//! [`Tuning`]: crate::tuning::Tuning
+//! [`Tuning::cpu_kernels`]: crate::tuning::Tuning::cpu_kernels
+
+mod attention;
+mod buffers;
+mod conv;
+mod conv_transpose;
+mod linear;
+mod memory;
+mod norm;
+pub mod profile;
+mod resize;
+mod simd;
+mod tokens;
+mod winograd;
+
+pub use attention::attention;
+pub use conv::{conv2d, ConvExt};
+pub use conv_transpose::conv_transpose2d_k_eq_s;
+pub use linear::{linear, LinearExt};
+pub use memory::keep_freed_memory;
+pub use norm::{layer_norm, norm_rope, Norm};
+pub use resize::resize_bilinear_ac;
+pub use simd::gelu_inplace;
+pub use tokens::{add_uv_embed, conv1x1_tokens};

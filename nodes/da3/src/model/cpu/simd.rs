@@ -1,0 +1,267 @@
+//! Vectorised exp / erf (AVX2 + FMA when the CPU has them, scalar otherwise): the
+//! softmax's 2^x and the exact-erf GELU.
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    /// 2^x for 8 lanes, x ≤ 0 (the softmax's shifted scores and GELU's -z²): n = round(x),
+    /// 2^(x-n) by Cephes' degree-6 polynomial on [-0.5, 0.5] (relative error ≤ 2e-7),
+    /// 2^n by exponent arithmetic. Below -126 gives 2^-126 (≈1.2e-38) instead of a smaller
+    /// value or 0: nothing that matters next to the row's largest term, which is 1.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp2_neg8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-126.0));
+        let n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let f = _mm256_sub_ps(x, n);
+        let mut p = _mm256_set1_ps(1.535_336_2e-4);
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339_887_4e-3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618_437e-3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550_332_5e-2));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402_264_8e-1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931_472e-1));
+        let y = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+    }
+
+    /// In place `v[i] = 2^(v[i] - max)` (`max` ≥ every `v[i]`), returns the sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp2_sub_sum(v: &mut [f32], max: f32) -> f32 {
+        let n8 = v.len() / 8 * 8;
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let p = v.as_mut_ptr();
+        let mut i = 0;
+        while i < n8 {
+            let e = exp2_neg8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut s: f32 = lanes.iter().sum();
+        for x in &mut v[n8..] {
+            *x = (*x - max).exp2();
+            s += *x;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn max(v: &[f32]) -> f32 {
+        let n8 = v.len() / 8 * 8;
+        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i < n8 {
+            acc = _mm256_max_ps(acc, _mm256_loadu_ps(v.as_ptr().add(i)));
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut m = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for &x in &v[n8..] {
+            m = m.max(x);
+        }
+        m
+    }
+
+    /// Exact-erf GELU in place: 0.5·x·(1 + erf(x/√2)), erf by Abramowitz-Stegun 7.1.26
+    /// (absolute error ≤ 1.5e-7).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu(v: &mut [f32]) {
+        let n8 = v.len() / 8 * 8;
+        let p = v.as_mut_ptr();
+        let sign_mask = _mm256_set1_ps(-0.0);
+        let mut i = 0;
+        while i < n8 {
+            let x = _mm256_loadu_ps(p.add(i));
+            let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let az = _mm256_andnot_ps(sign_mask, z);
+            // t = 1 / (1 + 0.3275911·|z|): reciprocal estimate + one Newton step (~23 bits)
+            let den = _mm256_fmadd_ps(az, _mm256_set1_ps(0.327_591_1), _mm256_set1_ps(1.0));
+            let t0 = _mm256_rcp_ps(den);
+            let t = _mm256_mul_ps(t0, _mm256_fnmadd_ps(den, t0, _mm256_set1_ps(2.0)));
+            let mut q = _mm256_set1_ps(1.061_405_4);
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-1.453_152_1));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.421_413_8));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-0.284_496_72));
+            q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(0.254_829_6));
+            q = _mm256_mul_ps(q, t);
+            // exp(-z²) = 2^(-z²·log2 e)
+            let e = exp2_neg8(_mm256_mul_ps(
+                _mm256_mul_ps(az, az),
+                _mm256_set1_ps(-std::f32::consts::LOG2_E),
+            ));
+            let erf_abs = _mm256_fnmadd_ps(q, e, _mm256_set1_ps(1.0));
+            let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign_mask, z));
+            let y = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(0.5), x),
+                _mm256_add_ps(_mm256_set1_ps(1.0), erf),
+            );
+            _mm256_storeu_ps(p.add(i), y);
+            i += 8;
+        }
+        for x in &mut v[n8..] {
+            *x = super::gelu_scalar(*x);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub fn available() -> bool {
+        false
+    }
+    pub unsafe fn exp2_sub_sum(_: &mut [f32], _: f32) -> f32 {
+        unreachable!()
+    }
+    pub unsafe fn max(_: &[f32]) -> f32 {
+        unreachable!()
+    }
+    pub unsafe fn gelu(_: &mut [f32]) {
+        unreachable!()
+    }
+}
+
+/// Exact-erf GELU of one value (the tails and CPUs without AVX2).
+fn gelu_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm_erf(x / std::f32::consts::SQRT_2))
+}
+
+/// erf in f64 (Abramowitz-Stegun 7.1.26 refined by one term is not enough for f64, but the
+/// scalar path only serves tails of rows and CPUs without AVX2; 1.5e-7 absolute suffices).
+fn libm_erf(x: f32) -> f32 {
+    let ax = (x as f64).abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * ax);
+    let q = ((((1.061_405_429 * t - 1.453_152_027) * t + 1.421_413_741) * t - 0.284_496_736) * t
+        + 0.254_829_592)
+        * t;
+    let y = 1.0 - q * (-ax * ax).exp();
+    (if x < 0.0 { -y } else { y }) as f32
+}
+
+/// Largest value of a row.
+pub(super) fn row_max(v: &[f32]) -> f32 {
+    if x86::available() {
+        unsafe { x86::max(v) }
+    } else {
+        v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+/// `v = 2^(v - m)` in place (`m` ≥ every `v`); returns the sum.
+pub(super) fn exp2_sub_sum(v: &mut [f32], m: f32) -> f32 {
+    if x86::available() {
+        unsafe { x86::exp2_sub_sum(v, m) }
+    } else {
+        let mut s = 0.0;
+        for x in v.iter_mut() {
+            *x = (*x - m).exp2();
+            s += *x;
+        }
+        s
+    }
+}
+
+/// Exact-erf GELU in place.
+pub fn gelu_inplace(v: &mut [f32]) {
+    if x86::available() {
+        unsafe { x86::gelu(v) }
+    } else {
+        for x in v.iter_mut() {
+            *x = gelu_scalar(*x);
+        }
+    }
+}
+
+/// Whether the AVX2 + FMA paths run on this CPU.
+pub(super) fn available() -> bool {
+    x86::available()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp2_and_gelu_match_libm() {
+        let xs: Vec<f32> = (-1740..1600).map(|i| i as f32 * 0.05).collect();
+        if x86::available() {
+            // 2^x for x ≤ 0 as the softmax uses it (the max subtracted), and its sum
+            let neg: Vec<f32> = (0..3000).map(|i| -(i as f32) * 0.045).collect();
+            let mut e = neg.clone();
+            let s = unsafe { x86::exp2_sub_sum(&mut e, 0.0) };
+            let mut want = 0f64;
+            for (x, y) in neg.iter().zip(&e) {
+                let r = (*x as f64).exp2();
+                want += r;
+                assert!(
+                    ((*y as f64) - r).abs() <= 3e-7 * r + 1.2e-38,
+                    "2^{x} = {y}, want {r}"
+                );
+            }
+            assert!(((s as f64) - want).abs() < 1e-6 * want);
+            // shifted by a row max
+            let mut e = vec![3.0f32, 1.5, -2.25, 3.0, 0.0, -40.0, 2.0, 1.0, -0.5];
+            let s = unsafe { x86::exp2_sub_sum(&mut e, 3.0) };
+            let want: Vec<f64> = [3.0f64, 1.5, -2.25, 3.0, 0.0, -40.0, 2.0, 1.0, -0.5]
+                .iter()
+                .map(|x| (x - 3.0).exp2())
+                .collect();
+            for (y, r) in e.iter().zip(&want) {
+                assert!(((*y as f64) - r).abs() <= 3e-7 * r);
+            }
+            assert!(((s as f64) - want.iter().sum::<f64>()).abs() < 1e-6 * s as f64);
+        }
+        let mut g = xs.clone();
+        gelu_inplace(&mut g);
+        for (x, y) in xs.iter().zip(&g) {
+            let xd = *x as f64;
+            let want = 0.5 * xd * (1.0 + erf_ref(xd / std::f64::consts::SQRT_2));
+            assert!(
+                ((*y as f64) - want).abs() <= 2e-7 * (1.0 + xd.abs()),
+                "gelu({x})={y} want {want}"
+            );
+        }
+    }
+
+    /// erf by its Taylor / continued-fraction-free series, f64, for the test only.
+    fn erf_ref(x: f64) -> f64 {
+        if x.abs() > 6.0 {
+            return x.signum();
+        }
+        // erf x = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1)), converges for |x| ≤ 6 in f64 with
+        // enough terms when summed with compensation; use the complementary form past 3.
+        if x.abs() < 3.0 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc by continued fraction
+            let ax = x.abs();
+            let mut f = 0.0;
+            for k in (1..60).rev() {
+                f = (k as f64 / 2.0) / (ax + f);
+            }
+            let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f);
+            x.signum() * (1.0 - erfc)
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The DPT head's token-side ops: the 1x1 projection read straight from token-major
+//! features, and the UV position-embedding add.
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::buffers::{
+    bias_values, chunk_len, contiguous_f32, f32_slice, output_buffer, sgemm, with_f32, Mat, SyncPtr,
+};
+use super::profile::timed;
+
+/// (B, O, h, w) map with N = h·w, without transposing the tokens first (the GEMM reads
+/// them in place as a column-major operand).
+struct TokensConv1x1Op<'a> {
+    weight: &'a Tensor, // (O, C, 1, 1)
+    bias: Option<&'a Tensor>,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for TokensConv1x1Op<'_> {
+    fn name(&self) -> &'static str {
+        "da3-tokens-conv1x1"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (b, n, c) = l.shape().dims3()?;
+        let st = l.stride();
+        if st[2] != 1 {
+            bail!("da3-tokens-conv1x1: channels must be contiguous");
+        }
+        if n != self.h * self.w {
+            bail!(
+                "da3-tokens-conv1x1: {n} tokens for a {}x{} map",
+                self.h,
+                self.w
+            );
+        }
+        let (o, wc, kh, kw) = self.weight.dims4()?;
+        if (wc, kh, kw) != (c, 1, 1) {
+            bail!(
+                "da3-tokens-conv1x1: weight {:?} for {c} channels",
+                self.weight.dims()
+            );
+        }
+        let bias = bias_values(self.bias)?;
+        let mut out = output_buffer(b * o * n);
+        let optr = SyncPtr(out.as_mut_ptr());
+        let band = chunk_len(n, 64);
+        let nband = n.div_ceil(band);
+        let xp = x.as_ptr() as usize;
+        let w_c = self.weight.contiguous()?;
+        with_f32(&w_c, |w, wl| {
+            let wp = w[wl.start_offset()..].as_ptr() as usize;
+            (0..b * nband).into_par_iter().for_each(|task| {
+                let (bi, bj) = (task / nband, task % nband);
+                let p0 = bj * band;
+                let np = band.min(n - p0);
+                let ob = unsafe { optr.get().add(bi * o * n + p0) };
+                if let Some(bv) = &bias {
+                    for (oc, bval) in bv.iter().enumerate() {
+                        unsafe { std::slice::from_raw_parts_mut(ob.add(oc * n), np) }.fill(*bval);
+                    }
+                }
+                unsafe {
+                    sgemm(
+                        (o, np, c),
+                        Mat::rows(ob, n),
+                        bias.is_some(),
+                        Mat::rows(wp as *const f32, c),
+                        Mat::cols((xp as *const f32).add(bi * st[0] + p0 * st[1]), st[1]),
+                        1.0,
+                    )
+                };
+            });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((b, o, self.h, self.w))))
+    }
+}
+
+/// 1x1 convolution of (B, h·w, C) tokens into a (B, O, h, w) map.
+pub fn conv1x1_tokens(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
+    let (o, c, _, _) = weight.dims4()?;
+    let flops = 2.0 * (x.elem_count() / c.max(1)) as f64 * (o * c) as f64;
+    timed("conv1x1-tokens", flops, || {
+        let op = TokensConv1x1Op { weight, bias, h, w };
+        if x.stride().last() == Some(&1) {
+            x.apply_op1_no_bwd(&op)
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&op)
+        }
+    })
+}
+
+struct UvEmbedOp<'a> {
+    ex: &'a [f32], // (C/2, W): channel k < C/2 adds ex[k][x]
+    ey: &'a [f32], // (C/2, H): channel C/2 + k adds ey[k][y]
+}
+
+impl CustomOp1 for UvEmbedOp<'_> {
+    fn name(&self) -> &'static str {
+        "da3-uv-embed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32("da3-uv-embed", s, l)?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        let half = c / 2;
+        if c % 2 != 0 || self.ex.len() != half * w || self.ey.len() != half * h {
+            bail!("da3-uv-embed: tables do not match ({c}, {h}, {w})");
+        }
+        let mut out = output_buffer(b * c * h * w);
+        out.par_chunks_mut(h * w)
+            .zip(x[..b * c * h * w].par_chunks(h * w))
+            .enumerate()
+            .for_each(|(plane, (o, xi))| {
+                let ch = plane % c;
+                for (y, (orow, xrow)) in o.chunks_mut(w).zip(xi.chunks(w)).enumerate() {
+                    if ch < half {
+                        let e = &self.ex[ch * w..(ch + 1) * w];
+                        for ((d, v), ev) in orow.iter_mut().zip(xrow).zip(e) {
+                            *d = v + ev;
+                        }
+                    } else {
+                        let ev = self.ey[(ch - half) * h + y];
+                        for (d, v) in orow.iter_mut().zip(xrow) {
+                            *d = v + ev;
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `x + pe` for the DPT UV embedding: the first C/2 channels vary along x (`ex`: C/2 × W),
+/// the others along y (`ey`: C/2 × H).
+pub fn add_uv_embed(x: &Tensor, ex: &[f32], ey: &[f32]) -> Result<Tensor> {
+    timed("uv-embed", 0.0, || {
+        x.contiguous()?.apply_op1_no_bwd(&UvEmbedOp { ex, ey })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cpu::{conv2d, ConvExt};
+    use crate::testing::{max_rel_err, rand};
+
+    #[test]
+    fn tokens_conv1x1_matches_transpose_then_conv() {
+        // tokens as a narrowed view (skip token 0), like the backbone outputs
+        let t = rand(&[2, 1 + 12, 10], 40);
+        let x = t.narrow(1, 1, 12).unwrap();
+        let wt = rand(&[7, 10, 1, 1], 41);
+        let b = rand(&[7], 42);
+        let got = conv1x1_tokens(&x, &wt, Some(&b), 3, 4).unwrap();
+        let nchw = x
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((2, 10, 3, 4))
+            .unwrap();
+        let want = conv2d(&nchw, &wt, Some(&b), 1, 0, ConvExt::default()).unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-6);
+    }
+}
