@@ -15,6 +15,7 @@
 //! tests); pre- and post-processing (resize, crop back, export) live elsewhere.
 
 pub mod export;
+pub mod hub;
 pub mod inference;
 pub mod model;
 pub mod postprocess;
@@ -98,9 +99,21 @@ impl Da3Model {
     /// cached), a checkpoint directory or a `.safetensors` file (with `config.json` beside it).
     /// Loading is strict: missing, extra or mis-shaped tensors are errors.
     pub fn load(source: &str, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_named(source, None, device, dtype)
+    }
+
+    /// [`Da3Model::load`] with the published variant named (`da3-small`, ...) for a bare
+    /// `.safetensors` without `config.json`; without a name and a config the variant is
+    /// detected from the tensors where that is unambiguous.
+    pub fn load_named(
+        source: &str,
+        model_name: Option<&str>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let files =
             weights::resolve(source).wrap_err_with(|| format!("resolving model {source:?}"))?;
-        let cfg = weights::read_config(&files)?;
+        let cfg = weights::resolve_config(&files, model_name)?;
         Self::load_with_config(&files.weights, cfg, device, dtype)
     }
 

@@ -26,57 +26,6 @@ pub struct CheckpointFiles {
     pub weights: PathBuf,
 }
 
-/// The Hugging Face hub cache folder, as Python's `huggingface_hub` finds it:
-/// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p).join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache/huggingface/hub")
-}
-
-fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// A file of a hub model repo: from the cache when it is there (no network),
-/// else downloaded into the cache (unless `HF_HUB_OFFLINE` is set).
-fn hub_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
-    use hf_hub::{Cache, Repo, RepoType};
-    if !repo.contains('/') {
-        bail!("hub id {repo:?} is not owner/name");
-    }
-    let rev = revision.unwrap_or("main").to_string();
-    let repo_id = Repo::with_revision(repo.to_string(), RepoType::Model, rev);
-    let cache_dir = hub_cache_dir();
-    if let Some(p) = Cache::new(cache_dir.clone())
-        .repo(repo_id.clone())
-        .get(file)
-    {
-        return Ok(p);
-    }
-    if hub_offline() {
-        bail!(
-            "{file} of hub repo {repo} is not in the cache {} and HF_HUB_OFFLINE is set",
-            cache_dir.display()
-        );
-    }
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_cache_dir(cache_dir)
-        .with_progress(false)
-        .build()
-        .map_err(|e| eyre!("hf-hub client: {e}"))?;
-    api.repo(repo_id)
-        .get(file)
-        .map_err(|e| eyre!("downloading {file} from hub repo {repo}: {e}"))
-}
-
 /// Resolve a model source to local files (downloading hub files into the standard HF cache).
 pub fn resolve(source: &str) -> Result<CheckpointFiles> {
     let p = Path::new(source);
@@ -106,8 +55,9 @@ pub fn resolve(source: &str) -> Result<CheckpointFiles> {
             Some((r, v)) => (r, Some(v)),
             None => (source, None),
         };
-        let config = hub_file(repo, rev, "config.json")?;
-        let weights = hub_file(repo, rev, "model.safetensors")?;
+        let hub = crate::hub::HubEnv::from_env()?;
+        let config = hub.file(repo, rev, "config.json")?;
+        let weights = hub.file(repo, rev, "model.safetensors")?;
         return Ok(CheckpointFiles {
             config: Some(config),
             weights,
@@ -118,15 +68,74 @@ pub fn resolve(source: &str) -> Result<CheckpointFiles> {
 
 /// Read the `config.json` of a checkpoint.
 pub fn read_config(files: &CheckpointFiles) -> Result<Da3Config> {
-    let path = files
-        .config
-        .as_ref()
-        .ok_or_else(|| eyre!("no config.json next to {}", files.weights.display()))?;
+    resolve_config(files, None)
+}
+
+/// The configuration of a checkpoint: the published variant `model_name` when given (for a bare
+/// `.safetensors` without `config.json`, as ComfyUI stores them; it wins over a `config.json`),
+/// else its `config.json`, else the one published variant whose tensors the file holds
+/// (DA3METRIC-LARGE and DA3MONO-LARGE hold the same tensors: those need the name).
+pub fn resolve_config(files: &CheckpointFiles, model_name: Option<&str>) -> Result<Da3Config> {
+    if let Some(name) = model_name.filter(|n| !n.is_empty()) {
+        return Da3Config::from_model_name(name);
+    }
+    let Some(path) = files.config.as_ref() else {
+        return detect_variant(&files.weights);
+    };
     let text =
         std::fs::read_to_string(path).wrap_err_with(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).wrap_err_with(|| format!("parsing {}", path.display()))?;
     Da3Config::from_config_json(&v).wrap_err_with(|| format!("model config in {}", path.display()))
+}
+
+fn stored_shapes(path: &Path) -> Result<(MmapedSafetensors, BTreeMap<String, Vec<usize>>)> {
+    // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
+    let st = unsafe { MmapedSafetensors::new(path) }
+        .wrap_err_with(|| format!("opening {}", path.display()))?;
+    let shapes = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec()))
+        .collect();
+    Ok((st, shapes))
+}
+
+/// The published variant whose tensors (names and shapes) `weights` holds, when exactly one does.
+pub fn detect_variant(weights: &Path) -> Result<Da3Config> {
+    let (_, stored) = stored_shapes(weights)?;
+    let mut found = Vec::new();
+    for name in Da3Config::PUBLISHED {
+        let cfg = Da3Config::from_model_name(name)?;
+        if match_keys(&stored, &expected_keys(&cfg)?).is_ok() {
+            found.push((*name, cfg));
+        }
+    }
+    match found.len() {
+        1 => {
+            let (name, cfg) = found.remove(0);
+            tracing::info!(
+                "{}: no config.json; the tensors are those of {name}",
+                weights.display()
+            );
+            Ok(cfg)
+        }
+        0 => bail!(
+            "{}: no config.json beside it and its tensors match no published DA3 variant: put the \
+             checkpoint's config.json beside it or name the variant (MODEL_NAME / --model-name)",
+            weights.display()
+        ),
+        _ => bail!(
+            "{}: no config.json beside it and its tensors fit {} alike: name the variant \
+             (MODEL_NAME / --model-name)",
+            weights.display(),
+            found
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+    }
 }
 
 /// Backend that records the requested names and shapes and hands out zero-stride views
@@ -250,6 +259,42 @@ impl SimpleBackend for CheckpointBackend {
     }
 }
 
+/// Check stored tensors against the expected ones (tied aliases resolved): every expected key
+/// stored with its shape, no stored key unused. Returns the aliases used.
+fn match_keys(
+    stored: &BTreeMap<String, Vec<usize>>,
+    expected: &[(String, Vec<usize>)],
+) -> std::result::Result<HashMap<String, String>, String> {
+    let mut aliases = HashMap::new();
+    let mut used = HashSet::new();
+    for (key, shape) in expected {
+        let name = if stored.contains_key(key) {
+            key.clone()
+        } else if let Some(t) = alias_target(key).filter(|t| stored.contains_key(t)) {
+            aliases.insert(key.clone(), t.clone());
+            t
+        } else {
+            return Err(format!(
+                "missing tensor {key} (shape {shape:?}) for this model config"
+            ));
+        };
+        let got = &stored[&name];
+        if got != shape {
+            return Err(format!(
+                "tensor {name} has shape {got:?}, the model config expects {shape:?}"
+            ));
+        }
+        used.insert(name);
+    }
+    if let Some(extra) = stored.keys().find(|k| !used.contains(*k)) {
+        return Err(format!(
+            "unexpected tensor {extra} ({} extra in all): checkpoint and model config disagree",
+            stored.keys().filter(|k| !used.contains(*k)).count()
+        ));
+    }
+    Ok(aliases)
+}
+
 /// Check the checkpoint's keys and shapes against the configuration and return a VarBuilder
 /// over it (rooted at the file's top level: keys start with `model.`).
 pub fn checked_var_builder(
@@ -258,45 +303,9 @@ pub fn checked_var_builder(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>> {
-    // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
-    let st = unsafe { MmapedSafetensors::new(path) }
-        .wrap_err_with(|| format!("opening {}", path.display()))?;
-    let stored: BTreeMap<String, Vec<usize>> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec()))
-        .collect();
-    let expected = expected_keys(cfg)?;
-    let mut aliases = HashMap::new();
-    let mut used = HashSet::new();
-    for (key, shape) in &expected {
-        let name = if stored.contains_key(key) {
-            key.clone()
-        } else if let Some(t) = alias_target(key).filter(|t| stored.contains_key(t)) {
-            aliases.insert(key.clone(), t.clone());
-            t
-        } else {
-            bail!(
-                "{}: missing tensor {key} (shape {shape:?}) for this model config",
-                path.display()
-            );
-        };
-        let got = &stored[&name];
-        if got != shape {
-            bail!(
-                "{}: tensor {name} has shape {got:?}, the model config expects {shape:?}",
-                path.display()
-            );
-        }
-        used.insert(name);
-    }
-    if let Some(extra) = stored.keys().find(|k| !used.contains(*k)) {
-        bail!(
-            "{}: unexpected tensor {extra} ({} extra in all): checkpoint and model config disagree",
-            path.display(),
-            stored.keys().filter(|k| !used.contains(*k)).count()
-        );
-    }
+    let (st, stored) = stored_shapes(path)?;
+    let aliases =
+        match_keys(&stored, &expected_keys(cfg)?).map_err(|e| eyre!("{}: {e}", path.display()))?;
     let backend: Box<dyn SimpleBackend> = Box::new(CheckpointBackend { st, aliases });
     Ok(VarBuilder::from_backend(backend, dtype, device.clone()))
 }

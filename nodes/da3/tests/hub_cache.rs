@@ -30,5 +30,24 @@ fn hub_id_loads_from_local_cache() {
     assert_eq!(out.depth.dims(), cases["m1.out.depth"].dims());
     let e = Da3Model::load("test-org/NOT-CACHED", &Device::Cpu, DType::F32);
     assert!(e.is_err());
+    // A pinned commit as Python stores it: snapshots/<commit>/ and no refs/<commit> file.
+    let pinned = "fedcba9876543210fedcba9876543210fedcba98";
+    let snap2 = repo.join("snapshots").join(pinned);
+    std::fs::create_dir_all(&snap2).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), snap2.join(f)).unwrap();
+    }
+    Da3Model::load(
+        &format!("test-org/DA3-TINY@{pinned}"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("load a pinned commit offline");
+    let e = Da3Model::load(
+        "test-org/DA3-TINY@0000000000000000000000000000000000000000",
+        &Device::Cpu,
+        DType::F32,
+    );
+    assert!(e.is_err());
     std::fs::remove_dir_all(&cache).ok();
 }

@@ -297,6 +297,7 @@ impl NetConfig {
         };
         let kind = match head
             .get("type")
+            .or_else(|| head.get("__object__").and_then(|o| o.get("name")))
             .and_then(Value::as_str)
             .unwrap_or("dualdpt")
         {
@@ -361,6 +362,17 @@ impl Da3Config {
     }
 
     /// Published variant by its `model_name` (as in the hub `config.json`).
+    /// The `model_name`s of the published variants (hub repos `depth-anything/<NAME>`, upper case).
+    pub const PUBLISHED: &'static [&'static str] = &[
+        "da3-small",
+        "da3-base",
+        "da3-large",
+        "da3-giant",
+        "da3metric-large",
+        "da3mono-large",
+        "da3nested-giant-large",
+    ];
+
     pub fn from_model_name(name: &str) -> Result<Self> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "da3-small" => Self::da3_small(),
@@ -377,15 +389,21 @@ impl Da3Config {
         })
     }
 
-    /// Parse a `config.json`: `{"model_name": "da3-small"}` or
-    /// `{"model_name": "custom", "net_config": {...}}`.
+    /// Parse a `config.json`: the hub's `{"model_name": "da3-small", "config": {...}}` (the
+    /// published name decides, as in the reference; the nested `config` is the reference's
+    /// resolved preset and is used only for a name we do not know), or
+    /// `{"model_name": "custom", "net_config": {...}}` (reduced test models).
     pub fn from_config_json(v: &Value) -> Result<Self> {
         let name = v
             .get("model_name")
             .and_then(Value::as_str)
             .ok_or_else(|| eyre!("config.json has no \"model_name\""))?;
         if name != "custom" {
-            return Self::from_model_name(name);
+            return match (Self::from_model_name(name), v.get("config")) {
+                (Err(_), Some(c)) if c.is_object() => Self::from_net_config(c)
+                    .wrap_err_with(|| format!("the \"config\" of model_name {name:?}")),
+                (r, _) => r,
+            };
         }
         let nc = v
             .get("net_config")
@@ -394,9 +412,15 @@ impl Da3Config {
     }
 
     pub fn from_net_config(nc: &Value) -> Result<Self> {
-        match nc.get("type").and_then(Value::as_str).unwrap_or("da3") {
-            "da3" => Ok(Self::Single(NetConfig::from_json(nc)?)),
-            "nested" => {
+        // `type` in our custom configs; the hub files' resolved presets name the class.
+        let kind = nc
+            .get("type")
+            .or_else(|| nc.get("__object__").and_then(|o| o.get("name")))
+            .and_then(Value::as_str)
+            .unwrap_or("da3");
+        match kind {
+            "da3" | "DepthAnything3Net" => Ok(Self::Single(NetConfig::from_json(nc)?)),
+            "nested" | "NestedDepthAnything3Net" => {
                 let a = nc
                     .get("anyview")
                     .ok_or_else(|| eyre!("nested net_config: missing anyview"))?;
