@@ -17,7 +17,6 @@
 pub mod export;
 pub mod inference;
 pub mod model;
-pub mod postprocess;
 pub mod preprocess;
 pub mod weights;
 
