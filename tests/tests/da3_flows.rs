@@ -121,10 +121,10 @@ fn batch_every_frame_out_in_order_equal_to_the_library() {
             .status()
             .unwrap();
         assert!(st.success(), "da3 infer failed");
-        let npz = da3::export::read_npz(out_dir.join("exports/npz/results.npz")).unwrap();
-        let depth = da3::export::npz::npz_get(&npz, "depth").expect("depth in the npz");
+        let npz = da3_io::npz::read_npz(out_dir.join("exports/npz/results.npz")).unwrap();
+        let depth = da3_io::npz::npz_get(&npz, "depth").expect("depth in the npz");
         let cli: Vec<f32> = match &depth.data {
-            da3::export::NpyData::F32(v) => v.clone(),
+            da3_io::NpyData::F32(v) => v.clone(),
             other => panic!("depth dtype {other:?}"),
         };
         let got = floats(m["depth"][i]);

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use da3::export::npz::{npz_get, read_npz};
+use da3_io::npz::{npz_get, read_npz};
 use e2e::{repo_root, sample_images, tiny_model, Flow};
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The PLY's vertex count and points, through depth-export's strict reader.
 fn parse_ply(bytes: &[u8]) -> (usize, Vec<[f32; 3]>) {
-    let (xyz, _) = depth_export::formats::read_ply(bytes).expect("a valid PLY");
+    let (xyz, _) = da3_io::ply::read_ply(bytes).expect("a valid PLY");
     (xyz.len(), xyz)
 }
 

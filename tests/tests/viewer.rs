@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use da3::export::npz::{npz_get, read_npz};
+use da3_io::npz::{npz_get, read_npz};
 use da3_msg::arrow::array::{ArrayRef, Float32Array};
 use da3_msg::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use da3_msg::{
@@ -271,7 +271,7 @@ fn video_through_window_mode_into_export_and_rrd() {
             );
         }
         let ply = std::fs::read(stem.with_extension("ply")).unwrap();
-        let (xyz, _) = depth_export::formats::read_ply(&ply).unwrap();
+        let (xyz, _) = da3_io::ply::read_ply(&ply).unwrap();
         assert!(!xyz.is_empty());
         assert_eq!(points[i]["Points3D"]["n"], xyz.len(), "frame {i}: points");
         assert_eq!(points[i]["Points3D"]["n_colors"], xyz.len());

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use da3_io::geometry::{det3, dot, rotation_of};
+
 use crate::arrow::array::{Array, ArrayRef, Float64Array};
 use crate::arrow::datatypes::DataType;
 use crate::error::{MsgError, Result};
@@ -32,21 +34,18 @@ pub fn check_extrinsics(e: &[f64; 12]) -> std::result::Result<(), String> {
     if e.iter().any(|v| !v.is_finite()) {
         return Err("pose has NaN or infinite values".into());
     }
-    let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
+    let r = rotation_of(e);
     for i in 0..3 {
         for j in 0..3 {
-            let dot: f64 = (0..3).map(|k| r[i][k] * r[j][k]).sum();
             let want = if i == j { 1.0 } else { 0.0 };
-            if (dot - want).abs() > 1e-3 {
+            if (dot(&r[i], &r[j]) - want).abs() > 1e-3 {
                 return Err(
                     "pose rotation is not orthonormal (not invertible as a rigid motion)".into(),
                 );
             }
         }
     }
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
-        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
-        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    let det = det3(&r);
     if (det - 1.0).abs() > 1e-3 {
         return Err(format!(
             "pose rotation has determinant {det:.3}, expected 1"

@@ -1,6 +1,8 @@
 //! Typed access to metadata parameters, and the pieces of metadata that
 //! several messages share (stream identity, intrinsics, pose).
 
+use da3_io::geometry::{camera_to_world, matrix_from_quat, quat_from_matrix};
+
 use crate::error::{MsgError, Result};
 use crate::keys;
 use dora_node_api::{MetadataParameters, Parameter};
@@ -276,18 +278,7 @@ impl Pose {
     ///
     /// The centre is `-Rᵀ t` and the orientation is the quaternion of `Rᵀ`.
     pub fn from_world_to_camera(e: &[f64; 12]) -> Self {
-        let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
-        let t = [e[3], e[7], e[11]];
-        let mut rt = [[0.0; 3]; 3];
-        for (i, row) in rt.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = r[j][i];
-            }
-        }
-        let mut c = [0.0; 3];
-        for (i, ci) in c.iter_mut().enumerate() {
-            *ci = -(rt[i][0] * t[0] + rt[i][1] * t[1] + rt[i][2] * t[2]);
-        }
+        let (rt, c) = camera_to_world(e);
         Self {
             position: c,
             orientation: quat_from_matrix(&rt),
@@ -296,71 +287,8 @@ impl Pose {
 
     /// Row-major 3x3 camera-to-world rotation of the quaternion.
     pub fn rotation(&self) -> [[f64; 3]; 3] {
-        let [x, y, z, w] = self.orientation;
-        [
-            [
-                1.0 - 2.0 * (y * y + z * z),
-                2.0 * (x * y - z * w),
-                2.0 * (x * z + y * w),
-            ],
-            [
-                2.0 * (x * y + z * w),
-                1.0 - 2.0 * (x * x + z * z),
-                2.0 * (y * z - x * w),
-            ],
-            [
-                2.0 * (x * z - y * w),
-                2.0 * (y * z + x * w),
-                1.0 - 2.0 * (x * x + y * y),
-            ],
-        ]
+        matrix_from_quat(&self.orientation)
     }
-}
-
-/// Unit quaternion `[x, y, z, w]` (w ≥ 0) of a rotation matrix.
-pub fn quat_from_matrix(m: &[[f64; 3]; 3]) -> [f64; 4] {
-    let trace = m[0][0] + m[1][1] + m[2][2];
-    let q = if trace > 0.0 {
-        let s = (trace + 1.0).sqrt() * 2.0;
-        [
-            (m[2][1] - m[1][2]) / s,
-            (m[0][2] - m[2][0]) / s,
-            (m[1][0] - m[0][1]) / s,
-            0.25 * s,
-        ]
-    } else if m[0][0] > m[1][1] && m[0][0] > m[2][2] {
-        let s = (1.0 + m[0][0] - m[1][1] - m[2][2]).sqrt() * 2.0;
-        [
-            0.25 * s,
-            (m[0][1] + m[1][0]) / s,
-            (m[0][2] + m[2][0]) / s,
-            (m[2][1] - m[1][2]) / s,
-        ]
-    } else if m[1][1] > m[2][2] {
-        let s = (1.0 + m[1][1] - m[0][0] - m[2][2]).sqrt() * 2.0;
-        [
-            (m[0][1] + m[1][0]) / s,
-            0.25 * s,
-            (m[1][2] + m[2][1]) / s,
-            (m[0][2] - m[2][0]) / s,
-        ]
-    } else {
-        let s = (1.0 + m[2][2] - m[0][0] - m[1][1]).sqrt() * 2.0;
-        [
-            (m[0][2] + m[2][0]) / s,
-            (m[1][2] + m[2][1]) / s,
-            0.25 * s,
-            (m[1][0] - m[0][1]) / s,
-        ]
-    };
-    let n = q.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let sign = if q[3] < 0.0 { -1.0 } else { 1.0 };
-    [
-        sign * q[0] / n,
-        sign * q[1] / n,
-        sign * q[2] / n,
-        sign * q[3] / n,
-    ]
 }
 
 #[cfg(test)]
@@ -512,30 +440,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn quaternion_of_rotation() {
-        // 90 degrees about z.
-        let m = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]];
-        let q = quat_from_matrix(&m);
-        let h = std::f64::consts::FRAC_1_SQRT_2;
-        for (a, b) in q.iter().zip([0.0, 0.0, h, h]) {
-            assert!((a - b).abs() < 1e-12, "{q:?}");
-        }
-        let back = Pose {
-            position: [0.0; 3],
-            orientation: q,
-        }
-        .rotation();
-        for i in 0..3 {
-            for j in 0..3 {
-                assert!((back[i][j] - m[i][j]).abs() < 1e-12);
-            }
-        }
-        // 180 degrees about x (trace < 0 branch).
-        let m = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]];
-        let q = quat_from_matrix(&m);
-        assert!((q[0].abs() - 1.0).abs() < 1e-12, "{q:?}");
     }
 }

@@ -5,14 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 use eyre::{ensure, Result};
 
+use da3_io::geometry::{affine_inverse, matmul, to_mat4, umeyama_scale, Mat4};
+
 use crate::export::Prediction;
 use crate::preprocess::{preprocess, Mat3, PreprocessConfig, PreprocessedBatch, RgbImage};
 use crate::{Da3Model, Da3Output, ForwardOptions, RefViewStrategy};
-
-/// A world-to-camera matrix, row-major 4x4.
-pub type Mat4 = [[f32; 4]; 4];
-/// A world-to-camera matrix, row-major 3x4.
-pub type Mat34 = [[f32; 4]; 3];
 
 /// Input intrinsics in the caller's precision (the reference rescales them in their own dtype).
 #[derive(Clone, Debug, PartialEq)]
@@ -62,42 +59,14 @@ pub struct InferenceResult {
     pub alignment_scale: Option<f64>,
 }
 
-/// Pad 3x4 to 4x4 with `[0, 0, 0, 1]`.
-pub fn to_mat4(m: &Mat34) -> Mat4 {
-    [m[0], m[1], m[2], [0.0, 0.0, 0.0, 1.0]]
-}
-
-/// `[R | t; P]^-1` as the reference's `affine_inverse`: `[R^T | -R^T t; P]` (last row kept).
-pub fn affine_inverse(a: &Mat4) -> Mat4 {
-    let mut out = [[0f32; 4]; 4];
-    for i in 0..3 {
-        for j in 0..3 {
-            out[i][j] = a[j][i];
-        }
-        out[i][3] = -(0..3).map(|j| a[j][i] * a[j][3]).sum::<f32>();
-    }
-    out[3] = a[3];
-    out
-}
-
-fn matmul4(a: &Mat4, b: &Mat4) -> Mat4 {
-    let mut out = [[0f32; 4]; 4];
-    for i in 0..4 {
-        for j in 0..4 {
-            out[i][j] = (0..4).map(|k| a[i][k] * b[k][j]).sum();
-        }
-    }
-    out
-}
-
 /// The reference's `_normalize_extrinsics`: express all cameras relative to the first one and
 /// divide translations by the median camera distance (lower median, clamped at 0.1).
-pub fn normalize_extrinsics(ext: &[Mat4]) -> Vec<Mat4> {
+pub fn normalize_extrinsics(ext: &[Mat4<f32>]) -> Vec<Mat4<f32>> {
     if ext.is_empty() {
         return Vec::new();
     }
     let first_inv = affine_inverse(&ext[0]);
-    let mut out: Vec<Mat4> = ext.iter().map(|e| matmul4(e, &first_inv)).collect();
+    let mut out: Vec<Mat4<f32>> = ext.iter().map(|e| matmul(e, &first_inv)).collect();
     let mut dists: Vec<f32> = out
         .iter()
         .map(|e| {
@@ -116,114 +85,13 @@ pub fn normalize_extrinsics(ext: &[Mat4]) -> Vec<Mat4> {
 }
 
 /// Camera centres (`-R^T t`) of world-to-camera matrices, computed in `f32`.
-fn camera_centres(ext: &[Mat4]) -> Vec<[f64; 3]> {
+fn camera_centres(ext: &[Mat4<f32>]) -> Vec<[f64; 3]> {
     ext.iter()
         .map(|e| {
             let c = affine_inverse(e);
             [c[0][3] as f64, c[1][3] as f64, c[2][3] as f64]
         })
         .collect()
-}
-
-/// Eigenvalues of a symmetric 3x3 matrix (cyclic Jacobi), descending.
-fn sym3_eigenvalues(m: [[f64; 3]; 3]) -> [f64; 3] {
-    let mut a = m;
-    for _ in 0..64 {
-        let off = a[0][1].abs() + a[0][2].abs() + a[1][2].abs();
-        if off < 1e-300 {
-            break;
-        }
-        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
-            if a[p][q].abs() < 1e-300 {
-                continue;
-            }
-            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-            let t = if theta == 0.0 { 1.0 } else { t };
-            let c = 1.0 / (t * t + 1.0).sqrt();
-            let s = t * c;
-            // Rotate rows/columns p and q: A' = J^T A J.
-            let mut b = a;
-            for k in 0..3 {
-                b[k][p] = c * a[k][p] - s * a[k][q];
-                b[k][q] = s * a[k][p] + c * a[k][q];
-            }
-            let mut d = b;
-            for k in 0..3 {
-                d[p][k] = c * b[p][k] - s * b[q][k];
-                d[q][k] = s * b[p][k] + c * b[q][k];
-            }
-            a = d;
-        }
-    }
-    let mut ev = [a[0][0], a[1][1], a[2][2]];
-    ev.sort_by(|x, y| y.total_cmp(x));
-    ev
-}
-
-fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-}
-
-/// Scale of the Umeyama Sim(3) alignment of the points `x` onto `y` (evo's
-/// `umeyama_alignment(x, y, with_scale=True)`): `trace(D S) / sigma_x`.
-///
-/// Falls back to the ratio of spreads when the covariance has rank < 2 (fewer than three
-/// distinct positions, where the reference raises), and to 1 when `x` has no spread.
-pub fn umeyama_scale(x: &[[f64; 3]], y: &[[f64; 3]]) -> f64 {
-    assert_eq!(x.len(), y.len());
-    let n = x.len() as f64;
-    if x.is_empty() {
-        return 1.0;
-    }
-    let mean = |p: &[[f64; 3]]| -> [f64; 3] {
-        let mut m = [0.0; 3];
-        for v in p {
-            for i in 0..3 {
-                m[i] += v[i];
-            }
-        }
-        m.map(|s| s / n)
-    };
-    let (mx, my) = (mean(x), mean(y));
-    let sigma_x: f64 = x
-        .iter()
-        .map(|v| (0..3).map(|i| (v[i] - mx[i]).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        / n;
-    let sigma_y: f64 = y
-        .iter()
-        .map(|v| (0..3).map(|i| (v[i] - my[i]).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        / n;
-    if sigma_x <= 0.0 {
-        return 1.0;
-    }
-    let mut cov = [[0f64; 3]; 3];
-    for (a, b) in x.iter().zip(y) {
-        for i in 0..3 {
-            for j in 0..3 {
-                cov[i][j] += (b[i] - my[i]) * (a[j] - mx[j]) / n;
-            }
-        }
-    }
-    let mut ctc = [[0f64; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            ctc[i][j] = (0..3).map(|k| cov[k][i] * cov[k][j]).sum();
-        }
-    }
-    let sv = sym3_eigenvalues(ctc).map(|e| e.max(0.0).sqrt());
-    if sv[1] <= f64::EPSILON * sv[0].max(f64::MIN_POSITIVE) * 16.0 {
-        tracing::warn!(
-            "degenerate camera layout for Umeyama alignment; using the ratio of spreads"
-        );
-        return (sigma_y / sigma_x).sqrt();
-    }
-    let sign = if det3(&cov) < 0.0 { -1.0 } else { 1.0 };
-    (sv[0] + sv[1] + sign * sv[2]) / sigma_x
 }
 
 /// Convert a network output (batch element 0) into the exported prediction.
@@ -283,7 +151,7 @@ fn mats_tensor<const R: usize, const C: usize>(
 pub fn infer(
     model: &Da3Model,
     images: &[RgbImage],
-    extrinsics: Option<&[Mat4]>,
+    extrinsics: Option<&[Mat4<f32>]>,
     intrinsics: Option<&InputIntrinsics>,
     opts: &InferenceOptions,
 ) -> Result<InferenceResult> {
@@ -315,7 +183,7 @@ pub fn infer(
 
     let mut alignment_scale = None;
     if let (Some(e), Some(pred_ext)) = (extrinsics, prediction.extrinsics.clone()) {
-        let pred44: Vec<Mat4> = pred_ext.iter().map(to_mat4).collect();
+        let pred44: Vec<Mat4<f32>> = pred_ext.iter().map(to_mat4).collect();
         // Input camera centres (est) aligned onto the predicted ones (ref).
         let scale = umeyama_scale(&camera_centres(e), &camera_centres(&pred44));
         if n >= 10 {
@@ -349,7 +217,7 @@ mod tests {
         ]
     }
 
-    fn ext(r: [[f32; 3]; 3], t: [f32; 3]) -> Mat4 {
+    fn ext(r: [[f32; 3]; 3], t: [f32; 3]) -> Mat4<f32> {
         [
             [r[0][0], r[0][1], r[0][2], t[0]],
             [r[1][0], r[1][1], r[1][2], t[1]],
@@ -358,19 +226,12 @@ mod tests {
         ]
     }
 
-    fn assert_identity(m: &Mat4) {
+    fn assert_identity(m: &Mat4<f32>) {
         for (i, row) in m.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
                 assert!((v - (i == j) as u8 as f32).abs() < 1e-6, "{m:?}");
             }
         }
-    }
-
-    #[test]
-    fn affine_inverse_inverts() {
-        let e = ext(rot_z(0.3), [1.0, -2.0, 0.5]);
-        let p = matmul4(&e, &affine_inverse(&e));
-        assert_identity(&p);
     }
 
     #[test]
@@ -388,43 +249,5 @@ mod tests {
             .collect();
         d.sort_by(f32::total_cmp);
         assert!((d[1] - 1.0).abs() < 1e-5, "{d:?}");
-    }
-
-    #[test]
-    fn umeyama_recovers_similarity_scale() {
-        let x = [
-            [0.0, 0.0, 0.0],
-            [1.0, 0.0, 0.0],
-            [0.0, 2.0, 0.0],
-            [0.5, 0.5, 1.0],
-            [1.0, 1.0, -1.0],
-        ];
-        let r = rot_z(0.7);
-        let s = 2.5;
-        let y: Vec<[f64; 3]> = x
-            .iter()
-            .map(|p| {
-                let q: [f64; 3] =
-                    std::array::from_fn(|i| (0..3).map(|j| r[i][j] as f64 * p[j]).sum::<f64>());
-                [s * q[0] + 1.0, s * q[1] - 3.0, s * q[2] + 0.25]
-            })
-            .collect();
-        let got = umeyama_scale(&x, &y);
-        assert!((got - s).abs() < 1e-6, "{got}"); // the f32 rotation is orthonormal to ~1e-8
-                                                  // Coplanar three points (rank-2 covariance) still work.
-        let got3 = umeyama_scale(&x[..3], &y[..3]);
-        assert!((got3 - s).abs() < 1e-6, "{got3}");
-        // Two points: fallback to spread ratio.
-        assert!((umeyama_scale(&x[..2], &y[..2]) - s).abs() < 1e-6);
-    }
-
-    #[test]
-    fn eigenvalues_of_diagonal_and_rotated() {
-        let e = sym3_eigenvalues([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]);
-        assert_eq!(e, [3.0, 2.0, 1.0]);
-        let e = sym3_eigenvalues([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 5.0]]);
-        assert!(
-            (e[0] - 5.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12 && (e[2] - 1.0).abs() < 1e-12
-        );
     }
 }

@@ -18,7 +18,6 @@ pub mod export;
 pub mod hub;
 pub mod inference;
 pub mod model;
-pub mod postprocess;
 pub mod preprocess;
 #[doc(hidden)]
 pub mod testing;

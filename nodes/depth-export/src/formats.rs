@@ -1,16 +1,14 @@
-//! The per-frame writers: `npz`, `png16` (+ JSON sidecar), `vis`, `ply`.
-//! Every file is written through [`crate::atomic`].
+//! The formats a frame is written in (`FORMATS`) and the frame's side of the
+//! writers of `npz`, `png16` (+ JSON sidecar) and `vis`; the file formats
+//! themselves are in `da3-io`. Every file is written through [`da3_io::atomic`].
 
-use std::io::{Cursor, Write};
 use std::path::Path;
 
-use da3::export::npy::NpyArray;
-use eyre::{bail, Result, WrapErr};
-use serde_json::json;
+use da3_io::colormap::colorize_depth;
+use da3_io::{atomic, npz, png16, NpyArray};
+use eyre::{bail, Result};
 
-use crate::atomic;
-use crate::frame::{camera_to_world, FrameResult};
-use da3::postprocess::colorize_depth;
+use crate::frame::FrameResult;
 
 /// Output formats (`FORMATS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,76 +105,19 @@ pub fn npz_arrays(f: &FrameResult) -> Result<Vec<(&'static str, NpyArray)>> {
 pub fn write_npz(path: &Path, f: &FrameResult) -> Result<()> {
     let arrays = npz_arrays(f)?;
     let refs: Vec<(&str, &NpyArray)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
-    let mut buf = Cursor::new(Vec::new());
-    da3::export::npz::write_npz_to(&mut buf, &refs, true)?;
-    atomic::write_bytes(path, buf.get_ref())
+    atomic::write_bytes(path, &npz::npz_bytes(&refs, true)?)
 }
 
 // ---------------------------------------------------------------- png16
 
-/// Value × `DEPTH_SCALE` = depth (metres when metric, else model units).
-pub const DEPTH_SCALE: f64 = 0.001;
-
-/// 16-bit depth: `round(depth × 1000)` (millimetres when metric), clamped to
-/// 65535; 0 for invalid (non-finite or non-positive) depth.
-pub fn depth_to_u16(values: &[f32]) -> Vec<u16> {
-    values
-        .iter()
-        .map(|&d| {
-            if d.is_finite() && d > 0.0 {
-                ((d as f64 / DEPTH_SCALE).round()).clamp(1.0, 65535.0) as u16
-            } else {
-                0
-            }
-        })
-        .collect()
-}
-
+/// The 16-bit PNG of the frame's depth (see [`da3_io::png16`]).
 pub fn png16_bytes(f: &FrameResult) -> Result<Vec<u8>> {
-    let (w, h) = (f.depth.width, f.depth.height);
-    let buf = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(
-        w,
-        h,
-        depth_to_u16(&f.depth.values),
-    )
-    .ok_or_else(|| eyre::eyre!("depth size mismatch"))?;
-    let mut out = Cursor::new(Vec::new());
-    image::DynamicImage::ImageLuma16(buf)
-        .write_to(&mut out, image::ImageFormat::Png)
-        .wrap_err("cannot encode the 16-bit PNG")?;
-    Ok(out.into_inner())
+    png16::png16_bytes(f.depth.width, f.depth.height, &f.depth.values)
 }
 
 /// The JSON sidecar of the 16-bit PNG.
 pub fn sidecar_json(f: &FrameResult) -> serde_json::Value {
-    let g = f.geometry();
-    let e = g.extrinsics;
-    let (r, c) = camera_to_world(&e);
-    let c2w = [
-        [r[0][0], r[0][1], r[0][2], c[0]],
-        [r[1][0], r[1][1], r[1][2], c[1]],
-        [r[2][0], r[2][1], r[2][2], c[2]],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
-    let k = g
-        .intrinsics
-        .map(|k| json!([[k[0], k[1], k[2]], [k[3], k[4], k[5]], [k[6], k[7], k[8]]]));
-    json!({
-        "width": g.width,
-        "height": g.height,
-        "intrinsics": k,
-        "extrinsics": [[e[0], e[1], e[2], e[3]], [e[4], e[5], e[6], e[7]], [e[8], e[9], e[10], e[11]]],
-        "camera_to_world": c2w,
-        "has_pose": g.has_pose,
-        "is_metric": g.is_metric,
-        "depth_scale": DEPTH_SCALE,
-        "depth_unit": if g.is_metric { "mm" } else { "relative/1000" },
-        "invalid_value": 0,
-        "max_value": 65535,
-        "frame_id": f.frame_id,
-        "stamp_ns": f.stamp_ns,
-        "camera": f.camera,
-    })
+    png16::sidecar_json(&f.geometry(), f.frame_id, f.stamp_ns, &f.camera)
 }
 
 pub fn write_png16(png: &Path, json_path: &Path, f: &FrameResult) -> Result<()> {
@@ -200,88 +141,11 @@ pub fn vis_bytes(f: &FrameResult) -> Result<Vec<u8>> {
     da3_msg::image_frame::encode_png(w, h, &rgb)
 }
 
-// ---------------------------------------------------------------- ply
-
-/// Binary little-endian PLY: `float x, y, z` then `uchar red, green, blue` per vertex.
-pub fn ply_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(200 + xyz.len() * 15);
-    let header = format!(
-        "ply\nformat binary_little_endian 1.0\ncomment written by depth-export\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n",
-        xyz.len()
-    );
-    out.extend_from_slice(header.as_bytes());
-    for (p, c) in xyz.iter().zip(rgb) {
-        for v in p {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(c);
-    }
-    out
-}
-
-/// Points and their colours.
-pub type ColouredPoints = (Vec<[f32; 3]>, Vec<[u8; 3]>);
-
-/// Reads back a PLY written by [`ply_bytes`], strictly: binary little-endian,
-/// exactly the properties `float x,y,z` + `uchar red,green,blue`, and a body
-/// of exactly `vertex count * 15` bytes (comments are allowed).
-pub fn read_ply(bytes: &[u8]) -> Result<ColouredPoints> {
-    let end = b"end_header\n";
-    let pos = bytes
-        .windows(end.len())
-        .position(|w| w == end)
-        .ok_or_else(|| eyre::eyre!("PLY: no end_header"))?
-        + end.len();
-    let header = std::str::from_utf8(&bytes[..pos])?;
-    let lines: Vec<&str> = header
-        .lines()
-        .filter(|l| !l.starts_with("comment"))
-        .collect();
-    let expected_props = [
-        "property float x",
-        "property float y",
-        "property float z",
-        "property uchar red",
-        "property uchar green",
-        "property uchar blue",
-        "end_header",
-    ];
-    eyre::ensure!(
-        lines.len() == 3 + expected_props.len()
-            && lines[0] == "ply"
-            && lines[1] == "format binary_little_endian 1.0"
-            && lines[3..] == expected_props,
-        "PLY: unexpected header {lines:?}"
-    );
-    let n: usize = lines[2]
-        .strip_prefix("element vertex ")
-        .ok_or_else(|| eyre::eyre!("PLY: no vertex count"))?
-        .parse()?;
-    let body = &bytes[pos..];
-    eyre::ensure!(
-        body.len() == n * 15,
-        "PLY: {} body bytes for {n} vertices",
-        body.len()
-    );
-    Ok(body
-        .chunks_exact(15)
-        .map(|v| {
-            let f =
-                |i: usize| f32::from_le_bytes([v[i * 4], v[i * 4 + 1], v[i * 4 + 2], v[i * 4 + 3]]);
-            ([f(0), f(1), f(2)], [v[12], v[13], v[14]])
-        })
-        .unzip())
-}
-
-pub fn write_ply(path: &Path, xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Result<()> {
-    atomic::write_with(path, |w| Ok(w.write_all(&ply_bytes(xyz, rgb))?))
-}
-
 #[cfg(test)]
 pub mod tests {
     use super::*;
     use crate::frame::tests::sample_frame;
-    use da3::export::npz::{npz_get, read_npz};
+    use da3_io::npz::{npz_get, read_npz};
 
     #[test]
     fn formats_parse() {
@@ -375,19 +239,5 @@ pub mod tests {
         g.vis = Some((2, 1, vec![1, 2, 3, 4, 5, 6]));
         let img = image::load_from_memory(&vis_bytes(&g).unwrap()).unwrap();
         assert_eq!(img.into_rgb8().into_raw(), [1, 2, 3, 4, 5, 6]);
-    }
-
-    #[test]
-    fn ply_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let (xyz, rgb) = sample_frame().world_points(0.0);
-        let p = dir.path().join("a.ply");
-        write_ply(&p, &xyz, &rgb).unwrap();
-        let (x2, c2) = read_ply(&std::fs::read(&p).unwrap()).unwrap();
-        assert_eq!(x2.len(), 12);
-        assert_eq!(x2, xyz);
-        assert_eq!(c2, rgb);
-        let (x0, _) = read_ply(&ply_bytes(&[], &[])).unwrap();
-        assert!(x0.is_empty());
     }
 }

@@ -2,7 +2,11 @@
 //! writer shares (intrinsics at the depth size, world-to-camera pose,
 //! back-projected points, colours).
 
-use da3_msg::{CameraMsg, DepthMap, PointCloud, Pose};
+use da3_io::geometry::{back_project, scale_intrinsics, world_to_camera, IDENTITY_3X4};
+use da3_msg::{CameraMsg, DepthMap, PointCloud};
+
+/// Camera of a frame at the depth map's size.
+pub use da3_io::geometry::CameraGeometry as Geometry;
 
 /// The results of one frame of one camera, ready to write.
 #[derive(Debug, Clone)]
@@ -18,52 +22,6 @@ pub struct FrameResult {
     pub image: Option<(u32, u32, Vec<u8>)>,
     /// The colour-mapped depth (`depth_vis`), decoded to packed RGB8.
     pub vis: Option<(u32, u32, Vec<u8>)>,
-}
-
-/// Camera of a frame at the depth map's size.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Geometry {
-    pub width: u32,
-    pub height: u32,
-    /// `K`, row-major, at `width x height`; `None` when nothing gave it.
-    pub intrinsics: Option<[f64; 9]>,
-    /// World-to-camera `[R | t]`, row-major (identity when no pose is known).
-    pub extrinsics: [f64; 12],
-    /// Whether `extrinsics` came from a message (not the identity fallback).
-    pub has_pose: bool,
-    pub is_metric: bool,
-}
-
-pub const IDENTITY_3X4: [f64; 12] = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
-
-/// World-to-camera `[R | t]` of a camera-to-world pose.
-pub fn extrinsics_of_pose(pose: &Pose) -> [f64; 12] {
-    let rc2w = pose.rotation();
-    let c = pose.position;
-    let mut e = [0.0; 12];
-    for i in 0..3 {
-        for j in 0..3 {
-            e[i * 4 + j] = rc2w[j][i];
-        }
-        e[i * 4 + 3] = -(0..3).map(|j| rc2w[j][i] * c[j]).sum::<f64>();
-    }
-    e
-}
-
-/// Camera-to-world `(R, C)` of a world-to-camera `[R | t]`: `R_c2w = Rᵀ`, `C = -Rᵀ t`.
-pub fn camera_to_world(e: &[f64; 12]) -> ([[f64; 3]; 3], [f64; 3]) {
-    let mut r = [[0.0; 3]; 3];
-    for (i, row) in r.iter_mut().enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = e[j * 4 + i];
-        }
-    }
-    let t = [e[3], e[7], e[11]];
-    let mut c = [0.0; 3];
-    for (i, ci) in c.iter_mut().enumerate() {
-        *ci = -(r[i][0] * t[0] + r[i][1] * t[1] + r[i][2] * t[2]);
-    }
-    (r, c)
 }
 
 /// `rgb` resized to `w x h` (bilinear), or as is when it already has that size.
@@ -96,18 +54,13 @@ impl FrameResult {
             Some(c) => {
                 let sx = d.width as f64 / c.width as f64;
                 let sy = d.height as f64 / c.height as f64;
-                let mut k = c.intrinsics;
-                k[0] *= sx;
-                k[1] *= sx;
-                k[2] *= sx;
-                k[4] *= sy;
-                k[5] *= sy;
+                let k = scale_intrinsics(&c.intrinsics, sx, sy);
                 (Some(k), c.extrinsics, true)
             }
             None => {
                 let k = d.intrinsics.map(|k| k.matrix());
                 match &d.pose {
-                    Some(p) => (k, extrinsics_of_pose(p), true),
+                    Some(p) => (k, world_to_camera(&p.rotation(), &p.position), true),
                     None => (k, IDENTITY_3X4, false),
                 }
             }
@@ -151,7 +104,7 @@ impl FrameResult {
         };
         let conf = self.confidence.as_ref().map(|c| c.values.as_slice());
         let colours = self.pixel_colours();
-        let kept = da3::postprocess::back_project(
+        let kept = back_project(
             &self.depth.values,
             g.width as usize,
             conf.filter(|_| conf_percentile > 0.0),
@@ -189,7 +142,8 @@ pub fn sanitize(name: &str) -> String {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use da3_msg::{DepthKind, FrameInfo, Intrinsics};
+    use da3_io::geometry::camera_to_world;
+    use da3_msg::{DepthKind, FrameInfo, Intrinsics, Pose};
 
     /// A small frame: 4x3 depth with a pose (camera at (1, 2, 3), rotated 90° about z).
     pub fn sample_frame() -> FrameResult {

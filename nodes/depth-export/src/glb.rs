@@ -1,33 +1,20 @@
-//! Binary glTF 2.0 (`.glb`) of one frame: the point cloud as a `POINTS` mesh
-//! with `COLOR_0`, and the camera frustum as a `LINES` mesh.
-//!
-//! Coordinates are the world frame turned from OpenCV axes (x right, y down,
-//! z forward) to glTF's (y up, z backward): `(x, y, z) -> (x, -y, -z)`.
+//! Binary glTF 2.0 (`.glb`) of one frame (the format is [`da3_io::glb`]): the
+//! point cloud and the camera frustum.
 
 use std::path::Path;
 
+use da3_io::colormap::percentile;
+use da3_io::geometry::{self, Vec3};
+use da3_io::{atomic, glb};
 use eyre::Result;
-use serde_json::{json, Value};
 
-use crate::atomic;
-use crate::frame::{camera_to_world, FrameResult};
-use da3::postprocess::percentile;
-
-const ARRAY_BUFFER: u32 = 34962;
-const ELEMENT_ARRAY_BUFFER: u32 = 34963;
-const FLOAT: u32 = 5126;
-const UNSIGNED_INT: u32 = 5125;
-
-fn gl(p: [f64; 3]) -> [f32; 3] {
-    [p[0] as f32, -p[1] as f32, -p[2] as f32]
-}
+use crate::frame::FrameResult;
 
 /// The frustum of a frame: the camera centre and the four image corners at
 /// a fifth of the median depth, in world coordinates (OpenCV axes).
-pub fn frustum(f: &FrameResult) -> Option<[[f64; 3]; 5]> {
+pub fn frustum(f: &FrameResult) -> Option<[Vec3; 5]> {
     let g = f.geometry();
     let k = g.intrinsics?;
-    let (r, c) = camera_to_world(&g.extrinsics);
     let valid: Vec<f32> = f
         .depth
         .values
@@ -35,194 +22,24 @@ pub fn frustum(f: &FrameResult) -> Option<[[f64; 3]; 5]> {
         .map(|&d| if d > 0.0 { d } else { f32::NAN })
         .collect();
     let s = percentile(&valid, 50.0).unwrap_or(1.0) as f64 * 0.2;
-    let (w, h) = (g.width as f64, g.height as f64);
-    let mut out = [c; 5];
-    for (i, (u, v)) in [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]
-        .into_iter()
-        .enumerate()
-    {
-        let pc = [(u - k[2]) / k[0] * s, (v - k[5]) / k[4] * s, s];
-        for (a, o) in out[i + 1].iter_mut().enumerate() {
-            *o = r[a][0] * pc[0] + r[a][1] * pc[1] + r[a][2] * pc[2] + c[a];
-        }
-    }
-    Some(out)
-}
-
-#[derive(Default)]
-struct Builder {
-    bin: Vec<u8>,
-    views: Vec<Value>,
-    accessors: Vec<Value>,
-}
-
-impl Builder {
-    fn view(&mut self, bytes: &[u8], target: u32) -> usize {
-        let offset = self.bin.len();
-        self.bin.extend_from_slice(bytes);
-        self.views.push(
-            json!({"buffer": 0, "byteOffset": offset, "byteLength": bytes.len(), "target": target}),
-        );
-        self.views.len() - 1
-    }
-
-    fn vec3(&mut self, p: &[[f32; 3]], with_bounds: bool) -> usize {
-        let bytes: Vec<u8> = p.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-        let view = self.view(&bytes, ARRAY_BUFFER);
-        let mut acc =
-            json!({"bufferView": view, "componentType": FLOAT, "count": p.len(), "type": "VEC3"});
-        if with_bounds {
-            let mut lo = [f32::INFINITY; 3];
-            let mut hi = [f32::NEG_INFINITY; 3];
-            for q in p {
-                for a in 0..3 {
-                    lo[a] = lo[a].min(q[a]);
-                    hi[a] = hi[a].max(q[a]);
-                }
-            }
-            acc["min"] = json!(lo);
-            acc["max"] = json!(hi);
-        }
-        self.accessors.push(acc);
-        self.accessors.len() - 1
-    }
-
-    fn indices(&mut self, idx: &[u32]) -> usize {
-        let bytes: Vec<u8> = idx.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = self.view(&bytes, ELEMENT_ARRAY_BUFFER);
-        self.accessors.push(json!({"bufferView": view, "componentType": UNSIGNED_INT, "count": idx.len(), "type": "SCALAR"}));
-        self.accessors.len() - 1
-    }
-}
-
-/// The `.glb` bytes of points (world, OpenCV axes) and an optional frustum.
-pub fn glb_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]], frustum: Option<[[f64; 3]; 5]>) -> Vec<u8> {
-    let mut b = Builder::default();
-    let mut meshes = Vec::new();
-    let finite: Vec<usize> = (0..xyz.len())
-        .filter(|&i| xyz[i].iter().all(|v| v.is_finite()))
-        .collect();
-    if !finite.is_empty() {
-        let p: Vec<[f32; 3]> = finite
-            .iter()
-            .map(|&i| gl(xyz[i].map(|v| v as f64)))
-            .collect();
-        let c: Vec<[f32; 3]> = finite
-            .iter()
-            .map(|&i| rgb[i].map(|v| v as f32 / 255.0))
-            .collect();
-        let pos = b.vec3(&p, true);
-        let col = b.vec3(&c, false);
-        meshes.push(json!({"name": "points", "primitives": [{"attributes": {"POSITION": pos, "COLOR_0": col}, "mode": 0}]}));
-    }
-    if let Some(fr) = frustum {
-        let p: Vec<[f32; 3]> = fr.iter().map(|&q| gl(q)).collect();
-        let pos = b.vec3(&p, true);
-        let idx = b.indices(&[0, 1, 0, 2, 0, 3, 0, 4, 1, 2, 2, 3, 3, 4, 4, 1]);
-        meshes.push(json!({"name": "camera", "primitives": [{"attributes": {"POSITION": pos}, "indices": idx, "mode": 1}]}));
-    }
-    let nodes: Vec<Value> = (0..meshes.len()).map(|i| json!({"mesh": i})).collect();
-    let mut doc = json!({
-        "asset": {"version": "2.0", "generator": "depth-export"},
-        "scene": 0,
-        "scenes": [{"nodes": (0..meshes.len()).collect::<Vec<_>>()}],
-        "nodes": nodes,
-    });
-    if !meshes.is_empty() {
-        doc["meshes"] = json!(meshes);
-        doc["accessors"] = json!(b.accessors);
-        doc["bufferViews"] = json!(b.views);
-        doc["buffers"] = json!([{"byteLength": b.bin.len()}]);
-    }
-    let mut js = serde_json::to_vec(&doc).expect("JSON");
-    while js.len() % 4 != 0 {
-        js.push(b' ');
-    }
-    let mut bin = b.bin;
-    while bin.len() % 4 != 0 {
-        bin.push(0);
-    }
-    let has_bin = !bin.is_empty();
-    let total = 12 + 8 + js.len() + if has_bin { 8 + bin.len() } else { 0 };
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(b"glTF");
-    out.extend_from_slice(&2u32.to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    out.extend_from_slice(&(js.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"JSON");
-    out.extend_from_slice(&js);
-    if has_bin {
-        out.extend_from_slice(&(bin.len() as u32).to_le_bytes());
-        out.extend_from_slice(b"BIN\0");
-        out.extend_from_slice(&bin);
-    }
-    out
+    Some(geometry::frustum(
+        &k,
+        &g.extrinsics,
+        g.width as f64,
+        g.height as f64,
+        s,
+    ))
 }
 
 pub fn write_glb(path: &Path, f: &FrameResult, xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Result<()> {
-    atomic::write_bytes(path, &glb_bytes(xyz, rgb, frustum(f)))
-}
-
-/// A strict reader of the `.glb` files written here: the JSON document and
-/// the float VEC3 data of every accessor named by a mesh's `POSITION`.
-pub fn parse_glb(bytes: &[u8]) -> Result<(Value, Vec<Vec<[f32; 3]>>)> {
-    let u32_at = |o: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            bytes
-                .get(o..o + 4)
-                .ok_or_else(|| eyre::eyre!("truncated at {o}"))?
-                .try_into()?,
-        ))
-    };
-    eyre::ensure!(bytes.get(..4) == Some(b"glTF"), "bad magic");
-    eyre::ensure!(u32_at(4)? == 2, "not glTF 2");
-    eyre::ensure!(u32_at(8)? as usize == bytes.len(), "length field");
-    let jl = u32_at(12)? as usize;
-    eyre::ensure!(&bytes[16..20] == b"JSON" && jl % 4 == 0, "JSON chunk");
-    let doc: Value = serde_json::from_slice(&bytes[20..20 + jl])?;
-    let bin = if bytes.len() > 20 + jl {
-        let bl = u32_at(20 + jl)? as usize;
-        eyre::ensure!(&bytes[24 + jl..28 + jl] == b"BIN\0", "BIN chunk");
-        eyre::ensure!(28 + jl + bl == bytes.len(), "BIN length");
-        &bytes[28 + jl..]
-    } else {
-        &bytes[..0]
-    };
-    let mut out = Vec::new();
-    for m in doc["meshes"].as_array().into_iter().flatten() {
-        let a = &doc["accessors"][m["primitives"][0]["attributes"]["POSITION"]
-            .as_u64()
-            .ok_or_else(|| eyre::eyre!("no POSITION"))? as usize];
-        let v = &doc["bufferViews"][a["bufferView"].as_u64().unwrap_or(0) as usize];
-        let off = v["byteOffset"].as_u64().unwrap_or(0) as usize;
-        let n = a["count"].as_u64().unwrap_or(0) as usize;
-        eyre::ensure!(
-            a["componentType"] == FLOAT && a["type"] == "VEC3",
-            "POSITION type"
-        );
-        eyre::ensure!(
-            v["byteLength"].as_u64() == Some(n as u64 * 12),
-            "view length"
-        );
-        let data = bin
-            .get(off..off + n * 12)
-            .ok_or_else(|| eyre::eyre!("view out of the buffer"))?;
-        out.push(
-            data.chunks_exact(12)
-                .map(|c| {
-                    let f = |i: usize| f32::from_le_bytes(c[i * 4..i * 4 + 4].try_into().unwrap());
-                    [f(0), f(1), f(2)]
-                })
-                .collect(),
-        );
-    }
-    Ok((doc, out))
+    atomic::write_bytes(path, &glb::glb_bytes(xyz, rgb, frustum(f)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::frame::tests::sample_frame;
+    use da3_io::glb::{glb_bytes, parse_glb};
 
     #[test]
     fn glb_reads_back() {

@@ -5,8 +5,6 @@
 //!
 //! See `nodes/depth-export/README.md` for ports, formats, env vars and a YAML snippet.
 
-pub mod atomic;
-pub mod colmap;
 pub mod formats;
 pub mod frame;
 pub mod glb;
@@ -24,6 +22,8 @@ use dora_node_api::arrow_v59::array::Array;
 use dora_node_api::futures::StreamExt;
 use dora_node_api::{DoraNode, Event, EventStream};
 use eyre::{bail, eyre, Context, Result};
+
+pub use da3_io::{atomic, colmap};
 
 use colmap::ColmapModel;
 use formats::{parse_formats, Format};
@@ -186,7 +186,7 @@ impl Exporter {
                 if xyz.is_empty() && f.points.is_none() && f.geometry().intrinsics.is_none() {
                     tracing::warn!("frame {stem}: no points and no intrinsics: empty PLY");
                 }
-                self.attempt("ply", formats::write_ply(&p, &xyz, &rgb));
+                self.attempt("ply", da3_io::ply::write_ply(&p, &xyz, &rgb));
             }
             if self.cfg.has(Format::Glb) {
                 let p = dir.join(format!("{stem}.glb"));
@@ -196,7 +196,7 @@ impl Exporter {
                 let per_frame = 20_000;
                 if self
                     .colmap
-                    .add(f, format!("{stem}.png"), &xyz, &rgb, per_frame)
+                    .add(&f.geometry(), format!("{stem}.png"), &xyz, &rgb, per_frame)
                 {
                     self.colmap_dirty = true;
                     self.since_colmap += 1;

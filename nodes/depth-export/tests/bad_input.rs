@@ -5,13 +5,14 @@
 //! final summary line); every good frame must still be written, with its own
 //! values; the node must end without error.
 
+use da3_io::png16::depth_to_u16;
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, Encoding, FrameInfo, ImageFrame, Intrinsics, PointCloud, Pose,
 };
 use da3_testkit::bad::{CameraKit, DepthKit, ImageKit, PointsKit};
 use da3_testkit::harness::{catch_crash, Events, Figures};
 use da3_testkit::Rng;
-use depth_export::formats::{depth_to_u16, parse_formats};
+use depth_export::formats::parse_formats;
 use depth_export::Config;
 
 const W: u32 = 8;
@@ -203,7 +204,7 @@ fn bad_inputs_are_rejected_counted_and_good_frames_are_written() {
         let want = depth_to_u16(&depth(DepthKind::Depth, id).values);
         assert_eq!(png.into_raw(), want, "{stem}: depth values");
         let ply = std::fs::read(out_dir.join(format!("{stem}.ply"))).unwrap();
-        let (xyz, _) = depth_export::formats::read_ply(&ply).unwrap();
+        let (xyz, _) = da3_io::ply::read_ply(&ply).unwrap();
         assert_eq!(xyz.len(), (W * H) as usize, "{stem}: one point per pixel");
         // The camera message puts this frame's camera at z = -id, and its first
         // pixel's depth is 1 + id: that point lands at z = 1.

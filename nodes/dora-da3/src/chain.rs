@@ -5,59 +5,13 @@
 
 use std::collections::HashMap;
 
+use da3_io::geometry::{camera_to_world, mat_vec, matmul, transpose, world_to_camera, Mat3};
+
 use crate::engine::ViewOut;
-
-type Mat = [[f64; 3]; 3];
-
-fn mat_mul(a: &Mat, b: &Mat) -> Mat {
-    let mut o = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            o[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
-        }
-    }
-    o
-}
-
-fn transpose(a: &Mat) -> Mat {
-    let mut o = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            o[i][j] = a[j][i];
-        }
-    }
-    o
-}
-
-fn mat_vec(a: &Mat, v: &[f64; 3]) -> [f64; 3] {
-    [
-        a[0][0] * v[0] + a[0][1] * v[1] + a[0][2] * v[2],
-        a[1][0] * v[0] + a[1][1] * v[1] + a[1][2] * v[2],
-        a[2][0] * v[0] + a[2][1] * v[1] + a[2][2] * v[2],
-    ]
-}
-
-/// Camera-to-world rotation and camera centre of world-to-camera extrinsics.
-pub fn cam_to_world(e: &[f64; 12]) -> (Mat, [f64; 3]) {
-    let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
-    let rt = transpose(&r);
-    let c = mat_vec(&rt, &[e[3], e[7], e[11]]);
-    (rt, [-c[0], -c[1], -c[2]])
-}
-
-/// World-to-camera extrinsics of a camera-to-world rotation and centre.
-pub fn world_to_cam(r_cw: &Mat, c: &[f64; 3]) -> [f64; 12] {
-    let r = transpose(r_cw);
-    let t = mat_vec(&r, c);
-    [
-        r[0][0], r[0][1], r[0][2], -t[0], r[1][0], r[1][1], r[1][2], -t[1], r[2][0], r[2][1],
-        r[2][2], -t[2],
-    ]
-}
 
 #[derive(Debug, Clone)]
 struct Chained {
-    r_cw: Mat,
+    r_cw: Mat3,
     centre: [f64; 3],
     depth: Vec<f32>,
 }
@@ -93,7 +47,7 @@ impl Chain {
     pub fn apply(&mut self, views: &mut [ViewOut]) {
         // The similarity world_k -> world_G: x_G = s * R x_k + t.
         let mut s = 1.0f64;
-        let mut rot: Mat = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let mut rot: Mat3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         let mut trans = [0.0; 3];
         if self.windows > 0 {
             let anchor = views.iter().find_map(|v| {
@@ -104,9 +58,9 @@ impl Chain {
             match anchor {
                 Some((v, prev)) => {
                     if let Some(e) = v.extrinsics.as_ref() {
-                        let (r_k, c_k) = cam_to_world(e);
+                        let (r_k, c_k) = camera_to_world(e);
                         s = median_ratio(&prev.depth, &v.depth).unwrap_or(1.0);
-                        rot = mat_mul(&prev.r_cw, &transpose(&r_k));
+                        rot = matmul(&prev.r_cw, &transpose(&r_k));
                         let rc = mat_vec(&rot, &c_k);
                         trans = [
                             prev.centre[0] - s * rc[0],
@@ -124,15 +78,15 @@ impl Chain {
                 *d = (*d as f64 * s) as f32;
             }
             if let Some(e) = v.extrinsics.as_ref() {
-                let (r_k, c_k) = cam_to_world(e);
-                let r_g = mat_mul(&rot, &r_k);
+                let (r_k, c_k) = camera_to_world(e);
+                let r_g = matmul(&rot, &r_k);
                 let rc = mat_vec(&rot, &c_k);
                 let c_g = [
                     s * rc[0] + trans[0],
                     s * rc[1] + trans[1],
                     s * rc[2] + trans[2],
                 ];
-                v.extrinsics = Some(world_to_cam(&r_g, &c_g));
+                v.extrinsics = Some(world_to_camera(&r_g, &c_g));
                 if let Some(id) = v.info.frame_id {
                     next.insert(
                         id,
@@ -155,14 +109,14 @@ mod tests {
     use super::*;
     use da3_msg::FrameInfo;
 
-    fn rot(ax: f64, ay: f64, az: f64) -> Mat {
+    fn rot(ax: f64, ay: f64, az: f64) -> Mat3 {
         let (sx, cx) = ax.sin_cos();
         let (sy, cy) = ay.sin_cos();
         let (sz, cz) = az.sin_cos();
         let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
         let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
         let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
-        mat_mul(&rz, &mat_mul(&ry, &rx))
+        matmul(&rz, &matmul(&ry, &rx))
     }
 
     fn view(id: u64, e: [f64; 12], depth: Vec<f32>) -> ViewOut {
@@ -186,9 +140,9 @@ mod tests {
 
     #[test]
     fn round_trip_extrinsics() {
-        let e = world_to_cam(&rot(0.1, 0.2, 0.3), &[1.0, 2.0, 3.0]);
-        let (r, c) = cam_to_world(&e);
-        let back = world_to_cam(&r, &c);
+        let e = world_to_camera(&rot(0.1, 0.2, 0.3), &[1.0, 2.0, 3.0]);
+        let (r, c) = camera_to_world(&e);
+        let back = world_to_camera(&r, &c);
         for (a, b) in e.iter().zip(back) {
             assert!((a - b).abs() < 1e-12);
         }
@@ -199,7 +153,7 @@ mod tests {
     #[test]
     fn windows_chain_into_one_trajectory() {
         let n = 10u64;
-        let gt: Vec<(Mat, [f64; 3], f32)> = (0..n)
+        let gt: Vec<(Mat3, [f64; 3], f32)> = (0..n)
             .map(|i| {
                 let a = i as f64 * 0.1;
                 (
@@ -222,7 +176,7 @@ mod tests {
             let mut views: Vec<ViewOut> = (start..start + window)
                 .map(|i| {
                     let (r_cw, c, d) = gt[i];
-                    let r_local = mat_mul(&r_k, &r_cw);
+                    let r_local = matmul(&r_k, &r_cw);
                     let rc = mat_vec(&r_k, &c);
                     let c_local = [
                         s_k * rc[0] + t_k[0],
@@ -230,7 +184,7 @@ mod tests {
                         s_k * rc[2] + t_k[2],
                     ];
                     let depth = vec![d * s_k as f32; 4];
-                    view(i as u64, world_to_cam(&r_local, &c_local), depth)
+                    view(i as u64, world_to_camera(&r_local, &c_local), depth)
                 })
                 .collect();
             chain.apply(&mut views);
@@ -251,8 +205,8 @@ mod tests {
         for i in 0..n {
             let (r_cw, c, _) = gt[i as usize];
             let rc = mat_vec(&r0, &c);
-            let want = world_to_cam(
-                &mat_mul(&r0, &r_cw),
+            let want = world_to_camera(
+                &matmul(&r0, &r_cw),
                 &[s0 * rc[0] + t0[0], s0 * rc[1] + t0[1], s0 * rc[2] + t0[2]],
             );
             let got = out[&i];
@@ -266,7 +220,7 @@ mod tests {
     #[test]
     fn windows_without_shared_frames_are_counted() {
         let mut chain = Chain::default();
-        let e = world_to_cam(&rot(0.0, 0.0, 0.0), &[0.0; 3]);
+        let e = world_to_camera(&rot(0.0, 0.0, 0.0), &[0.0; 3]);
         chain.apply(&mut [view(0, e, vec![1.0; 4])]);
         chain.apply(&mut [view(5, e, vec![1.0; 4])]);
         assert_eq!(chain.unanchored, 1);

@@ -1,7 +1,8 @@
 //! From per-view results to the messages of the conventions: depth,
 //! confidence, camera, coloured points and a colour-mapped depth image.
 
-use da3::postprocess::{back_project, colorize_depth};
+use da3_io::colormap::colorize_depth;
+use da3_io::geometry::{back_project, IDENTITY_3X4};
 use da3_msg::{CameraMsg, DepthKind, DepthMap, Encoding, ImageFrame, Intrinsics, PointCloud, Pose};
 
 use crate::engine::ViewOut;
@@ -57,9 +58,7 @@ pub fn camera_msg(v: &ViewOut) -> Option<CameraMsg> {
 /// view has no intrinsics.
 pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Option<PointCloud> {
     let k = v.intrinsics?;
-    let e = v
-        .extrinsics
-        .unwrap_or([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    let e = v.extrinsics.unwrap_or(IDENTITY_3X4);
     let kept = back_project(
         &v.depth,
         v.width as usize,

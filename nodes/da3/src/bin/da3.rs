@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use da3::export::{self, parse_formats, read_array, NpyArray};
-use da3::inference::{infer, InferenceOptions, InputIntrinsics, Mat4};
+use da3::inference::{infer, InferenceOptions, InputIntrinsics};
 use da3::preprocess::{Mat3, PreprocessConfig, ResizeMethod, RgbImage, DEFAULT_PROCESS_RES};
 use da3::{Da3Model, RefViewStrategy};
+use da3_io::geometry::Mat4;
 use eyre::{bail, ensure, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -250,7 +251,7 @@ fn load_matrices(path: &Path, key: &str, rows: &[usize], n: usize) -> Result<Npy
     Ok(a)
 }
 
-fn read_extrinsics(path: &Path, n: usize) -> Result<Vec<Mat4>> {
+fn read_extrinsics(path: &Path, n: usize) -> Result<Vec<Mat4<f32>>> {
     let a = load_matrices(path, "extrinsics", &[3, 4], n)?;
     let rows = a.shape[1];
     let v = a.to_f32_vec();

@@ -1,7 +1,8 @@
-//! Result export in the reference's formats (`npz`, `mini_npz`) and NumPy file I/O.
+//! Result export in the reference's formats (`npz`, `mini_npz`) and NumPy file I/O. The
+//! code lives in `da3-io` ([`da3_io::npz`], [`da3_io::npy`]); this module re-exports it
+//! under its historical paths.
 
-pub mod npy;
-pub mod npz;
+pub use da3_io::{npy, npz};
 
 pub use npy::{read_npy, write_npy, NpyArray, NpyData};
 pub use npz::{

@@ -8,6 +8,8 @@
 
 use eyre::{bail, Result};
 
+use da3_io::geometry::det3;
+
 use super::transform::{affine_inverse, Mat3, Mat34};
 
 pub const RANSAC_ITERS: usize = 100;
@@ -150,12 +152,6 @@ fn fit_homography(src: &[[f64; 2]], dst: &[[f64; 2]], w: &[f64]) -> Mat3 {
         [h[3] / n, h[4] / n, h[5] / n],
         [h[6] / n, h[7] / n, 1.0],
     ]
-}
-
-fn det3(a: &Mat3) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 
 /// A = Q L with Q orthogonal and L lower triangular with a positive diagonal.

@@ -4,9 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-pub type Mat3 = [[f64; 3]; 3];
-/// Rigid transform as the top 3 rows of a 4x4 matrix.
-pub type Mat34 = [[f64; 4]; 3];
+pub use da3_io::geometry::{affine_inverse, Mat3, Mat34};
 
 pub fn quat_to_mat(q: [f64; 4]) -> Mat3 {
     let [i, j, k, r] = q;
@@ -60,18 +58,6 @@ pub fn mat_to_quat(m: &Mat3) -> [f64; 4] {
         q = q.map(|v| -v);
     }
     q
-}
-
-/// Inverse of a rigid transform [R | t] -> [R^T | -R^T t].
-pub fn affine_inverse(a: &Mat34) -> Mat34 {
-    let mut o = [[0.0; 4]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            o[i][j] = a[j][i];
-        }
-        o[i][3] = -(0..3).map(|k| a[k][i] * a[k][3]).sum::<f64>();
-    }
-    o
 }
 
 /// Pose encoding (camera-to-world) -> (world-to-camera 3x4, intrinsics) for an (H, W) image.

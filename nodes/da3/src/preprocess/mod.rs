@@ -32,8 +32,8 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet standard deviation (RGB).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// A 3x3 camera matrix, row-major.
-pub type Mat3<T> = [[T; 3]; 3];
+/// A 3x3 camera matrix, row-major (the alias of [`da3_io::geometry`]).
+pub use da3_io::geometry::Mat3;
 
 /// Element type of camera matrices: the reference keeps the caller's NumPy dtype while it
 /// rescales, so both `f32` and `f64` inputs are supported with their own arithmetic.

@@ -1,17 +1,29 @@
-//! A COLMAP text model of the whole run: `cameras.txt` (one `PINHOLE` camera
-//! per exported frame), `images.txt` (world-to-camera quaternion
-//! `QW QX QY QZ` and translation `TX TY TZ`, an empty 2D-points line each) and
-//! `points3D.txt` (points from the frames, no tracks).
+//! A COLMAP text model: `cameras.txt` (one `PINHOLE` camera per image),
+//! `images.txt` (world-to-camera quaternion `QW QX QY QZ` and translation
+//! `TX TY TZ`, then the image's 2D points) and `points3D.txt` (each point with
+//! its track), and readers of those files.
+//!
+//! The exporters add no observations yet: every image has an empty 2D-points
+//! line and every point an empty track. [`ColmapImage::points2d`] and
+//! [`Point3D::track`] are where they go.
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 
-use da3_msg::meta::quat_from_matrix;
 use eyre::Result;
 
 use crate::atomic;
-use crate::frame::FrameResult;
+use crate::geometry::{
+    pinhole_params, quat_from_matrix, rotation_of, translation_of, CameraGeometry,
+};
+
+/// A 2D point of an image: pixel `[x, y]` and the id of its 3D point, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point2D {
+    pub xy: [f64; 2],
+    pub point3d_id: Option<u64>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColmapImage {
@@ -22,15 +34,42 @@ pub struct ColmapImage {
     /// `[width, height, fx, fy, cx, cy]`.
     pub camera: [f64; 6],
     pub name: String,
+    /// The image's 2D points (`POINTS2D[]`), none yet.
+    pub points2d: Vec<Point2D>,
 }
 
-/// The model, accumulated over the run.
+/// One observation of a 3D point: `(IMAGE_ID, POINT2D_IDX)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackElement {
+    pub image_id: u64,
+    pub point2d_idx: u64,
+}
+
+/// A 3D point with its colour and track.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point3D {
+    pub xyz: [f32; 3],
+    pub rgb: [u8; 3],
+    /// Observations (`TRACK[]`), none yet.
+    pub track: Vec<TrackElement>,
+}
+
+/// The model, accumulated over a run.
 #[derive(Debug, Default)]
 pub struct ColmapModel {
     pub images: Vec<ColmapImage>,
-    pub points: Vec<([f32; 3], [u8; 3])>,
+    pub points: Vec<Point3D>,
     /// Most points kept in `points3D.txt`.
     pub max_points: usize,
+}
+
+/// `total / count`, 0 when `count` is 0 (COLMAP's header means).
+fn mean(total: usize, count: usize) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total as f64 / count as f64
+    }
 }
 
 impl ColmapModel {
@@ -41,35 +80,40 @@ impl ColmapModel {
         }
     }
 
-    /// Adds a frame (skipped when its intrinsics are unknown) and up to
-    /// `points_per_frame` of its points (evenly sub-sampled).
+    /// Adds an image of camera `g` (skipped, returning `false`, when its
+    /// intrinsics are unknown) and up to `points_per_frame` of its points
+    /// (evenly sub-sampled).
     pub fn add(
         &mut self,
-        f: &FrameResult,
+        g: &CameraGeometry,
         image_name: String,
         xyz: &[[f32; 3]],
         rgb: &[[u8; 3]],
         points_per_frame: usize,
     ) -> bool {
-        let g = f.geometry();
         let Some(k) = g.intrinsics else {
             return false;
         };
         let e = g.extrinsics;
-        let r = [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]];
-        let [x, y, z, w] = quat_from_matrix(&r);
+        let [x, y, z, w] = quat_from_matrix(&rotation_of(&e));
+        let [fx, fy, cx, cy] = pinhole_params(&k);
         self.images.push(ColmapImage {
             q: [w, x, y, z],
-            t: [e[3], e[7], e[11]],
-            camera: [g.width as f64, g.height as f64, k[0], k[4], k[2], k[5]],
+            t: translation_of(&e),
+            camera: [g.width as f64, g.height as f64, fx, fy, cx, cy],
             name: image_name,
+            points2d: Vec::new(),
         });
         let room = self.max_points.saturating_sub(self.points.len());
         let take = points_per_frame.min(room);
         if take > 0 && !xyz.is_empty() {
             let step = xyz.len().div_ceil(take).max(1);
             for i in (0..xyz.len()).step_by(step) {
-                self.points.push((xyz[i], rgb[i]));
+                self.points.push(Point3D {
+                    xyz: xyz[i],
+                    rgb: rgb[i],
+                    track: Vec::new(),
+                });
             }
         }
         true
@@ -97,15 +141,26 @@ impl ColmapModel {
 
     pub fn images_txt(&self) -> String {
         let mut s = String::from("# Image list with two lines of data per image:\n#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n");
+        let observations: usize = self
+            .images
+            .iter()
+            .map(|im| {
+                im.points2d
+                    .iter()
+                    .filter(|p| p.point3d_id.is_some())
+                    .count()
+            })
+            .sum();
         let _ = writeln!(
             s,
-            "# Number of images: {}, mean observations per image: 0",
-            self.images.len()
+            "# Number of images: {}, mean observations per image: {}",
+            self.images.len(),
+            mean(observations, self.images.len())
         );
         for (i, im) in self.images.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{} {} {} {} {} {} {} {} {} {}\n",
+                "{} {} {} {} {} {} {} {} {} {}",
                 i + 1,
                 im.q[0],
                 im.q[1],
@@ -117,29 +172,45 @@ impl ColmapModel {
                 i + 1,
                 im.name
             );
+            let points: Vec<String> = im
+                .points2d
+                .iter()
+                .map(|p| {
+                    let id = p.point3d_id.map_or(-1, |id| id as i64);
+                    format!("{} {} {id}", p.xy[0], p.xy[1])
+                })
+                .collect();
+            let _ = writeln!(s, "{}", points.join(" "));
         }
         s
     }
 
     pub fn points_txt(&self) -> String {
         let mut s = String::from("# 3D point list with one line of data per point:\n#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n");
+        let observations: usize = self.points.iter().map(|p| p.track.len()).sum();
         let _ = writeln!(
             s,
-            "# Number of points: {}, mean track length: 0",
-            self.points.len()
+            "# Number of points: {}, mean track length: {}",
+            self.points.len(),
+            mean(observations, self.points.len())
         );
-        for (i, (p, c)) in self.points.iter().enumerate() {
-            let _ = writeln!(
+        for (i, p) in self.points.iter().enumerate() {
+            let (x, c) = (p.xyz, p.rgb);
+            let _ = write!(
                 s,
                 "{} {} {} {} {} {} {} 0",
                 i + 1,
-                p[0],
-                p[1],
-                p[2],
+                x[0],
+                x[1],
+                x[2],
                 c[0],
                 c[1],
                 c[2]
             );
+            for t in &p.track {
+                let _ = write!(s, " {} {}", t.image_id, t.point2d_idx);
+            }
+            s.push('\n');
         }
         s
     }
@@ -179,7 +250,7 @@ pub fn parse_images_txt(text: &str) -> Result<Vec<ImageLine>> {
             f[8].parse()?,
             f[9].to_string(),
         ));
-        // The POINTS2D line (empty here).
+        // The POINTS2D line (its 2D points, not read back).
         let _ = lines.next();
     }
     Ok(out)
@@ -219,22 +290,45 @@ pub fn parse_points_txt(text: &str) -> Result<Vec<([f64; 3], [u8; 3])>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::tests::sample_frame;
+    use crate::geometry::{back_project, matrix_from_quat, world_to_camera, IDENTITY_3X4};
+
+    /// A 4x3 camera at (1, 2, 3) rotated 90° about z, and its 12 back-projected points.
+    fn sample() -> (CameraGeometry, Vec<[f32; 3]>, Vec<[u8; 3]>) {
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let g = CameraGeometry {
+            width: 4,
+            height: 3,
+            intrinsics: Some([2.0, 0.0, 1.5, 0.0, 2.5, 1.0, 0.0, 0.0, 1.0]),
+            extrinsics: world_to_camera(&matrix_from_quat(&[0.0, 0.0, s, s]), &[1.0, 2.0, 3.0]),
+            has_pose: true,
+            is_metric: true,
+        };
+        let depth: Vec<f32> = (0..12).map(|i| 1.0 + i as f32 * 0.25).collect();
+        let k = g.intrinsics.unwrap();
+        let (xyz, rgb) = back_project(&depth, 4, None, 0.0, &k, &g.extrinsics)
+            .into_iter()
+            .map(|(i, p)| (p, [i as u8 * 3, i as u8 * 3 + 1, i as u8 * 3 + 2]))
+            .unzip();
+        (g, xyz, rgb)
+    }
 
     #[test]
     fn model_parses_back() {
         let dir = tempfile::tempdir().unwrap();
-        let f = sample_frame();
-        let (xyz, rgb) = f.world_points(0.0);
+        let (g, xyz, rgb) = sample();
         let mut m = ColmapModel::new(5);
-        assert!(m.add(&f, "cam_a_000007.png".into(), &xyz, &rgb, 4));
-        let mut f2 = sample_frame();
-        f2.frame_id = 8;
-        f2.depth.pose = None;
-        assert!(m.add(&f2, "cam_a_000008.png".into(), &xyz, &rgb, 4));
-        let mut f3 = sample_frame();
-        f3.depth.intrinsics = None;
-        assert!(!m.add(&f3, "none.png".into(), &[], &[], 4));
+        assert!(m.add(&g, "cam_a_000007.png".into(), &xyz, &rgb, 4));
+        let g2 = CameraGeometry {
+            extrinsics: IDENTITY_3X4,
+            has_pose: false,
+            ..g.clone()
+        };
+        assert!(m.add(&g2, "cam_a_000008.png".into(), &xyz, &rgb, 4));
+        let g3 = CameraGeometry {
+            intrinsics: None,
+            ..g.clone()
+        };
+        assert!(!m.add(&g3, "none.png".into(), &[], &[], 4));
         m.write(dir.path()).unwrap();
         let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
         let imgs = parse_images_txt(&read("images.txt")).unwrap();
@@ -261,5 +355,52 @@ mod tests {
         assert_eq!(pts.len(), 5);
         assert!((pts[0].0[2] - xyz[0][2] as f64).abs() < 1e-6);
         assert_eq!(pts[1].1, rgb[3]);
+    }
+
+    #[test]
+    fn empty_tracks_write_the_headers_and_lines_colmap_expects() {
+        let (g, xyz, rgb) = sample();
+        let mut m = ColmapModel::new(1);
+        assert!(m.add(&g, "a.png".into(), &xyz, &rgb, 1));
+        let images = m.images_txt();
+        assert!(
+            images.contains("mean observations per image: 0\n"),
+            "{images}"
+        );
+        assert!(images.ends_with(" 1 a.png\n\n"), "{images:?}");
+        let points = m.points_txt();
+        assert!(points.contains("mean track length: 0\n1 "), "{points}");
+        assert!(points.ends_with(" 0\n"), "{points:?}");
+    }
+
+    #[test]
+    fn tracks_and_2d_points_are_written() {
+        let (g, xyz, rgb) = sample();
+        let mut m = ColmapModel::new(1);
+        assert!(m.add(&g, "a.png".into(), &xyz, &rgb, 1));
+        m.images[0].points2d = vec![
+            Point2D {
+                xy: [1.5, 2.0],
+                point3d_id: Some(1),
+            },
+            Point2D {
+                xy: [0.0, 0.0],
+                point3d_id: None,
+            },
+        ];
+        m.points[0].track.push(TrackElement {
+            image_id: 1,
+            point2d_idx: 0,
+        });
+        let images = m.images_txt();
+        assert!(
+            images.contains("mean observations per image: 1\n"),
+            "{images}"
+        );
+        assert!(images.ends_with("a.png\n1.5 2 1 0 0 -1\n"), "{images:?}");
+        assert_eq!(parse_images_txt(&images).unwrap().len(), 1);
+        let points = m.points_txt();
+        assert!(points.ends_with(" 0 1 0\n"), "{points:?}");
+        assert_eq!(parse_points_txt(&points).unwrap().len(), 1);
     }
 }

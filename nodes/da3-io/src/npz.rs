@@ -17,8 +17,8 @@ use eyre::{bail, ensure, eyre, Result, WrapErr};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
-use super::npy::NpyArray;
-use crate::preprocess::Mat3;
+use crate::geometry::{Mat3, Mat34};
+use crate::npy::NpyArray;
 
 /// Write named arrays to an `.npz` file (deflate-compressed like `numpy.savez_compressed` when
 /// `compressed`, stored like `numpy.savez` otherwise). Member names get the `.npy` suffix.
@@ -68,6 +68,13 @@ pub fn write_npz_to<W: Write + Seek>(
     }
     zip.finish()?;
     Ok(())
+}
+
+/// [`write_npz_to`] into memory: the bytes of the archive.
+pub fn npz_bytes(arrays: &[(&str, &NpyArray)], compressed: bool) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    write_npz_to(&mut buf, arrays, compressed)?;
+    Ok(buf.into_inner())
 }
 
 /// Read every member of an `.npz` file, in archive order, names without `.npy`.
@@ -123,7 +130,7 @@ pub fn read_array(path: impl AsRef<Path>, key: Option<&str>) -> Result<NpyArray>
             ),
         }
     } else {
-        super::npy::read_npy(path)
+        crate::npy::read_npy(path)
     }
 }
 
@@ -151,11 +158,11 @@ pub struct Prediction {
     /// Depth confidence, `(N, H, W)`.
     pub conf: Option<Vec<f32>>,
     /// World-to-camera extrinsics, one `3x4` per view.
-    pub extrinsics: Option<Vec<[[f32; 4]; 3]>>,
+    pub extrinsics: Option<Vec<Mat34<f32>>>,
     /// Intrinsics, one `3x3` per view.
     pub intrinsics: Option<Vec<Mat3<f32>>>,
-    /// Processed input images, `(N, H, W, 3)` `u8` (see
-    /// [`PreprocessedBatch::export_images`](crate::preprocess::PreprocessedBatch::export_images)).
+    /// Processed input images, `(N, H, W, 3)` `u8` (the `da3` crate's
+    /// `PreprocessedBatch::export_images`).
     pub processed_images: Option<Vec<u8>>,
 }
 

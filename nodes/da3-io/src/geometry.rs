@@ -1,0 +1,577 @@
+//! The pose maths of every crate, in one place.
+//!
+//! Conventions: OpenCV camera axes (x right, y down, z forward), pixel centres at
+//! integer coordinates. Extrinsics are world-to-camera `[R | t]`; in messages and
+//! files they are the row-major 3x4 flattened to `[f64; 12]`, and intrinsics the
+//! row-major 3x3 `K` flattened to `[f64; 9]`. A camera-to-world pose is the
+//! rotation `Rᵀ` with the camera centre `C = -Rᵀ t`.
+//!
+//! The matrix products sum in index order (`a₀b₀ + a₁b₁ + a₂b₂`), so `f32` inputs
+//! give the same bits as the per-crate copies this module replaced.
+
+use std::iter::Sum;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use crate::colormap::percentile;
+
+/// The float types the generic maths runs in (`f32` for the network's inputs, `f64`
+/// elsewhere).
+pub trait Real:
+    Copy
+    + Default
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + Sum
+{
+    const ONE: Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Real for f32 {
+    const ONE: Self = 1.0;
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Real for f64 {
+    const ONE: Self = 1.0;
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// Row-major 3x3 matrix (a rotation, an intrinsics matrix `K`).
+pub type Mat3<T = f64> = [[T; 3]; 3];
+/// Row-major 4x4 matrix (a homogeneous rigid motion).
+pub type Mat4<T = f64> = [[T; 4]; 4];
+/// Rigid motion `[R | t]` as the top three rows of a 4x4 matrix.
+pub type Mat34<T = f64> = [[T; 4]; 3];
+/// A point or a direction.
+pub type Vec3<T = f64> = [T; 3];
+
+/// The identity world-to-camera `[I | 0]`, flattened.
+pub const IDENTITY_3X4: [f64; 12] = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+
+/// `Σ a[k] b[k]`, in index order.
+pub fn dot<T: Real, const N: usize>(a: &[T; N], b: &[T; N]) -> T {
+    (0..N).map(|k| a[k] * b[k]).sum()
+}
+
+/// `Aᵀ`.
+pub fn transpose<T: Copy + Default, const R: usize, const C: usize>(
+    a: &[[T; C]; R],
+) -> [[T; R]; C] {
+    let mut o = [[T::default(); R]; C];
+    for (i, row) in a.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            o[j][i] = *v;
+        }
+    }
+    o
+}
+
+/// `A B`.
+pub fn matmul<T: Real, const N: usize, const K: usize, const M: usize>(
+    a: &[[T; K]; N],
+    b: &[[T; M]; K],
+) -> [[T; M]; N] {
+    let mut o = [[T::default(); M]; N];
+    for i in 0..N {
+        for j in 0..M {
+            o[i][j] = (0..K).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    o
+}
+
+/// `A v`.
+pub fn mat_vec<T: Real, const R: usize, const C: usize>(a: &[[T; C]; R], v: &[T; C]) -> [T; R] {
+    a.map(|row| dot(&row, v))
+}
+
+/// Determinant of a 3x3 matrix (cofactors along the first row).
+pub fn det3<T: Real>(m: &Mat3<T>) -> T {
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+}
+
+/// The reference's `affine_inverse`: `[R | t]⁻¹ = [Rᵀ | -Rᵀ t]`, for a 3x4 or a 4x4 matrix
+/// (whose last row is kept as it is).
+pub fn affine_inverse<T: Real, const R: usize>(a: &[[T; 4]; R]) -> [[T; 4]; R] {
+    assert!(R >= 3, "affine_inverse needs at least 3 rows");
+    let mut out = *a;
+    for i in 0..3 {
+        for j in 0..3 {
+            out[i][j] = a[j][i];
+        }
+        out[i][3] = -(0..3).map(|j| a[j][i] * a[j][3]).sum::<T>();
+    }
+    out
+}
+
+/// 3x4 padded to 4x4 with `[0, 0, 0, 1]`.
+pub fn to_mat4<T: Real>(m: &Mat34<T>) -> Mat4<T> {
+    let zero = T::default();
+    [m[0], m[1], m[2], [zero, zero, zero, T::ONE]]
+}
+
+/// The rotation `R` of flat world-to-camera extrinsics.
+pub fn rotation_of(e: &[f64; 12]) -> Mat3 {
+    [[e[0], e[1], e[2]], [e[4], e[5], e[6]], [e[8], e[9], e[10]]]
+}
+
+/// The translation `t` of flat world-to-camera extrinsics.
+pub fn translation_of(e: &[f64; 12]) -> Vec3 {
+    [e[3], e[7], e[11]]
+}
+
+/// Flat extrinsics of a rotation and a translation.
+pub fn extrinsics_of(r: &Mat3, t: &Vec3) -> [f64; 12] {
+    [
+        r[0][0], r[0][1], r[0][2], t[0], r[1][0], r[1][1], r[1][2], t[1], r[2][0], r[2][1],
+        r[2][2], t[2],
+    ]
+}
+
+/// Camera-to-world `(Rᵀ, C)` of world-to-camera `[R | t]`: `C = -Rᵀ t`, the camera centre.
+pub fn camera_to_world(e: &[f64; 12]) -> (Mat3, Vec3) {
+    let rt = transpose(&rotation_of(e));
+    let c = mat_vec(&rt, &translation_of(e)).map(|v| -v);
+    (rt, c)
+}
+
+/// World-to-camera `[R | t]` of a camera-to-world rotation `r_cw` and centre `c`:
+/// `R = r_cwᵀ`, `t = -R c`.
+pub fn world_to_camera(r_cw: &Mat3, c: &Vec3) -> [f64; 12] {
+    let r = transpose(r_cw);
+    let t = mat_vec(&r, c).map(|v| -v);
+    extrinsics_of(&r, &t)
+}
+
+/// Unit quaternion `[x, y, z, w]` (w ≥ 0) of a rotation matrix.
+pub fn quat_from_matrix(m: &Mat3) -> [f64; 4] {
+    let trace = m[0][0] + m[1][1] + m[2][2];
+    let q = if trace > 0.0 {
+        let s = (trace + 1.0).sqrt() * 2.0;
+        [
+            (m[2][1] - m[1][2]) / s,
+            (m[0][2] - m[2][0]) / s,
+            (m[1][0] - m[0][1]) / s,
+            0.25 * s,
+        ]
+    } else if m[0][0] > m[1][1] && m[0][0] > m[2][2] {
+        let s = (1.0 + m[0][0] - m[1][1] - m[2][2]).sqrt() * 2.0;
+        [
+            0.25 * s,
+            (m[0][1] + m[1][0]) / s,
+            (m[0][2] + m[2][0]) / s,
+            (m[2][1] - m[1][2]) / s,
+        ]
+    } else if m[1][1] > m[2][2] {
+        let s = (1.0 + m[1][1] - m[0][0] - m[2][2]).sqrt() * 2.0;
+        [
+            (m[0][1] + m[1][0]) / s,
+            0.25 * s,
+            (m[1][2] + m[2][1]) / s,
+            (m[0][2] - m[2][0]) / s,
+        ]
+    } else {
+        let s = (1.0 + m[2][2] - m[0][0] - m[1][1]).sqrt() * 2.0;
+        [
+            (m[0][2] + m[2][0]) / s,
+            (m[1][2] + m[2][1]) / s,
+            0.25 * s,
+            (m[1][0] - m[0][1]) / s,
+        ]
+    };
+    let n = q.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let sign = if q[3] < 0.0 { -1.0 } else { 1.0 };
+    [
+        sign * q[0] / n,
+        sign * q[1] / n,
+        sign * q[2] / n,
+        sign * q[3] / n,
+    ]
+}
+
+/// Rotation matrix of a unit quaternion `[x, y, z, w]`.
+pub fn matrix_from_quat(q: &[f64; 4]) -> Mat3 {
+    let [x, y, z, w] = *q;
+    [
+        [
+            1.0 - 2.0 * (y * y + z * z),
+            2.0 * (x * y - z * w),
+            2.0 * (x * z + y * w),
+        ],
+        [
+            2.0 * (x * y + z * w),
+            1.0 - 2.0 * (x * x + z * z),
+            2.0 * (y * z - x * w),
+        ],
+        [
+            2.0 * (x * z - y * w),
+            2.0 * (y * z + x * w),
+            1.0 - 2.0 * (x * x + y * y),
+        ],
+    ]
+}
+
+/// Flat `K` of pinhole parameters.
+pub fn pinhole_matrix(fx: f64, fy: f64, cx: f64, cy: f64) -> [f64; 9] {
+    [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+}
+
+/// `[fx, fy, cx, cy]` of a flat `K` (the skew is not kept).
+pub fn pinhole_params(k: &[f64; 9]) -> [f64; 4] {
+    [k[0], k[4], k[2], k[5]]
+}
+
+/// `K` of the same camera seen in an image scaled by `(sx, sy)` (rows 0 and 1 scaled).
+pub fn scale_intrinsics(k: &[f64; 9], sx: f64, sy: f64) -> [f64; 9] {
+    let mut k = *k;
+    k[0] *= sx;
+    k[1] *= sx;
+    k[2] *= sx;
+    k[4] *= sy;
+    k[5] *= sy;
+    k
+}
+
+/// A frame's camera at the size of its depth map: what every file writer needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraGeometry {
+    pub width: u32,
+    pub height: u32,
+    /// `K`, row-major, at `width x height`; `None` when nothing gave it.
+    pub intrinsics: Option<[f64; 9]>,
+    /// World-to-camera `[R | t]`, row-major (identity when no pose is known).
+    pub extrinsics: [f64; 12],
+    /// Whether `extrinsics` came from a message (not the identity fallback).
+    pub has_pose: bool,
+    pub is_metric: bool,
+}
+
+/// Back-projects a row-major depth map (`width` pixels a row) to world
+/// points: pixel `(u, v)` at depth `d` is `d * K⁻¹ [u, v, 1]` in the camera
+/// (OpenCV axes, pixel centres at integers), then `Rᵀ (x - t)` with the
+/// world-to-camera `extrinsics` `[R | t]` (row-major 3x4).
+///
+/// Keeps pixels with finite positive depth and, when `conf` is given,
+/// confidence at or above its `conf_percentile` percentile. Returns each kept
+/// pixel's index with its world point, in pixel order.
+pub fn back_project(
+    depth: &[f32],
+    width: usize,
+    conf: Option<&[f32]>,
+    conf_percentile: f64,
+    intrinsics: &[f64; 9],
+    extrinsics: &[f64; 12],
+) -> Vec<(usize, [f32; 3])> {
+    let [fx, fy, cx, cy] = pinhole_params(intrinsics);
+    let e = extrinsics;
+    let threshold = conf
+        .and_then(|c| percentile(c, conf_percentile))
+        .unwrap_or(f32::NEG_INFINITY);
+    let width = width.max(1);
+    (0..depth.len())
+        .filter(|&i| {
+            let d = depth[i];
+            d.is_finite()
+                && d > 0.0
+                && conf.is_none_or(|c| c.get(i).is_some_and(|&x| x >= threshold))
+        })
+        .map(|i| {
+            let (u, v) = ((i % width) as f64, (i / width) as f64);
+            let d = depth[i] as f64;
+            let q = [
+                (u - cx) / fx * d - e[3],
+                (v - cy) / fy * d - e[7],
+                d - e[11],
+            ];
+            let w = [
+                e[0] * q[0] + e[4] * q[1] + e[8] * q[2],
+                e[1] * q[0] + e[5] * q[1] + e[9] * q[2],
+                e[2] * q[0] + e[6] * q[1] + e[10] * q[2],
+            ];
+            (i, [w[0] as f32, w[1] as f32, w[2] as f32])
+        })
+        .collect()
+}
+
+/// The frustum of a camera: its centre, then the four image corners
+/// (`(0,0)`, `(w,0)`, `(w,h)`, `(0,h)`) at depth `depth`, in world coordinates.
+pub fn frustum(k: &[f64; 9], extrinsics: &[f64; 12], w: f64, h: f64, depth: f64) -> [Vec3; 5] {
+    let (r, c) = camera_to_world(extrinsics);
+    let mut out = [c; 5];
+    for (i, (u, v)) in [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)]
+        .into_iter()
+        .enumerate()
+    {
+        let pc = [(u - k[2]) / k[0] * depth, (v - k[5]) / k[4] * depth, depth];
+        for (a, o) in out[i + 1].iter_mut().enumerate() {
+            *o = r[a][0] * pc[0] + r[a][1] * pc[1] + r[a][2] * pc[2] + c[a];
+        }
+    }
+    out
+}
+
+/// Eigenvalues of a symmetric 3x3 matrix (cyclic Jacobi), descending.
+pub fn sym3_eigenvalues(m: Mat3) -> [f64; 3] {
+    let mut a = m;
+    for _ in 0..64 {
+        let off = a[0][1].abs() + a[0][2].abs() + a[1][2].abs();
+        if off < 1e-300 {
+            break;
+        }
+        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
+            if a[p][q].abs() < 1e-300 {
+                continue;
+            }
+            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+            let t = if theta == 0.0 { 1.0 } else { t };
+            let c = 1.0 / (t * t + 1.0).sqrt();
+            let s = t * c;
+            // Rotate rows/columns p and q: A' = J^T A J.
+            let mut b = a;
+            for k in 0..3 {
+                b[k][p] = c * a[k][p] - s * a[k][q];
+                b[k][q] = s * a[k][p] + c * a[k][q];
+            }
+            let mut d = b;
+            for k in 0..3 {
+                d[p][k] = c * b[p][k] - s * b[q][k];
+                d[q][k] = s * b[p][k] + c * b[q][k];
+            }
+            a = d;
+        }
+    }
+    let mut ev = [a[0][0], a[1][1], a[2][2]];
+    ev.sort_by(|x, y| y.total_cmp(x));
+    ev
+}
+
+/// Scale of the Umeyama Sim(3) alignment of the points `x` onto `y` (evo's
+/// `umeyama_alignment(x, y, with_scale=True)`): `trace(D S) / sigma_x`.
+///
+/// Falls back to the ratio of spreads when the covariance has rank < 2 (fewer than three
+/// distinct positions, where the reference raises), and to 1 when `x` has no spread.
+pub fn umeyama_scale(x: &[Vec3], y: &[Vec3]) -> f64 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return 1.0;
+    }
+    let mean = |p: &[Vec3]| -> Vec3 {
+        let mut m = [0.0; 3];
+        for v in p {
+            for i in 0..3 {
+                m[i] += v[i];
+            }
+        }
+        m.map(|s| s / n)
+    };
+    let (mx, my) = (mean(x), mean(y));
+    let sigma_x: f64 = x
+        .iter()
+        .map(|v| (0..3).map(|i| (v[i] - mx[i]).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / n;
+    let sigma_y: f64 = y
+        .iter()
+        .map(|v| (0..3).map(|i| (v[i] - my[i]).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / n;
+    if sigma_x <= 0.0 {
+        return 1.0;
+    }
+    let mut cov = [[0f64; 3]; 3];
+    for (a, b) in x.iter().zip(y) {
+        for i in 0..3 {
+            for j in 0..3 {
+                cov[i][j] += (b[i] - my[i]) * (a[j] - mx[j]) / n;
+            }
+        }
+    }
+    let ctc = matmul(&transpose(&cov), &cov);
+    let sv = sym3_eigenvalues(ctc).map(|e| e.max(0.0).sqrt());
+    if sv[1] <= f64::EPSILON * sv[0].max(f64::MIN_POSITIVE) * 16.0 {
+        tracing::warn!(
+            "degenerate camera layout for Umeyama alignment; using the ratio of spreads"
+        );
+        return (sigma_y / sigma_x).sqrt();
+    }
+    let sign = if det3(&cov) < 0.0 { -1.0 } else { 1.0 };
+    (sv[0] + sv[1] + sign * sv[2]) / sigma_x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rot_z(a: f32) -> Mat3<f32> {
+        [
+            [a.cos(), -a.sin(), 0.0],
+            [a.sin(), a.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ]
+    }
+
+    fn rot_y(a: f64) -> Mat3 {
+        let (s, c) = a.sin_cos();
+        [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
+    }
+
+    fn ext(r: Mat3<f32>, t: [f32; 3]) -> Mat4<f32> {
+        [
+            [r[0][0], r[0][1], r[0][2], t[0]],
+            [r[1][0], r[1][1], r[1][2], t[1]],
+            [r[2][0], r[2][1], r[2][2], t[2]],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    }
+
+    fn assert_identity(m: &Mat4<f32>) {
+        for (i, row) in m.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                assert!((v - (i == j) as u8 as f32).abs() < 1e-6, "{m:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn affine_inverse_inverts() {
+        let e = ext(rot_z(0.3), [1.0, -2.0, 0.5]);
+        let p = matmul(&e, &affine_inverse(&e));
+        assert_identity(&p);
+        // The 3x4 form is the top of the 4x4 one.
+        let top = [e[0], e[1], e[2]];
+        assert_eq!(to_mat4(&affine_inverse(&top)), affine_inverse(&e));
+    }
+
+    #[test]
+    fn camera_to_world_and_back() {
+        let r = rot_y(0.3);
+        let t = [0.5, -0.25, 2.0];
+        let e = extrinsics_of(&r, &t);
+        let (rw, c) = camera_to_world(&e);
+        assert_eq!(rw, transpose(&r));
+        // The camera centre maps to the camera origin.
+        let xc = mat_vec(&r, &c);
+        for i in 0..3 {
+            assert!((xc[i] + t[i]).abs() < 1e-12);
+        }
+        let back = world_to_camera(&rw, &c);
+        for (a, b) in back.iter().zip(e) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert!((det3(&r) - 1.0).abs() < 1e-12);
+        assert_eq!(
+            camera_to_world(&IDENTITY_3X4),
+            (transpose(&rotation_of(&IDENTITY_3X4)), [-0.0; 3])
+        );
+    }
+
+    #[test]
+    fn quaternion_of_rotation() {
+        // 90 degrees about z.
+        let m = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]];
+        let q = quat_from_matrix(&m);
+        let h = std::f64::consts::FRAC_1_SQRT_2;
+        for (a, b) in q.iter().zip([0.0, 0.0, h, h]) {
+            assert!((a - b).abs() < 1e-12, "{q:?}");
+        }
+        let back = matrix_from_quat(&q);
+        for i in 0..3 {
+            for j in 0..3 {
+                assert!((back[i][j] - m[i][j]).abs() < 1e-12);
+            }
+        }
+        // 180 degrees about x (trace < 0 branch).
+        let m = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]];
+        let q = quat_from_matrix(&m);
+        assert!((q[0].abs() - 1.0).abs() < 1e-12, "{q:?}");
+    }
+
+    #[test]
+    fn intrinsics_helpers() {
+        let k = pinhole_matrix(8.0, 10.0, 6.0, 4.0);
+        assert_eq!(pinhole_params(&k), [8.0, 10.0, 6.0, 4.0]);
+        assert_eq!(
+            scale_intrinsics(&k, 0.5, 0.5),
+            [4.0, 0.0, 3.0, 0.0, 5.0, 2.0, 0.0, 0.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn back_projection_into_the_world() {
+        let k = [2.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0];
+        // World-to-camera: identity rotation, t = (0.5, 0, -1).
+        let e = [1.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0];
+        let p = back_project(&[2.0, 2.0, 2.0, 4.0], 2, None, 0.0, &k, &e);
+        assert_eq!(p.len(), 4);
+        // Pixel (1,1) at depth 4: camera (0,0,4), world (-0.5, 0, 5).
+        assert_eq!(p[3], (3, [-0.5, 0.0, 5.0]));
+        // Pixel (0,0) at depth 2: camera (-1,-1,2), world (-1.5, -1, 3).
+        assert_eq!(p[0], (0, [-1.5, -1.0, 3.0]));
+        // Confidence below the percentile and invalid depth are dropped.
+        let conf: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let kept = back_project(&[1.0; 100], 10, Some(&conf), 40.0, &k, &e);
+        assert_eq!(kept.len(), 60);
+        assert!(back_project(&[f32::NAN, -1.0], 2, None, 0.0, &k, &e).is_empty());
+    }
+
+    #[test]
+    fn frustum_starts_at_the_centre() {
+        let k = [2.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0];
+        let e = [1.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0];
+        let f = frustum(&k, &e, 2.0, 2.0, 2.0);
+        assert_eq!(f[0], [-0.5, 0.0, 1.0]);
+        // Corner (w, h) at depth 2: camera (1, 1, 2), world (0.5, 1, 3).
+        assert_eq!(f[3], [0.5, 1.0, 3.0]);
+    }
+
+    #[test]
+    fn umeyama_recovers_similarity_scale() {
+        let x = [
+            [0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0],
+            [0.0, 2.0, 0.0],
+            [0.5, 0.5, 1.0],
+            [1.0, 1.0, -1.0],
+        ];
+        let r = rot_z(0.7);
+        let s = 2.5;
+        let y: Vec<Vec3> = x
+            .iter()
+            .map(|p| {
+                let q: Vec3 =
+                    std::array::from_fn(|i| (0..3).map(|j| r[i][j] as f64 * p[j]).sum::<f64>());
+                [s * q[0] + 1.0, s * q[1] - 3.0, s * q[2] + 0.25]
+            })
+            .collect();
+        let got = umeyama_scale(&x, &y);
+        assert!((got - s).abs() < 1e-6, "{got}"); // the f32 rotation is orthonormal to ~1e-8
+                                                  // Coplanar three points (rank-2 covariance) still work.
+        let got3 = umeyama_scale(&x[..3], &y[..3]);
+        assert!((got3 - s).abs() < 1e-6, "{got3}");
+        // Two points: fallback to spread ratio.
+        assert!((umeyama_scale(&x[..2], &y[..2]) - s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn eigenvalues_of_diagonal_and_rotated() {
+        let e = sym3_eigenvalues([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]);
+        assert_eq!(e, [3.0, 2.0, 1.0]);
+        let e = sym3_eigenvalues([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 5.0]]);
+        assert!(
+            (e[0] - 5.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12 && (e[2] - 1.0).abs() < 1e-12
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! `da3-io`: the file formats and the pose maths of dora-da3, with no network and no
+//! dora dependency (so the sinks build without candle).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`geometry`] | matrix aliases and products, rigid-motion inverse, camera-to-world, quaternions, intrinsics, back-projection, Umeyama scale |
+//! | [`colormap`] | percentiles, the turbo colour map, colour-mapped depth |
+//! | [`npy`], [`npz`] | NumPy files and the reference's `npz` / `mini_npz` exports ([`npz::Prediction`]) |
+//! | [`png16`] | 16-bit depth PNG and its JSON sidecar |
+//! | [`ply`] | binary PLY point clouds (writer and strict reader) |
+//! | [`glb`] | binary glTF of a point cloud and a camera frustum (writer and strict reader) |
+//! | [`colmap`] | COLMAP text model (`cameras.txt`, `images.txt`, `points3D.txt`) and its readers |
+//! | [`atomic`] | atomic file writes (temporary name, fsync, rename) |
+
+pub mod atomic;
+pub mod colmap;
+pub mod colormap;
+pub mod geometry;
+pub mod glb;
+pub mod npy;
+pub mod npz;
+pub mod ply;
+pub mod png16;
+
+pub use npy::{read_npy, write_npy, NpyArray, NpyData};
+pub use npz::{read_npz, write_npz, Prediction};
