@@ -1,10 +1,12 @@
-//! The reference API's `inference()` around the network: preprocessing, input-camera
-//! normalisation, the forward pass, alignment of the outputs to input cameras (Umeyama scale)
-//! and conversion to the exported [`Prediction`].
+//! The reference API's `inference()` around the network, as its steps: [`prepare`]
+//! (preprocessing, input-camera normalisation), [`forward`], [`package`] (the exported
+//! [`Prediction`]) and [`align`] (outputs to the input cameras, Umeyama scale); [`infer`] runs
+//! them in turn. The CLI and the DA3 node both go through these steps.
 
 use candle_core::{DType, Device, Tensor};
 use eyre::{ensure, Result};
 
+use crate::align::{self, Degenerate};
 use crate::export::Prediction;
 use crate::preprocess::{preprocess, Mat3, PreprocessConfig, PreprocessedBatch, RgbImage};
 use crate::{Da3Model, Da3Output, ForwardOptions, RefViewStrategy};
@@ -125,112 +127,30 @@ fn camera_centres(ext: &[Mat4]) -> Vec<[f64; 3]> {
         .collect()
 }
 
-/// Eigenvalues of a symmetric 3x3 matrix (cyclic Jacobi), descending.
-fn sym3_eigenvalues(m: [[f64; 3]; 3]) -> [f64; 3] {
-    let mut a = m;
-    for _ in 0..64 {
-        let off = a[0][1].abs() + a[0][2].abs() + a[1][2].abs();
-        if off < 1e-300 {
-            break;
-        }
-        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
-            if a[p][q].abs() < 1e-300 {
-                continue;
-            }
-            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-            let t = if theta == 0.0 { 1.0 } else { t };
-            let c = 1.0 / (t * t + 1.0).sqrt();
-            let s = t * c;
-            // Rotate rows/columns p and q: A' = J^T A J.
-            let mut b = a;
-            for k in 0..3 {
-                b[k][p] = c * a[k][p] - s * a[k][q];
-                b[k][q] = s * a[k][p] + c * a[k][q];
-            }
-            let mut d = b;
-            for k in 0..3 {
-                d[p][k] = c * b[p][k] - s * b[q][k];
-                d[q][k] = s * b[p][k] + c * b[q][k];
-            }
-            a = d;
-        }
-    }
-    let mut ev = [a[0][0], a[1][1], a[2][2]];
-    ev.sort_by(|x, y| y.total_cmp(x));
-    ev
-}
-
-fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-}
-
 /// Scale of the Umeyama Sim(3) alignment of the points `x` onto `y` (evo's
-/// `umeyama_alignment(x, y, with_scale=True)`): `trace(D S) / sigma_x`.
+/// `umeyama_alignment(x, y, with_scale=True)`, see [`align::umeyama`]).
 ///
 /// Falls back to the ratio of spreads when the covariance has rank < 2 (fewer than three
 /// distinct positions, where the reference raises), and to 1 when `x` has no spread.
 pub fn umeyama_scale(x: &[[f64; 3]], y: &[[f64; 3]]) -> f64 {
-    assert_eq!(x.len(), y.len());
-    let n = x.len() as f64;
-    if x.is_empty() {
-        return 1.0;
-    }
-    let mean = |p: &[[f64; 3]]| -> [f64; 3] {
-        let mut m = [0.0; 3];
-        for v in p {
-            for i in 0..3 {
-                m[i] += v[i];
-            }
-        }
-        m.map(|s| s / n)
-    };
-    let (mx, my) = (mean(x), mean(y));
-    let sigma_x: f64 = x
-        .iter()
-        .map(|v| (0..3).map(|i| (v[i] - mx[i]).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        / n;
-    let sigma_y: f64 = y
-        .iter()
-        .map(|v| (0..3).map(|i| (v[i] - my[i]).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        / n;
-    if sigma_x <= 0.0 {
-        return 1.0;
-    }
-    let mut cov = [[0f64; 3]; 3];
-    for (a, b) in x.iter().zip(y) {
-        for i in 0..3 {
-            for j in 0..3 {
-                cov[i][j] += (b[i] - my[i]) * (a[j] - mx[j]) / n;
-            }
+    match align::umeyama(x, y) {
+        Ok(m) => m.s,
+        Err(Degenerate::NoSpread) => 1.0,
+        Err(Degenerate::Rank { spread_ratio }) => {
+            tracing::warn!(
+                "degenerate camera layout for Umeyama alignment; using the ratio of spreads"
+            );
+            spread_ratio
         }
     }
-    let mut ctc = [[0f64; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            ctc[i][j] = (0..3).map(|k| cov[k][i] * cov[k][j]).sum();
-        }
-    }
-    let sv = sym3_eigenvalues(ctc).map(|e| e.max(0.0).sqrt());
-    if sv[1] <= f64::EPSILON * sv[0].max(f64::MIN_POSITIVE) * 16.0 {
-        tracing::warn!(
-            "degenerate camera layout for Umeyama alignment; using the ratio of spreads"
-        );
-        return (sigma_y / sigma_x).sqrt();
-    }
-    let sign = if det3(&cov) < 0.0 { -1.0 } else { 1.0 };
-    (sv[0] + sv[1] + sign * sv[2]) / sigma_x
 }
 
-/// Convert a network output (batch element 0) into the exported prediction.
-pub fn output_to_prediction(
-    out: &Da3Output,
-    batch: Option<&PreprocessedBatch>,
-) -> Result<Prediction> {
+/// The reference aligns this many views or more with RANSAC (`ransac_view_thresh`).
+pub const RANSAC_VIEWS: usize = 10;
+
+/// The reference's `_convert_to_prediction`: a network output (batch element 0) as the
+/// exported prediction, with the processed images of `batch` when given.
+pub fn package(out: &Da3Output, batch: Option<&PreprocessedBatch>) -> Result<Prediction> {
     let depth = out.depth.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let (b, s, h, w) = depth.dims4()?;
     ensure!(b == 1, "expected a batch of one, got {b}");
@@ -275,18 +195,38 @@ fn mats_tensor<const R: usize, const C: usize>(
     Ok(Tensor::from_vec(flat, (1, m.len(), R, C), device)?)
 }
 
-/// The reference `inference()` for the npz exports: preprocess `images`, run `model`, and when
-/// input `extrinsics` (world-to-camera, 4x4 or padded 3x4) are given, condition on them and
-/// align the outputs like the reference (input cameras out, depth divided by the Umeyama scale
-/// of the input camera centres onto the predicted ones). Input `intrinsics` are in the input
-/// images' pixels.
-pub fn infer(
+/// What [`prepare`] hands to [`forward`] and [`align`].
+#[derive(Debug)]
+pub struct Prepared {
+    /// The preprocessed views (input intrinsics, when given, rescaled to them).
+    pub batch: PreprocessedBatch,
+    /// The forward options, with the normalised input cameras of a pose-conditioned run.
+    pub forward: ForwardOptions,
+    /// The input world-to-camera matrices, when given (the cameras [`align`] brings the
+    /// outputs to).
+    pub cameras: Option<Vec<Mat4>>,
+}
+
+impl Prepared {
+    /// Whether the forward pass is conditioned on the input cameras (given, and the model
+    /// accepts them).
+    pub fn is_conditioned(&self) -> bool {
+        self.forward.extrinsics.is_some()
+    }
+}
+
+/// The reference `inference()` up to the forward pass: preprocess `images` (input
+/// `intrinsics` in the input images' pixels are rescaled with them) and, when `extrinsics`
+/// (world-to-camera) are given and the model accepts cameras, condition the forward pass on
+/// the input cameras normalised as the reference does ([`normalize_extrinsics`]).
+/// Extrinsics need intrinsics.
+pub fn prepare(
     model: &Da3Model,
     images: &[RgbImage],
     extrinsics: Option<&[Mat4]>,
     intrinsics: Option<&InputIntrinsics>,
     opts: &InferenceOptions,
-) -> Result<InferenceResult> {
+) -> Result<Prepared> {
     let n = images.len();
     if let Some(e) = extrinsics {
         ensure!(e.len() == n, "{} extrinsics for {n} images", e.len());
@@ -301,36 +241,72 @@ pub fn infer(
         Some(InputIntrinsics::F32(k)) => preprocess(images, Some(k), &opts.preprocess, &device)?,
         Some(InputIntrinsics::F64(k)) => preprocess(images, Some(k), &opts.preprocess, &device)?,
     };
-    let mut fwd = ForwardOptions {
+    let mut forward = ForwardOptions {
         use_ray_pose: opts.use_ray_pose,
         ref_view_strategy: opts.ref_view_strategy,
         ..Default::default()
     };
     if let (Some(e), Some(k)) = (extrinsics, batch.intrinsics.as_ref()) {
-        fwd.extrinsics = Some(mats_tensor(&normalize_extrinsics(e), model.device())?);
-        fwd.intrinsics = Some(mats_tensor(k, model.device())?);
-    }
-    let output = model.forward(&batch.tensor, &fwd)?;
-    let mut prediction = output_to_prediction(&output, Some(&batch))?;
-
-    let mut alignment_scale = None;
-    if let (Some(e), Some(pred_ext)) = (extrinsics, prediction.extrinsics.clone()) {
-        let pred44: Vec<Mat4> = pred_ext.iter().map(to_mat4).collect();
-        // Input camera centres (est) aligned onto the predicted ones (ref).
-        let scale = umeyama_scale(&camera_centres(e), &camera_centres(&pred44));
-        if n >= 10 {
-            tracing::warn!("the reference aligns 10+ views with RANSAC (random subsets); plain Umeyama used here");
+        if model.accepts_cameras() {
+            forward.extrinsics = Some(mats_tensor(&normalize_extrinsics(e), model.device())?);
+            forward.intrinsics = Some(mats_tensor(k, model.device())?);
+        } else {
+            tracing::warn!("this model has no camera encoder: input cameras ignored");
         }
-        alignment_scale = Some(scale);
-        prediction.intrinsics = batch.intrinsics.clone();
-        // The reference default (align_to_input_ext_scale=True): the input cameras are output
-        // and depth is brought to their scale.
-        prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
-        let sf = scale as f32;
-        prediction.depth.iter_mut().for_each(|d| *d /= sf);
     }
-    Ok(InferenceResult {
+    Ok(Prepared {
         batch,
+        forward,
+        cameras: extrinsics.map(<[Mat4]>::to_vec),
+    })
+}
+
+/// The forward pass of a prepared run.
+pub fn forward(model: &Da3Model, prepared: &Prepared) -> Result<Da3Output> {
+    model.forward(&prepared.batch.tensor, &prepared.forward)
+}
+
+/// The reference's `_align_to_input_extrinsics_intrinsics` (with its default
+/// `align_to_input_ext_scale=True`): for a pose-conditioned run, the input cameras are
+/// reported (extrinsics, and intrinsics at the processed size) and depth is divided by the
+/// Umeyama scale of the input camera centres onto the predicted ones (for 10+ views the
+/// reference's RANSAC fit with its seed, [`align::ransac_umeyama`]), which is returned.
+/// `None` (prediction untouched) when no cameras were given or none were predicted.
+pub fn align(prepared: &Prepared, prediction: &mut Prediction) -> Option<f64> {
+    let (Some(e), Some(pred_ext)) = (&prepared.cameras, &prediction.extrinsics) else {
+        return None;
+    };
+    let pred44: Vec<Mat4> = pred_ext.iter().map(to_mat4).collect();
+    // Input camera centres (est) aligned onto the predicted ones (ref).
+    let (x, y) = (camera_centres(e), camera_centres(&pred44));
+    let ransac = (e.len() >= RANSAC_VIEWS).then(|| align::ransac_umeyama(&x, &y).ok());
+    let scale = match ransac.flatten() {
+        Some(m) => m.s,
+        None => umeyama_scale(&x, &y),
+    };
+    prediction.intrinsics = prepared.batch.intrinsics.clone();
+    prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
+    let sf = scale as f32;
+    prediction.depth.iter_mut().for_each(|d| *d /= sf);
+    Some(scale)
+}
+
+/// The reference `inference()` for the npz exports: [`prepare`], [`forward`], [`package`],
+/// [`align`]. Input `extrinsics` are world-to-camera (4x4, or 3x4 padded), input
+/// `intrinsics` in the input images' pixels.
+pub fn infer(
+    model: &Da3Model,
+    images: &[RgbImage],
+    extrinsics: Option<&[Mat4]>,
+    intrinsics: Option<&InputIntrinsics>,
+    opts: &InferenceOptions,
+) -> Result<InferenceResult> {
+    let prepared = prepare(model, images, extrinsics, intrinsics, opts)?;
+    let output = forward(model, &prepared)?;
+    let mut prediction = package(&output, Some(&prepared.batch))?;
+    let alignment_scale = align(&prepared, &mut prediction);
+    Ok(InferenceResult {
+        batch: prepared.batch,
         output,
         prediction,
         alignment_scale,
@@ -416,15 +392,5 @@ mod tests {
         assert!((got3 - s).abs() < 1e-6, "{got3}");
         // Two points: fallback to spread ratio.
         assert!((umeyama_scale(&x[..2], &y[..2]) - s).abs() < 1e-6);
-    }
-
-    #[test]
-    fn eigenvalues_of_diagonal_and_rotated() {
-        let e = sym3_eigenvalues([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]);
-        assert_eq!(e, [3.0, 2.0, 1.0]);
-        let e = sym3_eigenvalues([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 5.0]]);
-        assert!(
-            (e[0] - 5.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12 && (e[2] - 1.0).abs() < 1e-12
-        );
     }
 }
