@@ -23,7 +23,7 @@ A_BIN="${A_BIN:-$B_BIN}"
   echo "ab: no checkpoint at $MODEL (bash scripts/bench.sh makes it; or set MODEL)" >&2
   exit 1
 }
-[ "$B_BIN" != target/release/da3 ] || cargo build --release -p da3 --bin da3
+[ "$B_BIN" != target/release/da3 ] || cargo build --release -p da3 --features cli --bin da3
 RT=()
 if [ "${BENCH_RT:-1}" != 0 ] && [ "$(id -u)" = 0 ] && command -v chrt >/dev/null; then
   RT=(chrt -f 10)

@@ -32,7 +32,7 @@ OUT="$CACHE/bench/results.jsonl"
 
 if [ "${1:-}" != "--report" ]; then
 bash scripts/setup-reference.sh
-cargo build --release -p da3 --bin da3
+cargo build --release -p da3 --features cli --bin da3
 mkdir -p "$CACHE/bench"
 : > "$OUT"
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"

@@ -30,5 +30,5 @@ if ! command -v g++-11 >/dev/null; then
 fi
 nvcc --version | tail -2
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
-cargo build --release -p dora-da3 -p da3 --features dora-da3/cuda,da3/cuda "$@"
+cargo build --release -p dora-da3 -p da3 --features dora-da3/cuda,da3/cuda,da3/cli "$@"
 echo "built: $(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/{dora-da3,da3} with CUDA (compute cap $CUDA_COMPUTE_CAP)"

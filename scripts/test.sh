@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 # The end-to-end tests run the node binaries under `dora run`: build them all
-# first (`cargo test` builds a package's binaries only for its own tests).
-cargo build --workspace --bins
+# first (`cargo test` builds a package's binaries only for its own tests), with
+# the `da3` CLI (feature `da3/cli`), which the export tests run too.
+cargo build --workspace --bins --features da3/cli
 # Two test binaries at a time: the dataflow tests start several processes each.
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"

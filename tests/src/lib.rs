@@ -2,9 +2,10 @@
 //! nodes at the binaries of this build, override env vars, run it with the
 //! real `dora run`, and read what the `msg-dump` sinks wrote.
 //!
-//! The node binaries must be built first (`cargo build --workspace --bins`,
-//! as `scripts/test.sh` does: `cargo test` alone builds only the binaries of
-//! the package under test).
+//! The node binaries must be built first (`cargo build --workspace --bins
+//! --features da3/cli`, as `scripts/test.sh` does: `cargo test` alone builds
+//! only the binaries of the package under test, and the `da3` CLI needs its
+//! feature).
 //! The dora CLI is taken from `$DORA`, else `<repo>/.venv/bin/dora`, else `PATH`.
 
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     let p = bin_dir().join(name);
     if !p.is_file() {
         bail!(
-            "binary `{}` is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            "binary `{}` is missing: run `cargo build --workspace --bins --features da3/cli` first (scripts/test.sh does)",
             p.display()
         );
     }

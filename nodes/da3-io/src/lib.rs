@@ -3,7 +3,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`geometry`] | matrix aliases and products, rigid-motion inverse, camera-to-world, quaternions, intrinsics, back-projection, Umeyama scale |
+//! | [`geometry`] | matrix aliases and products, rigid-motion inverse, camera-to-world, quaternions, intrinsics, back-projection |
+//! | [`align`] | the reference's camera alignment: Umeyama Sim(3) fit and its seeded RANSAC variant |
 //! | [`colormap`] | percentiles, the turbo colour map, colour-mapped depth |
 //! | [`npy`], [`npz`] | NumPy files and the reference's `npz` / `mini_npz` exports ([`npz::Prediction`]) |
 //! | [`png16`] | 16-bit depth PNG and its JSON sidecar |
@@ -12,6 +13,7 @@
 //! | [`colmap`] | COLMAP text model (`cameras.txt`, `images.txt`, `points3D.txt`) and its readers |
 //! | [`atomic`] | atomic file writes (temporary name, fsync, rename) |
 
+pub mod align;
 pub mod atomic;
 pub mod colmap;
 pub mod colormap;

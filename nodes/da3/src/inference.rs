@@ -1,11 +1,13 @@
-//! The reference API's `inference()` around the network: preprocessing, input-camera
-//! normalisation, the forward pass, alignment of the outputs to input cameras (Umeyama scale)
-//! and conversion to the exported [`Prediction`].
+//! The reference API's `inference()` around the network, as its steps: [`prepare`]
+//! (preprocessing, input-camera normalisation), [`forward`], [`package`] (the exported
+//! [`Prediction`]) and [`align`] (outputs to the input cameras, Umeyama scale); [`infer`] runs
+//! them in turn. The CLI and the DA3 node both go through these steps.
 
 use candle_core::{DType, Device, Tensor};
 use eyre::{ensure, Result};
 
-use da3_io::geometry::{affine_inverse, matmul, to_mat4, umeyama_scale, Mat4};
+use da3_io::align;
+use da3_io::geometry::{affine_inverse, matmul, to_mat4, Mat4};
 
 use crate::export::Prediction;
 use crate::preprocess::{preprocess, Mat3, PreprocessConfig, PreprocessedBatch, RgbImage};
@@ -94,11 +96,12 @@ fn camera_centres(ext: &[Mat4<f32>]) -> Vec<[f64; 3]> {
         .collect()
 }
 
-/// Convert a network output (batch element 0) into the exported prediction.
-pub fn output_to_prediction(
-    out: &Da3Output,
-    batch: Option<&PreprocessedBatch>,
-) -> Result<Prediction> {
+/// The reference aligns this many views or more with RANSAC (`ransac_view_thresh`).
+pub const RANSAC_VIEWS: usize = 10;
+
+/// The reference's `_convert_to_prediction`: a network output (batch element 0) as the
+/// exported prediction, with the processed images of `batch` when given.
+pub fn package(out: &Da3Output, batch: Option<&PreprocessedBatch>) -> Result<Prediction> {
     let depth = out.depth.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let (b, s, h, w) = depth.dims4()?;
     ensure!(b == 1, "expected a batch of one, got {b}");
@@ -143,18 +146,38 @@ fn mats_tensor<const R: usize, const C: usize>(
     Ok(Tensor::from_vec(flat, (1, m.len(), R, C), device)?)
 }
 
-/// The reference `inference()` for the npz exports: preprocess `images`, run `model`, and when
-/// input `extrinsics` (world-to-camera, 4x4 or padded 3x4) are given, condition on them and
-/// align the outputs like the reference (input cameras out, depth divided by the Umeyama scale
-/// of the input camera centres onto the predicted ones). Input `intrinsics` are in the input
-/// images' pixels.
-pub fn infer(
+/// What [`prepare`] hands to [`forward`] and [`align`].
+#[derive(Debug)]
+pub struct Prepared {
+    /// The preprocessed views (input intrinsics, when given, rescaled to them).
+    pub batch: PreprocessedBatch,
+    /// The forward options, with the normalised input cameras of a pose-conditioned run.
+    pub forward: ForwardOptions,
+    /// The input world-to-camera matrices, when given (the cameras [`align`] brings the
+    /// outputs to).
+    pub cameras: Option<Vec<Mat4<f32>>>,
+}
+
+impl Prepared {
+    /// Whether the forward pass is conditioned on the input cameras (given, and the model
+    /// accepts them).
+    pub fn is_conditioned(&self) -> bool {
+        self.forward.extrinsics.is_some()
+    }
+}
+
+/// The reference `inference()` up to the forward pass: preprocess `images` (input
+/// `intrinsics` in the input images' pixels are rescaled with them) and, when `extrinsics`
+/// (world-to-camera) are given and the model accepts cameras, condition the forward pass on
+/// the input cameras normalised as the reference does ([`normalize_extrinsics`]).
+/// Extrinsics need intrinsics.
+pub fn prepare(
     model: &Da3Model,
     images: &[RgbImage],
     extrinsics: Option<&[Mat4<f32>]>,
     intrinsics: Option<&InputIntrinsics>,
     opts: &InferenceOptions,
-) -> Result<InferenceResult> {
+) -> Result<Prepared> {
     let n = images.len();
     if let Some(e) = extrinsics {
         ensure!(e.len() == n, "{} extrinsics for {n} images", e.len());
@@ -169,36 +192,72 @@ pub fn infer(
         Some(InputIntrinsics::F32(k)) => preprocess(images, Some(k), &opts.preprocess, &device)?,
         Some(InputIntrinsics::F64(k)) => preprocess(images, Some(k), &opts.preprocess, &device)?,
     };
-    let mut fwd = ForwardOptions {
+    let mut forward = ForwardOptions {
         use_ray_pose: opts.use_ray_pose,
         ref_view_strategy: opts.ref_view_strategy,
         ..Default::default()
     };
     if let (Some(e), Some(k)) = (extrinsics, batch.intrinsics.as_ref()) {
-        fwd.extrinsics = Some(mats_tensor(&normalize_extrinsics(e), model.device())?);
-        fwd.intrinsics = Some(mats_tensor(k, model.device())?);
-    }
-    let output = model.forward(&batch.tensor, &fwd)?;
-    let mut prediction = output_to_prediction(&output, Some(&batch))?;
-
-    let mut alignment_scale = None;
-    if let (Some(e), Some(pred_ext)) = (extrinsics, prediction.extrinsics.clone()) {
-        let pred44: Vec<Mat4<f32>> = pred_ext.iter().map(to_mat4).collect();
-        // Input camera centres (est) aligned onto the predicted ones (ref).
-        let scale = umeyama_scale(&camera_centres(e), &camera_centres(&pred44));
-        if n >= 10 {
-            tracing::warn!("the reference aligns 10+ views with RANSAC (random subsets); plain Umeyama used here");
+        if model.accepts_cameras() {
+            forward.extrinsics = Some(mats_tensor(&normalize_extrinsics(e), model.device())?);
+            forward.intrinsics = Some(mats_tensor(k, model.device())?);
+        } else {
+            tracing::warn!("this model has no camera encoder: input cameras ignored");
         }
-        alignment_scale = Some(scale);
-        prediction.intrinsics = batch.intrinsics.clone();
-        // The reference default (align_to_input_ext_scale=True): the input cameras are output
-        // and depth is brought to their scale.
-        prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
-        let sf = scale as f32;
-        prediction.depth.iter_mut().for_each(|d| *d /= sf);
     }
-    Ok(InferenceResult {
+    Ok(Prepared {
         batch,
+        forward,
+        cameras: extrinsics.map(<[Mat4<f32>]>::to_vec),
+    })
+}
+
+/// The forward pass of a prepared run.
+pub fn forward(model: &Da3Model, prepared: &Prepared) -> Result<Da3Output> {
+    model.forward(&prepared.batch.tensor, &prepared.forward)
+}
+
+/// The reference's `_align_to_input_extrinsics_intrinsics` (with its default
+/// `align_to_input_ext_scale=True`): for a pose-conditioned run, the input cameras are
+/// reported (extrinsics, and intrinsics at the processed size) and depth is divided by the
+/// Umeyama scale of the input camera centres onto the predicted ones (for 10+ views the
+/// reference's RANSAC fit with its seed, [`align::ransac_umeyama`]), which is returned.
+/// `None` (prediction untouched) when no cameras were given or none were predicted.
+pub fn align(prepared: &Prepared, prediction: &mut Prediction) -> Option<f64> {
+    let (Some(e), Some(pred_ext)) = (&prepared.cameras, &prediction.extrinsics) else {
+        return None;
+    };
+    let pred44: Vec<Mat4<f32>> = pred_ext.iter().map(to_mat4).collect();
+    // Input camera centres (est) aligned onto the predicted ones (ref).
+    let (x, y) = (camera_centres(e), camera_centres(&pred44));
+    let ransac = (e.len() >= RANSAC_VIEWS).then(|| align::ransac_umeyama(&x, &y).ok());
+    let scale = match ransac.flatten() {
+        Some(m) => m.s,
+        None => align::umeyama_scale(&x, &y),
+    };
+    prediction.intrinsics = prepared.batch.intrinsics.clone();
+    prediction.extrinsics = Some(e.iter().map(|m| [m[0], m[1], m[2]]).collect());
+    let sf = scale as f32;
+    prediction.depth.iter_mut().for_each(|d| *d /= sf);
+    Some(scale)
+}
+
+/// The reference `inference()` for the npz exports: [`prepare`], [`forward`], [`package`],
+/// [`align`]. Input `extrinsics` are world-to-camera (4x4, or 3x4 padded), input
+/// `intrinsics` in the input images' pixels.
+pub fn infer(
+    model: &Da3Model,
+    images: &[RgbImage],
+    extrinsics: Option<&[Mat4<f32>]>,
+    intrinsics: Option<&InputIntrinsics>,
+    opts: &InferenceOptions,
+) -> Result<InferenceResult> {
+    let prepared = prepare(model, images, extrinsics, intrinsics, opts)?;
+    let output = forward(model, &prepared)?;
+    let mut prediction = package(&output, Some(&prepared.batch))?;
+    let alignment_scale = align(&prepared, &mut prediction);
+    Ok(InferenceResult {
+        batch: prepared.batch,
         output,
         prediction,
         alignment_scale,

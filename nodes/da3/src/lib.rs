@@ -14,6 +14,8 @@
 //! The network is exact to the reference `DepthAnything3Net.forward` in f32 (see the parity
 //! tests); pre- and post-processing (resize, crop back, export) live elsewhere.
 
+pub mod align;
+pub mod device;
 pub mod export;
 pub mod hub;
 pub mod inference;
@@ -154,6 +156,16 @@ impl Da3Model {
     }
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Whether the model takes input cameras (pose-conditioned inference): any-view models
+    /// with a camera encoder. Others ignore [`ForwardOptions::extrinsics`].
+    pub fn accepts_cameras(&self) -> bool {
+        let net = match &self.cfg {
+            Da3Config::Single(c) => c,
+            Da3Config::Nested { anyview, .. } => anyview,
+        };
+        net.cam_enc_dim.is_some()
     }
 
     /// Run the network on normalised views `x` (B, S, 3, H, W) (H, W multiples of 14).

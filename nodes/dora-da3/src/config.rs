@@ -3,6 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use da3::device::cuda_device_count;
+use da3::inference::InferenceOptions;
 use da3::preprocess::{PreprocessConfig, ResizeMethod};
 use da3::RefViewStrategy;
 use da3_msg::node_util::{env_bool, env_opt, env_or};
@@ -48,44 +50,7 @@ impl Mode {
     }
 }
 
-/// Requested numeric precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// bf16 where the device supports it, else f16; f32 on CPU.
-    Auto,
-    F32,
-    Bf16,
-    F16,
-}
-
-impl FromStr for Precision {
-    type Err = eyre::Report;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "auto" => Self::Auto,
-            "f32" | "fp32" | "float32" => Self::F32,
-            "bf16" | "bfloat16" => Self::Bf16,
-            "f16" | "fp16" | "float16" => Self::F16,
-            _ => bail!("expected auto, f32, bf16 or f16"),
-        })
-    }
-}
-
-/// One inference device; several make several replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
+pub use da3::device::{DeviceSpec, Precision};
 
 /// Parses `DEVICE`: `auto`, `cpu`, `cpu*N` (N CPU replicas), `cuda:0`,
 /// `cuda:0,1`, `cuda:all`, or a comma list of those.
@@ -95,8 +60,6 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceSpec>> {
         let lower = part.to_ascii_lowercase();
         if lower == "auto" {
             out.extend(auto_devices());
-        } else if lower == "cpu" {
-            out.push(DeviceSpec::Cpu);
         } else if let Some(n) = lower.strip_prefix("cpu*") {
             let n: usize = n
                 .parse()
@@ -106,19 +69,16 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceSpec>> {
             }
             out.extend(std::iter::repeat_n(DeviceSpec::Cpu, n));
         } else if lower == "cuda:all" || lower == "cuda" {
-            let n = cuda_count();
+            let n = cuda_device_count();
             if n == 0 {
                 bail!("`{part}`: no CUDA device (this build has no `cuda` feature, or no GPU is visible)");
             }
             out.extend((0..n).map(DeviceSpec::Cuda));
-        } else if let Some(i) = lower.strip_prefix("cuda:") {
-            let i: usize = i
-                .parse()
-                .map_err(|_| eyre!("`{part}`: expected cuda:N, cuda:all"))?;
-            out.push(DeviceSpec::Cuda(i));
         } else if let Ok(i) = lower.parse::<usize>() {
             // `cuda:0,1` splits into `cuda:0` and `1`.
             out.push(DeviceSpec::Cuda(i));
+        } else if let Ok(d) = part.parse::<DeviceSpec>() {
+            out.push(d);
         } else {
             bail!("`{part}`: expected auto, cpu, cpu*N, cuda:N or cuda:all");
         }
@@ -129,17 +89,8 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceSpec>> {
     Ok(out)
 }
 
-fn cuda_count() -> usize {
-    if !candle_core::utils::cuda_is_available() {
-        return 0;
-    }
-    (0..16)
-        .take_while(|&i| candle_core::Device::new_cuda(i).is_ok())
-        .count()
-}
-
 fn auto_devices() -> Vec<DeviceSpec> {
-    match cuda_count() {
+    match cuda_device_count() {
         0 => vec![DeviceSpec::Cpu],
         n => (0..n).map(DeviceSpec::Cuda).collect(),
     }
@@ -271,6 +222,15 @@ impl Config {
 }
 
 impl Config {
+    /// The library's inference options of this configuration.
+    pub fn inference(&self) -> InferenceOptions {
+        InferenceOptions {
+            preprocess: self.preprocess.clone(),
+            use_ray_pose: self.use_ray_pose,
+            ref_view_strategy: self.ref_view_strategy,
+        }
+    }
+
     /// The node's defaults (what `from_env` gives with no variable set) for
     /// `model`, on the CPU in f32: for library use and tests.
     pub fn defaults(model: &str) -> Self {
@@ -291,25 +251,6 @@ impl Config {
             max_pixels: 40_000_000,
             status_every: Duration::from_millis(1000),
             rig_inputs: None,
-        }
-    }
-}
-
-/// The dtype to run with on a device.
-pub fn resolve_dtype(p: Precision, device: &candle_core::Device) -> candle_core::DType {
-    use candle_core::DType;
-    match p {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::F16 => DType::F16,
-        Precision::Auto => {
-            if device.is_cpu() {
-                DType::F32
-            } else if device.supports_bf16() {
-                DType::BF16
-            } else {
-                DType::F16
-            }
         }
     }
 }
@@ -344,7 +285,7 @@ mod tests {
         assert!("int8".parse::<Precision>().is_err());
         assert_eq!("input".parse::<OutputSize>().unwrap(), OutputSize::Input);
         assert_eq!(
-            resolve_dtype(Precision::Auto, &candle_core::Device::Cpu),
+            Precision::Auto.dtype(&candle_core::Device::Cpu),
             candle_core::DType::F32
         );
     }

@@ -1,9 +1,10 @@
 //! One unit of work (one or several views) through the model, and the
 //! per-view results the node sends.
 
-use candle_core::{DType, Device, Tensor};
-use da3::preprocess::{preprocess, restore_intrinsics, restore_map, Mat3, RgbImage, ViewTransform};
-use da3::{Da3Model, ForwardOptions};
+use da3::inference::{self, InputIntrinsics};
+use da3_io::geometry::Mat4;
+use da3::preprocess::{restore_intrinsics, restore_map, Mat3, RgbImage, ViewTransform};
+use da3::Da3Model;
 use da3_msg::{FrameInfo, Intrinsics};
 use eyre::{bail, Context, Result};
 
@@ -66,20 +67,24 @@ pub struct UnitOut {
     pub infer_ms: f64,
 }
 
-fn tensor_rows<const N: usize>(t: &Tensor) -> Result<Vec<[f64; N]>> {
-    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    if !v.len().is_multiple_of(N) {
-        bail!("tensor of {} values is not a list of {N}-vectors", v.len());
+/// `f32` values as an `f64` array of `N` (the caller passes exactly `N`).
+fn widen<'a, const N: usize>(v: impl IntoIterator<Item = &'a f32>) -> [f64; N] {
+    let mut a = [0.0; N];
+    for (o, x) in a.iter_mut().zip(v) {
+        *o = *x as f64;
     }
-    Ok(v.chunks_exact(N)
-        .map(|c| {
-            let mut a = [0.0; N];
-            for (o, x) in a.iter_mut().zip(c) {
-                *o = *x as f64;
-            }
-            a
-        })
-        .collect())
+    a
+}
+
+/// A world-to-camera `[R|t]` (row-major 3x4) as the library's 4x4.
+fn ext_to_mat4(e: &[f64; 12]) -> Mat4<f32> {
+    let mut m = [[0f32, 0.0, 0.0, 1.0]; 4];
+    for (i, row) in m.iter_mut().take(3).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = e[i * 4 + j] as f32;
+        }
+    }
+    m
 }
 
 fn k_to_mat(k: &Intrinsics) -> Mat3<f64> {
@@ -122,106 +127,64 @@ pub fn infer_image(model: &Da3Model, cfg: &Config, image: RgbImage) -> Result<Vi
         .ok_or_else(|| eyre::eyre!("no output for the image"))
 }
 
-/// Runs a unit on a model.
+/// Runs a unit on a model through the library's inference steps (prepare, forward,
+/// package, align: the same as `da3::inference::infer`), then packs each view.
+///
+/// Known intrinsics are used when every view has them; the unit is pose-conditioned (input
+/// cameras normalised, outputs aligned to them) when every view also has extrinsics and the
+/// model accepts cameras.
 pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<ViewOut>> {
     let images: Vec<RgbImage> = unit.views.iter().map(|v| v.image.clone()).collect();
-    // Pose-conditioned only when every view has both intrinsics and extrinsics.
-    let all_known = unit
+    let ks: Option<Vec<Mat3<f64>>> = unit
         .views
         .iter()
-        .all(|v| v.intrinsics.is_some() && v.extrinsics.is_some());
-    let ks: Option<Vec<Mat3<f64>>> = if unit.views.iter().all(|v| v.intrinsics.is_some()) {
-        Some(
-            unit.views
-                .iter()
-                .filter_map(|v| v.intrinsics.as_ref().map(k_to_mat))
-                .collect(),
-        )
-    } else {
-        None
+        .map(|v| v.intrinsics.as_ref().map(k_to_mat))
+        .collect();
+    let es: Option<Vec<Mat4<f32>>> = match ks {
+        Some(_) if model.accepts_cameras() => unit
+            .views
+            .iter()
+            .map(|v| v.extrinsics.as_ref().map(ext_to_mat4))
+            .collect(),
+        _ => None,
     };
-    let batch = preprocess(&images, ks.as_deref(), &cfg.preprocess, &Device::Cpu)
+    let ks = ks.map(InputIntrinsics::F64);
+    let prepared = inference::prepare(model, &images, es.as_deref(), ks.as_ref(), &cfg.inference())
         .wrap_err("preprocessing")?;
-    let mut opts = ForwardOptions {
-        use_ray_pose: cfg.use_ray_pose,
-        ref_view_strategy: cfg.ref_view_strategy,
-        ..Default::default()
-    };
-    let conditioned = all_known && model_has_cameras(model);
-    if conditioned {
-        let s = unit.views.len();
-        let mut e = Vec::with_capacity(s * 16);
-        for v in &unit.views {
-            let x = v.extrinsics.unwrap_or_default();
-            e.extend(x.iter().map(|&a| a as f32));
-            e.extend([0.0, 0.0, 0.0, 1.0]);
-        }
-        let mut k = Vec::with_capacity(s * 9);
-        for m in batch.intrinsics.iter().flatten() {
-            k.extend(m.iter().flatten().copied());
-        }
-        opts.extrinsics = Some(Tensor::from_vec(e, (1, s, 4, 4), &Device::Cpu)?);
-        opts.intrinsics = Some(Tensor::from_vec(k, (1, s, 3, 3), &Device::Cpu)?);
-    }
-    let out = model
-        .forward(&batch.tensor, &opts)
-        .wrap_err("model forward")?;
-    let (w, h) = (batch.width, batch.height);
+    let out = inference::forward(model, &prepared).wrap_err("model forward")?;
+    let mut pred = inference::package(&out, None).wrap_err("reading the outputs")?;
+    // Aligned: the given cameras are the output ones (as the reference API reports them).
+    let aligned = inference::align(&prepared, &mut pred).is_some();
+    let batch = &prepared.batch;
+    let (w, h) = (pred.width, pred.height);
     let s = unit.views.len();
-    let depth: Vec<f32> = out
-        .depth
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()
-        .wrap_err("reading depth")?;
-    let conf: Option<Vec<f32>> = match &out.depth_conf {
-        Some(c) => Some(c.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
-        None => None,
-    };
-    let ext = match &out.extrinsics {
-        Some(e) => Some(tensor_rows::<12>(&e.narrow(
-            candle_core::D::Minus2,
-            0,
-            3,
-        )?)?),
-        None => None,
-    };
-    let intr = match &out.intrinsics {
-        Some(k) => Some(tensor_rows::<9>(k)?),
-        None => None,
-    };
     let plane = w * h;
-    if depth.len() != s * plane {
+    if pred.depth.len() != s * plane {
         bail!(
             "model returned {} depth values for {s} views of {w}x{h}",
-            depth.len()
+            pred.depth.len()
         );
     }
     let mut views = Vec::with_capacity(s);
     for (i, v) in unit.views.iter().enumerate() {
         let t = &batch.transforms[i];
-        let d = depth[i * plane..(i + 1) * plane].to_vec();
-        let c = conf
+        let d = pred.depth[i * plane..(i + 1) * plane].to_vec();
+        let c = pred
+            .conf
             .as_ref()
             .map(|c| c[i * plane..(i + 1) * plane].to_vec());
-        // Intrinsics: the given ones when the unit was pose-conditioned (as the
-        // reference API reports the input cameras), else predicted, else given.
-        let k_proc: Option<[f64; 9]> = match (&intr, conditioned) {
-            (Some(k), false) => Some(k[i]),
-            _ => batch.intrinsics.as_ref().map(|ks| {
-                let m = ks[i];
-                let mut a = [0.0; 9];
-                for (o, x) in a.iter_mut().zip(m.iter().flatten()) {
-                    *o = *x as f64;
-                }
-                a
-            }),
-        };
-        let extrinsics = match (&ext, conditioned) {
-            (Some(e), false) => Some(e[i]),
+        // Intrinsics at the processed size: predicted (the given ones once aligned), else
+        // given.
+        let k_proc: Option<[f64; 9]> = pred
+            .intrinsics
+            .as_ref()
+            .or(batch.intrinsics.as_ref())
+            .map(|ks| widen(ks[i].iter().flatten()));
+        // Extrinsics: predicted, else (and once aligned, at full precision) given.
+        let extrinsics = match &pred.extrinsics {
+            Some(e) if !aligned => Some(widen(e[i].iter().flatten())),
             _ => v.extrinsics,
         };
-        let proc_rgb = batch.images[i].data.clone();
         let view = match cfg.output_size {
             OutputSize::Processed => ViewOut {
                 input: v.input.clone(),
@@ -233,7 +196,7 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
                 intrinsics: k_proc,
                 extrinsics,
                 is_metric: out.is_metric,
-                rgb: proc_rgb,
+                rgb: batch.images[i].data.clone(),
                 received: v.received,
             },
             OutputSize::Input => ViewOut {
@@ -253,13 +216,6 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
         views.push(view);
     }
     Ok(views)
-}
-
-fn model_has_cameras(model: &Da3Model) -> bool {
-    match model.config() {
-        da3::Da3Config::Single(c) => c.cam_enc_dim.is_some(),
-        da3::Da3Config::Nested { anyview, .. } => anyview.cam_enc_dim.is_some(),
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
 use crossbeam_channel::{never, select, unbounded, Receiver};
 use da3::preprocess::RgbImage;
 use da3::Da3Model;
@@ -27,7 +26,7 @@ use dora_node_api::{DoraNode, Event, EventStream};
 use eyre::{bail, eyre, Context, Result};
 use serde_json::json;
 
-use config::{resolve_dtype, Config, DeviceSpec, Mode};
+use config::{Config, Mode};
 use engine::{UnitOut, ViewIn};
 use pool::{Finished, Pool, Reorder};
 use sched::Scheduler;
@@ -58,18 +57,14 @@ pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
     let mut models: Vec<Da3Model> = Vec::new();
     let mut cpu: Option<Da3Model> = None;
     for spec in &cfg.devices {
-        let device = match spec {
-            DeviceSpec::Cpu => Device::Cpu,
-            DeviceSpec::Cuda(i) => Device::new_cuda(*i)
-                .map_err(|e| eyre!("DEVICE {spec}: cannot open the CUDA device: {e}"))?,
-        };
+        let device = spec.open().map_err(|e| eyre!("DEVICE {spec}: {e:#}"))?;
         if device.is_cpu() {
             if let Some(m) = &cpu {
                 models.push(m.clone());
                 continue;
             }
         }
-        let dtype = resolve_dtype(cfg.precision, &device);
+        let dtype = cfg.precision.dtype(&device);
         let t0 = Instant::now();
         let m = Da3Model::load(&cfg.model, &device, dtype)
             .wrap_err_with(|| format!("cannot load MODEL={} on {spec}", cfg.model))?;

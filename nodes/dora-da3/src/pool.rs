@@ -90,10 +90,6 @@ impl Pool {
         }
     }
 
-    pub fn replicas(&self) -> usize {
-        self.senders.len()
-    }
-
     /// The idle replica with the lowest index, if any.
     pub fn idle(&self) -> Option<usize> {
         self.in_flight.iter().position(|&n| n == 0)

@@ -468,3 +468,128 @@ fn camera_info_inputs_condition_the_pose_and_bad_poses_are_rejected() {
     let cam = &out.floats("camera")[0];
     assert!((cam[12] - 50.0).abs() < 1e-3, "fx {}", cam[12]);
 }
+
+/// A world-to-camera `[R | t]` (row-major 3x4) of a camera at `centre` (metres), turned by
+/// `yaw` about y and `pitch` about x.
+fn pose_at(centre: [f64; 3], yaw: f64, pitch: f64) -> [f64; 12] {
+    let (cy, sy, cp, sp) = (yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin());
+    // R = Rx(pitch) * Ry(yaw)
+    let r = [
+        [cy, 0.0, sy],
+        [sp * sy, cp, -sp * cy],
+        [-cp * sy, sp, cp * cy],
+    ];
+    let mut e = [0.0; 12];
+    for i in 0..3 {
+        e[i * 4..i * 4 + 3].copy_from_slice(&r[i]);
+        e[i * 4 + 3] = -(0..3).map(|j| r[i][j] * centre[j]).sum::<f64>();
+    }
+    e
+}
+
+#[test]
+fn rig_with_camera_info_equals_the_library_inference() {
+    // A calibrated 4-camera rig several metres across (non-unit scale): the node must
+    // normalise the input cameras and align depth to them exactly as the library's
+    // `infer` (the reference `inference()`) does.
+    let names = ["cam0", "cam1", "cam2", "cam3"];
+    let poses = [
+        pose_at([0.0, 0.0, 0.0], 0.0, 0.0),
+        pose_at([3.0, 0.2, 0.5], -0.3, 0.05),
+        pose_at([-1.0, 2.5, 1.0], 0.2, -0.1),
+        pose_at([4.0, 3.0, -1.5], -0.5, 0.1),
+    ];
+    let ks = [
+        [50.0, 0.0, 28.0, 0.0, 50.0, 21.0, 0.0, 0.0, 1.0],
+        [48.0, 0.0, 27.0, 0.0, 49.0, 20.5, 0.0, 0.0, 1.0],
+        [55.0, 0.0, 29.0, 0.0, 54.0, 22.0, 0.0, 0.0, 1.0],
+        [45.0, 0.0, 28.5, 0.0, 46.0, 21.5, 0.0, 0.0, 1.0],
+    ];
+    let mut events = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut cam = da3_testkit::test_camera(W, H);
+        cam.extrinsics = poses[i];
+        cam.intrinsics = ks[i];
+        cam.info.camera = Some(name.to_string());
+        events.push(event(0.0, &format!("camera_info_{name}"), cam.to_message()));
+    }
+    for (i, name) in names.iter().enumerate() {
+        let f = frame(Encoding::Rgb8, 20 + i as u32, 0, name, 1000);
+        events.push(event(0.01, name, f.to_message()));
+    }
+    let mut cfg = config(Mode::Rig);
+    cfg.rig_inputs = Some(names.iter().map(|n| n.to_string()).collect());
+    let mut inputs: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    inputs.extend(names.iter().map(|n| format!("camera_info_{n}")));
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let out = run_node(cfg, vec![model()], &inputs, events);
+    assert!(out.errors().is_empty(), "{:#?}", out.errors());
+    let depth = out.floats("depth");
+    let cams = out.floats("camera");
+    assert_eq!(
+        (depth.len(), cams.len()),
+        (4, 4),
+        "one rig set of four views"
+    );
+
+    // The library on the same views and cameras.
+    let m = model();
+    let images: Vec<da3::preprocess::RgbImage> = (0..4)
+        .map(|i| {
+            da3::preprocess::RgbImage::new(
+                W as usize,
+                H as usize,
+                da3_testkit::test_picture(W, H, 20 + i),
+            )
+            .unwrap()
+        })
+        .collect();
+    let ext: Vec<da3_io::geometry::Mat4<f32>> = poses
+        .iter()
+        .map(|e| {
+            let mut m = [[0f32, 0.0, 0.0, 1.0]; 4];
+            for (i, row) in m.iter_mut().take(3).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = e[i * 4 + j] as f32;
+                }
+            }
+            m
+        })
+        .collect();
+    let intr = da3::inference::InputIntrinsics::F64(
+        ks.iter()
+            .map(|k| [[k[0], k[1], k[2]], [k[3], k[4], k[5]], [k[6], k[7], k[8]]])
+            .collect(),
+    );
+    let cfg = config(Mode::Rig);
+    let want =
+        da3::inference::infer(&m, &images, Some(&ext), Some(&intr), &cfg.inference()).unwrap();
+    let scale = want.alignment_scale.expect("pose-conditioned: aligned");
+    // Far from 1: depth left at the network's scale would not match.
+    assert!((scale - 1.0).abs() > 0.5, "alignment scale {scale}");
+    let p = &want.prediction;
+    let plane = p.width * p.height;
+    let (mut worst_d, mut worst_e, mut worst_k) = (0f32, 0f32, 0f32);
+    for i in 0..4 {
+        worst_d = worst_d.max(max_rel(&depth[i], &p.depth[i * plane..(i + 1) * plane]));
+        let e: Vec<f32> = p.extrinsics.as_ref().unwrap()[i]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        let k: Vec<f32> = p.intrinsics.as_ref().unwrap()[i]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        worst_e = worst_e.max(max_rel(&cams[i][..12], &e));
+        worst_k = worst_k.max(max_rel(&cams[i][12..21], &k));
+    }
+    println!(
+        "node vs library (Umeyama scale {scale:.4}): depth {worst_d:.2e}, extrinsics \
+         {worst_e:.2e}, intrinsics {worst_k:.2e} (max relative)"
+    );
+    assert!(worst_d <= 1e-5, "depth differs by {worst_d:e}");
+    assert!(worst_e <= 1e-5, "extrinsics differ by {worst_e:e}");
+    assert!(worst_k <= 1e-5, "intrinsics differ by {worst_k:e}");
+}

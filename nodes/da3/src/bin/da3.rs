@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use candle_core::DType;
+use clap::{Args, Parser, Subcommand};
+use da3::device::{DeviceSpec, Precision};
 use da3::export::{self, parse_formats, read_array, NpyArray};
 use da3::inference::{infer, InferenceOptions, InputIntrinsics};
 use da3::preprocess::{Mat3, PreprocessConfig, ResizeMethod, RgbImage, DEFAULT_PROCESS_RES};
@@ -56,12 +57,12 @@ struct BenchArgs {
     /// Timed runs.
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// Compute precision: auto, no, f32 (fp32), bf16, f16 (fp16).
+    #[arg(long, default_value = "f32")]
     precision: Precision,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// After the warm-up, run one more forward with per-kernel timing (f32 CPU kernels)
     /// and print where the time goes, with the GEMM rate against a measured matmul peak.
     #[arg(long)]
@@ -128,15 +129,6 @@ fn take_turn<R>(lockstep: &mut Option<Lockstep>, f: impl FnOnce() -> Result<R>) 
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Precision {
-    /// f32 on CPU, bf16 on CUDA.
-    Auto,
-    F32,
-    Bf16,
-    F16,
-}
-
 #[derive(Args, Debug)]
 struct InferArgs {
     /// Hugging Face hub id (`owner/name[@revision]`), checkpoint directory or .safetensors file.
@@ -163,12 +155,13 @@ struct InferArgs {
     /// Reference view: first, middle, saddle_balanced, saddle_sim_range.
     #[arg(long, default_value = "saddle_balanced")]
     ref_view_strategy: String,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    /// Compute precision: auto (bf16 where the GPU supports it, else f16; f32 on the CPU),
+    /// no, f32 (fp32), bf16, f16 (fp16).
+    #[arg(long, default_value = "auto")]
     precision: Precision,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// Export directory (results go to OUT/exports/<format>/results.npz).
     #[arg(long)]
     out: PathBuf,
@@ -206,30 +199,6 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0).wrap_err("opening CUDA device 0")?),
-        _ => match s.strip_prefix("cuda:") {
-            Some(n) => {
-                let n: usize = n.parse().wrap_err_with(|| format!("bad device {s:?}"))?;
-                Ok(Device::new_cuda(n).wrap_err_with(|| format!("opening CUDA device {n}"))?)
-            }
-            None => bail!("unknown device {s:?} (cpu, cuda:N)"),
-        },
-    }
-}
-
-fn dtype_for(p: Precision, device: &Device) -> DType {
-    match p {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::F16 => DType::F16,
-        Precision::Auto if device.is_cpu() => DType::F32,
-        Precision::Auto => DType::BF16,
-    }
 }
 
 fn load_matrices(path: &Path, key: &str, rows: &[usize], n: usize) -> Result<NpyArray> {
@@ -297,8 +266,8 @@ fn run_infer(args: InferArgs) -> Result<()> {
     let method: ResizeMethod = args.process_res_method.parse()?;
     let strategy: RefViewStrategy = args.ref_view_strategy.parse()?;
     let formats = parse_formats(&args.format)?;
-    let device = parse_device(&args.device)?;
-    let dtype = dtype_for(args.precision, &device);
+    let device = args.device.open()?;
+    let dtype = args.precision.dtype(&device);
     let paths = expand_inputs(&args.images)?;
     let n = paths.len();
 
@@ -409,8 +378,8 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         "--lockstep times one view count per process (the other side runs one)"
     );
     let mut lockstep = a.lockstep.as_deref().map(Lockstep::open).transpose()?;
-    let device = parse_device(&a.device)?;
-    let dtype = dtype_for(a.precision, &device);
+    let device = a.device.open()?;
+    let dtype = a.precision.dtype(&device);
     let t0 = Instant::now();
     let model = Da3Model::load(&a.model, &device, dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -463,7 +432,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             "height": a.height,
             "width": a.width,
             "dtype": format!("{dtype:?}").to_lowercase(),
-            "device": a.device,
+            "device": a.device.to_string(),
             "threads": candle_core::utils::get_num_threads(),
             "median_ms": median,
             "min_ms": times[0],
