@@ -178,7 +178,10 @@ fn check_manifest(node: &Node, m: &Manifest, errs: &mut Vec<String>) {
         err(format!("apiVersion {} (dora's schema is 1)", m.api_version));
     }
     if m.name != node.dir {
-        err(format!("name `{}`, expected the crate's `{}`", m.name, node.dir));
+        err(format!(
+            "name `{}`, expected the crate's `{}`",
+            m.name, node.dir
+        ));
     }
     if m.namespace != "dora-da3" || m.runtime != "rust" {
         err("namespace must be dora-da3, runtime rust".into());
@@ -226,9 +229,13 @@ fn check_manifest(node: &Node, m: &Manifest, errs: &mut Vec<String>) {
             }
             match p.ty.as_deref() {
                 None => {}
-                Some(t) if t.strip_prefix("std/core/v1/").is_some_and(|a| STD_CORE.contains(&a)) => {}
+                Some(t)
+                    if t.strip_prefix("std/core/v1/")
+                        .is_some_and(|a| STD_CORE.contains(&a)) => {}
                 Some(t) if m.types.contains_key(t) => {}
-                Some(t) => err(format!("{dir}.{id}: type `{t}` is neither std/core/v1 nor shipped here")),
+                Some(t) => err(format!(
+                    "{dir}.{id}: type `{t}` is neither std/core/v1 nor shipped here"
+                )),
             }
         }
     }
@@ -244,7 +251,10 @@ fn check_manifest(node: &Node, m: &Manifest, errs: &mut Vec<String>) {
             (Some(d), EnvType::Bool) => d.is_bool(),
         };
         if !ok {
-            err(format!("env.{name}: default {:?} is not a {:?}", v.default, v.ty));
+            err(format!(
+                "env.{name}: default {:?} is not a {:?}",
+                v.default, v.ty
+            ));
         }
         if name == "PATH" || name.starts_with("LD_") || name.starts_with("DORA_") {
             err(format!("env.{name}: a name dora's validation rejects"));
@@ -297,21 +307,37 @@ fn every_node_manifest_matches_what_the_node_reads() {
             .unwrap_or_else(|e| panic!("nodes/{}/dora-node.yml: {e}", node.dir));
         check_manifest(node, &m, &mut errs);
 
-        let flat: Vec<&str> = node.env_vars.iter().flat_map(|l| l.iter().copied()).collect();
+        let flat: Vec<&str> = node
+            .env_vars
+            .iter()
+            .flat_map(|l| l.iter().copied())
+            .collect();
         let code: BTreeSet<String> = flat.iter().map(|s| s.to_string()).collect();
         if code.len() != flat.len() {
-            errs.push(format!("{}: ENV_VARS lists a name twice: {flat:?}", node.dir));
+            errs.push(format!(
+                "{}: ENV_VARS lists a name twice: {flat:?}",
+                node.dir
+            ));
         }
         let manifest: BTreeSet<String> = m.env.keys().cloned().collect();
         for n in code.difference(&manifest) {
-            errs.push(format!("{}: reads {n}, which its dora-node.yml lacks", node.dir));
+            errs.push(format!(
+                "{}: reads {n}, which its dora-node.yml lacks",
+                node.dir
+            ));
         }
         for n in manifest.difference(&code) {
-            errs.push(format!("{}: dora-node.yml lists {n}, which the node does not read", node.dir));
+            errs.push(format!(
+                "{}: dora-node.yml lists {n}, which the node does not read",
+                node.dir
+            ));
         }
         for (old, new) in node.renamed {
             if manifest.contains(*old) || !manifest.contains(*new) {
-                errs.push(format!("{}: renamed {old} -> {new}: the manifest lists the new name only", node.dir));
+                errs.push(format!(
+                    "{}: renamed {old} -> {new}: the manifest lists the new name only",
+                    node.dir
+                ));
             }
         }
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
@@ -357,7 +383,9 @@ fn every_node_manifest_matches_what_the_node_reads() {
         }
         let is_node = dir.join("src/main.rs").exists() && name != "da3";
         if is_node && !seen.contains(name.as_str()) {
-            errs.push(format!("nodes/{name} is a node without a checked dora-node.yml"));
+            errs.push(format!(
+                "nodes/{name} is a node without a checked dora-node.yml"
+            ));
         }
     }
     assert!(errs.is_empty(), "{}", errs.join("\n"));

@@ -487,7 +487,12 @@ mod tests {
         assert_eq!(c.camera, "front");
         assert_eq!(c.linger, Duration::ZERO);
 
-        let c = config_with(&[("CAMERA_DEVICE", "2"), ("FORMAT", "mjpeg"), ("ENCODING", "BGR8")]).unwrap();
+        let c = config_with(&[
+            ("CAMERA_DEVICE", "2"),
+            ("FORMAT", "mjpeg"),
+            ("ENCODING", "BGR8"),
+        ])
+        .unwrap();
         assert_eq!(c.device, DeviceSpec::Path("/dev/video2".into()));
         assert_eq!(c.format, PixelFormat::Mjpeg);
         assert_eq!(c.encoding, Encoding::Bgr8);

@@ -54,7 +54,10 @@ impl SourceConfig {
         let enc_name: String = env.or("ENCODING", "rgb8".to_string())?;
         let encoding = match Encoding::parse(&enc_name) {
             Some(e) if encodings.contains(&e) => e,
-            _ => bail!("invalid ENCODING={enc_name:?}: expected {}", one_of(encodings)),
+            _ => bail!(
+                "invalid ENCODING={enc_name:?}: expected {}",
+                one_of(encodings)
+            ),
         };
         let jpeg_quality: u8 = env.or("JPEG_QUALITY", 90)?;
         if !(1..=100).contains(&jpeg_quality) {
