@@ -92,7 +92,7 @@ impl Config {
         env.finish();
         let pace = match src.fps {
             None => Pace::Tick,
-            Some(f) if f == 0.0 => Pace::Unpaced,
+            Some(0.0) => Pace::Unpaced,
             Some(f) => Pace::Fps(f),
         };
         Ok(Self {
