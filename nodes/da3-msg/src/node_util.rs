@@ -219,3 +219,45 @@ pub fn linger(events: &mut EventStream, dur: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Env vars are process-wide: each test uses names no other test touches.
+
+    #[test]
+    fn env_reads_declared_names_and_old_ones_with_a_warning() {
+        std::env::set_var("DA3T_OLD", "7");
+        std::env::set_var("DA3T_FLAG", "yes");
+        std::env::set_var("DA3T_PCT", "100");
+        let env = Env::new(&[&["DA3T_NEW", "DA3T_FLAG", "DA3T_PCT", "DA3T_UNSET"]])
+            .with_renamed(&[("DA3T_OLD", "DA3T_NEW")]);
+        assert_eq!(env.or::<u32>("DA3T_NEW", 1).unwrap(), 7, "old name read");
+        assert!(env.flag("DA3T_FLAG", false).unwrap());
+        assert_eq!(env.percentile("DA3T_PCT", 40.0).unwrap(), 100.0);
+        assert_eq!(env.opt::<String>("DA3T_UNSET").unwrap(), None);
+        env.finish();
+        std::env::set_var("DA3T_PCT", "100.5");
+        let env = Env::new(&[&["DA3T_PCT"]]);
+        let e = env.percentile("DA3T_PCT", 40.0).unwrap_err().to_string();
+        assert!(e.contains("invalid DA3T_PCT=100.5: must be 0..=100"), "{e}");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not declared")]
+    fn reading_an_undeclared_name_panics_in_debug() {
+        let env = Env::new(&[&["DA3T_A"]]);
+        let _ = env.opt::<String>("DA3T_B");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "never read")]
+    fn a_declared_name_never_read_panics_in_debug() {
+        let env = Env::new(&[&["DA3T_C", "DA3T_D"]]);
+        let _ = env.opt::<String>("DA3T_C");
+        env.finish();
+    }
+}

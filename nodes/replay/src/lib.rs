@@ -295,6 +295,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_pace_speed_and_the_old_mode_name() {
+        // Env vars are process-wide: only this test touches these names.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.arrows");
+        std::fs::write(&file, b"").unwrap();
+        std::env::set_var("FILE", &file);
+        std::env::set_var("SPEED", "2");
+        assert_eq!(Config::from_env().unwrap().pace, Pace::Speed(2.0));
+        std::env::set_var("MODE", "tick");
+        assert_eq!(Config::from_env().unwrap().pace, Pace::Tick, "old name");
+        std::env::set_var("PACE", "time");
+        assert_eq!(Config::from_env().unwrap().pace, Pace::Speed(2.0));
+        std::env::set_var("PACE", "fast");
+        let e = Config::from_env().unwrap_err().to_string();
+        assert!(e.contains("invalid PACE=\"fast\""), "{e}");
+        for n in ["FILE", "SPEED", "MODE", "PACE"] {
+            std::env::remove_var(n);
+        }
+    }
+
+    #[test]
     fn rename_pairs() {
         let m = parse_rename("image:frames, depth:d2").unwrap();
         assert_eq!(m["image"], "frames");
