@@ -61,7 +61,7 @@ nodes:
   - id: camera
     path: ../target/debug/camera
     outputs: [image]
-    env: {{DEVICE: test-pattern, WIDTH: "160", HEIGHT: "120", FPS: "20", MAX_FRAMES: "160", CAMERA_NAME: pattern}}
+    env: {{CAMERA_DEVICE: test-pattern, WIDTH: "160", HEIGHT: "120", FPS: "20", MAX_FRAMES: "160", CAMERA_NAME: pattern}}
   - id: da3
     path: ../target/debug/dora-da3
     inputs:
@@ -164,7 +164,7 @@ nodes:
   - id: camera
     path: {}
     outputs: [image]
-    env: {{DEVICE: test-pattern, WIDTH: "320", HEIGHT: "240", FPS: "30", MAX_FRAMES: "{max_frames}", CAMERA_NAME: pattern}}
+    env: {{CAMERA_DEVICE: test-pattern, WIDTH: "320", HEIGHT: "240", FPS: "30", MAX_FRAMES: "{max_frames}", CAMERA_NAME: pattern}}
   - id: da3
     path: ../target/debug/dora-da3
     inputs:

@@ -157,7 +157,7 @@ nodes:
   - id: camera
     path: ../target/debug/camera
     outputs: [image]
-    env: {{DEVICE: test-pattern, WIDTH: "{w}", HEIGHT: "{h}", FPS: "30", MAX_FRAMES: "150", CAMERA_NAME: pattern}}
+    env: {{CAMERA_DEVICE: test-pattern, WIDTH: "{w}", HEIGHT: "{h}", FPS: "30", MAX_FRAMES: "150", CAMERA_NAME: pattern}}
   - id: recorder
     path: {}
     inputs:
@@ -381,8 +381,8 @@ fn speed_scales_the_recorded_timing_and_tick_mode_sends_one_per_tick() {
         "SPEED=2: {span:.3}s, expected ~{want:.3}s"
     );
 
-    // MODE=tick: one message per timer tick, all of them.
-    let (_g, mut flow) = flow_from_yaml(&replay_sink_yaml(&file, "MODE: tick", 0));
+    // PACE=tick: one message per timer tick, all of them.
+    let (_g, mut flow) = flow_from_yaml(&replay_sink_yaml(&file, "PACE: tick", 0));
     flow.input("replay", "tick", "dora/timer/millis/20")
         .unwrap();
     let out = flow.path("sink.jsonl");

@@ -139,7 +139,7 @@ fn mp4_frames_arrive_bit_exact() {
     let mut flow2 = Flow::load("frames.yml").unwrap();
     let out2 = flow2.path("strided.jsonl");
     flow2.env("images", "SOURCE", mp4.display()).unwrap();
-    flow2.env("images", "STRIDE", "3").unwrap();
+    flow2.env("images", "EVERY", "3").unwrap();
     flow2.env("images", "MAX_SIZE", "32").unwrap();
     flow2.env("images", "FPS", "0").unwrap();
     flow2.remove_input("images", "tick").unwrap();
@@ -147,7 +147,7 @@ fn mp4_frames_arrive_bit_exact() {
     let run = flow2.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
     let recs = read_dump(&out2).unwrap();
-    assert_eq!(recs.len(), 4, "12 frames with STRIDE=3");
+    assert_eq!(recs.len(), 4, "12 frames with EVERY=3");
     for r in &recs {
         assert_eq!(r["metadata"]["width"], 32);
         assert_eq!(r["metadata"]["height"], 24);

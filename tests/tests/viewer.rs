@@ -285,7 +285,7 @@ fn video_through_window_mode_into_export_and_rrd() {
 fn live_camera_into_rrd() {
     let mut flow = Flow::load("camera-da3-viewer.yml").unwrap();
     let n = 12u64;
-    flow.env("camera", "DEVICE", "test-pattern").unwrap();
+    flow.env("camera", "CAMERA_DEVICE", "test-pattern").unwrap();
     flow.env("camera", "WIDTH", 160).unwrap();
     flow.env("camera", "HEIGHT", 120).unwrap();
     flow.env("camera", "FPS", 10).unwrap();

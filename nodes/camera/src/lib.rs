@@ -1,5 +1,5 @@
 //! `camera`: a dora node that sends the frames of a V4L2 camera, or of a
-//! synthetic moving test pattern (`DEVICE=test-pattern`), as
+//! synthetic moving test pattern (`CAMERA_DEVICE=test-pattern`), as
 //! [`da3_msg::ImageFrame`]s on `image`.
 //!
 //! See `nodes/camera/README.md` for ports, env vars and a YAML snippet.
@@ -11,10 +11,11 @@ pub mod v4l2;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use da3_msg::node_util::{env_opt, env_or, linger, now_ns, send_frame};
+use da3_msg::node_util::{linger, now_ns, send_frame, Env};
+use da3_msg::source::SourceConfig;
 use da3_msg::{Encoding, FrameInfo, ImageFrame, Intrinsics};
 use dora_node_api::{DoraNode, Event, EventStream, TryRecvError};
-use eyre::{bail, eyre, Context, Result};
+use eyre::{bail, Context, Result};
 
 pub use convert::{yuyv_to_rgb, Captured};
 pub use pattern::{decode_frame_number, render_test_pattern};
@@ -60,10 +61,24 @@ pub struct Config {
     pub linger: Duration,
 }
 
+/// The env vars the camera reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[
+    SourceConfig::ENV_VARS,
+    &["CAMERA_DEVICE", "WIDTH", "HEIGHT", "FORMAT"],
+];
+
+/// Old names still accepted, with a deprecation warning: `DEVICE` is
+/// dora-da3's compute device, the camera's is `CAMERA_DEVICE`.
+pub const RENAMED: &[(&str, &str)] = &[("DEVICE", "CAMERA_DEVICE")];
+
+/// Encodings the camera sends.
+pub const ENCODINGS: &[Encoding] = &[Encoding::Rgb8, Encoding::Bgr8, Encoding::Jpeg];
+
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env(default_camera: &str) -> Result<Self> {
-        let device = match env_opt::<String>("DEVICE")? {
+        let env = Env::new(ENV_VARS).with_renamed(RENAMED);
+        let device = match env.opt::<String>("CAMERA_DEVICE")? {
             None => DeviceSpec::Path("/dev/video0".into()),
             Some(d) if d.eq_ignore_ascii_case("test-pattern") => DeviceSpec::TestPattern,
             Some(d) if d.parse::<u32>().is_ok() => {
@@ -71,19 +86,16 @@ impl Config {
             }
             Some(d) => DeviceSpec::Path(d.into()),
         };
-        let width: u32 = env_or("WIDTH", 640)?;
-        let height: u32 = env_or("HEIGHT", 480)?;
+        let width: u32 = env.or("WIDTH", 640)?;
+        let height: u32 = env.or("HEIGHT", 480)?;
         if width == 0 || height == 0 {
             bail!("invalid WIDTH={width}, HEIGHT={height}: both must be at least 1");
         }
         if width as u64 * height as u64 > MAX_PIXELS {
             bail!("invalid WIDTH={width}, HEIGHT={height}: over 64 megapixels");
         }
-        let fps: f64 = env_or("FPS", 30.0)?;
-        if !(fps > 0.0 && fps <= 1000.0) {
-            bail!("invalid FPS={fps}: must be > 0 and at most 1000");
-        }
-        let format = match env_or("FORMAT", "auto".to_string())?
+        let format = match env
+            .or("FORMAT", "auto".to_string())?
             .to_ascii_lowercase()
             .as_str()
         {
@@ -92,54 +104,26 @@ impl Config {
             "yuyv" | "yuy2" => PixelFormat::Yuyv,
             other => bail!("invalid FORMAT={other:?}: expected auto, mjpeg or yuyv"),
         };
-        let enc_name: String = env_or("ENCODING", "rgb8".to_string())?;
-        let encoding = match Encoding::parse(&enc_name) {
-            Some(e @ (Encoding::Rgb8 | Encoding::Bgr8 | Encoding::Jpeg)) => e,
-            _ => bail!("invalid ENCODING={enc_name:?}: expected rgb8, bgr8 or jpeg"),
-        };
-        let jpeg_quality: u8 = env_or("JPEG_QUALITY", 90)?;
-        if !(1..=100).contains(&jpeg_quality) {
-            bail!("invalid JPEG_QUALITY={jpeg_quality}: must be 1..=100");
+        let src = SourceConfig::from_env(&env, ENCODINGS, default_camera)?;
+        env.finish();
+        let fps = src.fps.unwrap_or(30.0);
+        if !(fps > 0.0 && fps <= 1000.0) {
+            bail!("invalid FPS={fps}: must be > 0 and at most 1000");
         }
-        let max_frames: Option<u64> = env_opt("MAX_FRAMES")?;
-        if max_frames == Some(0) {
-            bail!("invalid MAX_FRAMES=0: must be at least 1 (unset it to run until stopped)");
-        }
-        let intrinsics = match env_opt::<String>("INTRINSICS")? {
-            None => None,
-            Some(s) => Some(parse_intrinsics(&s)?),
-        };
         Ok(Self {
             device,
             width,
             height,
             fps,
             format,
-            encoding,
-            jpeg_quality,
-            max_frames,
-            intrinsics,
-            camera: env_or("CAMERA_NAME", default_camera.to_string())?,
-            linger: Duration::from_millis(env_or("LINGER_MS", 1000)?),
+            encoding: src.encoding,
+            jpeg_quality: src.jpeg_quality,
+            max_frames: src.max_frames,
+            intrinsics: src.intrinsics,
+            camera: src.camera,
+            linger: src.linger,
         })
     }
-}
-
-fn parse_intrinsics(s: &str) -> Result<Intrinsics> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| eyre!("invalid INTRINSICS={s:?}: {e}"))?;
-    if v.len() != 4 || !(v[0] > 0.0 && v[1] > 0.0) || v.iter().any(|x| !x.is_finite()) {
-        bail!("invalid INTRINSICS={s:?}: expected fx,fy,cx,cy with positive focals");
-    }
-    Ok(Intrinsics {
-        fx: v[0],
-        fy: v[1],
-        cx: v[2],
-        cy: v[3],
-    })
 }
 
 /// The true pinhole intrinsics of the test-pattern scene at `width x height`
@@ -435,23 +419,10 @@ mod tests {
 
     /// Env vars are process-wide: tests that set them take this lock.
     static ENV: Mutex<()> = Mutex::new(());
-    const VARS: [&str; 11] = [
-        "DEVICE",
-        "WIDTH",
-        "HEIGHT",
-        "FPS",
-        "FORMAT",
-        "ENCODING",
-        "JPEG_QUALITY",
-        "MAX_FRAMES",
-        "INTRINSICS",
-        "CAMERA_NAME",
-        "LINGER_MS",
-    ];
-
     fn config_with(vars: &[(&str, &str)]) -> Result<Config> {
         let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        for v in VARS {
+        let old = RENAMED.iter().map(|(old, _)| old);
+        for v in ENV_VARS.iter().flat_map(|l| l.iter()).chain(old) {
             std::env::remove_var(v);
         }
         for (k, v) in vars {
@@ -485,7 +456,7 @@ mod tests {
     #[test]
     fn all_set() {
         let c = config_with(&[
-            ("DEVICE", "test-pattern"),
+            ("CAMERA_DEVICE", "test-pattern"),
             ("WIDTH", "1280"),
             ("HEIGHT", "720"),
             ("FPS", "59.94"),
@@ -516,12 +487,25 @@ mod tests {
         assert_eq!(c.camera, "front");
         assert_eq!(c.linger, Duration::ZERO);
 
-        let c = config_with(&[("DEVICE", "2"), ("FORMAT", "mjpeg"), ("ENCODING", "BGR8")]).unwrap();
+        let c = config_with(&[
+            ("CAMERA_DEVICE", "2"),
+            ("FORMAT", "mjpeg"),
+            ("ENCODING", "BGR8"),
+        ])
+        .unwrap();
         assert_eq!(c.device, DeviceSpec::Path("/dev/video2".into()));
         assert_eq!(c.format, PixelFormat::Mjpeg);
         assert_eq!(c.encoding, Encoding::Bgr8);
-        let c = config_with(&[("DEVICE", "/dev/v4l/by-id/usb-cam")]).unwrap();
+        let c = config_with(&[("CAMERA_DEVICE", "/dev/v4l/by-id/usb-cam")]).unwrap();
         assert_eq!(c.device, DeviceSpec::Path("/dev/v4l/by-id/usb-cam".into()));
+    }
+
+    #[test]
+    fn the_old_device_name_still_works() {
+        let c = config_with(&[("DEVICE", "test-pattern")]).unwrap();
+        assert_eq!(c.device, DeviceSpec::TestPattern);
+        let c = config_with(&[("DEVICE", "test-pattern"), ("CAMERA_DEVICE", "3")]).unwrap();
+        assert_eq!(c.device, DeviceSpec::Path("/dev/video3".into()));
     }
 
     #[test]
@@ -567,7 +551,7 @@ mod tests {
 
     #[test]
     fn empty_values_mean_default() {
-        let c = config_with(&[("DEVICE", ""), ("FPS", " "), ("MAX_FRAMES", "")]).unwrap();
+        let c = config_with(&[("CAMERA_DEVICE", ""), ("FPS", " "), ("MAX_FRAMES", "")]).unwrap();
         assert_eq!(c.device, DeviceSpec::Path("/dev/video0".into()));
         assert_eq!(c.fps, 30.0);
         assert_eq!(c.max_frames, None);

@@ -1,4 +1,4 @@
-//! The synthetic `DEVICE=test-pattern` scene.
+//! The synthetic `CAMERA_DEVICE=test-pattern` scene.
 //!
 //! A sky gradient, a checkerboard floor in perspective scrolling towards the
 //! viewer, a box sliding left and right and a shaded ball bouncing on the

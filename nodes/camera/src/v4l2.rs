@@ -27,11 +27,11 @@ const BUFFERS: u32 = 4;
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The hint appended to every "cannot open" error.
-const HINT: &str = "set DEVICE=test-pattern for a synthetic source without a camera, \
-                    or DEVICE=/dev/videoN for another one (`v4l2-ctl --list-devices` lists them)";
+const HINT: &str = "set CAMERA_DEVICE=test-pattern for a synthetic source without a camera, \
+                    or CAMERA_DEVICE=/dev/videoN for another one (`v4l2-ctl --list-devices` lists them)";
 
 /// Opens `path` as a V4L2 capture device; the error names the device and
-/// suggests `DEVICE=test-pattern`.
+/// suggests `CAMERA_DEVICE=test-pattern`.
 pub fn open_device(path: &Path) -> Result<Device> {
     let shown = path.display();
     if !path.exists() {

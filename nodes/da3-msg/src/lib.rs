@@ -22,6 +22,7 @@ pub mod meta;
 pub mod node_util;
 pub mod points;
 pub mod recording;
+pub mod source;
 
 pub use camera::CameraMsg;
 pub use depth::{DepthKind, DepthMap};

@@ -14,7 +14,6 @@
 //! The network is exact to the reference `DepthAnything3Net.forward` in f32 (see the parity
 //! tests); pre- and post-processing (resize, crop back, export) live elsewhere.
 
-pub mod align;
 pub mod device;
 pub mod export;
 pub mod hub;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use da3_msg::meta::opt_str;
-use da3_msg::node_util::{env_or, init_logging};
+use da3_msg::node_util::{init_logging, Env, CONF_PERCENTILE_DEFAULT};
 use da3_msg::{
     keys, CameraMsg, DecodeLimits, DepthMap, ImageFrame, MetadataParameters, PointCloud,
 };
@@ -45,29 +45,40 @@ pub struct Config {
     pub colmap_max_points: usize,
 }
 
+/// The env vars depth-export reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[&[
+    "OUT_DIR",
+    "FORMATS",
+    "EVERY",
+    "COLMAP_EVERY",
+    "COLMAP_MAX_POINTS",
+    "CONF_PERCENTILE",
+]];
+
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env() -> Result<Self> {
-        let formats = parse_formats(&env_or("FORMATS", "npz,png16".to_string())?)?;
-        let every: u64 = env_or("EVERY", 1)?;
+        let env = Env::new(ENV_VARS);
+        let out_dir = PathBuf::from(env.or("OUT_DIR", "out/export".to_string())?);
+        let formats = parse_formats(&env.or("FORMATS", "npz,png16".to_string())?)?;
+        let every: u64 = env.or("EVERY", 1)?;
         if every == 0 {
             bail!("invalid EVERY=0: must be at least 1");
         }
-        let colmap_every: u64 = env_or("COLMAP_EVERY", 10)?;
+        let colmap_every: u64 = env.or("COLMAP_EVERY", 10)?;
         if colmap_every == 0 {
             bail!("invalid COLMAP_EVERY=0: must be at least 1");
         }
-        let conf_percentile: f64 = env_or("CONF_PERCENTILE", 40.0)?;
-        if !(0.0..=100.0).contains(&conf_percentile) {
-            bail!("invalid CONF_PERCENTILE={conf_percentile}: must be 0..=100");
-        }
+        let colmap_max_points = env.or("COLMAP_MAX_POINTS", 100_000)?;
+        let conf_percentile = env.percentile("CONF_PERCENTILE", CONF_PERCENTILE_DEFAULT)?;
+        env.finish();
         Ok(Self {
-            out_dir: PathBuf::from(env_or("OUT_DIR", "out/export".to_string())?),
+            out_dir,
             formats,
             every,
             colmap_every,
             conf_percentile,
-            colmap_max_points: env_or("COLMAP_MAX_POINTS", 100_000)?,
+            colmap_max_points,
         })
     }
 

@@ -7,7 +7,7 @@ use da3::device::cuda_device_count;
 use da3::inference::InferenceOptions;
 use da3::preprocess::{PreprocessConfig, ResizeMethod};
 use da3::RefViewStrategy;
-use da3_msg::node_util::{env_bool, env_opt, env_or};
+use da3_msg::node_util::{Env, CONF_PERCENTILE_DEFAULT};
 use eyre::{bail, eyre, Result};
 
 /// Default model: the smallest published any-view model.
@@ -138,8 +138,33 @@ pub struct Config {
     pub rig_inputs: Option<Vec<String>>,
 }
 
-fn parse_env<T: FromStr<Err = eyre::Report>>(name: &str, default: &str) -> Result<T> {
-    let raw: String = env_or(name, default.to_string())?;
+/// The env vars the node reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[&[
+    "MODEL",
+    "PRECISION",
+    "DEVICE",
+    "PROCESS_RES",
+    "PROCESS_RES_METHOD",
+    "REF_VIEW_STRATEGY",
+    "USE_RAY_POSE",
+    "MODE",
+    "WINDOW",
+    "STRIDE",
+    "SYNC_MS",
+    "RIG_INPUTS",
+    "CONF_PERCENTILE",
+    "MAX_POINTS",
+    "OUTPUT_SIZE",
+    "MAX_PIXELS",
+    "STATUS_MS",
+]];
+
+fn parse_env<T: FromStr<Err = eyre::Report>>(
+    env: &Env,
+    name: &'static str,
+    default: &str,
+) -> Result<T> {
+    let raw: String = env.or(name, default.to_string())?;
     raw.parse::<T>()
         .map_err(|e| eyre!("invalid {name}={raw:?}: {e}"))
 }
@@ -147,48 +172,46 @@ fn parse_env<T: FromStr<Err = eyre::Report>>(name: &str, default: &str) -> Resul
 impl Config {
     /// Reads and validates every env var; the first bad one is the error.
     pub fn from_env() -> Result<Self> {
-        let model: String = env_or("MODEL", DEFAULT_MODEL.to_string())?;
-        let precision: Precision = parse_env("PRECISION", "auto")?;
-        let device_raw: String = env_or("DEVICE", "auto".to_string())?;
+        let env = Env::new(ENV_VARS);
+        let model: String = env.or("MODEL", DEFAULT_MODEL.to_string())?;
+        let precision: Precision = parse_env(&env, "PRECISION", "auto")?;
+        let device_raw: String = env.or("DEVICE", "auto".to_string())?;
         let devices =
             parse_devices(&device_raw).map_err(|e| eyre!("invalid DEVICE={device_raw:?}: {e}"))?;
-        let process_res: usize = env_or("PROCESS_RES", 504)?;
+        let process_res: usize = env.or("PROCESS_RES", 504)?;
         if !(14..=4096).contains(&process_res) {
             bail!("invalid PROCESS_RES={process_res}: must be 14..=4096");
         }
-        let method_raw: String = env_or("PROCESS_RES_METHOD", "upper_bound_resize".to_string())?;
+        let method_raw: String = env.or("PROCESS_RES_METHOD", "upper_bound_resize".to_string())?;
         let method: ResizeMethod = method_raw
             .parse()
             .map_err(|e| eyre!("invalid PROCESS_RES_METHOD={method_raw:?}: {e}"))?;
-        let strategy_raw: String = env_or("REF_VIEW_STRATEGY", "saddle_balanced".to_string())?;
+        let strategy_raw: String = env.or("REF_VIEW_STRATEGY", "saddle_balanced".to_string())?;
         let ref_view_strategy: RefViewStrategy = strategy_raw
             .parse()
             .map_err(|e| eyre!("invalid REF_VIEW_STRATEGY={strategy_raw:?}: {e}"))?;
-        let mode: Mode = parse_env("MODE", "live")?;
-        let window: usize = env_or("WINDOW", 4)?;
+        let mode: Mode = parse_env(&env, "MODE", "live")?;
+        let window: usize = env.or("WINDOW", 4)?;
         if !(1..=256).contains(&window) {
             bail!("invalid WINDOW={window}: must be 1..=256");
         }
-        let stride: usize = env_opt("STRIDE")?.unwrap_or((window / 2).max(1));
+        let stride: usize = env.opt("STRIDE")?.unwrap_or((window / 2).max(1));
         if stride == 0 || stride > window {
             bail!("invalid STRIDE={stride}: must be 1..=WINDOW ({window})");
         }
-        let sync_ms: u64 = env_or("SYNC_MS", 50)?;
-        let conf_percentile: f64 = env_or("CONF_PERCENTILE", 40.0)?;
-        if !(0.0..100.0).contains(&conf_percentile) {
-            bail!("invalid CONF_PERCENTILE={conf_percentile}: must be in [0, 100)");
-        }
-        let max_points: usize = env_or("MAX_POINTS", 200_000)?;
+        let sync_ms: u64 = env.or("SYNC_MS", 50)?;
+        let conf_percentile = env.percentile("CONF_PERCENTILE", CONF_PERCENTILE_DEFAULT)?;
+        let max_points: usize = env.or("MAX_POINTS", 200_000)?;
         if max_points == 0 {
             bail!("invalid MAX_POINTS=0: must be at least 1");
         }
-        let output_size: OutputSize = parse_env("OUTPUT_SIZE", "processed")?;
-        let max_pixels: u64 = env_or("MAX_PIXELS", 40_000_000)?;
+        let output_size: OutputSize = parse_env(&env, "OUTPUT_SIZE", "processed")?;
+        let max_pixels: u64 = env.or("MAX_PIXELS", 40_000_000)?;
         if max_pixels == 0 {
             bail!("invalid MAX_PIXELS=0");
         }
-        let status_ms: u64 = env_or("STATUS_MS", 1000)?;
-        let rig_inputs: Option<Vec<String>> = env_opt::<String>("RIG_INPUTS")?.map(|s| {
+        let status_ms: u64 = env.or("STATUS_MS", 1000)?;
+        let rig_inputs: Option<Vec<String>> = env.opt::<String>("RIG_INPUTS")?.map(|s| {
             s.split(',')
                 .map(|x| x.trim().to_string())
                 .filter(|x| !x.is_empty())
@@ -197,6 +220,8 @@ impl Config {
         if rig_inputs.as_ref().is_some_and(|r| r.is_empty()) {
             bail!("invalid RIG_INPUTS: give a comma-separated list of image inputs");
         }
+        let use_ray_pose = env.flag("USE_RAY_POSE", false)?;
+        env.finish();
         Ok(Self {
             model,
             precision,
@@ -205,7 +230,7 @@ impl Config {
                 process_res,
                 method,
             },
-            use_ray_pose: env_bool("USE_RAY_POSE", false)?,
+            use_ray_pose,
             ref_view_strategy,
             mode,
             window,
@@ -245,7 +270,7 @@ impl Config {
             window: 4,
             stride: 2,
             sync: Duration::from_millis(50),
-            conf_percentile: 40.0,
+            conf_percentile: CONF_PERCENTILE_DEFAULT,
             max_points: 200_000,
             output_size: OutputSize::Processed,
             max_pixels: 40_000_000,

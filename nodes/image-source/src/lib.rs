@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use da3_msg::image_frame::{encode_jpeg, encode_png};
-use da3_msg::node_util::{env_bool, env_opt, env_or, linger, now_ns, send_frame};
+use da3_msg::node_util::{linger, now_ns, send_frame, Env};
+use da3_msg::source::SourceConfig;
 use da3_msg::{Encoding, FrameInfo, ImageFrame, Intrinsics};
 use dora_node_api::{DoraNode, Event, EventStream};
 use eyre::{bail, eyre, Context, Result};
@@ -37,7 +38,8 @@ pub struct Config {
     pub source: SourceSpec,
     pub pace: Pace,
     pub looping: bool,
-    pub stride: usize,
+    /// Send every Nth image (`EVERY`).
+    pub every: usize,
     pub max_size: Option<u32>,
     pub encoding: Encoding,
     pub jpeg_quality: u8,
@@ -49,74 +51,68 @@ pub struct Config {
     pub intrinsics: Option<Intrinsics>,
 }
 
+/// The env vars image-source reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[
+    SourceConfig::ENV_VARS,
+    &["SOURCE", "EVERY", "MAX_SIZE", "LOOP", "STRICT"],
+];
+
+/// Old names still accepted, with a deprecation warning: `STRIDE` is
+/// dora-da3's window stride, every-Nth-image here is `EVERY` (as in depth-export).
+pub const RENAMED: &[(&str, &str)] = &[("STRIDE", "EVERY")];
+
+/// Encodings image-source sends.
+pub const ENCODINGS: &[Encoding] = &[
+    Encoding::Rgb8,
+    Encoding::Bgr8,
+    Encoding::Jpeg,
+    Encoding::Png,
+];
+
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env(default_camera: &str) -> Result<Self> {
-        let source_str: String = env_opt("SOURCE")?.ok_or_else(|| {
+        let env = Env::new(ENV_VARS).with_renamed(RENAMED);
+        let source_str: String = env.opt("SOURCE")?.ok_or_else(|| {
             eyre!("SOURCE is not set: give a folder, a glob, a comma-separated list of images or a video file")
         })?;
         let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let source = SourceSpec::resolve(&source_str, &base)?;
-        let pace = match env_opt::<f64>("FPS")? {
-            None => Pace::Tick,
-            Some(0.0) => Pace::Unpaced,
-            Some(f) if f > 0.0 && f.is_finite() => Pace::Fps(f),
-            Some(f) => bail!("invalid FPS={f}: must be > 0 (or 0 for as fast as possible)"),
-        };
-        let stride: usize = env_or("STRIDE", 1)?;
-        if stride == 0 {
-            bail!("invalid STRIDE=0: must be at least 1");
+        let every: usize = env.or("EVERY", 1)?;
+        if every == 0 {
+            bail!("invalid EVERY=0: must be at least 1");
         }
-        let max_size: Option<u32> = env_opt("MAX_SIZE")?;
+        let max_size: Option<u32> = env.opt("MAX_SIZE")?;
         if max_size == Some(0) {
             bail!("invalid MAX_SIZE=0: must be at least 1 pixel");
         }
-        let enc_name: String = env_or("ENCODING", "rgb8".to_string())?;
-        let encoding = match Encoding::parse(&enc_name) {
-            Some(e @ (Encoding::Rgb8 | Encoding::Bgr8 | Encoding::Jpeg | Encoding::Png)) => e,
-            _ => bail!("invalid ENCODING={enc_name:?}: expected rgb8, bgr8, jpeg or png"),
-        };
-        let jpeg_quality: u8 = env_or("JPEG_QUALITY", 90)?;
-        if !(1..=100).contains(&jpeg_quality) {
-            bail!("invalid JPEG_QUALITY={jpeg_quality}: must be 1..=100");
-        }
-        let intrinsics = match env_opt::<String>("INTRINSICS")? {
-            None => None,
-            Some(s) => {
-                let v: Vec<f64> = s
-                    .split(',')
-                    .map(|x| x.trim().parse::<f64>())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| eyre!("invalid INTRINSICS={s:?}: {e}"))?;
-                if v.len() != 4 || v[0] <= 0.0 || v[1] <= 0.0 {
-                    bail!("invalid INTRINSICS={s:?}: expected fx,fy,cx,cy with positive focals");
-                }
-                Some(Intrinsics {
-                    fx: v[0],
-                    fy: v[1],
-                    cx: v[2],
-                    cy: v[3],
-                })
-            }
+        let src = SourceConfig::from_env(&env, ENCODINGS, default_camera)?;
+        let looping = env.flag("LOOP", false)?;
+        let strict = env.flag("STRICT", false)?;
+        env.finish();
+        let pace = match src.fps {
+            None => Pace::Tick,
+            Some(0.0) => Pace::Unpaced,
+            Some(f) => Pace::Fps(f),
         };
         Ok(Self {
             source,
             pace,
-            looping: env_bool("LOOP", false)?,
-            stride,
+            looping,
+            every,
             max_size,
-            encoding,
-            jpeg_quality,
-            strict: env_bool("STRICT", false)?,
-            camera: env_or("CAMERA_NAME", default_camera.to_string())?,
-            max_frames: env_opt("MAX_FRAMES")?,
-            linger: Duration::from_millis(env_or("LINGER_MS", 1000)?),
-            intrinsics,
+            encoding: src.encoding,
+            jpeg_quality: src.jpeg_quality,
+            strict,
+            camera: src.camera,
+            max_frames: src.max_frames,
+            linger: src.linger,
+            intrinsics: src.intrinsics,
         })
     }
 }
 
-/// Produces the frames to send, in order, applying stride, loop and size limit.
+/// Produces the frames to send, in order, applying `EVERY`, loop and size limit.
 pub struct FrameProducer {
     config: Config,
     reader: FrameReader,
@@ -146,7 +142,7 @@ impl FrameProducer {
             match self.reader.next_frame() {
                 Some(Ok(f)) => {
                     self.pass_had_frame = true;
-                    for _ in 1..self.config.stride {
+                    for _ in 1..self.config.every {
                         if !self.reader.skip()? {
                             break;
                         }

@@ -158,7 +158,7 @@ impl FrameReader {
         }
     }
 
-    /// Skips the next item without decoding it where possible (for `STRIDE`).
+    /// Skips the next item without decoding it where possible (for `EVERY`).
     pub fn skip(&mut self) -> Result<bool> {
         match self {
             Self::Images { files, next } => {

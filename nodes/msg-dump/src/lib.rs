@@ -12,7 +12,7 @@ use std::io::Write;
 use da3_msg::arrow::array::{
     Array, Float32Array, Float64Array, StringArray, StructArray, UInt8Array,
 };
-use da3_msg::node_util::{env_bool, env_opt, init_logging};
+use da3_msg::node_util::{init_logging, Env};
 use da3_msg::Parameter;
 use dora_node_api::futures::StreamExt;
 use dora_node_api::{DoraNode, Event, EventStream, MetadataParameters};
@@ -195,19 +195,47 @@ pub fn run(
     })
 }
 
+/// The env vars msg-dump reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[&["OUT_FILE", "PRINT", "MAX_VALUES"]];
+
+/// Node configuration, from env vars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// JSONL file to write (`OUT_FILE`).
+    pub out_file: Option<String>,
+    /// Also log a one-line summary per message (default: when there is no file).
+    pub print: bool,
+    /// Record the values of numeric payloads up to this length (0: none).
+    pub max_values: usize,
+}
+
+impl Config {
+    /// Reads the env vars; any invalid value is one clear error line.
+    pub fn from_env() -> Result<Self> {
+        let env = Env::new(ENV_VARS);
+        let out_file: Option<String> = env.opt("OUT_FILE")?;
+        let print = env.flag("PRINT", out_file.is_none())?;
+        let max_values: usize = env.or("MAX_VALUES", 0)?;
+        env.finish();
+        Ok(Self {
+            out_file,
+            print,
+            max_values,
+        })
+    }
+}
+
 pub fn lib_main() -> Result<()> {
     init_logging();
-    let out_path: Option<String> = env_opt("OUT_FILE")?;
-    let print = env_bool("PRINT", out_path.is_none())?;
-    let max_values: usize = da3_msg::node_util::env_or("MAX_VALUES", 0)?;
-    let out = match &out_path {
+    let cfg = Config::from_env().wrap_err("msg-dump: bad configuration")?;
+    let out = match &cfg.out_file {
         Some(p) => Some(
             std::fs::File::create(p).wrap_err_with(|| format!("cannot create OUT_FILE `{p}`"))?,
         ),
         None => None,
     };
     let (_node, mut events) = DoraNode::init_from_env()?;
-    let s = run(&mut events, out, print, max_values)?;
+    let s = run(&mut events, out, cfg.print, cfg.max_values)?;
     tracing::info!("msg-dump: {} messages, {} invalid", s.messages, s.invalid);
     Ok(())
 }

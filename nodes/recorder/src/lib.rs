@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use da3_msg::arrow::array::Array;
-use da3_msg::node_util::{env_bool, env_opt, env_or, init_logging, now_ns};
+use da3_msg::node_util::{init_logging, now_ns, Env};
 use da3_msg::recording::{RecordingWriter, EXTENSION};
 use da3_msg::MetadataParameters;
 use dora_node_api::futures::future::{select, Either};
@@ -40,38 +40,44 @@ pub struct Config {
     pub sync: bool,
 }
 
+/// The env vars the recorder reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[&["OUT", "FLUSH_MS", "BATCH", "ROTATE_MB", "ROTATE_S", "SYNC"]];
+
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env() -> Result<Self> {
-        let out: String = env_opt("OUT")?.ok_or_else(|| {
+        let env = Env::new(ENV_VARS);
+        let out: String = env.opt("OUT")?.ok_or_else(|| {
             eyre!(
                 "OUT is not set: give a recording file (`run.arrows`) or a folder (`recordings/`)"
             )
         })?;
-        let flush_ms: u64 = env_or("FLUSH_MS", 500)?;
-        let batch: usize = env_or("BATCH", 64)?;
+        let flush_ms: u64 = env.or("FLUSH_MS", 500)?;
+        let batch: usize = env.or("BATCH", 64)?;
         if batch == 0 {
             bail!("invalid BATCH=0: must be at least 1");
         }
-        let rotate_mb: Option<f64> = env_opt("ROTATE_MB")?;
+        let rotate_mb: Option<f64> = env.opt("ROTATE_MB")?;
         let rotate_bytes = match rotate_mb {
             None => None,
             Some(m) if m > 0.0 && m.is_finite() => Some((m * 1024.0 * 1024.0) as u64),
             Some(m) => bail!("invalid ROTATE_MB={m}: must be > 0"),
         };
-        let rotate_s: Option<f64> = env_opt("ROTATE_S")?;
+        let rotate_s: Option<f64> = env.opt("ROTATE_S")?;
         let rotate_after = match rotate_s {
             None => None,
             Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
             Some(s) => bail!("invalid ROTATE_S={s}: must be > 0"),
         };
+        let sync = env.flag("SYNC", false)?;
+        env.finish();
         Ok(Self {
             out: parse_out(&out),
             flush: Duration::from_millis(flush_ms),
             batch,
             rotate_bytes,
             rotate_after,
-            sync: env_bool("SYNC", false)?,
+            sync,
         })
     }
 

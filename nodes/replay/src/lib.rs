@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use da3_msg::node_util::{env_bool, env_opt, env_or, init_logging, linger};
+use da3_msg::node_util::{init_logging, linger, Env};
 use da3_msg::recording::{RecordingReader, EXTENSION};
 use dora_node_api::dora_core::config::DataId;
 use dora_node_api::{DoraNode, Event, EventStream};
@@ -22,7 +22,7 @@ pub enum Pace {
     Speed(f64),
     /// As fast as possible (`SPEED=0`).
     Unpaced,
-    /// One message per input event (`MODE=tick`).
+    /// One message per input event (`PACE=tick`).
     Tick,
 }
 
@@ -39,40 +39,60 @@ pub struct Config {
     pub linger: Duration,
 }
 
+/// The env vars replay reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[&[
+    "FILE",
+    "PACE",
+    "SPEED",
+    "STREAMS",
+    "RENAME",
+    "LOOP",
+    "LINGER_MS",
+]];
+
+/// Old names still accepted, with a deprecation warning: `MODE` is
+/// dora-da3's scheduling mode, replay's pacing is `PACE`.
+pub const RENAMED: &[(&str, &str)] = &[("MODE", "PACE")];
+
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env() -> Result<Self> {
-        let file: String = env_opt("FILE")?.ok_or_else(|| {
+        let env = Env::new(ENV_VARS).with_renamed(RENAMED);
+        let file: String = env.opt("FILE")?.ok_or_else(|| {
             eyre!("FILE is not set: give a recording, a comma-separated list, a glob or a folder of .arrows files")
         })?;
         let files = resolve_files(&file)?;
-        let mode: String = env_or("MODE", "time".to_string())?;
-        let pace = match mode.to_ascii_lowercase().as_str() {
+        let pace: String = env.or("PACE", "time".to_string())?;
+        let speed: f64 = env.or("SPEED", 1.0)?;
+        let pace = match pace.to_ascii_lowercase().as_str() {
             "tick" => Pace::Tick,
-            "time" => match env_or::<f64>("SPEED", 1.0)? {
+            "time" => match speed {
                 0.0 => Pace::Unpaced,
                 s if s > 0.0 && s.is_finite() => Pace::Speed(s),
                 s => bail!("invalid SPEED={s}: must be > 0 (or 0 for as fast as possible)"),
             },
-            other => bail!("invalid MODE={other:?}: expected time or tick"),
+            other => bail!("invalid PACE={other:?}: expected time or tick"),
         };
-        let streams = env_opt::<String>("STREAMS")?.map(|s| {
+        let streams = env.opt::<String>("STREAMS")?.map(|s| {
             s.split(',')
                 .map(|x| x.trim().to_string())
                 .filter(|x| !x.is_empty())
                 .collect()
         });
-        let rename = match env_opt::<String>("RENAME")? {
+        let rename = match env.opt::<String>("RENAME")? {
             None => BTreeMap::new(),
             Some(s) => parse_rename(&s)?,
         };
+        let looping = env.flag("LOOP", false)?;
+        let linger = Duration::from_millis(env.or("LINGER_MS", 1000)?);
+        env.finish();
         Ok(Self {
             files,
             pace,
-            looping: env_bool("LOOP", false)?,
+            looping,
             streams,
             rename,
-            linger: Duration::from_millis(env_or("LINGER_MS", 1000)?),
+            linger,
         })
     }
 }
@@ -273,6 +293,27 @@ pub fn lib_main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_pace_speed_and_the_old_mode_name() {
+        // Env vars are process-wide: only this test touches these names.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.arrows");
+        std::fs::write(&file, b"").unwrap();
+        std::env::set_var("FILE", &file);
+        std::env::set_var("SPEED", "2");
+        assert_eq!(Config::from_env().unwrap().pace, Pace::Speed(2.0));
+        std::env::set_var("MODE", "tick");
+        assert_eq!(Config::from_env().unwrap().pace, Pace::Tick, "old name");
+        std::env::set_var("PACE", "time");
+        assert_eq!(Config::from_env().unwrap().pace, Pace::Speed(2.0));
+        std::env::set_var("PACE", "fast");
+        let e = Config::from_env().unwrap_err().to_string();
+        assert!(e.contains("invalid PACE=\"fast\""), "{e}");
+        for n in ["FILE", "SPEED", "MODE", "PACE"] {
+            std::env::remove_var(n);
+        }
+    }
 
     #[test]
     fn rename_pairs() {

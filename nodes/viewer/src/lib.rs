@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use da3_msg::meta::opt_str;
-use da3_msg::node_util::{env_or, init_logging};
+use da3_msg::node_util::{init_logging, Env};
 use da3_msg::{
     keys, CameraMsg, DecodeLimits, DepthMap, FrameInfo, ImageFrame, Intrinsics, MetadataParameters,
     PointCloud, Pose,
@@ -57,30 +57,45 @@ pub struct Config {
 /// The default gRPC address of a local Rerun viewer.
 pub const DEFAULT_ADDR: &str = "rerun+http://127.0.0.1:9876/proxy";
 
+/// The env vars the viewer reads (its `dora-node.yml` lists the same).
+pub const ENV_VARS: &[&[&str]] = &[&[
+    "RERUN_MODE",
+    "RERUN_RRD",
+    "RERUN_ADDR",
+    "RERUN_APP_ID",
+    "RERUN_RECORDING_ID",
+    "TRAJECTORY_MAX",
+    "FLUSH_TIMEOUT_S",
+]];
+
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env() -> Result<Self> {
-        let mode = match env_or("RERUN_MODE", "save".to_string())?.as_str() {
-            "save" => Mode::Save(PathBuf::from(env_or(
-                "RERUN_RRD",
-                "out/viewer.rrd".to_string(),
-            )?)),
+        let env = Env::new(ENV_VARS);
+        let mode: String = env.or("RERUN_MODE", "save".to_string())?;
+        let rrd: String = env.or("RERUN_RRD", "out/viewer.rrd".to_string())?;
+        let addr: String = env.or("RERUN_ADDR", DEFAULT_ADDR.to_string())?;
+        let mode = match mode.as_str() {
+            "save" => Mode::Save(PathBuf::from(rrd)),
             "spawn" => Mode::Spawn,
-            "connect" => Mode::Connect(env_or("RERUN_ADDR", DEFAULT_ADDR.to_string())?),
+            "connect" => Mode::Connect(addr),
             other => bail!("invalid RERUN_MODE={other:?}: expected save, spawn or connect"),
         };
-        let trajectory_max: usize = env_or("TRAJECTORY_MAX", 10_000)?;
+        let trajectory_max: usize = env.or("TRAJECTORY_MAX", 10_000)?;
         if trajectory_max < 2 {
             bail!("invalid TRAJECTORY_MAX={trajectory_max}: must be at least 2");
         }
-        let flush_s: f64 = env_or("FLUSH_TIMEOUT_S", 30.0)?;
+        let flush_s: f64 = env.or("FLUSH_TIMEOUT_S", 30.0)?;
         if !(flush_s.is_finite() && flush_s > 0.0) {
             bail!("invalid FLUSH_TIMEOUT_S={flush_s}: must be > 0");
         }
+        let app_id = env.or("RERUN_APP_ID", "dora-da3".to_string())?;
+        let recording_id = env.opt("RERUN_RECORDING_ID")?;
+        env.finish();
         Ok(Self {
             mode,
-            app_id: env_or("RERUN_APP_ID", "dora-da3".to_string())?,
-            recording_id: da3_msg::node_util::env_opt("RERUN_RECORDING_ID")?,
+            app_id,
+            recording_id,
             trajectory_max,
             flush_timeout: Duration::from_secs_f64(flush_s),
         })
