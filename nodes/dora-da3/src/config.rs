@@ -250,7 +250,7 @@ impl Config {
     /// The library's inference options of this configuration.
     pub fn inference(&self) -> InferenceOptions {
         InferenceOptions {
-            preprocess: self.preprocess.clone(),
+            preprocess: self.preprocess,
             use_ray_pose: self.use_ray_pose,
             ref_view_strategy: self.ref_view_strategy,
         }
