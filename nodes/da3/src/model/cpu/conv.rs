@@ -432,8 +432,6 @@ pub fn conv2d(
     })
 }
 
-/// 1x1 convolution of a token-major input: (B, N, C) tokens (rows may be strided) to an
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use super::buffers::{
 };
 use super::profile::timed;
 
+/// 1x1 convolution of a token-major input: (B, N, C) tokens (rows may be strided) to an
 /// (B, O, h, w) map with N = h·w, without transposing the tokens first (the GEMM reads
 /// them in place as a column-major operand).
 struct TokensConv1x1Op<'a> {
