@@ -361,7 +361,7 @@ impl NumpyRng {
                 set[loc as usize] = j;
                 j
             };
-            idx[(j - n64 + size64) as usize] = out;
+            idx[(j + size64 - n64) as usize] = out;
         }
         for i in (1..size).rev() {
             let j = self.bounded(i as u64) as usize;
