@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use da3_msg::recording::RecordingReader;
 use e2e::{da3_stats, dora_cli, read_dump, tiny_model, Flow};
+use recorder::recording::RecordingReader;
 use wait_timeout::ChildExt;
 
 /// A port free right now on 127.0.0.1 (the OS picks it, so tests running

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use da3_msg::arrow::array::{Array, ArrayRef, StringArray};
-use da3_msg::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use da3_msg::{DepthKind, DepthMap, FrameInfo, ImageFrame, MetadataParameters};
 use e2e::{bin, read_dump, Flow};
 use msg_dump::fnv1a64;
+use recorder::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(120);

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use da3_msg::arrow::array::{Array, StringArray};
-use da3_msg::recording::RecordingReader;
 use e2e::{bin_copy, da3_stats, read_dump, rss_mib_of, tiny_model, Flow};
+use recorder::recording::RecordingReader;
 use serde_json::Value;
 
 /// RSS may not grow more than this between the start and the end of a run

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use da3_io::npz::{npz_get, read_npz};
 use da3_msg::arrow::array::{ArrayRef, Float32Array};
-use da3_msg::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, FrameInfo, ImageFrame, MetadataParameters, PointCloud,
 };
 use e2e::{repo_root, tiny_model, write_test_video, Flow};
+use recorder::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(300);

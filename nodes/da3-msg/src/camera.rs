@@ -10,7 +10,7 @@ use crate::arrow::array::{Array, ArrayRef, Float64Array};
 use crate::arrow::datatypes::DataType;
 use crate::error::{MsgError, Result};
 use crate::keys;
-use crate::meta::{opt_bool, opt_str, req_dim, FrameInfo, Pose};
+use crate::meta::{opt_bool, opt_str, req_dim, FrameInfo, Intrinsics, Pose};
 use dora_node_api::{MetadataParameters, Parameter};
 
 pub const LAYOUT: &str = "extrinsics3x4+intrinsics3x3";
@@ -55,10 +55,10 @@ pub fn check_extrinsics(e: &[f64; 12]) -> std::result::Result<(), String> {
 }
 
 impl CameraMsg {
-    /// Checks what [`from_message`](Self::from_message) does not: the pose is
-    /// a rigid motion ([`check_extrinsics`]) and the focal lengths are positive.
-    /// Nodes that use the camera geometry call this and reject the message on `Err`.
-    pub fn check_geometry(&self) -> Result<()> {
+    /// The geometry every user of a camera relies on, checked once by
+    /// [`from_message`](Self::from_message): the pose is a rigid motion
+    /// ([`check_extrinsics`]) and the focal lengths are positive.
+    fn check_geometry(&self) -> Result<()> {
         check_extrinsics(&self.extrinsics).map_err(|reason| MsgError::InvalidValue {
             key: keys::CAMERA_ORIENTATION,
             reason,
@@ -71,6 +71,11 @@ impl CameraMsg {
             });
         }
         Ok(())
+    }
+
+    /// The intrinsics `K` as [`Intrinsics`] (at `width x height`).
+    pub fn k(&self) -> Intrinsics {
+        Intrinsics::from_matrix(&self.intrinsics)
     }
 
     /// Camera-to-world pose (the inverse of the extrinsics).
@@ -93,6 +98,9 @@ impl CameraMsg {
         (arr, params)
     }
 
+    /// Decodes a camera message and checks its geometry: 21 finite values, a
+    /// rigid-motion pose and positive focal lengths (a camera that decodes
+    /// can be inverted and projected with; no node checks it again).
     pub fn from_message(data: &dyn Array, params: &MetadataParameters) -> Result<Self> {
         match opt_str(params, keys::LAYOUT)? {
             None | Some(LAYOUT) => {}
@@ -137,20 +145,34 @@ impl CameraMsg {
         extrinsics.copy_from_slice(&v[..12]);
         let mut intrinsics = [0.0; 9];
         intrinsics.copy_from_slice(&v[12..]);
-        Ok(Self {
+        let cam = Self {
             extrinsics,
             intrinsics,
             width: req_dim(params, keys::WIDTH)?,
             height: req_dim(params, keys::HEIGHT)?,
             info: FrameInfo::read(params)?,
             is_metric: opt_bool(params, keys::IS_METRIC)?.unwrap_or(false),
-        })
+        };
+        cam.check_geometry()?;
+        Ok(cam)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A valid camera: identity pose, unit focal lengths, 2x2 pixels.
+    pub(crate) fn identity_camera() -> CameraMsg {
+        CameraMsg {
+            extrinsics: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            intrinsics: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            width: 2,
+            height: 2,
+            info: FrameInfo::default(),
+            is_metric: true,
+        }
+    }
 
     fn rot_y(a: f64) -> [[f64; 3]; 3] {
         let (s, c) = a.sin_cos();
@@ -201,14 +223,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_camera_messages() {
-        let cam = CameraMsg {
-            extrinsics: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            intrinsics: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-            width: 2,
-            height: 2,
-            info: FrameInfo::default(),
-            is_metric: true,
-        };
+        let cam = identity_camera();
         let (_, params) = cam.to_message();
         let short = Float64Array::from(vec![0.0; 20]);
         assert!(matches!(
@@ -221,10 +236,42 @@ mod tests {
             CameraMsg::from_message(&Float64Array::from(nan), &params),
             Err(MsgError::InvalidValue { .. })
         ));
+        // Geometry: not a rigid motion, or a non-positive focal length.
+        for (i, v) in [(0, 2.0), (0, 0.0), (12, -1.0), (16, 0.0)] {
+            let mut c = cam.clone();
+            if i < 12 {
+                c.extrinsics[i] = v;
+            } else {
+                c.intrinsics[i - 12] = v;
+            }
+            let (arr, params) = c.to_message();
+            assert!(matches!(
+                CameraMsg::from_message(arr.as_ref(), &params),
+                Err(MsgError::InvalidValue { .. })
+            ));
+        }
         let f32s = crate::arrow::array::Float32Array::from(vec![0.0f32; 21]);
         assert!(matches!(
             CameraMsg::from_message(&f32s, &params),
             Err(MsgError::WrongArrowType { .. })
         ));
+    }
+
+    /// Moved from the DA3 node (`check_pose`), which now relies on the decode.
+    #[test]
+    fn pose_checks() {
+        let id = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        assert!(check_extrinsics(&id).is_ok());
+        let mut nan = id;
+        nan[3] = f64::NAN;
+        assert!(check_extrinsics(&nan).is_err());
+        let mut sing = id;
+        sing[0] = 0.0;
+        assert!(check_extrinsics(&sing).is_err());
+        let mut mirror = id;
+        mirror[0] = -1.0;
+        assert!(check_extrinsics(&mirror)
+            .unwrap_err()
+            .contains("determinant"));
     }
 }

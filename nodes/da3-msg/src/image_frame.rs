@@ -66,10 +66,6 @@ impl Encoding {
             Self::Jpeg | Self::Png => None,
         }
     }
-
-    pub fn is_raw(self) -> bool {
-        self.bytes_per_pixel().is_some()
-    }
 }
 
 impl std::fmt::Display for Encoding {

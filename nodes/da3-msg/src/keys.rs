@@ -18,7 +18,7 @@ pub const CAMERA: &str = "camera";
 pub const FOCAL: &str = "focal";
 /// Principal point `[cx, cy]` in pixels (ListFloat).
 pub const PRINCIPAL_POINT: &str = "principal_point";
-/// Kind of payload: `image`, `depth`, `confidence`, `camera`, `points` (String).
+/// Kind of payload: `image`, `depth`, `confidence`, `camera`, `points`, `status` (String).
 pub const PRIMITIVE: &str = "primitive";
 /// Camera centre in the world frame `[x, y, z]` (ListFloat).
 pub const CAMERA_POSITION: &str = "camera_position";
@@ -30,3 +30,6 @@ pub const IS_METRIC: &str = "is_metric";
 pub const LAST: &str = "last";
 /// Layout of a [`crate::CameraMsg`] payload (String, `extrinsics3x4+intrinsics3x3`).
 pub const LAYOUT: &str = "layout";
+/// On an `image`: the frame is a colour-mapped depth map drawn with this
+/// colour map (String, `turbo`), not a camera picture (see [`crate::DepthVis`]).
+pub const COLORMAP: &str = "colormap";

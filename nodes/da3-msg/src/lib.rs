@@ -12,22 +12,27 @@
 //! | [`DepthMap`] (confidence) | `Float32`, row-major `height x width` | `confidence` |
 //! | [`CameraMsg`] | `Float64`, 21 values: extrinsics 3x4 then intrinsics 3x3 | `camera` |
 //! | [`PointCloud`] | `Struct{x,y,z: Float32, r,g,b: UInt8}` | `points` |
+//! | [`DepthVis`] (colour-mapped depth) | as [`ImageFrame`], plus `colormap` | `image` |
+//! | [`Status`] | `Utf8`, one JSON object | `status` |
+//!
+//! Sinks decode with [`Message::decode`], which dispatches on `primitive`.
 
 pub mod camera;
 pub mod depth;
 pub mod error;
 pub mod image_frame;
 pub mod keys;
+pub mod message;
 pub mod meta;
 pub mod node_util;
 pub mod points;
-pub mod recording;
 pub mod source;
 
 pub use camera::CameraMsg;
 pub use depth::{DepthKind, DepthMap};
 pub use error::MsgError;
 pub use image_frame::{DecodeLimits, Encoding, ImageFrame};
+pub use message::{DepthVis, Message, Primitive, Status};
 pub use meta::{FrameInfo, Intrinsics, Pose};
 pub use points::PointCloud;
 

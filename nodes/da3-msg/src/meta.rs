@@ -210,6 +210,18 @@ impl Intrinsics {
         );
     }
 
+    /// From a row-major 3x3 `K` (`fx` at 0, `cx` at 2, `fy` at 4, `cy` at 5;
+    /// skew and the last row are not read): the one place a matrix becomes
+    /// [`Intrinsics`].
+    pub fn from_matrix(k: &[f64; 9]) -> Self {
+        Self {
+            fx: k[0],
+            fy: k[4],
+            cx: k[2],
+            cy: k[5],
+        }
+    }
+
     /// Row-major 3x3 matrix.
     pub fn matrix(&self) -> [f64; 9] {
         [self.fx, 0.0, self.cx, 0.0, self.fy, self.cy, 0.0, 0.0, 1.0]
@@ -362,6 +374,7 @@ mod tests {
         k.write(&mut p);
         assert_eq!(Intrinsics::read(&p).unwrap(), Some(k));
         assert_eq!(k.matrix(), [1.0, 0.0, 3.0, 0.0, 2.0, 4.0, 0.0, 0.0, 1.0]);
+        assert_eq!(Intrinsics::from_matrix(&k.matrix()), k);
         assert_eq!(
             k.scaled(2.0, 0.5),
             Intrinsics {

@@ -1,11 +1,17 @@
 //! Small helpers every node of the project uses: typed env vars that fail
-//! with one clear line, logging set-up, sending a frame, lingering at the end.
+//! with one clear line, the start of a node ([`start`]), the ordered event
+//! loop ([`next_step`], [`for_each_input`]), sending a frame, lingering at
+//! the end.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dora_node_api::{DoraNode, Event, EventStream};
-use eyre::{bail, Result};
+use dora_node_api::futures::future::{select, Either};
+use dora_node_api::futures::StreamExt;
+use dora_node_api::{DoraNode, Event, EventStream, MetadataParameters};
+use eyre::{bail, Context, Result};
+
+use crate::arrow::array::ArrayRef;
 
 /// Reads env var `name` as `T`; absent or empty gives `default`.
 /// A value that does not parse stops with `invalid NAME=value: why`.
@@ -177,6 +183,86 @@ pub fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// The start every node shares: logging, then its configuration (`config`,
+/// usually `Config::from_env`; an error reads `<node>: bad configuration: ...`,
+/// before dora is contacted), then the dora node and its event stream.
+pub fn start<C>(
+    node: &str,
+    config: impl FnOnce() -> Result<C>,
+) -> Result<(C, DoraNode, EventStream)> {
+    init_logging();
+    let cfg = config().wrap_err_with(|| format!("{node}: bad configuration"))?;
+    let (dora, events) = DoraNode::init_from_env()?;
+    Ok((cfg, dora, events))
+}
+
+/// One step of the ordered event loop ([`next_step`]).
+#[derive(Debug)]
+pub enum Step {
+    /// A message on input `id`.
+    Input {
+        id: String,
+        params: MetadataParameters,
+        data: ArrayRef,
+    },
+    /// Input `id` will receive nothing more.
+    Closed(String),
+    /// The wait given to [`next_step`] passed without an event.
+    Timeout,
+    /// The stream has ended: every event has been read.
+    End,
+}
+
+/// The next input or input closing, in arrival order, waiting at most `wait`
+/// (`None`: as long as it takes).
+///
+/// Events are read with `StreamExt::next`, which keeps their order (dora
+/// 1.1's `recv` may hand out `Stop` before the last inputs); `Stop` and the
+/// other events are passed over (stream errors logged), so a loop that runs
+/// until [`Step::End`] reads every input that reached the node.
+pub fn next_step(events: &mut EventStream, wait: Option<Duration>) -> Step {
+    loop {
+        let event = match wait {
+            None => dora_node_api::futures::executor::block_on(events.next()),
+            Some(wait) => match dora_node_api::futures::executor::block_on(select(
+                futures_timer::Delay::new(wait),
+                events.next(),
+            )) {
+                Either::Left(_) => return Step::Timeout,
+                Either::Right((event, _)) => event,
+            },
+        };
+        match event {
+            None => return Step::End,
+            Some(Event::Input { id, metadata, data }) => {
+                return Step::Input {
+                    id: id.to_string(),
+                    params: metadata.parameters,
+                    data: data.as_array().clone(),
+                }
+            }
+            Some(Event::InputClosed { id }) => return Step::Closed(id.to_string()),
+            Some(Event::Error(e)) => tracing::warn!("event stream error: {e}"),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The loop of a sink: `on` gets every [`Step::Input`] and [`Step::Closed`],
+/// in arrival order, until the stream ends (see [`next_step`]).
+pub fn for_each_input(
+    events: &mut EventStream,
+    mut on: impl FnMut(Step) -> Result<()>,
+) -> Result<()> {
+    loop {
+        match next_step(events, None) {
+            Step::End => return Ok(()),
+            Step::Timeout => {}
+            step => on(step)?,
+        }
+    }
 }
 
 /// Nanoseconds since the UNIX epoch, now.

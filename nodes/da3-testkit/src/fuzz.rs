@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use da3_msg::arrow::array::{ArrayRef, UInt8Array};
 use da3_msg::image_frame::{encode_jpeg, encode_png};
-use da3_msg::recording::{row_infos, RecordingReader, RecordingWriter};
 use da3_msg::{
-    keys, CameraMsg, DecodeLimits, DepthKind, DepthMap, Encoding, FrameInfo, ImageFrame,
-    MetadataParameters, Parameter, PointCloud,
+    keys, CameraMsg, DecodeLimits, DepthKind, DepthMap, DepthVis, Encoding, FrameInfo, ImageFrame,
+    Message, MetadataParameters, Parameter, PointCloud,
 };
+use recorder::recording::{decode_row, row_infos, RecordingReader, RecordingWriter};
 
 /// Once per fuzzing process: libFuzzer's panic hook aborts on *any* panic,
 /// even one the code under test catches and turns into an error (the
@@ -135,7 +135,7 @@ pub fn recording_reader(data: &[u8]) -> Outcome {
             continue;
         };
         for i in 0..rows.len() {
-            match da3_msg::recording::decode_row(&batch, i) {
+            match decode_row(&batch, i) {
                 Ok(m) => ok &= decode_as_da3(m.data.as_ref(), &m.metadata),
                 Err(_) => ok = false,
             }
@@ -148,21 +148,19 @@ pub fn recording_reader(data: &[u8]) -> Outcome {
     }
 }
 
-/// Decodes a message as what its `primitive` says; `false` when it does not decode.
+/// Decodes a message as what its `primitive` says ([`Message::decode_claimed`],
+/// images also to pixels); `false` when it does not decode. A message that
+/// names no da3 primitive is not judged (`true`).
 pub fn decode_as_da3(data: &dyn da3_msg::arrow::array::Array, p: &MetadataParameters) -> bool {
     let limits = DecodeLimits {
         max_pixels: FUZZ_MAX_PIXELS,
     };
-    match da3_msg::meta::opt_str(p, keys::PRIMITIVE) {
-        Ok(Some("image")) => ImageFrame::from_message(data, p)
-            .ok()
-            .is_some_and(|f| f.to_rgb8(&limits).is_ok()),
-        Ok(Some("depth" | "confidence")) => DepthMap::from_message(data, p).is_ok(),
-        Ok(Some("camera")) => {
-            CameraMsg::from_message(data, p).is_ok_and(|c| c.check_geometry().is_ok())
+    match Message::decode_claimed(data, p) {
+        Ok(Some(Message::Image(f) | Message::DepthVis(DepthVis { frame: f, .. }))) => {
+            f.to_rgb8(&limits).is_ok()
         }
-        Ok(Some("points")) => PointCloud::from_message(data, p).is_ok(),
-        _ => true,
+        Ok(_) => true,
+        Err(_) => false,
     }
 }
 

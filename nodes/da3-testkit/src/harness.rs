@@ -107,6 +107,30 @@ impl Events {
     }
 }
 
+/// The set-up every bad-input test starts with: a temporary folder, the
+/// harness's [`Events`] with their payload files in its `payloads` folder,
+/// and the seeded PRNG that picks the broken messages.
+pub struct BadInputRun {
+    /// Removed when the run is dropped; the test's own files go here too.
+    pub dir: tempfile::TempDir,
+    pub events: Events,
+    pub rng: crate::Rng,
+}
+
+impl BadInputRun {
+    pub fn new(seed: u64) -> Result<Self> {
+        let dir = tempfile::tempdir().wrap_err("cannot create a temporary folder")?;
+        let payloads = dir.path().join("payloads");
+        std::fs::create_dir_all(&payloads)
+            .wrap_err_with(|| format!("cannot create `{}`", payloads.display()))?;
+        Ok(Self {
+            events: Events::new(&payloads),
+            dir,
+            rng: crate::Rng::new(seed),
+        })
+    }
+}
+
 /// What a node sent, once it has finished.
 pub fn outputs(rx: &mut OutputReceiver) -> Vec<OutputJson> {
     drain_outputs(rx)

@@ -34,6 +34,30 @@ pub fn test_camera(width: u32, height: u32) -> da3_msg::CameraMsg {
     }
 }
 
+/// Frame `id` of camera `cam`, captured at `id` ns: the frame identity of
+/// the small messages of the sink tests.
+pub fn frame_info(id: u64) -> da3_msg::FrameInfo {
+    da3_msg::FrameInfo {
+        frame_id: Some(id),
+        stamp_ns: Some(id),
+        camera: Some("cam".into()),
+        last: false,
+    }
+}
+
+/// A valid camera for a 6×4 view: identity pose, focal 5 px, principal point
+/// (3, 2): the good camera the sinks' bad-input tests break.
+pub fn small_camera(info: da3_msg::FrameInfo) -> da3_msg::CameraMsg {
+    da3_msg::CameraMsg {
+        extrinsics: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        intrinsics: [5.0, 0.0, 3.0, 0.0, 5.0, 2.0, 0.0, 0.0, 1.0],
+        width: 6,
+        height: 4,
+        info,
+        is_metric: false,
+    }
+}
+
 /// A deterministic RGB8 test picture (`w`×`h`, row-major), different for each `seed`:
 /// the good frames the node tests send between broken ones.
 pub fn test_picture(w: u32, h: u32, seed: u32) -> Vec<u8> {

@@ -13,14 +13,10 @@ pub mod group;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use da3_msg::meta::opt_str;
-use da3_msg::node_util::{init_logging, Env, CONF_PERCENTILE_DEFAULT};
-use da3_msg::{
-    keys, CameraMsg, DecodeLimits, DepthMap, ImageFrame, MetadataParameters, PointCloud,
-};
-use dora_node_api::arrow_v59::array::Array;
-use dora_node_api::futures::StreamExt;
-use dora_node_api::{DoraNode, Event, EventStream};
+use da3_msg::arrow::array::Array;
+use da3_msg::node_util::{for_each_input, start, Env, Step, CONF_PERCENTILE_DEFAULT};
+use da3_msg::{DecodeLimits, ImageFrame, Message, MetadataParameters};
+use dora_node_api::EventStream;
 use eyre::{bail, eyre, Context, Result};
 
 pub use da3_io::{atomic, colmap};
@@ -87,41 +83,29 @@ impl Config {
     }
 }
 
-/// Decodes one message by its `primitive` (`image` inputs whose id contains
-/// `vis` are the colour-mapped depth, other `image` inputs the source frame).
+/// Decodes one message ([`Message::decode`]: by its `primitive`; the
+/// colour-mapped depth is marked in its metadata, whatever the input's name).
 ///
 /// Everything the writers rely on is checked here, so that a bad message is
 /// rejected (logged and counted) when it arrives: camera poses must be rigid
-/// motions with positive focal lengths, images must decode (within the
-/// default pixel limit).
-pub fn decode(input: &str, data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
-    let primitive = opt_str(params, keys::PRIMITIVE)?;
-    Ok(match primitive {
-        Some("depth") => Item::Depth(DepthMap::from_message(data, params)?),
-        Some("confidence") => Item::Confidence(DepthMap::from_message(data, params)?),
-        Some("camera") => {
-            let c = CameraMsg::from_message(data, params)?;
-            c.check_geometry()?;
-            Item::Camera(c)
-        }
-        Some("points") => Item::Points(PointCloud::from_message(data, params)?),
-        // Image frames from other dora nodes may carry no `primitive`.
-        Some("image") | None => {
-            if primitive.is_none() && !params.contains_key(keys::ENCODING) {
-                bail!("no `primitive` metadata");
-            }
-            let f = ImageFrame::from_message(data, params)?;
-            let rgb = f
-                .to_rgb8(&DecodeLimits::default())
-                .wrap_err_with(|| format!("image frame {:?}", f.info.frame_id))?;
-            let image = DecodedImage { info: f.info, rgb };
-            if input.contains("vis") {
-                Item::Vis(image)
-            } else {
-                Item::Image(image)
-            }
-        }
-        Some(other) => bail!("unknown primitive `{other}`"),
+/// motions with positive focal lengths (checked by the decode), images must
+/// decode (within the default pixel limit); a status message carries no
+/// frame data and is rejected too.
+pub fn decode(data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
+    let image = |f: ImageFrame| -> Result<DecodedImage> {
+        let rgb = f
+            .to_rgb8(&DecodeLimits::default())
+            .wrap_err_with(|| format!("image frame {:?}", f.info.frame_id))?;
+        Ok(DecodedImage { info: f.info, rgb })
+    };
+    Ok(match Message::decode(data, params)? {
+        Message::Depth(d) => Item::Depth(d),
+        Message::Confidence(d) => Item::Confidence(d),
+        Message::Camera(c) => Item::Camera(c),
+        Message::Points(p) => Item::Points(p),
+        Message::Image(f) => Item::Image(image(f)?),
+        Message::DepthVis(v) => Item::Vis(image(v.frame)?),
+        Message::Status(_) => bail!("a status message carries no frame data"),
     })
 }
 
@@ -249,32 +233,24 @@ pub fn run(
 ) -> Result<Exporter> {
     let mut exporter = Exporter::new(cfg)?;
     let mut grouper = Grouper::new(inputs, default_camera);
-    // `StreamExt::next` keeps the arrival order (`recv` may deliver Stop
-    // before the last inputs); drain until the stream ends.
-    while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
-        let ready = match event {
-            Event::Input { id, metadata, data } => {
-                let array = data.as_array();
-                match decode(id.as_str(), array.as_ref(), &metadata.parameters) {
-                    Ok(item) => grouper.push(id.as_str(), item),
-                    Err(e) => {
-                        exporter.rejected += 1;
-                        tracing::warn!("input `{id}`: message rejected: {e:#}");
-                        Vec::new()
-                    }
+    for_each_input(events, |step| {
+        let ready = match step {
+            Step::Input { id, params, data } => match decode(data.as_ref(), &params) {
+                Ok(item) => grouper.push(&id, item),
+                Err(e) => {
+                    exporter.rejected += 1;
+                    tracing::warn!("input `{id}`: message rejected: {e:#}");
+                    Vec::new()
                 }
-            }
-            Event::InputClosed { id } => grouper.input_closed(id.as_str()),
-            Event::Error(e) => {
-                tracing::warn!("event stream error: {e}");
-                Vec::new()
-            }
+            },
+            Step::Closed(id) => grouper.input_closed(&id),
             _ => Vec::new(),
         };
         for f in &ready {
             exporter.handle(f);
         }
-    }
+        Ok(())
+    })?;
     for f in &grouper.finish() {
         exporter.handle(f);
     }
@@ -292,9 +268,7 @@ pub fn run(
 
 /// Entry point of the `depth-export` binary.
 pub fn lib_main() -> Result<()> {
-    init_logging();
-    let cfg = Config::from_env().wrap_err("depth-export: bad configuration")?;
-    let (node, mut events) = DoraNode::init_from_env()?;
+    let (cfg, node, mut events) = start("depth-export", Config::from_env)?;
     let inputs = da3_msg::node_util::input_ids(&node);
     let default_camera = node.id().to_string();
     let exporter = run(&mut events, inputs, &default_camera, cfg)?;
@@ -390,30 +364,32 @@ mod tests {
     fn decode_routes_by_primitive() {
         let f = sample_frame();
         let (a, p) = f.depth.to_message();
-        assert!(matches!(
-            decode("x", a.as_ref(), &p).unwrap(),
-            Item::Depth(_)
-        ));
+        assert!(matches!(decode(a.as_ref(), &p).unwrap(), Item::Depth(_)));
         let (a, p) = f.confidence.unwrap().to_message();
         assert!(matches!(
-            decode("depth", a.as_ref(), &p).unwrap(),
+            decode(a.as_ref(), &p).unwrap(),
             Item::Confidence(_)
         ));
         let img = da3_msg::ImageFrame::rgb8(1, 1, vec![1, 2, 3]);
         let (a, p) = img.to_message();
-        assert!(matches!(
-            decode("image", a.as_ref(), &p).unwrap(),
-            Item::Image(_)
-        ));
-        assert!(matches!(
-            decode("depth_vis", a.as_ref(), &p).unwrap(),
-            Item::Vis(_)
-        ));
+        assert!(matches!(decode(a.as_ref(), &p).unwrap(), Item::Image(_)));
+        // The colour-mapped depth is told by its metadata, not by an input name.
+        let vis = da3_msg::DepthVis {
+            frame: img,
+            colormap: da3_msg::message::COLORMAP_TURBO.into(),
+        };
+        let (a, p) = vis.to_message();
+        assert!(matches!(decode(a.as_ref(), &p).unwrap(), Item::Vis(_)));
         let mut p2 = p.clone();
         p2.insert(
-            keys::PRIMITIVE.into(),
+            da3_msg::keys::PRIMITIVE.into(),
             da3_msg::Parameter::String("what".into()),
         );
-        assert!(decode("image", a.as_ref(), &p2).is_err());
+        assert!(decode(a.as_ref(), &p2).is_err());
+        let (a, p) = da3_msg::Status {
+            json: serde_json::json!({"type": "stats"}),
+        }
+        .to_message();
+        assert!(decode(a.as_ref(), &p).is_err());
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crossbeam_channel::{never, select, unbounded, Receiver};
 use da3::preprocess::RgbImage;
 use da3::Da3Model;
-use da3_msg::arrow::array::{Array, ArrayRef, StringArray};
+use da3_msg::arrow::array::{Array, ArrayRef};
 use da3_msg::{CameraMsg, DecodeLimits, ImageFrame, Intrinsics, MetadataParameters};
 use dora_node_api::futures::StreamExt;
 use dora_node_api::{DoraNode, Event, EventStream};
@@ -81,12 +81,6 @@ pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
     Ok(models)
 }
 
-/// Checks a known world-to-camera pose: finite, rotation orthonormal with det +1
-/// (the check of `da3_msg::camera::check_extrinsics`).
-pub fn check_pose(e: &[f64; 12]) -> std::result::Result<(), String> {
-    da3_msg::camera::check_extrinsics(e)
-}
-
 /// What the node knows about each camera from `camera_info*` inputs.
 #[derive(Default)]
 struct KnownCameras {
@@ -115,14 +109,8 @@ impl Node<'_> {
             .wrap_err_with(|| format!("cannot send on `{output}`"))
     }
 
-    fn send_status(&mut self, value: serde_json::Value) -> Result<()> {
-        let arr: ArrayRef = Arc::new(StringArray::from(vec![value.to_string()]));
-        let mut p = MetadataParameters::new();
-        p.insert(
-            "primitive".into(),
-            da3_msg::Parameter::String("status".into()),
-        );
-        self.send("status", (arr, p))
+    fn send_status(&mut self, json: serde_json::Value) -> Result<()> {
+        self.send("status", da3_msg::Status { json }.to_message())
     }
 
     fn reject(&mut self, input: &str, frame: Option<u64>, reason: String) -> Result<()> {
@@ -141,24 +129,10 @@ impl Node<'_> {
             .ok()
             .and_then(|i| i.frame_id);
         if is_camera_info(id) {
+            // The decode checks the geometry (rigid pose, positive focals).
             return match CameraMsg::from_message(data, params) {
                 Ok(cam) => {
-                    if let Err(reason) = check_pose(&cam.extrinsics) {
-                        return self.reject(id, frame_hint, reason);
-                    }
-                    let k = Intrinsics {
-                        fx: cam.intrinsics[0],
-                        fy: cam.intrinsics[4],
-                        cx: cam.intrinsics[2],
-                        cy: cam.intrinsics[5],
-                    };
-                    if !(k.fx > 0.0 && k.fy > 0.0) {
-                        return self.reject(
-                            id,
-                            frame_hint,
-                            "intrinsics have non-positive focal lengths".into(),
-                        );
-                    }
+                    let k = cam.k();
                     let name = cam.info.camera.clone().unwrap_or_else(|| {
                         id.trim_start_matches("camera_info")
                             .trim_start_matches('_')
@@ -432,24 +406,4 @@ pub fn lib_main() -> Result<()> {
     }
     let (mut node, events) = DoraNode::init_from_env()?;
     run(&mut node, events, cfg, models)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pose_checks() {
-        let id = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
-        assert!(check_pose(&id).is_ok());
-        let mut nan = id;
-        nan[3] = f64::NAN;
-        assert!(check_pose(&nan).is_err());
-        let mut sing = id;
-        sing[0] = 0.0;
-        assert!(check_pose(&sing).is_err());
-        let mut mirror = id;
-        mirror[0] = -1.0;
-        assert!(check_pose(&mirror).unwrap_err().contains("determinant"));
-    }
 }

@@ -3,18 +3,12 @@
 
 use da3_io::colormap::colorize_depth;
 use da3_io::geometry::{back_project, IDENTITY_3X4};
-use da3_msg::{CameraMsg, DepthKind, DepthMap, Encoding, ImageFrame, Intrinsics, PointCloud, Pose};
+use da3_msg::message::COLORMAP_TURBO;
+use da3_msg::{
+    CameraMsg, DepthKind, DepthMap, DepthVis, Encoding, ImageFrame, Intrinsics, PointCloud, Pose,
+};
 
 use crate::engine::ViewOut;
-
-fn intr(k: &[f64; 9]) -> Intrinsics {
-    Intrinsics {
-        fx: k[0],
-        fy: k[4],
-        cx: k[2],
-        cy: k[5],
-    }
-}
 
 /// The depth or confidence map of a view, with its camera in the metadata.
 fn map_msg(v: &ViewOut, kind: DepthKind, values: Vec<f32>) -> DepthMap {
@@ -24,7 +18,7 @@ fn map_msg(v: &ViewOut, kind: DepthKind, values: Vec<f32>) -> DepthMap {
         height: v.height,
         values,
         info: v.info.clone(),
-        intrinsics: v.intrinsics.as_ref().map(intr),
+        intrinsics: v.intrinsics.as_ref().map(Intrinsics::from_matrix),
         pose: v.extrinsics.as_ref().map(Pose::from_world_to_camera),
         is_metric: v.is_metric,
     }
@@ -84,15 +78,18 @@ pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Optio
     })
 }
 
-/// Colour-mapped depth (turbo of inverse depth, near = warm).
-pub fn depth_vis(v: &ViewOut) -> ImageFrame {
-    ImageFrame {
-        encoding: Encoding::Rgb8,
-        width: v.width,
-        height: v.height,
-        data: colorize_depth(&v.depth),
-        info: v.info.clone(),
-        intrinsics: v.intrinsics.as_ref().map(intr),
+/// Colour-mapped depth (turbo of inverse depth, near = warm), marked as such.
+pub fn depth_vis(v: &ViewOut) -> DepthVis {
+    DepthVis {
+        frame: ImageFrame {
+            encoding: Encoding::Rgb8,
+            width: v.width,
+            height: v.height,
+            data: colorize_depth(&v.depth),
+            info: v.info.clone(),
+            intrinsics: v.intrinsics.as_ref().map(Intrinsics::from_matrix),
+        },
+        colormap: COLORMAP_TURBO.into(),
     }
 }
 
@@ -157,6 +154,7 @@ mod tests {
         assert_eq!(c.kind, DepthKind::Confidence);
         assert_eq!(camera_msg(&v).unwrap().extrinsics[3], 0.5);
         let vis = depth_vis(&v);
-        assert_eq!(vis.data.len(), 12);
+        assert_eq!(vis.frame.data.len(), 12);
+        assert_eq!(vis.colormap, COLORMAP_TURBO);
     }
 }

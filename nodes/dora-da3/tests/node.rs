@@ -440,7 +440,7 @@ fn several_replicas_keep_the_input_order() {
 #[test]
 fn camera_info_inputs_condition_the_pose_and_bad_poses_are_rejected() {
     let good_cam = da3_testkit::test_camera(W, H);
-    // (NaN cannot travel through the JSON test format; check_pose's unit test covers it.)
+    // (NaN cannot travel through the JSON test format; da3-msg's `pose_checks` test covers it.)
     let mut nan_cam = good_cam.clone();
     nan_cam.extrinsics[0] = 2.0;
     let mut singular = good_cam.clone();

@@ -12,10 +12,9 @@ use std::io::Write;
 use da3_msg::arrow::array::{
     Array, Float32Array, Float64Array, StringArray, StructArray, UInt8Array,
 };
-use da3_msg::node_util::{init_logging, Env};
-use da3_msg::Parameter;
-use dora_node_api::futures::StreamExt;
-use dora_node_api::{DoraNode, Event, EventStream, MetadataParameters};
+use da3_msg::node_util::{for_each_input, start, Env, Step};
+use da3_msg::{Message, Parameter};
+use dora_node_api::{EventStream, MetadataParameters};
 use eyre::{Context, Result};
 use serde_json::{json, Map, Value};
 
@@ -118,25 +117,15 @@ pub fn record(input: &str, params: &MetadataParameters, data: &dyn Array) -> Val
 }
 
 /// Checks a message against the da3 conventions (`docs/messages.md`) when it
-/// says what it is (`primitive` = `image`, `depth`, `confidence`, `camera`,
-/// `points`): `Some(why)` when it breaks them. Messages without a known
-/// `primitive` are not judged. Images are checked as messages (metadata,
+/// says what it is (`primitive` names a da3 message): `Some(why)` when it
+/// breaks them. Messages without a known `primitive` are not judged
+/// ([`Message::decode_claimed`]). Images are checked as messages (metadata,
 /// payload type and size), not decoded; cameras must also be rigid motions
 /// with positive focal lengths.
 pub fn check(params: &MetadataParameters, data: &dyn Array) -> Option<String> {
-    let r = match da3_msg::meta::opt_str(params, da3_msg::keys::PRIMITIVE) {
-        Err(e) => Err(e),
-        Ok(Some("image")) => da3_msg::ImageFrame::from_message(data, params).map(|_| ()),
-        Ok(Some("depth" | "confidence")) => {
-            da3_msg::DepthMap::from_message(data, params).map(|_| ())
-        }
-        Ok(Some("camera")) => {
-            da3_msg::CameraMsg::from_message(data, params).and_then(|c| c.check_geometry())
-        }
-        Ok(Some("points")) => da3_msg::PointCloud::from_message(data, params).map(|_| ()),
-        Ok(_) => Ok(()),
-    };
-    r.err().map(|e| e.to_string())
+    Message::decode_claimed(data, params)
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// What [`run`] saw.
@@ -160,17 +149,14 @@ pub fn run(
 ) -> Result<Summary> {
     let mut n = 0u64;
     let mut invalid = 0u64;
-    // `StreamExt::next` keeps the arrival order (`recv` may reorder Stop
-    // before the last inputs); drain until the stream ends.
-    while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
-        match event {
-            Event::Input { id, metadata, data } => {
-                let array = data.as_array();
-                let mut rec = record(id.as_str(), &metadata.parameters, array.as_ref());
-                if let Some(v) = payload_values(array.as_ref(), max_values) {
+    for_each_input(events, |step| {
+        match step {
+            Step::Input { id, params, data } => {
+                let mut rec = record(&id, &params, data.as_ref());
+                if let Some(v) = payload_values(data.as_ref(), max_values) {
                     rec["values"] = v;
                 }
-                if let Some(why) = check(&metadata.parameters, array.as_ref()) {
+                if let Some(why) = check(&params, data.as_ref()) {
                     invalid += 1;
                     tracing::warn!("input `{id}`: message breaks the da3 conventions: {why}");
                     rec["invalid"] = json!(why);
@@ -184,11 +170,11 @@ pub fn run(
                 }
                 n += 1;
             }
-            Event::InputClosed { id } => tracing::debug!("input {id} closed"),
-            Event::Error(e) => tracing::warn!("event stream error: {e}"),
+            Step::Closed(id) => tracing::debug!("input {id} closed"),
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(Summary {
         messages: n,
         invalid,
@@ -226,15 +212,13 @@ impl Config {
 }
 
 pub fn lib_main() -> Result<()> {
-    init_logging();
-    let cfg = Config::from_env().wrap_err("msg-dump: bad configuration")?;
+    let (cfg, _node, mut events) = start("msg-dump", Config::from_env)?;
     let out = match &cfg.out_file {
         Some(p) => Some(
             std::fs::File::create(p).wrap_err_with(|| format!("cannot create OUT_FILE `{p}`"))?,
         ),
         None => None,
     };
-    let (_node, mut events) = DoraNode::init_from_env()?;
     let s = run(&mut events, out, cfg.print, cfg.max_values)?;
     tracing::info!("msg-dump: {} messages, {} invalid", s.messages, s.invalid);
     Ok(())

@@ -5,30 +5,22 @@
 //! counted (`Summary::invalid`, in the final log line) and marked `invalid`
 //! with the reason in its record; the others must not be.
 
-use da3_msg::{keys, CameraMsg, DepthKind, DepthMap, FrameInfo, ImageFrame, Parameter, PointCloud};
+use da3_msg::{keys, DepthKind, DepthMap, ImageFrame, Parameter, PointCloud};
 use da3_testkit::bad::{garbage, CameraKit, DepthKit, ImageKit, PointsKit};
-use da3_testkit::harness::{catch_crash, Events, Figures};
-use da3_testkit::Rng;
+use da3_testkit::harness::{catch_crash, BadInputRun, Figures};
+use da3_testkit::{frame_info as info, small_camera};
 use serde_json::Value;
 
 const N_BAD: usize = 260;
 const GOOD_EVERY: usize = 20;
 
-fn info(id: u64) -> FrameInfo {
-    FrameInfo {
-        frame_id: Some(id),
-        stamp_ns: Some(id),
-        camera: Some("cam".into()),
-        last: false,
-    }
-}
-
 #[test]
 fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let payloads = dir.path().join("payloads");
-    std::fs::create_dir_all(&payloads).unwrap();
-    let mut rng = Rng::new(0xDA3_0004);
+    let BadInputRun {
+        dir,
+        mut events,
+        mut rng,
+    } = BadInputRun::new(0xDA3_0004).unwrap();
     let mut img = ImageFrame::rgb8(6, 4, (0..72).collect());
     img.info = info(0);
     let images = ImageKit::new(img, 100_000).unwrap();
@@ -45,14 +37,7 @@ fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
         },
     };
     let cameras = CameraKit {
-        good: CameraMsg {
-            extrinsics: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            intrinsics: [5.0, 0.0, 3.0, 0.0, 5.0, 2.0, 0.0, 0.0, 1.0],
-            width: 6,
-            height: 4,
-            info: info(2),
-            is_metric: false,
-        },
+        good: small_camera(info(2)),
     };
     let points = PointsKit {
         good: PointCloud {
@@ -62,7 +47,6 @@ fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
             is_metric: false,
         },
     };
-    let mut events = Events::new(&payloads);
     // Whether each message, in order, breaks the conventions.
     let mut broken: Vec<bool> = Vec::new();
     let mut kinds: Vec<&'static str> = Vec::new(); // for messages
@@ -102,9 +86,7 @@ fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
         // msg-dump judges messages whose `primitive` names a da3 message (or
         // is not a string); it checks messages, it does not decode pictures.
         let judged = match case.params.get(keys::PRIMITIVE) {
-            Some(Parameter::String(s)) => {
-                ["image", "depth", "confidence", "camera", "points"].contains(&s.as_str())
-            }
+            Some(Parameter::String(s)) => da3_msg::Primitive::parse(s).is_some(),
             Some(_) => true,
             None => false,
         };

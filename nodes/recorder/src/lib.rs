@@ -1,21 +1,22 @@
 //! `recorder`: a dora sink that records every message of every input (payload,
 //! typed metadata, receive time) to Arrow IPC stream files, in the format of
-//! [`da3_msg::recording`]; the `replay` node sends them again.
+//! [`recording`] (this crate's library module, also read by the `replay` node,
+//! which sends the messages again).
 //!
 //! See `nodes/recorder/README.md` for ports, env vars and a YAML snippet.
+
+pub mod recording;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use da3_msg::arrow::array::Array;
-use da3_msg::node_util::{init_logging, now_ns, Env};
-use da3_msg::recording::{RecordingWriter, EXTENSION};
+use da3_msg::node_util::{next_step, now_ns, start, Env, Step};
 use da3_msg::MetadataParameters;
-use dora_node_api::futures::future::{select, Either};
-use dora_node_api::futures::StreamExt;
-use dora_node_api::{DoraNode, Event, EventStream};
+use dora_node_api::EventStream;
 use eyre::{bail, eyre, Context, Result};
+use recording::{RecordingWriter, EXTENSION};
 
 /// A batch is also written once its messages reach this many bytes.
 pub const BATCH_MAX_BYTES: usize = 64 << 20;
@@ -233,11 +234,6 @@ impl Recorder {
         self.open()
     }
 
-    /// Current file.
-    pub fn current_path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|f| f.path.as_path())
-    }
-
     /// Records one message received now.
     pub fn record(
         &mut self,
@@ -315,33 +311,21 @@ impl Recorder {
 pub fn run(events: &mut EventStream, config: Config) -> Result<Recorder> {
     let mut rec = Recorder::new(config)?;
     loop {
-        // `StreamExt::next` keeps the arrival order (`recv` may reorder Stop
-        // before the last inputs); a timer wakes us up to flush on time.
+        // In arrival order; the wait wakes us up to flush on time.
         let wait = rec
             .flush_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
-        let next = dora_node_api::futures::executor::block_on(select(
-            futures_timer::Delay::new(wait),
-            events.next(),
-        ));
-        match next {
-            Either::Left(_) => rec.tick()?,
-            Either::Right((None, _)) => break,
-            Either::Right((Some(event), _)) => {
-                match event {
-                    Event::Input { id, metadata, data } => {
-                        let recv_ns = now_ns() as i64;
-                        let array = data.as_array();
-                        rec.record(id.as_str(), recv_ns, &metadata.parameters, array.as_ref())?;
-                    }
-                    Event::InputClosed { id } => tracing::debug!("input {id} closed"),
-                    Event::Error(e) => tracing::warn!("event stream error: {e}"),
-                    _ => {}
-                }
-                rec.tick()?;
+        match next_step(events, Some(wait)) {
+            Step::End => break,
+            Step::Input { id, params, data } => {
+                let recv_ns = now_ns() as i64;
+                rec.record(&id, recv_ns, &params, data.as_ref())?;
             }
+            Step::Closed(id) => tracing::debug!("input {id} closed"),
+            Step::Timeout => {}
         }
+        rec.tick()?;
     }
     rec.finish()?;
     Ok(rec)
@@ -349,9 +333,7 @@ pub fn run(events: &mut EventStream, config: Config) -> Result<Recorder> {
 
 /// Entry point of the `recorder` binary.
 pub fn lib_main() -> Result<()> {
-    init_logging();
-    let config = Config::from_env().wrap_err("recorder: bad configuration")?;
-    let (_node, mut events) = DoraNode::init_from_env()?;
+    let (config, _node, mut events) = start("recorder", Config::from_env)?;
     let rec = run(&mut events, config)?;
     let total: u64 = rec.received.values().sum();
     let per: Vec<String> = rec
@@ -374,7 +356,7 @@ pub fn lib_main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use da3_msg::recording::RecordingReader;
+    use crate::recording::RecordingReader;
     use da3_msg::ImageFrame;
 
     fn config(out: OutTarget) -> Config {

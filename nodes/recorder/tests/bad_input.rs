@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use da3_msg::arrow::array::{Array, ArrayRef};
-use da3_msg::recording::RecordingReader;
-use da3_msg::{CameraMsg, FrameInfo, ImageFrame, MetadataParameters};
+use da3_msg::{FrameInfo, ImageFrame, MetadataParameters};
 use da3_testkit::bad::{garbage, CameraKit, ImageKit};
-use da3_testkit::harness::{catch_crash, Events, Figures};
-use da3_testkit::Rng;
+use da3_testkit::harness::{catch_crash, BadInputRun, Figures};
+use da3_testkit::{frame_info, small_camera};
+use recorder::recording::RecordingReader;
 use recorder::{Config, OutTarget};
 
 const N_BAD: usize = 240;
@@ -20,33 +20,21 @@ const GOOD_EVERY: usize = 30;
 
 fn frame(id: u64) -> ImageFrame {
     let mut f = ImageFrame::rgb8(6, 4, (0..72).map(|i| (i as u64 * 3 + id) as u8).collect());
-    f.info = FrameInfo {
-        frame_id: Some(id),
-        stamp_ns: Some(id),
-        camera: Some("cam".into()),
-        last: false,
-    };
+    f.info = frame_info(id);
     f
 }
 
 #[test]
 fn every_message_good_or_bad_is_recorded_verbatim() {
-    let dir = tempfile::tempdir().unwrap();
-    let payloads = dir.path().join("payloads");
-    std::fs::create_dir_all(&payloads).unwrap();
-    let mut rng = Rng::new(0xDA3_0003);
+    let BadInputRun {
+        dir,
+        mut events,
+        mut rng,
+    } = BadInputRun::new(0xDA3_0003).unwrap();
     let mut images = ImageKit::new(frame(0), 100_000).unwrap();
     let cameras = CameraKit {
-        good: CameraMsg {
-            extrinsics: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            intrinsics: [5.0, 0.0, 3.0, 0.0, 5.0, 2.0, 0.0, 0.0, 1.0],
-            width: 6,
-            height: 4,
-            info: FrameInfo::default(),
-            is_metric: false,
-        },
+        good: small_camera(FrameInfo::default()),
     };
-    let mut events = Events::new(&payloads);
     let mut sent: Vec<(String, MetadataParameters, ArrayRef)> = Vec::new();
     let mut good_at: Vec<usize> = Vec::new();
     let (mut n_bad, mut n_good) = (0u64, 0u64);

@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use da3_msg::node_util::{init_logging, linger, Env};
-use da3_msg::recording::{RecordingReader, EXTENSION};
+use da3_msg::message::mark_legacy_depth_vis;
+use da3_msg::node_util::{linger, start, Env};
 use dora_node_api::dora_core::config::DataId;
 use dora_node_api::{DoraNode, Event, EventStream};
 use eyre::{bail, eyre, Context, Result};
+use recorder::recording::{RecordingReader, EXTENSION};
 
 /// When to send the next message.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -200,7 +201,7 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Re
             let reader = RecordingReader::open(file)?;
             tracing::info!("replay: {}", file.display());
             for msg in reader {
-                let msg = match msg {
+                let mut msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!("{}: skipping a message: {e:#}", file.display());
@@ -246,6 +247,8 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Re
                     s.stopped = true;
                     break 'passes;
                 }
+                // Recordings made before the colour-mapped depth was marked.
+                mark_legacy_depth_vis(&msg.stream, &mut msg.metadata);
                 node.send_output(out_id, msg.metadata, msg.data)
                     .wrap_err_with(|| format!("cannot send message {} on `{out}`", msg.seq))?;
                 *s.sent.entry(out).or_default() += 1;
@@ -266,9 +269,7 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Re
 
 /// Entry point of the `replay` binary.
 pub fn lib_main() -> Result<()> {
-    init_logging();
-    let config = Config::from_env().wrap_err("replay: bad configuration")?;
-    let (mut node, mut events) = DoraNode::init_from_env()?;
+    let (config, mut node, mut events) = start("replay", Config::from_env)?;
     let s = run(&mut node, &mut events, &config)?;
     let total: u64 = s.sent.values().sum();
     let fmt = |m: &BTreeMap<String, u64>| {

@@ -13,15 +13,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use da3_msg::meta::opt_str;
-use da3_msg::node_util::{init_logging, Env};
-use da3_msg::{
-    keys, CameraMsg, DecodeLimits, DepthMap, FrameInfo, ImageFrame, Intrinsics, MetadataParameters,
-    PointCloud, Pose,
-};
-use dora_node_api::arrow_v59::array::Array;
-use dora_node_api::futures::StreamExt;
-use dora_node_api::{DoraNode, Event, EventStream};
+use da3_msg::node_util::{for_each_input, start, Env, Step};
+use da3_msg::{DecodeLimits, DepthVis, FrameInfo, Intrinsics, Message, Pose};
+use dora_node_api::EventStream;
 use eyre::{bail, eyre, Context, Result};
 use rerun::{RecordingStream, RecordingStreamBuilder};
 
@@ -151,44 +145,6 @@ pub fn open_stream(cfg: &Config) -> Result<RecordingStream> {
     }
 }
 
-/// One decoded input message.
-#[derive(Debug, Clone)]
-pub enum Item {
-    /// A source frame.
-    Image(ImageFrame),
-    /// The colour-mapped depth (an `image` input whose id contains `vis`).
-    Vis(ImageFrame),
-    Depth(DepthMap),
-    Confidence(DepthMap),
-    Camera(CameraMsg),
-    Points(PointCloud),
-}
-
-/// Decodes one message by its `primitive` (`image` inputs whose id contains
-/// `vis` are the colour-mapped depth, other `image` inputs source frames).
-pub fn decode(input: &str, data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
-    let primitive = opt_str(params, keys::PRIMITIVE)?;
-    Ok(match primitive {
-        Some("depth") => Item::Depth(DepthMap::from_message(data, params)?),
-        Some("confidence") => Item::Confidence(DepthMap::from_message(data, params)?),
-        Some("camera") => Item::Camera(CameraMsg::from_message(data, params)?),
-        Some("points") => Item::Points(PointCloud::from_message(data, params)?),
-        // Image frames from other dora nodes may carry no `primitive`.
-        Some("image") | None => {
-            if primitive.is_none() && !params.contains_key(keys::ENCODING) {
-                bail!("no `primitive` metadata");
-            }
-            let f = ImageFrame::from_message(data, params)?;
-            if input.contains("vis") {
-                Item::Vis(f)
-            } else {
-                Item::Image(f)
-            }
-        }
-        Some(other) => bail!("unknown primitive `{other}`"),
-    })
-}
-
 /// A camera name as one entity path part: characters other than
 /// `A-Za-z0-9_-` become `_`.
 pub fn entity_name(camera: &str) -> String {
@@ -303,19 +259,6 @@ fn pinhole(k: &Intrinsics, w: u32, h: u32) -> rerun::Pinhole {
     .with_camera_xyz(rerun::components::ViewCoordinates::RDF)
 }
 
-/// Intrinsics of a camera message, checked.
-fn camera_intrinsics(c: &CameraMsg) -> Option<Intrinsics> {
-    let m = &c.intrinsics;
-    let k = Intrinsics {
-        fx: m[0],
-        fy: m[4],
-        cx: m[2],
-        cy: m[5],
-    };
-    (k.fx > 0.0 && k.fy > 0.0 && [k.fx, k.fy, k.cx, k.cy].iter().all(|v| v.is_finite()))
-        .then_some(k)
-}
-
 impl Logger {
     /// Logs the world's axes (OpenCV: x right, y down, z forward) as static data.
     pub fn new(rec: RecordingStream, default_camera: &str, trajectory_max: usize) -> Result<Self> {
@@ -364,9 +307,9 @@ impl Logger {
 
     /// Logs one message. A message that cannot be logged is an error the
     /// caller counts; nothing here panics on message content.
-    pub fn handle(&mut self, item: &Item) -> Result<()> {
-        match item {
-            Item::Image(f) => {
+    pub fn handle(&mut self, msg: &Message) -> Result<()> {
+        match msg {
+            Message::Image(f) => {
                 self.set_time(&f.info);
                 let (w, h, rgb) = f.to_rgb8(&DecodeLimits::default())?;
                 let own_k = f.intrinsics;
@@ -392,14 +335,14 @@ impl Logger {
                     .log(rgb_path, &rerun::Image::from_rgb24(rgb, [w, h]))?;
                 self.counts.images += 1;
             }
-            Item::Vis(f) => {
+            Message::DepthVis(DepthVis { frame: f, .. }) => {
                 self.set_time(&f.info);
                 let (w, h, rgb) = f.to_rgb8(&DecodeLimits::default())?;
                 let p = self.cam(&f.info).paths.depth_vis.clone();
                 self.rec.log(p, &rerun::Image::from_rgb24(rgb, [w, h]))?;
                 self.counts.depth_vis += 1;
             }
-            Item::Depth(d) => {
+            Message::Depth(d) => {
                 self.set_time(&d.info);
                 self.geometry(
                     &d.info,
@@ -417,7 +360,7 @@ impl Logger {
                 self.rec.log(p, &img)?;
                 self.counts.depth += 1;
             }
-            Item::Confidence(d) => {
+            Message::Confidence(d) => {
                 self.set_time(&d.info);
                 let img = rerun::Image::from_elements(
                     &d.values,
@@ -428,13 +371,12 @@ impl Logger {
                 self.rec.log(p, &img)?;
                 self.counts.confidence += 1;
             }
-            Item::Camera(c) => {
+            Message::Camera(c) => {
                 self.set_time(&c.info);
-                let k = camera_intrinsics(c).map(|k| (k, c.width, c.height));
-                self.geometry(&c.info, Some(c.pose()), k)?;
+                self.geometry(&c.info, Some(c.pose()), Some((c.k(), c.width, c.height)))?;
                 self.counts.cameras += 1;
             }
-            Item::Points(p) => {
+            Message::Points(p) => {
                 self.set_time(&p.info);
                 let colors = p
                     .rgb
@@ -445,6 +387,8 @@ impl Logger {
                 self.rec.log(path, &pts)?;
                 self.counts.points += 1;
             }
+            // Decoded (so not counted as rejected) but nothing to show.
+            Message::Status(_) => {}
         }
         Ok(())
     }
@@ -516,29 +460,24 @@ pub fn run(
     mut logger: Logger,
     flush_timeout: Duration,
 ) -> Result<Counts> {
-    // `StreamExt::next` keeps the arrival order (`recv` may deliver Stop
-    // before the last inputs); drain until the stream ends.
-    while let Some(event) = dora_node_api::futures::executor::block_on(events.next()) {
-        match event {
-            Event::Input { id, metadata, data } => {
-                let array = data.as_array();
-                match decode(id.as_str(), array.as_ref(), &metadata.parameters) {
-                    Ok(item) => {
-                        if let Err(e) = logger.handle(&item) {
-                            logger.counts.errors += 1;
-                            tracing::warn!("input `{id}`: not logged: {e:#}");
-                        }
-                    }
-                    Err(e) => {
-                        logger.counts.rejected += 1;
-                        tracing::warn!("input `{id}`: message rejected: {e:#}");
+    for_each_input(events, |step| {
+        if let Step::Input { id, params, data } = step {
+            // By `primitive` (the colour-mapped depth is marked in its metadata).
+            match Message::decode(data.as_ref(), &params) {
+                Ok(msg) => {
+                    if let Err(e) = logger.handle(&msg) {
+                        logger.counts.errors += 1;
+                        tracing::warn!("input `{id}`: not logged: {e:#}");
                     }
                 }
+                Err(e) => {
+                    logger.counts.rejected += 1;
+                    tracing::warn!("input `{id}`: message rejected: {e:#}");
+                }
             }
-            Event::Error(e) => tracing::warn!("event stream error: {e}"),
-            _ => {}
         }
-    }
+        Ok(())
+    })?;
     let c = logger.finish(flush_timeout)?;
     tracing::info!(
         "viewer: logged image: {}, depth: {}, confidence: {}, depth_vis: {}, camera: {}, points: {}, poses: {}; {} messages rejected, {} not logged",
@@ -557,9 +496,7 @@ pub fn run(
 
 /// Entry point of the `viewer` binary.
 pub fn lib_main() -> Result<()> {
-    init_logging();
-    let cfg = Config::from_env().wrap_err("viewer: bad configuration")?;
-    let (node, mut events) = DoraNode::init_from_env()?;
+    let (cfg, node, mut events) = start("viewer", Config::from_env)?;
     let rec = open_stream(&cfg).wrap_err("viewer")?;
     match &cfg.mode {
         Mode::Save(p) => tracing::info!("viewer: recording to {}", p.display()),
@@ -576,7 +513,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    use da3_msg::{DepthKind, Parameter};
+    use da3_msg::{CameraMsg, DepthKind, DepthMap, ImageFrame, PointCloud};
     use rerun::log::{Chunk, LogMsg};
 
     /// Rows logged per `(entity, archetype)`.
@@ -672,14 +609,14 @@ mod tests {
         for i in 0..5 {
             let mut img = ImageFrame::rgb8(8, 6, vec![7; 8 * 6 * 3]);
             img.info = info(i);
-            lg.handle(&Item::Image(img)).unwrap();
+            lg.handle(&Message::Image(img)).unwrap();
             // Camera and depth both carry the pose: logged once.
-            lg.handle(&Item::Camera(camera(i))).unwrap();
-            lg.handle(&Item::Depth(depth(i))).unwrap();
+            lg.handle(&Message::Camera(camera(i))).unwrap();
+            lg.handle(&Message::Depth(depth(i))).unwrap();
             let mut conf = depth(i);
             conf.kind = DepthKind::Confidence;
-            lg.handle(&Item::Confidence(conf)).unwrap();
-            lg.handle(&Item::Points(PointCloud {
+            lg.handle(&Message::Confidence(conf)).unwrap();
+            lg.handle(&Message::Points(PointCloud {
                 xyz: vec![[0.0, 0.0, 1.0]; 3],
                 rgb: vec![[1, 2, 3]; 3],
                 info: info(i),
@@ -711,8 +648,8 @@ mod tests {
         let (mut lg, storage) = memory_logger();
         let mut d = depth(0);
         d.info = FrameInfo::default();
-        lg.handle(&Item::Depth(d.clone())).unwrap();
-        lg.handle(&Item::Depth(d)).unwrap();
+        lg.handle(&Message::Depth(d.clone())).unwrap();
+        lg.handle(&Message::Depth(d)).unwrap();
         lg.finish(Duration::from_secs(10)).unwrap();
         let got = logged(&storage);
         let key = ("world/cameras/node".to_string(), "Transform3D".to_string());
@@ -724,46 +661,15 @@ mod tests {
         let (mut lg, _storage) = memory_logger();
         let mut f = ImageFrame::rgb8(0, 0, b"nope".to_vec());
         f.encoding = da3_msg::Encoding::Jpeg;
-        assert!(lg.handle(&Item::Image(f)).is_err());
+        assert!(lg.handle(&Message::Image(f)).is_err());
         // Non-finite poses are skipped, not logged.
         let mut d = depth(1);
         d.pose = Some(Pose {
             position: [f64::NAN, 0.0, 0.0],
             orientation: [0.0, 0.0, 0.0, 1.0],
         });
-        lg.handle(&Item::Depth(d)).unwrap();
+        lg.handle(&Message::Depth(d)).unwrap();
         assert_eq!(lg.counts.poses, 0);
-    }
-
-    #[test]
-    fn decode_routes_by_primitive() {
-        let d = depth(0);
-        let (a, p) = d.to_message();
-        assert!(matches!(
-            decode("x", a.as_ref(), &p).unwrap(),
-            Item::Depth(_)
-        ));
-        let (a, p) = camera(0).to_message();
-        assert!(matches!(
-            decode("c", a.as_ref(), &p).unwrap(),
-            Item::Camera(_)
-        ));
-        let (a, p) = ImageFrame::rgb8(1, 1, vec![1, 2, 3]).to_message();
-        assert!(matches!(
-            decode("image", a.as_ref(), &p).unwrap(),
-            Item::Image(_)
-        ));
-        assert!(matches!(
-            decode("depth_vis", a.as_ref(), &p).unwrap(),
-            Item::Vis(_)
-        ));
-        let mut p2 = p.clone();
-        p2.insert(keys::PRIMITIVE.into(), Parameter::String("what".into()));
-        assert!(decode("image", a.as_ref(), &p2).is_err());
-        // A depth payload of the wrong size.
-        let (_, p) = d.to_message();
-        let short = std::sync::Arc::new(da3_msg::arrow::array::Float32Array::from(vec![1.0f32]));
-        assert!(decode("depth", short.as_ref(), &p).is_err());
     }
 
     #[test]
@@ -818,7 +724,7 @@ mod tests {
             flush_timeout: Duration::from_secs(10),
         };
         let mut lg = Logger::new(open_stream(&cfg).unwrap(), "n", 10).unwrap();
-        lg.handle(&Item::Depth(depth(0))).unwrap();
+        lg.handle(&Message::Depth(depth(0))).unwrap();
         lg.finish(Duration::from_secs(10)).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.len() > 100);

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use da3_msg::recording::{row_infos, RecordingReader};
 use eyre::Result;
+use recorder::recording::{row_infos, RecordingReader};
 
 #[derive(Default, Clone)]
 struct Stats {

@@ -1,4 +1,5 @@
-//! The recording format shared by the `recorder` and `replay` nodes.
+//! The recording format of the `recorder` node, read back by `replay`
+//! (which depends on this crate for it).
 //!
 //! A recording is one Arrow IPC **stream** file (`.arrows`), readable as is by
 //! `pyarrow.ipc.open_stream`, polars (`pl.read_ipc_stream`) or DuckDB. Each
@@ -30,15 +31,15 @@ use std::sync::Arc;
 
 use eyre::{bail, eyre, Context, Result};
 
-use crate::arrow::array::{
+use da3_msg::arrow::array::{
     Array, ArrayRef, Int64Array, Int64Builder, LargeBinaryArray, LargeBinaryBuilder, RecordBatch,
     StringArray, StringBuilder, UInt64Array, UInt64Builder,
 };
-use crate::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use crate::arrow::error::ArrowError;
-use crate::arrow::ipc::reader::StreamReader;
-use crate::arrow::ipc::writer::StreamWriter;
-use crate::MetadataParameters;
+use da3_msg::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use da3_msg::arrow::error::ArrowError;
+use da3_msg::arrow::ipc::reader::StreamReader;
+use da3_msg::arrow::ipc::writer::StreamWriter;
+use da3_msg::MetadataParameters;
 
 /// File extension of recordings.
 pub const EXTENSION: &str = "arrows";
@@ -81,7 +82,7 @@ pub fn schema() -> SchemaRef {
 
 /// Encodes one payload array as an Arrow IPC stream of a one-column batch.
 pub fn encode_payload(array: &dyn Array) -> Result<Vec<u8>> {
-    let array: ArrayRef = crate::arrow::array::make_array(array.to_data());
+    let array: ArrayRef = da3_msg::arrow::array::make_array(array.to_data());
     let field = Field::new("data", array.data_type().clone(), true);
     let schema = Arc::new(Schema::new(vec![field]));
     let batch = RecordBatch::try_new(schema.clone(), vec![array])
@@ -225,7 +226,7 @@ impl<R: Read> GuardedIpc<R> {
         if self.fill(meta_len as usize)? < meta_len as usize {
             return Ok(()); // cut short: the Arrow reader reports it
         }
-        let message = crate::arrow::ipc::root_as_message(&self.head[at..])
+        let message = da3_msg::arrow::ipc::root_as_message(&self.head[at..])
             .map_err(|e| invalid(format!("IPC message header does not parse: {e}")))?;
         let body = message.bodyLength();
         if body < 0 || body as u64 > self.left {
@@ -668,8 +669,8 @@ impl<R: Read> Iterator for RecordingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arrow::array::StringArray;
-    use crate::{
+    use da3_msg::arrow::array::StringArray;
+    use da3_msg::{
         CameraMsg, DepthKind, DepthMap, FrameInfo, ImageFrame, Intrinsics, Parameter, PointCloud,
         Pose,
     };
@@ -755,7 +756,7 @@ mod tests {
         let d = a.to_data();
         let mut v: Vec<Vec<u8>> = d.buffers().iter().map(|b| b.as_slice().to_vec()).collect();
         for c in d.child_data() {
-            v.extend(bytes_of(&crate::arrow::array::make_array(c.clone())));
+            v.extend(bytes_of(&da3_msg::arrow::array::make_array(c.clone())));
         }
         v
     }
