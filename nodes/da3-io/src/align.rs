@@ -154,7 +154,6 @@ pub fn umeyama(x: &[[f64; 3]], y: &[[f64; 3]]) -> Result<Sim3, Degenerate> {
     Ok(Sim3 { r, t, s })
 }
 
-
 /// Scale of the Umeyama Sim(3) alignment of the points `x` onto `y` (see [`umeyama`]).
 ///
 /// Falls back to the ratio of spreads when the covariance has rank < 2 (fewer than three
@@ -506,8 +505,8 @@ mod tests {
         let t_ref = [0.4992851074326215, -0.9974107875221248, 1.9997357679486862];
         for i in 0..3 {
             assert!((m.t[i] - t_ref[i]).abs() < 1e-10, "{:?}", m.t);
-            for j in 0..3 {
-                assert!((m.r[i][j] - r_ref[i][j]).abs() < 1e-10, "{:?}", m.r);
+            for (got, want) in m.r[i].iter().zip(&r_ref[i]) {
+                assert!((got - want).abs() < 1e-10, "{:?}", m.r);
             }
         }
     }

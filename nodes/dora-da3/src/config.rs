@@ -119,6 +119,8 @@ impl FromStr for OutputSize {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub model: String,
+    /// Published variant of a bare `.safetensors` without `config.json` (`MODEL_NAME`).
+    pub model_name: Option<String>,
     pub precision: Precision,
     pub devices: Vec<DeviceSpec>,
     pub preprocess: PreprocessConfig,
@@ -141,6 +143,7 @@ pub struct Config {
 /// The env vars the node reads (its `dora-node.yml` lists the same).
 pub const ENV_VARS: &[&[&str]] = &[&[
     "MODEL",
+    "MODEL_NAME",
     "PRECISION",
     "DEVICE",
     "PROCESS_RES",
@@ -174,6 +177,11 @@ impl Config {
     pub fn from_env() -> Result<Self> {
         let env = Env::new(ENV_VARS);
         let model: String = env.or("MODEL", DEFAULT_MODEL.to_string())?;
+        let model_name: Option<String> = env.opt("MODEL_NAME")?;
+        if let Some(n) = &model_name {
+            da3::Da3Config::from_model_name(n)
+                .map_err(|e| eyre!("invalid MODEL_NAME={n:?}: {e}"))?;
+        }
         let precision: Precision = parse_env(&env, "PRECISION", "auto")?;
         let device_raw: String = env.or("DEVICE", "auto".to_string())?;
         let devices =
@@ -224,6 +232,7 @@ impl Config {
         env.finish();
         Ok(Self {
             model,
+            model_name,
             precision,
             devices,
             preprocess: PreprocessConfig {
@@ -276,6 +285,7 @@ impl Config {
             max_pixels: 40_000_000,
             status_every: Duration::from_millis(1000),
             rig_inputs: None,
+            model_name: None,
         }
     }
 }

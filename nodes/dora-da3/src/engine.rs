@@ -2,9 +2,9 @@
 //! per-view results the node sends.
 
 use da3::inference::{self, InputIntrinsics};
-use da3_io::geometry::Mat4;
 use da3::preprocess::{restore_intrinsics, restore_map, Mat3, RgbImage, ViewTransform};
 use da3::Da3Model;
+use da3_io::geometry::Mat4;
 use da3_msg::{FrameInfo, Intrinsics};
 use eyre::{bail, Context, Result};
 

@@ -66,7 +66,7 @@ pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
         }
         let dtype = cfg.precision.dtype(&device);
         let t0 = Instant::now();
-        let m = Da3Model::load(&cfg.model, &device, dtype)
+        let m = Da3Model::load_named(&cfg.model, cfg.model_name.as_deref(), &device, dtype)
             .wrap_err_with(|| format!("cannot load MODEL={} on {spec}", cfg.model))?;
         tracing::info!(
             "loaded {} on {spec} as {dtype:?} in {:.1}s",

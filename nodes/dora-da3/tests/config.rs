@@ -22,6 +22,7 @@ fn run_with(env: &[(&str, &str)]) -> (bool, String) {
 fn invalid_values_stop_before_the_model_loads() {
     let cases = [
         ("PRECISION", "int8"),
+        ("MODEL_NAME", "da3-tiny"),
         ("DEVICE", "tpu:0"),
         ("MODE", "stream"),
         ("PROCESS_RES", "abc"),

@@ -15,7 +15,7 @@ use da3::inference::{infer, InferenceOptions, InputIntrinsics};
 use da3::preprocess::{Mat3, PreprocessConfig, ResizeMethod, RgbImage, DEFAULT_PROCESS_RES};
 use da3::{Da3Model, RefViewStrategy};
 use da3_io::geometry::Mat4;
-use eyre::{bail, ensure, Result, WrapErr};
+use eyre::{ensure, Result, WrapErr};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
@@ -42,6 +42,11 @@ struct BenchArgs {
     /// Hugging Face hub id, checkpoint directory or .safetensors file.
     #[arg(long)]
     model: String,
+    /// Published variant of a bare .safetensors without config.json (da3-small, da3-base,
+    /// da3-large, da3-giant, da3metric-large, da3mono-large, da3nested-giant-large); detected
+    /// from its tensors when not given, where that is unambiguous.
+    #[arg(long)]
+    model_name: Option<String>,
     /// View counts to time, comma separated.
     #[arg(long, default_value = "1,4", value_delimiter = ',')]
     views: Vec<usize>,
@@ -134,6 +139,11 @@ struct InferArgs {
     /// Hugging Face hub id (`owner/name[@revision]`), checkpoint directory or .safetensors file.
     #[arg(long)]
     model: String,
+    /// Published variant of a bare .safetensors without config.json (da3-small, da3-base,
+    /// da3-large, da3-giant, da3metric-large, da3mono-large, da3nested-giant-large); detected
+    /// from its tensors when not given, where that is unambiguous.
+    #[arg(long)]
+    model_name: Option<String>,
     /// Input images (PNG, JPEG, WebP) or directories of images (sorted by name).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -293,7 +303,7 @@ fn run_infer(args: InferArgs) -> Result<()> {
             args.model, args.device
         ),
     );
-    let model = Da3Model::load(&args.model, &device, dtype)?;
+    let model = Da3Model::load_named(&args.model, args.model_name.as_deref(), &device, dtype)?;
     pb.finish_and_clear();
 
     let bar = if args.quiet || n < 2 {
@@ -381,7 +391,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let device = a.device.open()?;
     let dtype = a.precision.dtype(&device);
     let t0 = Instant::now();
-    let model = Da3Model::load(&a.model, &device, dtype)?;
+    let model = Da3Model::load_named(&a.model, a.model_name.as_deref(), &device, dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
     for &s in &a.views {
         ensure!(s > 0, "view counts must be positive");
