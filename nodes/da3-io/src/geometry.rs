@@ -321,11 +321,12 @@ pub fn frustum(k: &[f64; 9], extrinsics: &[f64; 12], w: f64, h: f64, depth: f64)
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Test helpers shared by the crates' tests (rigid motions about z, identity check).
+#[doc(hidden)]
+pub mod testing {
+    use super::{Mat3, Mat4};
 
-    fn rot_z(a: f32) -> Mat3<f32> {
+    pub fn rot_z(a: f32) -> Mat3<f32> {
         [
             [a.cos(), -a.sin(), 0.0],
             [a.sin(), a.cos(), 0.0],
@@ -333,12 +334,7 @@ mod tests {
         ]
     }
 
-    fn rot_y(a: f64) -> Mat3 {
-        let (s, c) = a.sin_cos();
-        [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
-    }
-
-    fn ext(r: Mat3<f32>, t: [f32; 3]) -> Mat4<f32> {
+    pub fn ext(r: Mat3<f32>, t: [f32; 3]) -> Mat4<f32> {
         [
             [r[0][0], r[0][1], r[0][2], t[0]],
             [r[1][0], r[1][1], r[1][2], t[1]],
@@ -347,12 +343,23 @@ mod tests {
         ]
     }
 
-    fn assert_identity(m: &Mat4<f32>) {
+    pub fn assert_identity(m: &Mat4<f32>) {
         for (i, row) in m.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
                 assert!((v - (i == j) as u8 as f32).abs() < 1e-6, "{m:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    fn rot_y(a: f64) -> Mat3 {
+        let (s, c) = a.sin_cos();
+        [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
     }
 
     #[test]

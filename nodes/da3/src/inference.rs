@@ -267,31 +267,7 @@ pub fn infer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rot_z(a: f32) -> [[f32; 3]; 3] {
-        [
-            [a.cos(), -a.sin(), 0.0],
-            [a.sin(), a.cos(), 0.0],
-            [0.0, 0.0, 1.0],
-        ]
-    }
-
-    fn ext(r: [[f32; 3]; 3], t: [f32; 3]) -> Mat4<f32> {
-        [
-            [r[0][0], r[0][1], r[0][2], t[0]],
-            [r[1][0], r[1][1], r[1][2], t[1]],
-            [r[2][0], r[2][1], r[2][2], t[2]],
-            [0.0, 0.0, 0.0, 1.0],
-        ]
-    }
-
-    fn assert_identity(m: &Mat4<f32>) {
-        for (i, row) in m.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                assert!((v - (i == j) as u8 as f32).abs() < 1e-6, "{m:?}");
-            }
-        }
-    }
+    use da3_io::geometry::testing::{assert_identity, ext, rot_z};
 
     #[test]
     fn normalisation_makes_first_identity_and_median_unit() {
