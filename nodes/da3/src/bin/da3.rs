@@ -395,18 +395,9 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     for &s in &a.views {
         ensure!(s > 0, "view counts must be positive");
-        // Seeded, smooth-ish normalised input (values like ImageNet-normalised pixels).
-        let n = s * 3 * a.height * a.width;
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        let x = candle_core::Tensor::from_vec(data, (1, s, 3, a.height, a.width), &device)?;
+        // Seeded normalised input in [-2, 2) (values like ImageNet-normalised pixels).
+        let x = (da3::testing::rand(&[1, s, 3, a.height, a.width], 0x2545_f491_4f6c_dd1d) * 2.0)?
+            .to_device(&device)?;
         let opts = da3::ForwardOptions::default();
         let run = || -> Result<f64> {
             let t = Instant::now();
