@@ -34,7 +34,9 @@ PY
 fi
 export MODEL
 echo "demo: MODEL=$MODEL, graph $FLOW"
-cargo build --workspace --bins
+# The same command as every node's `build:` key in dataflows/ (and scripts/test.sh): one
+# feature set, so `dora run` finds nothing left to compile.
+cargo build --workspace --bins --features da3/cli
 # The graphs name their nodes as ../target/debug/<node>. With CARGO_TARGET_DIR set
 # elsewhere, point target/debug at that build (unless a real target/debug is there).
 tdir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
