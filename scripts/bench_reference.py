@@ -1,27 +1,49 @@
 #!/usr/bin/env python3
 """Times the PyTorch reference (depth-anything-3==0.1.1) on the same seeded
-checkpoint and input sizes as `da3 bench`, one JSON line per view count.
+checkpoints and input sizes as `da3 bench`, one JSON line per view count, and the
+same network run by the peers a robotics user would pick instead: ONNX Runtime and
+OpenVINO on the reference exported to ONNX.
 
   python scripts/bench_reference.py --make-checkpoint da3-base DIR   # seeded random weights, hub layout
   python scripts/bench_reference.py --checkpoint DIR --views 1 --threads 2 --mode forward
   python scripts/bench_reference.py --checkpoint DIR --views 4 --threads 2 --mode api
+  python scripts/bench_reference.py --checkpoint DIR --views 1 --export-onnx FILE   # export + check against torch
+  python scripts/bench_reference.py --onnx FILE --views 1 --threads 2 --runtime ov-bf16
 
 --mode forward: the network called directly in f32 under inference_mode (what
 our `da3 bench` times). --mode api: the reference's own `inference()` on
 640x480 uint8 frames at process_res 504 (preprocessing, autocast, outputs).
 Run one view count per process so peak RSS is per configuration.
 
+--runtime (forward mode): torch (the default: the reference itself), ort (ONNX
+Runtime, CPU, f32), ov-f32 or ov-bf16 (OpenVINO, CPU, with that inference
+precision). The last three run the file of --onnx, written by --export-onnx: the
+same forward (`model(x, export_feat_layers=[])`) traced at one fixed input shape
+(1, views, 3, H, W), checked against torch through ONNX Runtime (the run fails
+above 1e-4 max relative error of the depth). They do not import torch, so that
+their peak RSS is their own; their input is seeded numpy noise of the same range.
+
 --lockstep WAIT,SIGNAL (forward mode): take turns with `da3 bench --lockstep
 SIGNAL,WAIT` over two named pipes, one forward per turn, so that each timed run
 of ours sits next to one of the reference's on a machine whose speed drifts.
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
 import statistics
 import sys
 import time
+
+IMPL = {
+    "torch": "reference forward f32",
+    "ort": "onnxruntime f32",
+    "ov-f32": "openvino f32",
+    "ov-bf16": "openvino bf16",
+}
+# Largest max relative error of the exported depth against torch that --export-onnx accepts.
+EXPORT_TOL = 1e-4
 
 
 def make_checkpoint(variant, out):
@@ -38,6 +60,172 @@ def make_checkpoint(variant, out):
     print(f"wrote {out}")
 
 
+@contextlib.contextmanager
+def exportable():
+    """Swaps, for the time of an export, the two pieces of depth_anything_3 that the
+    TorchScript ONNX exporter cannot translate ("UnsupportedOperatorError: Exporting the
+    operator 'aten::...' to ONNX opset version 18 is not supported"), for equivalents it
+    can (the installed package is left as it is):
+    - torch.cartesian_prod (RoPE positions, model/dinov2/layers/rope.py): meshgrid
+      (indexing="ij") + stack gives the same (N*M, 2) grid;
+    - utils/geometry.py's affine_inverse, a @torch.jit.script function using `.mT`
+      (aten::mT; the camera decoder's pose, model/da3.py): the same inverse in plain
+      python with transpose(-2, -1). model/da3.py imported it by name, so it is
+      replaced there (and in the other modules that hold it)."""
+    from unittest import mock
+    import torch
+    import depth_anything_3.model.cam_enc as cam_enc
+    import depth_anything_3.model.da3 as da3_net
+    import depth_anything_3.utils.geometry as geometry
+
+    def cartesian_prod(*ts):
+        grids = torch.meshgrid(*ts, indexing="ij")
+        return torch.stack([g.reshape(-1) for g in grids], dim=-1)
+
+    def affine_inverse(A):
+        R = A[..., :3, :3]
+        T = A[..., :3, 3:]
+        P = A[..., 3:, :]
+        Rt = R.transpose(-2, -1)
+        return torch.cat([torch.cat([Rt, -Rt @ T], dim=-1), P], dim=-2)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(torch, "cartesian_prod", cartesian_prod))
+        for m in (da3_net, cam_enc, geometry):
+            stack.enter_context(mock.patch.object(m, "affine_inverse", affine_inverse))
+        yield
+
+
+def export_onnx(a):
+    """--export-onnx: trace the reference forward at (1, views, 3, H, W) into an ONNX file,
+    run it with ONNX Runtime on the torch input and compare; the file is only written
+    (atomically) when the depth matches."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from depth_anything_3.api import DepthAnything3
+
+    torch.set_num_threads(a.threads)
+    api = DepthAnything3.from_pretrained(a.checkpoint).eval()
+    x = torch.rand((1, a.views, 3, a.height, a.width), generator=torch.Generator().manual_seed(0)) * 4 - 2
+    with torch.inference_mode():
+        ref = api.model(x, export_feat_layers=[])
+    # The tensors of the output dict (depth, depth_conf, extrinsics, intrinsics for the
+    # published any-view configs; `aux` is an empty dict without export_feat_layers).
+    names = [k for k, v in ref.items() if isinstance(v, torch.Tensor)]
+    print(f"export: outputs {', '.join(f'{k} {tuple(ref[k].shape)}' for k in names)}")
+
+    class Forward(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            out = self.net(x, export_feat_layers=[])
+            return tuple(out[k] for k in names)
+
+    # The RoPE position getter caches its grid per size; empty it so that the trace
+    # computes the positions (through the swapped cartesian_prod) instead of holding
+    # the grid of the forward above as a constant.
+    for m in api.model.modules():
+        cache = getattr(getattr(m, "position_getter", None), "position_cache", None)
+        if cache is not None:
+            cache.clear()
+    os.makedirs(os.path.dirname(os.path.abspath(a.export_onnx)), exist_ok=True)
+    tmp = a.export_onnx + ".tmp"
+    t0 = time.perf_counter()
+    with exportable(), torch.no_grad():
+        torch.onnx.export(Forward(api.model), (x,), tmp, dynamo=False, opset_version=18,
+                          input_names=["image"], output_names=names)
+    export_s = time.perf_counter() - t0
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
+    sess = ort.InferenceSession(tmp, so, providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x.numpy()})))
+    errs = {}
+    for k in names:
+        want, diff = ref[k].numpy(), np.abs(got[k] - ref[k].numpy())
+        if k == "depth":
+            # The check: max over pixels of |onnx - torch| / |torch| (depth > 0: exp activation).
+            errs[k] = float(np.max(diff / np.abs(want)))
+        else:
+            # For information; relative to the output's largest magnitude, as the camera
+            # matrices hold exact zeros.
+            errs[k] = float(diff.max() / max(np.abs(want).max(), 1e-12))
+    print(f"export: {a.export_onnx} in {export_s:.0f} s; onnxruntime vs torch: depth max rel err "
+          f"{errs['depth']:.2e}; max abs err / max abs: "
+          + ", ".join(f"{k} {e:.2e}" for k, e in errs.items() if k != "depth"))
+    if not errs["depth"] <= EXPORT_TOL:
+        os.remove(tmp)
+        sys.exit(f"export: FAILED, onnxruntime depth differs from torch by {errs['depth']:.2e} "
+                 f"(max rel err, limit {EXPORT_TOL:g}); {a.export_onnx} not written")
+    os.replace(tmp, a.export_onnx)
+
+
+def load_runtime(a):
+    """The forward of --runtime, ready to time: (function running one forward, the fields of
+    the JSON line naming the runtime, its versions and settings)."""
+    if a.runtime == "torch":
+        import torch
+        from depth_anything_3.api import DepthAnything3
+
+        torch.set_num_threads(a.threads)
+        api = DepthAnything3.from_pretrained(a.checkpoint).eval()
+        x = torch.rand((1, a.views, 3, a.height, a.width), generator=torch.Generator().manual_seed(0)) * 4 - 2
+
+        def infer():
+            with torch.inference_mode():
+                api.model(x, export_feat_layers=[])
+
+        return infer, {"torch": torch.__version__}
+
+    import numpy as np
+
+    if not a.onnx or not os.path.exists(a.onnx):
+        sys.exit(f"--runtime {a.runtime} needs --onnx FILE (written by --export-onnx): {a.onnx}")
+    # Same range as the torch input ([-2, 2), like ImageNet-normalised pixels), numpy's noise.
+    x = (np.random.default_rng(0).random((1, a.views, 3, a.height, a.width), dtype=np.float32) * 4 - 2)
+    if a.runtime == "ort":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
+        sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        return (lambda: sess.run(None, feed)), {"onnxruntime": ort.__version__, "onnx": a.onnx}
+
+    import openvino as ov
+
+    precision = a.runtime.split("-")[1]
+    core = ov.Core()
+    # Precision set explicitly either way: OpenVINO runs bf16 by default on CPUs with
+    # bf16 support (AVX512-BF16, AMX), even for an f32 model.
+    compiled = core.compile_model(core.read_model(a.onnx), "CPU", {
+        "INFERENCE_NUM_THREADS": a.threads,
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+    })
+    req = compiled.create_infer_request()
+    # What it actually executes: the compiled precision hint and, from the runtime (exec)
+    # graph, how many nodes run in each precision, all and the GEMM-heavy ones.
+    counts, gemm = {}, {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        p, kind = str(rt["runtimePrecision"].astype(str)), str(rt["layerType"].astype(str))
+        counts[p] = counts.get(p, 0) + 1
+        if kind in ("FullyConnected", "MatMul", "Convolution", "Deconvolution"):
+            gemm[p] = gemm.get(p, 0) + 1
+    info = {
+        "openvino": ov.get_version(),
+        "onnx": a.onnx,
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        "exec_precisions": counts,
+        "exec_precisions_gemm": gemm,
+    }
+    return (lambda: req.infer({0: x})), info
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--make-checkpoint", nargs=2, metavar=("VARIANT", "DIR"))
@@ -49,13 +237,25 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--mode", choices=["forward", "api"], default="forward")
+    ap.add_argument("--runtime", choices=list(IMPL), default="torch",
+                    help="forward mode: the reference in torch, or its ONNX export (--onnx) "
+                         "in ONNX Runtime or OpenVINO")
+    ap.add_argument("--onnx", help="the exported network, for --runtime ort|ov-f32|ov-bf16")
+    ap.add_argument("--export-onnx", metavar="FILE",
+                    help="export the forward of --checkpoint at --views/--height/--width to FILE, check it, exit")
     ap.add_argument("--lockstep", help="WAIT,SIGNAL named pipes (forward mode)")
     a = ap.parse_args()
     if a.make_checkpoint:
         make_checkpoint(*a.make_checkpoint)
         return
-    if not a.checkpoint:
-        sys.exit("--checkpoint DIR is required")
+    if a.runtime == "torch" or a.export_onnx:
+        if not a.checkpoint:
+            sys.exit("--checkpoint DIR is required")
+    if a.export_onnx:
+        export_onnx(a)
+        return
+    if a.mode == "api" and a.runtime != "torch":
+        sys.exit("--mode api is the reference's own API (--runtime torch)")
     turn = lambda f: f()
     if a.lockstep:
         if a.mode != "forward":
@@ -74,29 +274,30 @@ def main():
             finally:
                 os.write(signal_fd, b"x")
 
-    import numpy as np
-    import torch
-    from depth_anything_3.api import DepthAnything3
-
-    torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
-    api = DepthAnything3.from_pretrained(a.checkpoint).eval()
-    load_s = time.perf_counter() - t0
-    g = torch.Generator().manual_seed(0)
     times = []
+    t0 = time.perf_counter()
     if a.mode == "forward":
-        x = torch.rand((1, a.views, 3, a.height, a.width), generator=g) * 4 - 2
-        with torch.inference_mode():
-            def run():
-                t = time.perf_counter()
-                api.model(x, export_feat_layers=[])
-                return (time.perf_counter() - t) * 1e3
+        infer, info = load_runtime(a)
+        load_s = time.perf_counter() - t0
 
-            for _ in range(a.warmup):
-                turn(run)
-            for _ in range(a.iters):
-                times.append(turn(run))
+        def run():
+            t = time.perf_counter()
+            infer()
+            return (time.perf_counter() - t) * 1e3
+
+        for _ in range(a.warmup):
+            turn(run)
+        for _ in range(a.iters):
+            times.append(turn(run))
     else:
+        import numpy as np
+        import torch
+        from depth_anything_3.api import DepthAnything3
+
+        torch.set_num_threads(a.threads)
+        api = DepthAnything3.from_pretrained(a.checkpoint).eval()
+        load_s = time.perf_counter() - t0
+        info = {"torch": torch.__version__}
         rs = np.random.RandomState(0)
         frames = [rs.randint(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(a.views)]
         for _ in range(a.warmup):
@@ -109,13 +310,13 @@ def main():
     times.sort()
     median = statistics.median(times)
     print(json.dumps({
-        "impl": "reference " + ("forward f32" if a.mode == "forward" else "inference() (autocast)"),
-        "model": a.checkpoint,
+        "impl": IMPL[a.runtime] if a.mode == "forward" else "reference inference() (autocast)",
+        "model": a.checkpoint or a.onnx,
         "views": a.views,
         "height": a.height,
         "width": a.width,
         "threads": a.threads,
-        "torch": torch.__version__,
+        **info,
         "median_ms": median,
         "min_ms": times[0],
         "views_per_s": a.views / (median / 1e3),
