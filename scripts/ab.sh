@@ -6,6 +6,7 @@
 #   bash scripts/ab.sh "DA3_CONV_ROWS=1" "DA3_CONV_ROWS=0"           # two settings
 #   A_BIN=/tmp/old/da3 bash scripts/ab.sh "" ""                      # old build vs this one
 #   VIEWS=1 ITERS=15 MODEL=path/to/checkpoint bash scripts/ab.sh "X=1" "X=2"
+#   A_ARGS="--precision bf16" bash scripts/ab.sh "" ""                # bf16 vs f32
 #
 # Arguments: environment assignments for A and for B (space separated, may be empty).
 # Prints both sides' runs in order and the median (and range) of the per-turn A/B ratios.
@@ -34,21 +35,21 @@ export RAYON_NUM_THREADS="$THREADS"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkfifo "$tmp/a" "$tmp/b"
-side() { # env, binary, wait, signal, output
+side() { # env, binary, wait, signal, output, extra `da3 bench` arguments
   # shellcheck disable=SC2086
   exec env $1 "${RT[@]}" "$2" bench --model "$MODEL" --views "$VIEWS" --iters "$ITERS" --warmup 1 \
-    --lockstep "$3,$4" > "$5"
+    --lockstep "$3,$4" $6 > "$5"
 }
-side "$1" "$A_BIN" "$tmp/a" "$tmp/b" "$tmp/A" &
+side "$1" "$A_BIN" "$tmp/a" "$tmp/b" "$tmp/A" "${A_ARGS:-}" &
 pa=$!
-side "$2" "$B_BIN" "$tmp/b" "$tmp/a" "$tmp/B" &
+side "$2" "$B_BIN" "$tmp/b" "$tmp/a" "$tmp/B" "${B_ARGS:-}" &
 pb=$!
 lockstep_finish ab "$tmp/a" "$pa" "$pb" || exit 1
 python3 - "$tmp/A" "$tmp/B" "$1" "$2" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 a, b = (json.loads([l for l in open(p) if l.startswith("{")][-1])["times_ms"] for p in sys.argv[1:3])
 r = [x / y for x, y in zip(a, b)]
-print(f"A ({sys.argv[3] or 'as is'}): {[round(x) for x in a]} ms, median {statistics.median(a):.0f}")
-print(f"B ({sys.argv[4] or 'as is'}): {[round(x) for x in b]} ms, median {statistics.median(b):.0f}")
+print(f"A ({sys.argv[3] or 'as is'} {os.environ.get('A_ARGS', '')}): {[round(x) for x in a]} ms, median {statistics.median(a):.0f}")
+print(f"B ({sys.argv[4] or 'as is'} {os.environ.get('B_ARGS', '')}): {[round(x) for x in b]} ms, median {statistics.median(b):.0f}")
 print(f"A/B per turn: median {statistics.median(r):.3f}, range {min(r):.3f}-{max(r):.3f}")
 PY

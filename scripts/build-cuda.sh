@@ -1,34 +1,52 @@
 #!/usr/bin/env bash
-# Builds the DA3 node and the `da3` CLI with candle's CUDA backend, using the CUDA
-# toolkit from Debian's packages (bookworm: nvidia-cuda-toolkit 11.8, in `non-free`).
-# No GPU is needed to build; the binaries need an NVIDIA driver to run on one.
+# Builds the `da3` CLI (and with --node the DA3 node) with candle's CUDA backend for Hopper
+# (H100/H200, compute capability 9.0), against CUDA 13.0 from PyPI's wheels. No GPU is
+# needed to build; no system CUDA either.
 #
-#   bash scripts/build-cuda.sh            # installs the toolkit if missing, then builds
-#   CUDA_COMPUTE_CAP=86 bash scripts/build-cuda.sh
+#   bash scripts/build-cuda.sh            # -> $CARGO_TARGET_DIR/release/da3
+#   bash scripts/build-cuda.sh --node     # also dora-da3 (DEVICE=cuda:N)
+#   CUDA_COMPUTE_CAP=80 bash scripts/build-cuda.sh   # another GPU generation
 #
-# CUDA_COMPUTE_CAP defaults to 80 (Ampere; runs on later GPUs through PTX JIT). Debian's
-# CUDA 11.8 cannot target 90 (Hopper) natively: build with a CUDA 12+ nvcc for that.
+# The toolchain goes to ${DA3_CACHE:-~/.cache/dora-da3}/cuda13 (about 1.2 GB, once):
+# nvcc/ptxas/cicc, headers, cudart, cuBLAS, cuRAND, NVRTC, all 13.0. Pinned to 13.0 because
+# the lent machines' driver (580) is CUDA 13.0 and refuses PTX from a newer nvcc
+# (CUDA_ERROR_UNSUPPORTED_PTX_VERSION). The binary links the CUDA libraries by soname
+# (libcublas.so.13, libcurand.so.10, libnvrtc.so.13, libcudart.so.13, libcuda.so.1) and
+# finds them at run time through LD_LIBRARY_PATH (scripts/gpu-check.sh points it at torch's
+# nvidia-* wheels and the driver). The driver's libcuda is not on PyPI: a link-time stub
+# with the driver API's symbols (read from cudarc's bindings) stands in for it here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvcc >/dev/null; then
-    if [ ! -f /etc/apt/sources.list.d/debian-nonfree.sources ]; then
-        cat > /etc/apt/sources.list.d/debian-nonfree.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: contrib non-free
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nvidia-cuda-toolkit
+node=0
+[ "${1:-}" = "--node" ] && node=1
+CACHE="${DA3_CACHE:-$HOME/.cache/dora-da3}"
+TOOLS="$CACHE/cuda13"
+CU="$TOOLS/nvidia/cu13"
+if [ ! -x "$CU/bin/nvcc" ]; then
+  echo "build-cuda: installing the CUDA 13.0 toolchain wheels into $TOOLS"
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$TOOLS" \
+    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 \
+    nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-nvrtc==13.0.88 \
+    nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35
 fi
-# Debian's nvcc 11.8 wrapper refuses gcc 12 (bookworm's default) as host compiler and
-# picks a supported one when present: gcc 11.
-if ! command -v g++-11 >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-11
+# Link names for the versioned libraries, lib64 where nvcc looks, the libcuda stub.
+for l in cudart cublas cublasLt nvrtc; do ln -sfn "lib$l.so.13" "$CU/lib/lib$l.so"; done
+ln -sfn libcurand.so.10 "$CU/lib/libcurand.so"
+ln -sfn lib "$CU/lib64"
+if [ ! -f "$CU/lib/stubs/libcuda.so" ]; then
+  cudarc="$(cargo metadata --format-version 1 --manifest-path nodes/da3/Cargo.toml \
+    --features cuda | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')"
+  mkdir -p "$CU/lib/stubs"
+  grep -oE "pub unsafe fn cu[A-Za-z0-9_]+" "$(dirname "$cudarc")/src/driver/sys/mod.rs" \
+    | awk '{print "void " $4 "(void) {}"}' | sort -u > "$CU/lib/stubs/cuda_stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so" "$CU/lib/stubs/cuda_stub.c"
 fi
+export PATH="$CU/bin:$PATH" CUDA_HOME="$CU"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/cuda-target}"
 nvcc --version | tail -2
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
-cargo build --release -p dora-da3 -p da3 --features dora-da3/cuda,da3/cuda,da3/cli "$@"
-echo "built: $(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/{dora-da3,da3} with CUDA (compute cap $CUDA_COMPUTE_CAP)"
+cargo build --release --manifest-path nodes/da3/Cargo.toml --features cuda,cli --bin da3
+if [ "$node" = 1 ]; then
+  cargo build --release --manifest-path nodes/dora-da3/Cargo.toml --features cuda
+fi
+echo "build-cuda: built $CARGO_TARGET_DIR/release/da3$([ "$node" = 1 ] && echo " and dora-da3") (CUDA 13.0, compute capability $CUDA_COMPUTE_CAP)"

@@ -2,6 +2,7 @@
 # Installs what dora-da3 needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: FFmpeg's libraries (video input), clang (bindgen), V4L2, pkg-config, ffmpeg
 #   - the dora CLI 1.1.0 and the Rerun SDK 0.36.3 (viewer + .rrd reader) from PyPI into ./.venv
+#   - oneMKL 2026.2 static libraries (mkl-static, PyPI) into ./.venv/lib, for bf16 GEMMs
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -31,6 +32,14 @@ fi
 if ! .venv/bin/python -c "import rerun, sys; sys.exit(rerun.__version__ != '0.36.3')" 2>/dev/null; then
   echo "setup: installing rerun-sdk==0.36.3 into .venv"
   .venv/bin/pip install -q --disable-pip-version-check rerun-sdk==0.36.3
+fi
+
+# Intel oneMKL, static, for the CPU's bf16/f16 GEMMs (mixed precision): nodes/da3/build.rs
+# links it from .venv/lib into the binaries (nothing is loaded at run time). Without it
+# the build still works and half-precision weights are widened to f32 (slower).
+if [ ! -f .venv/lib/libmkl_core.a ]; then
+  echo "setup: installing mkl-static==2026.2.0 into .venv (oneMKL, static libraries)"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps mkl-static==2026.2.0
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -65,10 +65,66 @@ pub fn cuda_device_count() -> usize {
     (0..16).take_while(|&i| Device::new_cuda(i).is_ok()).count()
 }
 
+/// The CPU's bf16 hardware, as the mixed precision sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// AMX-BF16 tiles (Intel Sapphire Rapids and later), enabled by the OS.
+    Amx,
+    /// AVX512-BF16 dot products only (Intel Cooper Lake; AMD Zen 4+; Intel machines whose
+    /// hypervisor hides AMX).
+    Avx512,
+    /// Neither: bf16 is computed by widening to f32 (correct, slower than f32).
+    None,
+}
+
+impl std::fmt::Display for CpuBf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Amx => "amx-bf16",
+            Self::Avx512 => "avx512-bf16",
+            Self::None => "none",
+        })
+    }
+}
+
+/// What bf16 hardware this CPU has (CPUID, and for AMX the OS's XCR0 tile state).
+pub fn cpu_bf16() -> CpuBf16 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // Leaf 7 is read only when the CPU reports it.
+        if __cpuid(0).eax < 7 {
+            return CpuBf16::None;
+        }
+        let (l7, l7_1) = (__cpuid_count(7, 0), __cpuid_count(7, 1));
+        let amx_bf16 = l7.edx & (1 << 22) != 0 && l7.edx & (1 << 24) != 0;
+        if amx_bf16 && std::is_x86_feature_detected!("xsave") && os_enables_amx() {
+            return CpuBf16::Amx;
+        }
+        if l7_1.eax & (1 << 5) != 0 && std::is_x86_feature_detected!("avx512f") {
+            return CpuBf16::Avx512;
+        }
+    }
+    CpuBf16::None
+}
+
+/// Whether the OS saves the AMX tile state (XCR0 bits 17 and 18).
+#[cfg(target_arch = "x86_64")]
+fn os_enables_amx() -> bool {
+    #[target_feature(enable = "xsave")]
+    unsafe fn xcr0() -> u64 {
+        std::arch::x86_64::_xgetbv(0)
+    }
+    // SAFETY: called only when XSAVE (and so XGETBV) is available.
+    let x = unsafe { xcr0() };
+    x & (0b11 << 17) == (0b11 << 17)
+}
+
 /// Requested numeric precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
-    /// bf16 where the device supports it, else f16 on a GPU; f32 on the CPU.
+    /// GPU: bf16 where the device supports it, else f16. CPU: bf16 where the CPU has AMX-BF16
+    /// and oneMKL is linked (see [`cpu_auto_dtype`]), else f32.
     Auto,
     F32,
     Bf16,
@@ -98,10 +154,20 @@ impl Precision {
             Self::F32 => DType::F32,
             Self::Bf16 => DType::BF16,
             Self::F16 => DType::F16,
-            Self::Auto if device.is_cpu() => DType::F32,
+            Self::Auto if device.is_cpu() => cpu_auto_dtype(cpu_bf16()),
             Self::Auto if device.supports_bf16() => DType::BF16,
             Self::Auto => DType::F16,
         }
+    }
+}
+
+/// `auto` on the CPU: bf16 (half-precision GEMM weights, f32 activations) where the CPU has
+/// AMX-BF16 and oneMKL is linked; f32 elsewhere. AVX512-BF16 alone does not pay: its dot
+/// product retires the same flops per cycle as f32 FMAs (measured in docs/benchmarks.md).
+pub fn cpu_auto_dtype(hw: CpuBf16) -> DType {
+    match hw {
+        CpuBf16::Amx if crate::model::ops::mkl_linked() => DType::BF16,
+        _ => DType::F32,
     }
 }
 
@@ -135,7 +201,18 @@ mod tests {
         }
         let e = "int8".parse::<Precision>().unwrap_err().to_string();
         assert!(e.contains("int8") && e.contains("bf16"), "{e}");
-        assert_eq!(Precision::Auto.dtype(&Device::Cpu), DType::F32);
+        assert_eq!(
+            Precision::Auto.dtype(&Device::Cpu),
+            cpu_auto_dtype(cpu_bf16())
+        );
+        assert_eq!(cpu_auto_dtype(CpuBf16::None), DType::F32);
+        assert_eq!(cpu_auto_dtype(CpuBf16::Avx512), DType::F32);
+        let amx = if crate::model::ops::mkl_linked() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        assert_eq!(cpu_auto_dtype(CpuBf16::Amx), amx);
         assert_eq!(Precision::F16.dtype(&Device::Cpu), DType::F16);
     }
 }

@@ -153,8 +153,21 @@ impl Da3Model {
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The precision the model was loaded with (on a GPU the dtype of every tensor; on the
+    /// CPU, bf16/f16 is the GEMM weights' dtype: see [`Da3Model::activation_dtype`]).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype of the activations: the precision's on a GPU, f32 on the CPU (where mixed
+    /// precision keeps only the linear layers' weights in bf16/f16, GEMMs accumulating in
+    /// f32, and everything else in f32).
+    pub fn activation_dtype(&self) -> DType {
+        if self.device.is_cpu() {
+            DType::F32
+        } else {
+            self.dtype
+        }
     }
 
     /// Whether the model takes input cameras (pose-conditioned inference): any-view models
@@ -169,7 +182,9 @@ impl Da3Model {
 
     /// Run the network on normalised views `x` (B, S, 3, H, W) (H, W multiples of 14).
     pub fn forward(&self, x: &Tensor, opts: &ForwardOptions) -> Result<Da3Output> {
-        let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let x = x
+            .to_device(&self.device)?
+            .to_dtype(self.activation_dtype())?;
         match &self.inner {
             Inner::Single(n) => n.forward(&x, opts),
             Inner::Nested(n) => n.forward(&x, opts),

@@ -47,6 +47,14 @@ pub struct Tuning {
     /// Let the allocator keep freed memory between frames (`DA3_KEEP_MEMORY`, default on;
     /// glibc only): read once, when the first CPU model loads.
     pub keep_memory: bool,
+    /// Use oneMKL's bf16/f16 GEMMs for half-precision weights (`DA3_MKL`, default on; only
+    /// where the build linked it, see `build.rs`); off: half weights widened to f32 per call
+    /// and the f32 kernels (the reference the half kernels' tests compare against).
+    pub mkl: bool,
+    /// The linear layers' f32 GEMMs by oneMKL's `cblas_sgemm` instead of the `gemm` crate
+    /// (`DA3_MKL_F32`, default on; applies only on AVX-512 CPUs and where the build linked
+    /// oneMKL: measured faster there, not measured on AVX2-only CPUs).
+    pub mkl_f32: bool,
     /// `da3 bench --profile`: one row per convolution shape instead of per kernel kind
     /// (`DA3_PROFILE_SHAPES`, default off).
     pub profile_shapes: bool,
@@ -65,6 +73,8 @@ impl Tuning {
         conv_by_rows: true,
         winograd: true,
         keep_memory: true,
+        mkl: true,
+        mkl_f32: true,
         profile_shapes: false,
     };
 
@@ -110,6 +120,8 @@ impl Tuning {
             conv_by_rows: switch("DA3_CONV_ROWS", d.conv_by_rows)?,
             winograd: switch("DA3_WINOGRAD", d.winograd)?,
             keep_memory: switch("DA3_KEEP_MEMORY", d.keep_memory)?,
+            mkl: switch("DA3_MKL", d.mkl)?,
+            mkl_f32: switch("DA3_MKL_F32", d.mkl_f32)?,
             profile_shapes: switch("DA3_PROFILE_SHAPES", d.profile_shapes)?,
         })
     }
@@ -165,6 +177,8 @@ mod tests {
             ("DA3_CONV_ROWS", "0"),
             ("DA3_WINOGRAD", "false"),
             ("DA3_KEEP_MEMORY", "0"),
+            ("DA3_MKL", "off"),
+            ("DA3_MKL_F32", "off"),
             ("DA3_PROFILE_SHAPES", "1"),
         ])
         .unwrap();
@@ -179,6 +193,8 @@ mod tests {
             conv_by_rows: false,
             winograd: false,
             keep_memory: false,
+            mkl: false,
+            mkl_f32: false,
             profile_shapes: true,
         };
         assert_eq!(t, want);

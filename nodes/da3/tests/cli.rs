@@ -313,15 +313,20 @@ fn bench_lockstep_takes_turns() {
         assert_eq!(v["times_ms"].as_array().map(|t| t.len()), Some(3), "{line}");
         assert_eq!(v["views"], 2);
     }
-    // One view count per process with --lockstep.
+    // --lockstep needs both pipes.
     let res = Command::new(env!("CARGO_BIN_EXE_da3"))
         .arg("bench")
         .arg("--model")
         .arg(fixtures().join("tiny-anyview"))
-        .args(["--views", "1,2", "--lockstep"])
-        .arg(format!("{},{}", a.display(), b.display()))
+        .args(["--views", "1", "--lockstep"])
+        .arg(a.display().to_string())
         .output()
         .unwrap();
     assert!(!res.status.success());
+    assert!(
+        String::from_utf8_lossy(&res.stderr).contains("WAIT,SIGNAL"),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,8 @@
 //! Parity with the PyTorch reference (f32, CPU) on the generated fixtures
 //! (tests/fixtures/<name>/: hub-layout checkpoint + cases.safetensors + meta.json, written by
 //! scripts/make_fixtures.py). Every output the reference returns is compared with
-//! max|ours - ref| / max|ref| <= 1e-4.
+//! max|ours - ref| / max|ref| <= 1e-4; the CPU's mixed precision (bf16 / f16 GEMM weights,
+//! f32 activations) within 2e-2 of them on every output of every fixture.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,13 @@ fn run_fixture(name: &str) -> Vec<String> {
     run_fixture_dir(&fixture_dir(name))
 }
 
-/// Runs every case of the fixture in `dir`.
+/// Runs every case of the fixture in `dir` in f32.
 fn run_fixture_dir(dir: &Path) -> Vec<String> {
+    run_fixture_dir_in(dir, DType::F32, TOL)
+}
+
+/// Runs every case of the fixture in `dir` with the model loaded in `dtype`, against `tol`.
+fn run_fixture_dir_in(dir: &Path, dtype: DType, tol: f64) -> Vec<String> {
     let dir = dir.to_path_buf();
     let name = dir
         .file_name()
@@ -37,8 +43,7 @@ fn run_fixture_dir(dir: &Path) -> Vec<String> {
         );
     }
     let dev = Device::Cpu;
-    let model =
-        Da3Model::load(dir.to_str().unwrap(), &dev, DType::F32).expect("load fixture model");
+    let model = Da3Model::load(dir.to_str().unwrap(), &dev, dtype).expect("load fixture model");
     let t: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("cases.safetensors"), &dev)
             .expect("cases.safetensors");
@@ -71,12 +76,60 @@ fn run_fixture_dir(dir: &Path) -> Vec<String> {
             }
         };
         let mut line = format!(
-            "{name}/{case} ({:?}, {:.0} ms):",
+            "{name}/{case} {dtype:?} ({:?}, {:.0} ms):",
             x.dims(),
             t0.elapsed().as_secs_f64() * 1e3
         );
+        // Half precision: pixels whose sky decision (sky >= 0.3) differs from the reference's
+        // take another branch of a threshold (sky depth fill, the nested alignment's masks),
+        // so per-pixel maps are compared where the decision agrees; the flips must be few and
+        // sit at the threshold. The ray-pose solve (RANSAC over random-weight rays) is not
+        // continuous in its input: its rays are compared instead (head.ray).
+        let half = dtype != DType::F32;
+        let host = |t: &Tensor| -> Vec<f64> {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let mut agree: Option<Vec<bool>> = None;
+        let thr = da3::model::net::SKY_THRESHOLD as f64;
+        // The reference's sky decisions: its sky map where stored; for the nested model
+        // (which stores none) its depth_conf, which it sets to exactly 1 on sky pixels.
+        let ref_sky: Option<Vec<bool>> = match (
+            t.get(&format!("{case}.out.sky")),
+            t.get(&format!("{case}.out.depth_conf")),
+        ) {
+            (Some(r), _) => Some(host(r).iter().map(|r| *r >= thr).collect()),
+            (None, Some(c)) if cm.get("scale_factor").is_some() => {
+                Some(host(c).iter().map(|c| *c == 1.0).collect())
+            }
+            _ => None,
+        };
+        if let (true, Some(o), Some(r)) = (half, out.sky.as_ref(), ref_sky) {
+            let o = host(o);
+            let a: Vec<bool> = o.iter().zip(&r).map(|(o, r)| (*o >= thr) == *r).collect();
+            // Our sky probability at each flip: within the half type's rounding of the threshold.
+            let flips: Vec<f64> = o
+                .iter()
+                .zip(&a)
+                .filter(|(_, ok)| !**ok)
+                .map(|(o, _)| *o)
+                .collect();
+            line.push_str(&format!(" sky_flips={}/{}", flips.len(), r.len()));
+            if flips.len() * 100 > r.len() || flips.iter().any(|o| (o - thr).abs() > 2e-2) {
+                failures.push(format!("{name}/{case} {dtype:?}: sky decisions differ beyond the threshold's rounding: {flips:?}"));
+            }
+            agree = Some(a);
+        }
+        let skip_pose = half && opts.use_ray_pose;
         let mut check = |label: &str, ours: Option<&Tensor>, key: &str| {
             let Some(want) = t.get(key) else { return };
+            if skip_pose && (label == "extrinsics" || label == "intrinsics") {
+                return;
+            }
             match ours {
                 None => failures.push(format!("{name}/{case}.{label}: missing in our output")),
                 Some(o) => {
@@ -88,10 +141,23 @@ fn run_fixture_dir(dir: &Path) -> Vec<String> {
                         ));
                         return;
                     }
-                    let e = max_rel_err(o, want);
+                    let e = match &agree {
+                        Some(a) if a.len() == want.elem_count() => {
+                            let (o, w) = (host(o), host(want));
+                            let scale = w.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-12);
+                            o.iter()
+                                .zip(&w)
+                                .zip(a)
+                                .filter(|(_, ok)| **ok)
+                                .map(|((o, w), _)| (o - w).abs())
+                                .fold(0.0, f64::max)
+                                / scale
+                        }
+                        _ => max_rel_err(o, want),
+                    };
                     line.push_str(&format!(" {label}={e:.2e}"));
-                    if e.is_nan() || e > TOL {
-                        failures.push(format!("{name}/{case}.{label}: {e:.3e}"));
+                    if e.is_nan() || e > tol {
+                        failures.push(format!("{name}/{case}.{label} {dtype:?}: {e:.3e}"));
                     }
                 }
             }
@@ -136,8 +202,10 @@ fn run_fixture_dir(dir: &Path) -> Vec<String> {
             let ours = out.scale_factor.map(|v| v as f64).unwrap_or(f64::NAN);
             let e = (ours - sf).abs() / sf.abs();
             line.push_str(&format!(" scale_factor={e:.2e}"));
-            if e.is_nan() || e > TOL {
-                failures.push(format!("{name}/{case}.scale_factor: {ours} vs {sf}"));
+            if e.is_nan() || e > tol {
+                failures.push(format!(
+                    "{name}/{case}.scale_factor {dtype:?}: {ours} vs {sf}"
+                ));
             }
             if !out.is_metric {
                 failures.push(format!("{name}/{case}: is_metric not set"));
@@ -151,6 +219,23 @@ fn run_fixture_dir(dir: &Path) -> Vec<String> {
 fn assert_fixture(name: &str) {
     let f = run_fixture(name);
     assert!(f.is_empty(), "parity failures:\n{}", f.join("\n"));
+}
+
+/// Mixed precision on the CPU (oneMKL's bf16/f16 GEMMs where linked): every output of every
+/// fixture within 2e-2 of the reference's f32.
+#[test]
+fn parity_half_precision_every_fixture() {
+    let mut failures = Vec::new();
+    for name in ["tiny-anyview", "tiny-mono", "tiny-metric", "tiny-nested"] {
+        for dtype in [DType::BF16, DType::F16] {
+            failures.extend(run_fixture_dir_in(&fixture_dir(name), dtype, 2e-2));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "half-precision parity failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

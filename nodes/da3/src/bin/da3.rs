@@ -35,6 +35,42 @@ enum Command {
     Infer(InferArgs),
     /// Time the network forward (f32 by default) on seeded random views; one JSON line per view count.
     Bench(BenchArgs),
+    /// One network forward on given tensors (parity checks against the reference's network):
+    /// reads `image` (1, S, 3, H, W; normalised) and optionally `extrinsics` (1, S, 4, 4) and
+    /// `intrinsics` (1, S, 3, 3) from a .safetensors file, writes every output as f32.
+    Forward(ForwardArgs),
+}
+
+#[derive(Args, Debug)]
+struct ForwardArgs {
+    /// Hugging Face hub id, checkpoint directory or .safetensors file.
+    #[arg(long)]
+    model: String,
+    /// Published variant of a bare .safetensors without config.json.
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Cases in the parity-fixture layout (.safetensors): `CASE.input` (1, S, 3, H, W),
+    /// optionally `CASE.input_extrinsics` / `CASE.input_intrinsics`, and the reference's
+    /// outputs `CASE.out.depth`, `.depth_conf`, `.extrinsics`, `.intrinsics`, `.sky` to
+    /// compare with (max |ours - ref| / max |ref| per output).
+    #[arg(long)]
+    cases: PathBuf,
+    /// Cases to run, comma separated (default: every `CASE.input` in the file); `CASE:OTHER`
+    /// takes the input views of case OTHER (`OTHER.input`), as fixtures that share inputs do.
+    #[arg(long, value_delimiter = ',')]
+    case: Vec<String>,
+    /// Write our outputs (f32, keys `CASE.out.*`) to this .safetensors file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fail when an output's relative error is above this.
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Compute precision: auto, no, f32 (fp32), bf16, f16 (fp16).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 #[derive(Args, Debug)]
@@ -77,9 +113,15 @@ struct BenchArgs {
     /// WAIT and writes one to SIGNAL when done, so the two processes take strict turns and
     /// each timed run of ours sits next to one of theirs: a slow spell of a shared machine
     /// lands on both sides. The `--profile` forward takes one turn more (after the warm-up:
-    /// give the other side one more warm-up run).
+    /// give the other side one more warm-up run). With several view counts the other side
+    /// follows the same sequence: warm-up and timed runs of the first count, then the next.
     #[arg(long, value_delimiter = ',')]
     lockstep: Option<Vec<PathBuf>>,
+    /// Model replicas on the device (each opened on its own, as the node's `DEVICE=cuda:0,0`
+    /// does), each forward-ing on its own thread at the same time; reports their combined
+    /// throughput.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 /// Pause at the start of each lockstep turn, before the timer starts.
@@ -383,10 +425,14 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         "--height and --width must be multiples of 14"
     );
     ensure!(a.iters > 0, "--iters must be at least 1");
-    ensure!(
-        a.lockstep.is_none() || a.views.len() == 1,
-        "--lockstep times one view count per process (the other side runs one)"
-    );
+    ensure!(a.replicas > 0, "--replicas must be at least 1");
+    if a.replicas > 1 {
+        ensure!(
+            a.lockstep.is_none(),
+            "--replicas and --lockstep do not go together"
+        );
+        return run_bench_replicas(a);
+    }
     let mut lockstep = a.lockstep.as_deref().map(Lockstep::open).transpose()?;
     let device = a.device.open()?;
     let dtype = a.precision.dtype(&device);
@@ -435,6 +481,8 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             "dtype": format!("{dtype:?}").to_lowercase(),
             "device": a.device.to_string(),
             "threads": candle_core::utils::get_num_threads(),
+            "cpu_bf16": da3::device::cpu_bf16().to_string(),
+            "half_gemm": da3::model::ops::mkl_version().unwrap_or_else(|| "none (f32 fallback)".into()),
             "median_ms": median,
             "min_ms": times[0],
             "views_per_s": s as f64 / (median / 1e3),
@@ -447,6 +495,171 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             line["profile"] = p;
         }
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn run_forward(a: ForwardArgs) -> Result<()> {
+    use candle_core::{Device, Tensor};
+    let device = a.device.open()?;
+    let dtype = a.precision.dtype(&device);
+    let model = Da3Model::load_named(&a.model, a.model_name.as_deref(), &device, dtype)?;
+    let t = candle_core::safetensors::load(&a.cases, &Device::Cpu)
+        .wrap_err_with(|| format!("reading {}", a.cases.display()))?;
+    let mut cases = a.case.clone();
+    if cases.is_empty() {
+        cases = t
+            .keys()
+            .filter_map(|k| k.strip_suffix(".input").map(str::to_string))
+            .collect();
+        cases.sort();
+    }
+    ensure!(
+        !cases.is_empty(),
+        "{}: no CASE.input tensors",
+        a.cases.display()
+    );
+    let mut saved = std::collections::HashMap::new();
+    let mut worst = 0f64;
+    for spec in &cases {
+        let (case, input_of) = spec.split_once(':').unwrap_or((spec, spec));
+        let get = |k: &str| -> Result<Option<Tensor>> {
+            t.get(&format!("{case}.{k}"))
+                .map(|v| v.to_device(&device))
+                .transpose()
+                .map_err(Into::into)
+        };
+        let x = t
+            .get(&format!("{input_of}.input"))
+            .ok_or_else(|| eyre::eyre!("{}: no `{input_of}.input`", a.cases.display()))?
+            .to_device(&device)?;
+        let opts = da3::ForwardOptions {
+            extrinsics: get("input_extrinsics")?,
+            intrinsics: get("input_intrinsics")?,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let out = model.forward(&x, &opts)?;
+        let depth = out.depth.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut errs = serde_json::Map::new();
+        for (k, v) in [
+            ("depth", Some(&depth)),
+            ("depth_conf", out.depth_conf.as_ref()),
+            ("extrinsics", out.extrinsics.as_ref()),
+            ("intrinsics", out.intrinsics.as_ref()),
+            ("sky", out.sky.as_ref()),
+        ] {
+            let Some(v) = v else { continue };
+            let v = v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            if let Some(want) = t.get(&format!("{case}.out.{k}")) {
+                ensure!(
+                    want.dims() == v.dims(),
+                    "{case}.{k}: shape {:?}, the reference's {:?}",
+                    v.dims(),
+                    want.dims()
+                );
+                let e = da3::testing::max_rel_err(&v, want);
+                worst = if e.is_nan() { f64::NAN } else { worst.max(e) };
+                errs.insert(k.to_string(), e.into());
+            }
+            saved.insert(format!("{case}.out.{k}"), v);
+        }
+        println!(
+            "{}",
+            serde_json::json!({"case": case, "dtype": format!("{dtype:?}").to_lowercase(),
+                "device": a.device.to_string(), "views": x.dim(1)?, "forward_ms": ms,
+                "max_rel_err": errs})
+        );
+    }
+    if let Some(path) = &a.out {
+        candle_core::safetensors::save(&saved, path)
+            .wrap_err_with(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(tol) = a.tolerance {
+        ensure!(
+            worst <= tol,
+            "largest relative error {worst:.3e} is above --tolerance {tol:e}"
+        );
+    }
+    Ok(())
+}
+
+/// `da3 bench --replicas N`: N models on N separately opened devices, one thread each, all
+/// running the same number of forwards at once.
+fn run_bench_replicas(a: BenchArgs) -> Result<()> {
+    let mut replicas = Vec::with_capacity(a.replicas);
+    let t0 = Instant::now();
+    for _ in 0..a.replicas {
+        let device = a.device.open()?;
+        let dtype = a.precision.dtype(&device);
+        let model = Da3Model::load_named(&a.model, a.model_name.as_deref(), &device, dtype)?;
+        replicas.push((device, model));
+    }
+    let load_s = t0.elapsed().as_secs_f64();
+    let dtype = replicas[0].1.dtype();
+    for &s in &a.views {
+        ensure!(s > 0, "view counts must be positive");
+        let x = da3::testing::rand(&[1, s, 3, a.height, a.width], 0x2545_f491_4f6c_dd1d) * 2.0;
+        let x = x?;
+        let opts = da3::ForwardOptions::default();
+        let forward = |model: &Da3Model, x: &candle_core::Tensor| -> Result<()> {
+            let out = model.forward(x, &opts)?;
+            out.depth
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            Ok(())
+        };
+        let inputs = replicas
+            .iter()
+            .map(|(d, _)| x.to_device(d))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for ((_, m), x) in replicas.iter().zip(&inputs) {
+            for _ in 0..a.warmup {
+                forward(m, x)?;
+            }
+        }
+        let start = Instant::now();
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = replicas
+                .iter()
+                .zip(&inputs)
+                .map(|((_, m), x)| {
+                    scope.spawn(move || -> Result<()> {
+                        for _ in 0..a.iters {
+                            forward(m, x)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| eyre::eyre!("a replica thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let wall = start.elapsed().as_secs_f64();
+        let forwards = a.replicas * a.iters;
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": "dora-da3 (candle)",
+                "model": a.model,
+                "views": s,
+                "height": a.height,
+                "width": a.width,
+                "dtype": format!("{dtype:?}").to_lowercase(),
+                "device": a.device.to_string(),
+                "replicas": a.replicas,
+                "forwards": forwards,
+                "wall_s": wall,
+                "mean_ms_per_forward": wall * 1e3 / forwards as f64,
+                "views_per_s": (forwards * s) as f64 / wall,
+                "load_s": load_s,
+            })
+        );
     }
     Ok(())
 }
@@ -532,5 +745,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Infer(a) => run_infer(a),
         Command::Bench(a) => run_bench(a),
+        Command::Forward(a) => run_forward(a),
     }
 }

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use super::attention::{Attention, Rope2d};
 use super::config::FfnKind;
 use super::ffn::Ffn;
-use super::layers::LayerNorm;
+use super::layers::{act_vb, LayerNorm};
 
 #[derive(Debug, Clone)]
 pub struct Block {
@@ -36,10 +36,10 @@ impl Block {
         Ok(Self {
             norm1: LayerNorm::new(cfg.dim, cfg.ln_eps, vb.pp("norm1"))?,
             attn: Attention::new(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.rope, vb.pp("attn"))?,
-            ls1: vb.pp("ls1").get(cfg.dim, "gamma")?,
+            ls1: act_vb(vb.pp("ls1")).get(cfg.dim, "gamma")?,
             norm2: LayerNorm::new(cfg.dim, cfg.ln_eps, vb.pp("norm2"))?,
             mlp: Ffn::new(cfg.ffn, cfg.dim, hidden, vb.pp("mlp"))?,
-            ls2: vb.pp("ls2").get(cfg.dim, "gamma")?,
+            ls2: act_vb(vb.pp("ls2")).get(cfg.dim, "gamma")?,
         })
     }
 

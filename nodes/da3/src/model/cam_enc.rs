@@ -45,7 +45,7 @@ impl CameraEnc {
     }
 
     /// extrinsics (B, S, 4|3, 4) world-to-camera, intrinsics (B, S, 3, 3) in pixels of the
-    /// (H, W) network input -> tokens (B, S, dim).
+    /// (H, W) network input -> tokens (B, S, dim) in `dtype` (computed in f32).
     pub fn forward(
         &self,
         extrinsics: &Tensor,
@@ -64,11 +64,11 @@ impl CameraEnc {
             .zip(&k)
             .flat_map(|(e, k)| extri_intri_to_pose_encoding(e, k, hw).map(|v| v as f32))
             .collect();
-        let pe = Tensor::from_vec(pe, (b, s, 9), extrinsics.device())?.to_dtype(dtype)?;
+        let pe = Tensor::from_vec(pe, (b, s, 9), extrinsics.device())?;
         let mut x = self.token_norm.forward(&self.pose_branch.forward(&pe)?)?;
         for blk in &self.trunk {
             x = blk.forward(&x, None)?;
         }
-        self.trunk_norm.forward(&x)
+        self.trunk_norm.forward(&x)?.to_dtype(dtype)
     }
 }

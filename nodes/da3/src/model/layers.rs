@@ -56,24 +56,34 @@ impl Module for Linear {
     }
 }
 
+/// A linear layer: the weight in the builder's dtype (on the CPU with bf16/f16 that is the
+/// mixed precision's half-precision GEMM weight), the bias in the activations' dtype.
 pub fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((o, i), "weight")?;
+    let bias = act_vb(vb).get(o, "bias")?;
     Ok(Linear {
-        inner: candle_nn::linear(i, o, vb)?,
+        inner: candle_nn::Linear::new(weight, Some(bias)),
     })
 }
 
-/// The builder for a convolution's weights: f32 for bf16 on the CPU (candle has no bf16
-/// convolution there).
-fn conv_vb(vb: VarBuilder) -> VarBuilder {
-    if vb.dtype() == DType::BF16 && vb.device().is_cpu() {
+/// The builder for parameters the activations use directly (biases, tokens, position
+/// embeddings, LayerScale): on the CPU activations are always f32 (mixed precision keeps
+/// only the GEMM weights in bf16/f16), elsewhere the builder's dtype.
+pub fn act_vb(vb: VarBuilder) -> VarBuilder {
+    if vb.device().is_cpu() && vb.dtype() != DType::F32 {
         vb.set_dtype(DType::F32)
     } else {
         vb
     }
 }
 
-/// A 2-D convolution layer; on CPU with bf16 weights it computes in f32 (its weights are
-/// loaded in f32, and the ops compute in the weight's dtype).
+/// The builder for a convolution's weights: f32 on the CPU (the convolution kernels take
+/// f32 weights; the mixed precision's half weights are the linear layers').
+fn conv_vb(vb: VarBuilder) -> VarBuilder {
+    act_vb(vb)
+}
+
+/// A 2-D convolution layer; on the CPU its weights are f32 whatever the precision.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
@@ -125,7 +135,7 @@ impl Module for Conv2d {
     }
 }
 
-/// Transposed convolution (kernel = stride, no padding); f32 compute for bf16 on CPU.
+/// Transposed convolution (kernel = stride, no padding); f32 weights on the CPU.
 #[derive(Debug, Clone)]
 pub struct ConvTranspose2d {
     inner: candle_nn::ConvTranspose2d,

@@ -61,13 +61,14 @@ impl Da3Net {
             HeadKind::Dpt => Head::Dpt(Dpt::new(&cfg.head, vb.pp("head"))?),
             HeadKind::GsDpt => candle_core::bail!("the GS head cannot be the main head"),
         };
+        // The camera encoder and decoder are small and carry the poses: f32 at any precision.
         let cam_enc = cfg
             .cam_enc_dim
-            .map(|d| CameraEnc::new(d, vb.pp("cam_enc")))
+            .map(|d| CameraEnc::new(d, vb.pp("cam_enc").set_dtype(DType::F32)))
             .transpose()?;
         let cam_dec = cfg
             .cam_dec_dim
-            .map(|d| CameraDec::new(d, vb.pp("cam_dec")))
+            .map(|d| CameraDec::new(d, vb.pp("cam_dec").set_dtype(DType::F32)))
             .transpose()?;
         if let Some(gs) = &cfg.gs_head {
             touch_gs_head(gs, vb.pp("gs_head"))?;
@@ -155,7 +156,7 @@ impl Da3Net {
                     out.intrinsics = Some(mats3_to_tensor(&k, b, s, x.device())?);
                 } else if let Some(dec) = &self.cam_dec {
                     let last = layers.last().expect("4 out layers");
-                    let pe = dec.forward(&last.cam_token.to_dtype(dtype)?)?;
+                    let pe = dec.forward(&last.cam_token.to_dtype(DType::F32)?)?;
                     let pe: Vec<f32> = pe.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                     let (mut es, mut ks) = (Vec::new(), Vec::new());
                     for v in pe.chunks(9) {

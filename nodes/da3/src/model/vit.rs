@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use super::attention::Rope2d;
 use super::block::{Block, BlockConfig};
 use super::config::VitConfig;
-use super::layers::{conv2d, Conv2d, LayerNorm};
+use super::layers::{act_vb, conv2d, Conv2d, LayerNorm};
 use super::ref_view::{
     gather_views, reorder_indices, restore_indices, select_reference_view, RefViewStrategy,
     MIN_VIEWS_FOR_SELECTION,
@@ -139,12 +139,13 @@ impl DinoVisionTransformer {
             0,
             vb.pp("patch_embed").pp("proj"),
         )?;
-        let cls_token = vb.get((1, 1, e), "cls_token")?;
+        let pvb = act_vb(vb.clone());
+        let cls_token = pvb.get((1, 1, e), "cls_token")?;
         let camera_token = match cfg.alt_start {
-            Some(_) => Some(vb.get((1, 2, e), "camera_token")?),
+            Some(_) => Some(pvb.get((1, 2, e), "camera_token")?),
             None => None,
         };
-        let pos_embed = vb.get((1, grid * grid + 1, e), "pos_embed")?;
+        let pos_embed = pvb.get((1, grid * grid + 1, e), "pos_embed")?;
         let vbb = vb.pp("blocks");
         let blocks = (0..cfg.depth)
             .map(|i| {

@@ -31,7 +31,8 @@ pub(super) fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Res
 
 /// A layer's bias as host values.
 pub(super) fn bias_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
-    bias.map(|b| b.to_vec1::<f32>()).transpose()
+    bias.map(|b| b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
+        .transpose()
 }
 
 /// A raw pointer that tasks writing disjoint regions may share.
@@ -83,9 +84,9 @@ pub(super) fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// A strided matrix operand of [`sgemm`]: element (r, c) at `ptr + r·rs + c·cs`.
 #[derive(Clone, Copy)]
 pub(super) struct Mat<P> {
-    ptr: P,
-    rs: isize,
-    cs: isize,
+    pub(super) ptr: P,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 impl<P: Copy> Mat<P> {

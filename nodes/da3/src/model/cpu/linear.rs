@@ -7,11 +7,21 @@ use rayon::prelude::*;
 use super::buffers::{
     bias_values, chunk_len_tasks, contiguous_f32, output_buffer, sgemm, with_f32, with_scratch, Mat,
 };
+use super::half::{with_half, with_rounded, Half};
+use super::mkl::{gemm_xwt, sgemm as mkl_sgemm};
 use super::norm::{row_stats, Norm};
 use super::profile::timed;
 use super::simd::gelu_inplace;
 
-/// `y = x · Wᵀ + b` (optionally GELU) over the last dim of a contiguous f32 tensor.
+/// A linear layer's weight (N, K), row-major: f32, or bf16/f16 bits (mixed precision).
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    F32(&'a [f32]),
+    Half(Half, &'a [u16]),
+}
+
+/// `y = x · Wᵀ + b` (optionally GELU) over the last dim of a contiguous f32 tensor; the
+/// weight f32, or bf16/f16 with the activations rounded to it per block ([`super::half`]).
 struct LinearOp<'a> {
     weight: &'a Tensor, // (N, K)
     bias: Option<&'a Tensor>,
@@ -24,6 +34,19 @@ struct LinearOp<'a> {
     tasks: usize,
     /// Rows per fused sub-block ([`crate::tuning::Tuning::linear_sub_rows`]).
     sub_rows: usize,
+    /// f32 GEMMs by oneMKL ([`crate::tuning::Tuning::mkl_f32`] on an AVX-512 CPU).
+    mkl_f32: bool,
+}
+
+/// Whether the linear layers' f32 GEMMs go to oneMKL: asked for and on an AVX-512 CPU, where
+/// it was measured faster than the `gemm` crate (1.16x on these shapes, Intel Xeon, Emerald
+/// Rapids class; the convolutions' and attention's GEMMs were not faster and keep the crate).
+fn mkl_f32(t: &crate::tuning::Tuning) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if t.mkl_f32 && std::is_x86_feature_detected!("avx512f") {
+        return true;
+    }
+    false
 }
 
 impl CustomOp1 for LinearOp<'_> {
@@ -68,13 +91,11 @@ impl CustomOp1 for LinearOp<'_> {
             },
             _ => None,
         };
-        with_f32(&w_c, |w, wl| {
-            let w = &w[wl.start_offset()..];
+        let mut run = |w: Weights| -> Result<()> {
             // Each task packs the whole weight: few, large tasks.
             let rows = chunk_len_tasks(m, 16, self.tasks.max(1));
             let sub_rows = self.sub_rows.max(8);
             let xp = x.as_ptr() as usize;
-            let wp = w.as_ptr() as usize;
             out.par_chunks_mut(rows * n)
                 .enumerate()
                 .for_each(|(ci, o_task)| {
@@ -98,14 +119,30 @@ impl CustomOp1 for LinearOp<'_> {
                             std::slice::from_raw_parts((xp as *const f32).add(r0 * k), mr * k)
                         };
                         let gemm_from = |lhs: &[f32], o: &mut [f32]| unsafe {
-                            sgemm(
-                                (mr, n, k),
-                                Mat::rows(o.as_mut_ptr(), n),
-                                bias.is_some(),
-                                Mat::rows(lhs.as_ptr(), k),
-                                Mat::cols(wp as *const f32, k),
-                                1.0,
-                            )
+                            match w {
+                                Weights::F32(w) => {
+                                    let dims = (mr, n, k);
+                                    let dst = Mat::rows(o.as_mut_ptr(), n);
+                                    let (a, b) =
+                                        (Mat::rows(lhs.as_ptr(), k), Mat::cols(w.as_ptr(), k));
+                                    let acc = bias.is_some();
+                                    if !(self.mkl_f32 && mkl_sgemm(dims, dst, acc, a, b, 1.0)) {
+                                        sgemm(dims, dst, acc, a, b, 1.0)
+                                    }
+                                }
+                                // Activations rounded to the weights' type, f32 accumulation.
+                                Weights::Half(kind, w) => with_rounded(kind, lhs, |lh| {
+                                    gemm_xwt(
+                                        kind,
+                                        (mr, n, k),
+                                        o.as_mut_ptr(),
+                                        n,
+                                        bias.is_some(),
+                                        lh,
+                                        w,
+                                    )
+                                }),
+                            }
                         };
                         match &self.prenorm {
                             Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
@@ -133,7 +170,11 @@ impl CustomOp1 for LinearOp<'_> {
                     }
                 });
             Ok(())
-        })?;
+        };
+        match Half::of(w_c.dtype()) {
+            Some(_) => with_half(&w_c, |kind, w| run(Weights::Half(kind, w)))?,
+            None => with_f32(&w_c, |w, wl| run(Weights::F32(&w[wl.start_offset()..])))?,
+        }
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
             *last = n;
@@ -185,6 +226,7 @@ pub fn linear(
             prenorm,
             tasks: t.linear_tasks,
             sub_rows: t.linear_sub_rows,
+            mkl_f32: mkl_f32(&t),
         })
     })
 }
@@ -222,6 +264,7 @@ pub fn matmul_peak_gflops() -> f64 {
             prenorm: None,
             tasks: tuning.linear_tasks,
             sub_rows: tuning.linear_sub_rows,
+            mkl_f32: mkl_f32(&tuning),
         })
         .is_err()
         {

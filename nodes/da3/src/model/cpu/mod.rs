@@ -16,7 +16,9 @@
 //! |---|---|
 //! | `buffers.rs` | host views, output / scratch buffers, the typed `sgemm` call, task split |
 //! | `simd.rs` | AVX2 2^x, max and exact-erf GELU |
-//! | `linear.rs` | fused linear layers, the matmul peak |
+//! | `linear.rs` | fused linear layers (f32 or bf16/f16 weights), the matmul peak |
+//! | `half.rs` | mixed precision: bf16/f16 weights, activations rounded per block |
+//! | `mkl.rs` | oneMKL's GEMMs (bf16/f16 -> f32; f32 where `Tuning::mkl_f32` asks) |
 //! | `attention.rs` | blocked online-softmax attention |
 //! | `conv.rs` | im2col / by-rows convolutions and their fusions |
 //! | `winograd.rs` | Winograd F(2x2, 3x3) |
@@ -34,8 +36,10 @@ mod attention;
 mod buffers;
 mod conv;
 mod conv_transpose;
+mod half;
 mod linear;
 mod memory;
+mod mkl;
 mod norm;
 pub mod profile;
 mod resize;
@@ -46,8 +50,10 @@ mod winograd;
 pub use attention::attention;
 pub use conv::{conv2d, ConvExt};
 pub use conv_transpose::conv_transpose2d_k_eq_s;
+pub use half::{use_half_kernels, Half};
 pub use linear::{linear, LinearExt};
 pub use memory::keep_freed_memory;
+pub use mkl::{mkl_linked, mkl_version};
 pub use norm::{layer_norm, norm_rope, Norm};
 pub use resize::resize_bilinear_ac;
 pub use simd::gelu_inplace;

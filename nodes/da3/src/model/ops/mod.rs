@@ -24,7 +24,7 @@ pub use conv::{
     conv_transpose2d_candle,
 };
 pub use cpu::profile;
-pub use cpu::{keep_freed_memory, ConvExt, LinearExt, Norm};
+pub use cpu::{keep_freed_memory, mkl_linked, mkl_version, ConvExt, LinearExt, Norm};
 
 /// Whether `t` takes the f32 CPU kernels (f32, on the CPU, kernels not switched off).
 fn use_kernels(t: &Tensor) -> bool {
@@ -61,6 +61,11 @@ pub fn linear(
     ext: LinearExt<'_>,
 ) -> Result<Tensor> {
     if use_kernels(x) && ext.residual.is_none_or(|(r, _)| r.dtype() == x.dtype()) {
+        // Half-precision weights (CPU mixed precision): oneMKL's GEMM where it is linked,
+        // else widened to f32 for this call.
+        if cpu::Half::of(weight.dtype()).is_some() && !cpu::use_half_kernels(weight) {
+            return cpu::linear(x, &weight.to_dtype(DType::F32)?, bias, ext);
+        }
         return cpu::linear(x, weight, bias, ext);
     }
     linear_candle(x, weight, bias, ext)
@@ -73,7 +78,11 @@ pub fn linear_candle(
     bias: Option<&Tensor>,
     ext: LinearExt<'_>,
 ) -> Result<Tensor> {
-    let lin = candle_nn::Linear::new(weight.clone(), bias.cloned());
+    // Weights stored in another dtype than the activations (bf16 weights of the CPU's mixed
+    // precision) are widened to it first.
+    let weight = weight.to_dtype(x.dtype())?;
+    let bias = bias.map(|b| b.to_dtype(x.dtype())).transpose()?;
+    let lin = candle_nn::Linear::new(weight, bias);
     let mut y = match ext.prenorm {
         Some(n) => lin.forward(&layer_norm_candle(x, n)?)?,
         None => lin.forward(x)?,
@@ -161,6 +170,62 @@ mod tests {
             let want = linear_candle(&x, &w, Some(&b), ext).unwrap();
             let e = max_rel_err(&got, &want);
             assert!(e < 1e-5, "linear {e}");
+        }
+    }
+
+    /// Mixed precision: bf16/f16 weights with f32 activations. The half kernel rounds the
+    /// GEMM's input rows (after the fused norm) to the weights' type and accumulates in f32,
+    /// so it equals candle's f32 ops on those rounded values up to summation order; against
+    /// plain f32 activations it is within the half type's rounding.
+    #[test]
+    fn linear_with_half_weights() {
+        let x = rand(&[2, 45, 96], 31);
+        let (w, b, g) = (rand(&[80, 96], 32), rand(&[80], 33), rand(&[80], 34));
+        let (nw, nb) = (rand(&[96], 35), rand(&[96], 36));
+        let res = rand(&[2, 45, 80], 37);
+        let norm = Norm::new(&nw, &nb, 1e-6);
+        for dtype in [DType::BF16, DType::F16] {
+            let wh = w.to_dtype(dtype).unwrap();
+            let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            for (gelu, prenorm, residual) in [
+                (false, false, false),
+                (true, true, false),
+                (false, true, true),
+            ] {
+                let ext = LinearExt {
+                    prenorm: prenorm.then_some(norm),
+                    gelu,
+                    residual: residual.then_some((&res, &g)),
+                };
+                let got = linear(&x, &wh, Some(&b), ext).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                // The same on the rounded GEMM input (normalised as the fused kernel does, so
+                // that no value lands on the other side of a rounding boundary), by candle's
+                // f32 ops.
+                let xin = if prenorm {
+                    layer_norm(&x, norm).unwrap()
+                } else {
+                    x.clone()
+                };
+                let plain = LinearExt {
+                    prenorm: None,
+                    ..ext
+                };
+                let want = linear_candle(&round(&xin), &round(&wh), Some(&b), plain).unwrap();
+                let e = max_rel_err(&got, &want);
+                let tol = if cpu::use_half_kernels(&wh) {
+                    1e-5
+                } else {
+                    1e-2
+                };
+                assert!(
+                    e < tol,
+                    "{dtype:?} gelu {gelu} norm {prenorm} res {residual}: {e}"
+                );
+                let f32_out = linear_candle(&x, &w, Some(&b), ext).unwrap();
+                let e = max_rel_err(&got, &f32_out);
+                assert!(e < 2e-2, "{dtype:?} vs f32: {e}");
+            }
         }
     }
 
