@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     };
     let (array, params) = frame.to_message();
     let limits = DecodeLimits::default();
-    let mut stages: Vec<(&str, Vec<f64>)> = ["decode", "infer", "forward", "outputs"]
+    let mut stages: Vec<(&str, Vec<f64>)> = ["decode", "infer", "forward", "outputs", "prepare"]
         .iter()
         .map(|s| (*s, Vec::new()))
         .collect();
@@ -100,7 +100,9 @@ fn main() -> Result<()> {
         let views = engine::infer(&model, &cfg, &unit)?;
         let t_infer = t1.elapsed().as_secs_f64();
 
+        let tp = Instant::now();
         let prepared = inference::prepare(&model, &[image], None, None, &cfg.inference())?;
+        let t_prepare = tp.elapsed().as_secs_f64();
         let t2 = Instant::now();
         let out = inference::forward(&model, &prepared)?;
         // Reading the depth back is part of any use of the forward (lazy devices).
@@ -130,7 +132,7 @@ fn main() -> Result<()> {
         }
         let t_out = t3.elapsed().as_secs_f64();
         if it >= 2 {
-            for (i, t) in [t_decode, t_infer, t_forward, t_out]
+            for (i, t) in [t_decode, t_infer, t_forward, t_out, t_prepare]
                 .into_iter()
                 .enumerate()
             {
@@ -145,6 +147,7 @@ fn main() -> Result<()> {
     println!("  decode (message -> RGB)            {:7.2}", m[0]);
     println!("  infer (engine::infer, incl. forward) {:5.2}", m[1]);
     println!("  forward alone                      {:7.2}", m[2]);
+    println!("  (of infer: preprocessing           {:7.2})", m[4]);
     println!("  outputs (5 messages)               {:7.2}", m[3]);
     println!("  overhead = decode + infer - forward + outputs: {overhead:.2} ms");
     println!(
@@ -152,7 +155,7 @@ fn main() -> Result<()> {
         serde_json::json!({
             "bench": "dora-da3 overhead", "model": model_dir, "width": w, "height": h,
             "iters": iters, "decode_ms": m[0], "infer_ms": m[1], "forward_ms": m[2],
-            "outputs_ms": m[3], "overhead_ms": overhead,
+            "outputs_ms": m[3], "prepare_ms": m[4], "overhead_ms": overhead,
             "threads": candle_core::utils::get_num_threads(),
         })
     );
