@@ -207,7 +207,7 @@ struct InferArgs {
     /// Reference view: first, middle, saddle_balanced, saddle_sim_range.
     #[arg(long, default_value = "saddle_balanced")]
     ref_view_strategy: String,
-    /// Compute precision: auto (bf16 where the GPU supports it, else f16; f32 on the CPU),
+    /// Compute precision: auto (GPU: bf16 where supported, else f16; CPU: bf16 with AMX-BF16, else f32),
     /// no, f32 (fp32), bf16, f16 (fp16).
     #[arg(long, default_value = "auto")]
     precision: Precision,
