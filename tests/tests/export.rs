@@ -54,7 +54,7 @@ fn images_to_npz_png16_ply_colmap() {
     let mut flow = Flow::sample_images_into_tiny_da3("images-da3-export.yml").unwrap();
     flow.env("da3", "DEVICE", "cpu").unwrap();
     let out = flow.path("export");
-    flow.env("export", "OUT_DIR", out.display()).unwrap();
+    flow.env("export", "EXPORT_DIR", out.display()).unwrap();
     flow.env("export", "FORMATS", "npz,png16,vis,ply,colmap,glb")
         .unwrap();
     let run = flow.run(TIMEOUT).unwrap();
@@ -270,7 +270,7 @@ fn without_camera_and_points_uses_the_depth_metadata_and_every() {
     flow.remove_input("export", "camera").unwrap();
     flow.remove_input("export", "points").unwrap();
     let out = flow.path("export");
-    flow.env("export", "OUT_DIR", out.display()).unwrap();
+    flow.env("export", "EXPORT_DIR", out.display()).unwrap();
     flow.env("export", "FORMATS", "npz,ply").unwrap();
     flow.env("export", "EVERY", "2").unwrap();
     let run = flow.run(TIMEOUT).unwrap();

@@ -314,7 +314,7 @@ fn bad_checkpoint_fails_at_start_naming_the_file_and_writes_nothing() {
         let mut flow = Flow::sample_images_into_tiny_da3("images-da3-export.yml").unwrap();
         flow.env("da3", "MODEL", &model).unwrap();
         let export = flow.path("export");
-        flow.env("export", "OUT_DIR", export.display()).unwrap();
+        flow.env("export", "EXPORT_DIR", export.display()).unwrap();
         let t = Instant::now();
         let run = flow.run(TIMEOUT).unwrap();
         let secs = t.elapsed().as_secs_f64();

@@ -184,7 +184,7 @@ fn video_through_window_mode_into_export_and_rrd() {
     flow.env("da3", "PROCESS_RES", "112").unwrap();
     flow.env("da3", "DEVICE", "cpu").unwrap();
     let out = flow.path("export");
-    flow.env("export", "OUT_DIR", out.display()).unwrap();
+    flow.env("export", "EXPORT_DIR", out.display()).unwrap();
     let rrd = flow.path("video.rrd");
     flow.env("viewer", "RERUN_RRD", rrd.display()).unwrap();
     let run = flow.run(TIMEOUT).unwrap();
@@ -345,7 +345,7 @@ fn camera_recording_replayed_through_da3_into_files() {
     flow.env("da3", "PROCESS_RES", "112").unwrap();
     flow.env("da3", "DEVICE", "cpu").unwrap();
     let out = flow.path("export");
-    flow.env("export", "OUT_DIR", out.display()).unwrap();
+    flow.env("export", "EXPORT_DIR", out.display()).unwrap();
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
 

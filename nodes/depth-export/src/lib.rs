@@ -43,7 +43,7 @@ pub struct Config {
 
 /// The env vars depth-export reads (its `dora-node.yml` lists the same).
 pub const ENV_VARS: &[&[&str]] = &[&[
-    "OUT_DIR",
+    "EXPORT_DIR",
     "FORMATS",
     "EVERY",
     "COLMAP_EVERY",
@@ -54,8 +54,10 @@ pub const ENV_VARS: &[&[&str]] = &[&[
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
     pub fn from_env() -> Result<Self> {
-        let env = Env::new(ENV_VARS);
-        let out_dir = PathBuf::from(env.or("OUT_DIR", "out/export".to_string())?);
+        // `OUT_DIR` was this folder's name; it is also cargo's variable, and dora passes a
+        // node's env to its build command, so it made `dora run` recompile crates.
+        let env = Env::new(ENV_VARS).with_renamed(&[("OUT_DIR", "EXPORT_DIR")]);
+        let out_dir = PathBuf::from(env.or("EXPORT_DIR", "out/export".to_string())?);
         let formats = parse_formats(&env.or("FORMATS", "npz,png16".to_string())?)?;
         let every: u64 = env.or("EVERY", 1)?;
         if every == 0 {
@@ -129,7 +131,7 @@ pub struct Exporter {
 impl Exporter {
     pub fn new(cfg: Config) -> Result<Self> {
         std::fs::create_dir_all(&cfg.out_dir)
-            .wrap_err_with(|| format!("cannot create OUT_DIR `{}`", cfg.out_dir.display()))?;
+            .wrap_err_with(|| format!("cannot create EXPORT_DIR `{}`", cfg.out_dir.display()))?;
         Ok(Self {
             colmap: ColmapModel::new(cfg.colmap_max_points),
             cfg,

@@ -472,31 +472,48 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         let in_order = times.clone();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        let mut line = serde_json::json!({
-            "impl": "dora-da3 (candle)",
-            "model": a.model,
-            "views": s,
-            "height": a.height,
-            "width": a.width,
-            "dtype": format!("{dtype:?}").to_lowercase(),
-            "device": a.device.to_string(),
-            "threads": candle_core::utils::get_num_threads(),
-            "cpu_bf16": da3::device::cpu_bf16().to_string(),
-            "half_gemm": da3::model::ops::mkl_version().unwrap_or_else(|| "none (f32 fallback)".into()),
-            "median_ms": median,
-            "min_ms": times[0],
-            "views_per_s": s as f64 / (median / 1e3),
-            "peak_rss_mib": peak_rss_mib(),
-            "load_s": load_s,
-            "iters": a.iters,
-            "times_ms": in_order,
-        });
+        let mut line = bench_line(&a, s, dtype);
+        extend(
+            &mut line,
+            serde_json::json!({
+                "median_ms": median,
+                "min_ms": times[0],
+                "views_per_s": s as f64 / (median / 1e3),
+                "peak_rss_mib": peak_rss_mib(),
+                "load_s": load_s,
+                "iters": a.iters,
+                "times_ms": in_order,
+            }),
+        );
         if let Some(p) = profile {
             line["profile"] = p;
         }
         println!("{line}");
     }
     Ok(())
+}
+
+/// The fields every `da3 bench` JSON line starts with: what ran, where, how.
+fn bench_line(a: &BenchArgs, views: usize, dtype: candle_core::DType) -> serde_json::Value {
+    serde_json::json!({
+        "impl": "dora-da3 (candle)",
+        "model": a.model,
+        "views": views,
+        "height": a.height,
+        "width": a.width,
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "device": a.device.to_string(),
+        "threads": candle_core::utils::get_num_threads(),
+        "cpu_bf16": da3::device::cpu_bf16().to_string(),
+        "half_gemm": da3::model::ops::mkl_version().unwrap_or_else(|| "none (f32 fallback)".into()),
+    })
+}
+
+/// Add the fields of `more` (an object) to `line`.
+fn extend(line: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(l), serde_json::Value::Object(m)) = (line.as_object_mut(), more) {
+        l.extend(m);
+    }
 }
 
 fn run_forward(a: ForwardArgs) -> Result<()> {
@@ -642,24 +659,21 @@ fn run_bench_replicas(a: BenchArgs) -> Result<()> {
         })?;
         let wall = start.elapsed().as_secs_f64();
         let forwards = a.replicas * a.iters;
-        println!(
-            "{}",
-            serde_json::json!({
-                "impl": "dora-da3 (candle)",
-                "model": a.model,
-                "views": s,
-                "height": a.height,
-                "width": a.width,
-                "dtype": format!("{dtype:?}").to_lowercase(),
-                "device": a.device.to_string(),
-                "replicas": a.replicas,
-                "forwards": forwards,
-                "wall_s": wall,
-                "mean_ms_per_forward": wall * 1e3 / forwards as f64,
-                "views_per_s": (forwards * s) as f64 / wall,
-                "load_s": load_s,
-            })
-        );
+        println!("{}", {
+            let mut line = bench_line(&a, s, dtype);
+            extend(
+                &mut line,
+                serde_json::json!({
+                    "replicas": a.replicas,
+                    "forwards": forwards,
+                    "wall_s": wall,
+                    "mean_ms_per_forward": wall * 1e3 / forwards as f64,
+                    "views_per_s": (forwards * s) as f64 / wall,
+                    "load_s": load_s,
+                }),
+            );
+            line
+        });
     }
     Ok(())
 }
