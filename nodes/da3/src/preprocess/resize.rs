@@ -12,6 +12,8 @@
 //!
 //! All sizes are `(width, height)`; buffers are row-major, `channels` interleaved, no padding.
 
+use rayon::prelude::*;
+
 /// OpenCV's `INTER_RESIZE_COEF_BITS`.
 const COEF_BITS: i32 = 11;
 const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
@@ -270,37 +272,48 @@ pub fn resize_area(
     let ytab = area_table(src_h, dst_h, scale_y);
     let row_len = dst_w * cn;
     let mut dst = vec![0u8; dst_h * row_len];
-    let mut buf = vec![0f32; row_len];
-    let mut sum = vec![0f32; row_len];
-    let mut prev_dy = ytab.first().map(|t| t.dst).unwrap_or(0);
-    let flush = |dst: &mut [u8], dy: usize, sum: &[f32]| {
-        for (o, &s) in dst[dy * row_len..(dy + 1) * row_len].iter_mut().zip(sum) {
-            *o = round_even_f32(s).clamp(0, 255) as u8;
-        }
-    };
-    for yt in &ytab {
-        let row = &src[yt.src * src_w * cn..(yt.src + 1) * src_w * cn];
-        buf.iter_mut().for_each(|v| *v = 0.0);
-        for xt in &xtab {
-            let (d, s) = (xt.dst * cn, xt.src * cn);
-            for c in 0..cn {
-                buf[d + c] += row[s + c] as f32 * xt.alpha;
-            }
-        }
-        let beta = yt.alpha;
-        if yt.dst != prev_dy {
-            flush(&mut dst, prev_dy, &sum);
-            for (s, &b) in sum.iter_mut().zip(&buf) {
-                *s = beta * b;
-            }
-            prev_dy = yt.dst;
-        } else {
-            for (s, &b) in sum.iter_mut().zip(&buf) {
-                *s += beta * b;
-            }
-        }
+    // The table's terms come in output-row order: each output row is its own task (a source
+    // row shared by two output rows is filtered twice, with the same result).
+    let mut first = vec![ytab.len(); dst_h + 1];
+    for (i, t) in ytab.iter().enumerate().rev() {
+        first[t.dst] = i;
     }
-    flush(&mut dst, prev_dy, &sum);
+    for dy in (0..dst_h).rev() {
+        first[dy] = first[dy].min(first[dy + 1]);
+    }
+    dst.par_chunks_mut(row_len.max(1))
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; row_len], vec![0f32; row_len]),
+            |(buf, sum), (dy, out)| {
+                let terms = &ytab[first[dy]..first[dy + 1]];
+                for (i, yt) in terms.iter().enumerate() {
+                    let row = &src[yt.src * src_w * cn..(yt.src + 1) * src_w * cn];
+                    buf.iter_mut().for_each(|v| *v = 0.0);
+                    for xt in &xtab {
+                        let (d, s) = (xt.dst * cn, xt.src * cn);
+                        for c in 0..cn {
+                            buf[d + c] += row[s + c] as f32 * xt.alpha;
+                        }
+                    }
+                    let beta = yt.alpha;
+                    if i == 0 {
+                        for (s, &b) in sum.iter_mut().zip(buf.iter()) {
+                            *s = beta * b;
+                        }
+                    } else {
+                        for (s, &b) in sum.iter_mut().zip(buf.iter()) {
+                            *s += beta * b;
+                        }
+                    }
+                }
+                if !terms.is_empty() {
+                    for (o, &s) in out.iter_mut().zip(sum.iter()) {
+                        *o = round_even_f32(s).clamp(0, 255) as u8;
+                    }
+                }
+            },
+        );
     dst
 }
 
