@@ -33,3 +33,6 @@ pub const LAYOUT: &str = "layout";
 /// On an `image`: the frame is a colour-mapped depth map drawn with this
 /// colour map (String, `turbo`), not a camera picture (see [`crate::DepthVis`]).
 pub const COLORMAP: &str = "colormap";
+/// On an `image`: the frame is a per-pixel mask (`mono8`, 255 = in the mask, 0 = not) of
+/// this name (String, `sky`), not a camera picture (see [`crate::Mask`]).
+pub const MASK: &str = "mask";

@@ -32,7 +32,7 @@ pub use camera::CameraMsg;
 pub use depth::{DepthKind, DepthMap};
 pub use error::MsgError;
 pub use image_frame::{DecodeLimits, Encoding, ImageFrame};
-pub use message::{DepthVis, Message, Primitive, Status};
+pub use message::{DepthVis, Mask, Message, Primitive, Status};
 pub use meta::{FrameInfo, Intrinsics, Pose};
 pub use points::PointCloud;
 

@@ -6,6 +6,8 @@
 //! - the colour-mapped depth of the DA3 node is an [`ImageFrame`] marked with
 //!   [`keys::COLORMAP`] ([`DepthVis`]), so that a sink tells it from a camera
 //!   picture by its metadata;
+//! - the sky mask of the DA3 node is a `mono8` [`ImageFrame`] marked with
+//!   [`keys::MASK`] ([`Mask`]);
 //! - [`Status`] is the DA3 node's `status` output, one JSON document.
 
 use std::sync::Arc;
@@ -78,6 +80,65 @@ impl DepthVis {
             Parameter::String(self.colormap.clone()),
         );
         (array, params)
+    }
+}
+
+/// Mask name of the DA3 node's `sky` output.
+pub const MASK_SKY: &str = "sky";
+
+/// A per-pixel mask (the DA3 node's `sky`): a `mono8` [`ImageFrame`], 255 where the mask holds
+/// and 0 elsewhere, whose metadata also carries [`keys::MASK`] (its name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    pub frame: ImageFrame,
+    /// The mask's name ([`MASK_SKY`]).
+    pub mask: String,
+}
+
+impl Mask {
+    /// A mask of `width x height` from one flag per pixel.
+    pub fn from_flags(
+        mask: &str,
+        width: u32,
+        height: u32,
+        flags: &[bool],
+        info: crate::meta::FrameInfo,
+    ) -> Self {
+        Self {
+            frame: ImageFrame {
+                encoding: crate::image_frame::Encoding::Mono8,
+                width,
+                height,
+                data: flags.iter().map(|&f| if f { 255 } else { 0 }).collect(),
+                info,
+                intrinsics: None,
+            },
+            mask: mask.to_string(),
+        }
+    }
+
+    /// Whether pixel `i` (row-major) is in the mask.
+    pub fn contains(&self, i: usize) -> bool {
+        self.frame.data.get(i).is_some_and(|&v| v >= 128)
+    }
+
+    pub fn to_message(&self) -> (ArrayRef, MetadataParameters) {
+        let (array, mut params) = self.frame.to_message();
+        params.insert(keys::MASK.into(), Parameter::String(self.mask.clone()));
+        (array, params)
+    }
+
+    fn from_frame(frame: ImageFrame, mask: &str) -> Result<Self> {
+        if frame.encoding != crate::image_frame::Encoding::Mono8 {
+            return Err(MsgError::InvalidValue {
+                key: keys::MASK,
+                reason: format!("a mask is mono8, got {}", frame.encoding),
+            });
+        }
+        Ok(Self {
+            frame,
+            mask: mask.to_string(),
+        })
     }
 }
 
@@ -161,6 +222,8 @@ pub enum Message {
     Image(ImageFrame),
     /// The colour-mapped depth (`image` with `colormap`).
     DepthVis(DepthVis),
+    /// A mask (`image` with `mask`).
+    Mask(Mask),
     Depth(DepthMap),
     Confidence(DepthMap),
     /// A camera whose geometry has been checked (see [`CameraMsg::from_message`]).
@@ -191,12 +254,16 @@ impl Message {
         Ok(match primitive {
             Primitive::Image => {
                 let frame = ImageFrame::from_message(data, params)?;
-                match opt_str(params, keys::COLORMAP)? {
-                    Some(map) => Self::DepthVis(DepthVis {
+                match (
+                    opt_str(params, keys::COLORMAP)?,
+                    opt_str(params, keys::MASK)?,
+                ) {
+                    (Some(map), _) => Self::DepthVis(DepthVis {
                         frame,
                         colormap: map.to_string(),
                     }),
-                    None => Self::Image(frame),
+                    (None, Some(mask)) => Self::Mask(Mask::from_frame(frame, mask)?),
+                    (None, None) => Self::Image(frame),
                 }
             }
             Primitive::Depth => Self::Depth(DepthMap::from_message(data, params)?),
@@ -221,7 +288,9 @@ impl Message {
     /// The frame this message belongs to (`None` for [`Status`]).
     pub fn info(&self) -> Option<&FrameInfo> {
         match self {
-            Self::Image(f) | Self::DepthVis(DepthVis { frame: f, .. }) => Some(&f.info),
+            Self::Image(f)
+            | Self::DepthVis(DepthVis { frame: f, .. })
+            | Self::Mask(Mask { frame: f, .. }) => Some(&f.info),
             Self::Depth(d) | Self::Confidence(d) => Some(&d.info),
             Self::Camera(c) => Some(&c.info),
             Self::Points(p) => Some(&p.info),
@@ -233,6 +302,7 @@ impl Message {
         match self {
             Self::Image(f) => f.to_message(),
             Self::DepthVis(v) => v.to_message(),
+            Self::Mask(m) => m.to_message(),
             Self::Depth(d) | Self::Confidence(d) => d.to_message(),
             Self::Camera(c) => c.to_message(),
             Self::Points(p) => p.to_message(),
@@ -274,6 +344,13 @@ mod tests {
                 frame: img,
                 colormap: COLORMAP_TURBO.into(),
             }),
+            Message::Mask(Mask::from_flags(
+                MASK_SKY,
+                2,
+                1,
+                &[true, false],
+                FrameInfo::default(),
+            )),
             Message::Depth(depth()),
             Message::Confidence(conf),
             Message::Camera(crate::camera::tests::identity_camera()),

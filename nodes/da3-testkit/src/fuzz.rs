@@ -156,9 +156,11 @@ pub fn decode_as_da3(data: &dyn da3_msg::arrow::array::Array, p: &MetadataParame
         max_pixels: FUZZ_MAX_PIXELS,
     };
     match Message::decode_claimed(data, p) {
-        Ok(Some(Message::Image(f) | Message::DepthVis(DepthVis { frame: f, .. }))) => {
-            f.to_rgb8(&limits).is_ok()
-        }
+        Ok(Some(
+            Message::Image(f)
+            | Message::DepthVis(DepthVis { frame: f, .. })
+            | Message::Mask(da3_msg::Mask { frame: f, .. }),
+        )) => f.to_rgb8(&limits).is_ok(),
         Ok(_) => true,
         Err(_) => false,
     }

@@ -11,7 +11,7 @@ use da3_io::geometry::{affine_inverse, matmul, to_mat4, Mat4};
 
 use crate::export::Prediction;
 use crate::preprocess::{preprocess, Mat3, PreprocessConfig, PreprocessedBatch, RgbImage};
-use crate::{Da3Model, Da3Output, ForwardOptions, RefViewStrategy};
+use crate::{Da3Model, Da3Output, DepthUnits, ForwardOptions, RefViewStrategy};
 
 /// Input intrinsics in the caller's precision (the reference rescales them in their own dtype).
 #[derive(Clone, Debug, PartialEq)]
@@ -240,6 +240,58 @@ pub fn align(prepared: &Prepared, prediction: &mut Prediction) -> Option<f64> {
     let sf = scale as f32;
     prediction.depth.iter_mut().for_each(|d| *d /= sf);
     Some(scale)
+}
+
+/// Sky: pixels whose sky probability is at least this. The network replaces their depth with
+/// a fill value (mono and metric models: the 99th percentile of the rest; nested: a far depth),
+/// so their depth is no measurement. (The reference API's `Prediction.sky` of mono and metric
+/// models uses 0.5 instead; its nested model keeps no mask.)
+pub const SKY_THRESHOLD: f32 = crate::model::net::SKY_THRESHOLD;
+
+/// The sky probability maps of a network output (batch element 0), views in order, each
+/// `H * W`; `None` for models without a sky head (any-view models).
+pub fn sky_maps(out: &Da3Output) -> Result<Option<Vec<f32>>> {
+    let Some(sky) = &out.sky else {
+        return Ok(None);
+    };
+    let (b, ..) = sky.dims4()?;
+    ensure!(b == 1, "expected a batch of one, got {b}");
+    Ok(Some(
+        sky.to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?,
+    ))
+}
+
+/// Metres per unit of DA3METRIC-LARGE's raw depth for a view whose intrinsics at the processed
+/// size are `k`: focal / 300 with focal = (fx + fy) / 2 (the reference's FAQ; the nested model
+/// scales its metric branch the same way).
+pub fn metres_from_focal(k: &Mat3<f32>) -> f32 {
+    (k[0][0] + k[1][1]) / 2.0 / 300.0
+}
+
+/// Depth in metres where the model and the run allow it: nested models predict metres;
+/// DA3METRIC-LARGE's raw depth is scaled by [`metres_from_focal`] of each view's known
+/// intrinsics (given ones, rescaled to the processed size). `true` when `prediction.depth` is
+/// in metres after the call; `false` for relative models and for a metric model run without
+/// known intrinsics (depth left raw: the caller should say so).
+pub fn to_metres(model: &Da3Model, prepared: &Prepared, prediction: &mut Prediction) -> bool {
+    match model.units() {
+        DepthUnits::Metres => true,
+        DepthUnits::Relative => false,
+        DepthUnits::FocalOver300 => {
+            let Some(ks) = &prepared.batch.intrinsics else {
+                return false;
+            };
+            let plane = prediction.width * prediction.height;
+            for (d, k) in prediction.depth.chunks_mut(plane).zip(ks) {
+                let f = metres_from_focal(k);
+                d.iter_mut().for_each(|x| *x *= f);
+            }
+            true
+        }
+    }
 }
 
 /// The reference `inference()` for the npz exports: [`prepare`], [`forward`], [`package`],

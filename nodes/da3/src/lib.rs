@@ -85,10 +85,24 @@ enum Inner {
     Nested(Box<NestedDa3>),
 }
 
+/// What the depth a model predicts is measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthUnits {
+    /// Up to an unknown scale (any-view and mono models).
+    Relative,
+    /// Metric up to the focal length (DA3METRIC-LARGE): metres = focal · depth / 300, the
+    /// focal in pixels of the processed image ([`inference::metres_from_focal`]). The
+    /// reference API returns it raw.
+    FocalOver300,
+    /// Metres (nested models).
+    Metres,
+}
+
 /// A loaded DA3 model (any variant). `Send + Sync`; forward takes `&self`.
 #[derive(Debug, Clone)]
 pub struct Da3Model {
     cfg: Da3Config,
+    units: DepthUnits,
     inner: Inner,
     device: Device,
     dtype: DType,
@@ -114,7 +128,21 @@ impl Da3Model {
         let files =
             weights::resolve(source).wrap_err_with(|| format!("resolving model {source:?}"))?;
         let cfg = weights::resolve_config(&files, model_name)?;
-        Self::load_with_config(&files.weights, cfg, device, dtype)
+        let units = weights::resolve_units(&files, model_name, &cfg)?;
+        Ok(Self::load_with_config(&files.weights, cfg, device, dtype)?.with_units(units))
+    }
+
+    /// The same model with its depth declared in `units` ([`Da3Model::load_with_config`]
+    /// assumes [`DepthUnits::Metres`] for nested models and [`DepthUnits::Relative`] for the
+    /// others: a metric checkpoint loaded that way needs this).
+    pub fn with_units(mut self, units: DepthUnits) -> Self {
+        self.units = units;
+        self
+    }
+
+    /// What the model's depth is measured in.
+    pub fn units(&self) -> DepthUnits {
+        self.units
     }
 
     /// Load a safetensors file with an explicit configuration.
@@ -130,8 +158,13 @@ impl Da3Model {
         let vb = weights::checked_var_builder(weights, &cfg, dtype, device)?;
         let inner = Self::build(&cfg, vb.pp("model"))
             .wrap_err_with(|| format!("loading weights from {}", weights.display()))?;
+        let units = match cfg {
+            Da3Config::Nested { .. } => DepthUnits::Metres,
+            Da3Config::Single(_) => DepthUnits::Relative,
+        };
         Ok(Self {
             cfg,
+            units,
             inner,
             device: device.clone(),
             dtype,

@@ -89,6 +89,47 @@ pub fn resolve_config(files: &CheckpointFiles, model_name: Option<&str>) -> Resu
     Da3Config::from_config_json(&v).wrap_err_with(|| format!("model config in {}", path.display()))
 }
 
+/// What a checkpoint's depth is measured in: metres for nested models; focal · depth / 300 for
+/// DA3METRIC-LARGE (named by `model_name`, or by the `model_name` of its `config.json`; a custom
+/// test config says `"metric": true` in its `net_config`); relative otherwise. DA3METRIC-LARGE
+/// and DA3MONO-LARGE hold the same tensors and the same resolved config: only the name tells.
+pub fn resolve_units(
+    files: &CheckpointFiles,
+    model_name: Option<&str>,
+    cfg: &Da3Config,
+) -> Result<crate::DepthUnits> {
+    use crate::DepthUnits;
+    if matches!(cfg, Da3Config::Nested { .. }) {
+        return Ok(DepthUnits::Metres);
+    }
+    let metric = |name: &str| name.eq_ignore_ascii_case("da3metric-large");
+    if let Some(name) = model_name.filter(|n| !n.is_empty()) {
+        return Ok(if metric(name) {
+            DepthUnits::FocalOver300
+        } else {
+            DepthUnits::Relative
+        });
+    }
+    let Some(path) = files.config.as_ref() else {
+        return Ok(DepthUnits::Relative);
+    };
+    let text =
+        std::fs::read_to_string(path).wrap_err_with(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).wrap_err_with(|| format!("parsing {}", path.display()))?;
+    let name = v.get("model_name").and_then(serde_json::Value::as_str);
+    let custom_metric = v
+        .get("net_config")
+        .and_then(|n| n.get("metric"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    Ok(if name.is_some_and(metric) || custom_metric {
+        DepthUnits::FocalOver300
+    } else {
+        DepthUnits::Relative
+    })
+}
+
 fn stored_shapes(path: &Path) -> Result<(MmapedSafetensors, BTreeMap<String, Vec<usize>>)> {
     // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
     let st = unsafe { MmapedSafetensors::new(path) }

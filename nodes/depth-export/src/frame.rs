@@ -22,6 +22,8 @@ pub struct FrameResult {
     pub image: Option<(u32, u32, Vec<u8>)>,
     /// The colour-mapped depth (`depth_vis`), decoded to packed RGB8.
     pub vis: Option<(u32, u32, Vec<u8>)>,
+    /// A mask of the frame (name, `mono8` frame), written as `<stem>_<name>.png`.
+    pub mask: Option<(String, da3_msg::ImageFrame)>,
 }
 
 /// `rgb` resized to `w x h` (bilinear), or as is when it already has that size.
@@ -187,6 +189,7 @@ pub mod tests {
             points: None,
             image: Some((w, h, (0..w * h * 3).map(|i| i as u8).collect())),
             vis: None,
+            mask: None,
         }
     }
 

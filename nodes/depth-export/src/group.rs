@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use da3_msg::{CameraMsg, DepthMap, FrameInfo, PointCloud};
+use da3_msg::{CameraMsg, DepthMap, FrameInfo, ImageFrame, PointCloud};
 
 use crate::frame::FrameResult;
 
@@ -32,6 +32,8 @@ pub enum Item {
     Image(DecodedImage),
     /// The colour-mapped depth (`depth_vis`).
     Vis(DecodedImage),
+    /// A mask (the DA3 node's `sky`): its name and its `mono8` frame.
+    Mask(String, ImageFrame),
 }
 
 impl Item {
@@ -41,6 +43,7 @@ impl Item {
             Item::Camera(c) => &c.info,
             Item::Points(p) => &p.info,
             Item::Image(i) | Item::Vis(i) => &i.info,
+            Item::Mask(_, f) => &f.info,
         }
     }
 }
@@ -54,6 +57,7 @@ struct Pending {
     points: Option<PointCloud>,
     image: Option<DecodedImage>,
     vis: Option<DecodedImage>,
+    mask: Option<(String, ImageFrame)>,
     seen: BTreeSet<String>,
 }
 
@@ -70,6 +74,7 @@ impl Pending {
             points: self.points,
             image: self.image.map(|i| i.rgb),
             vis: self.vis.map(|i| i.rgb),
+            mask: self.mask,
         })
     }
 }
@@ -129,6 +134,7 @@ impl Grouper {
             Item::Points(x) => p.points = Some(x),
             Item::Image(i) => p.image = Some(i),
             Item::Vis(i) => p.vis = Some(i),
+            Item::Mask(name, f) => p.mask = Some((name, f)),
         }
         let mut ready: Vec<(String, u64)> = Vec::new();
         if is_depth {

@@ -107,8 +107,22 @@ pub fn decode(data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
         Message::Points(p) => Item::Points(p),
         Message::Image(f) => Item::Image(image(f)?),
         Message::DepthVis(v) => Item::Vis(image(v.frame)?),
+        Message::Mask(m) => Item::Mask(m.mask, m.frame),
         Message::Status(_) => bail!("a status message carries no frame data"),
     })
+}
+
+/// A mask name as a file-name part: ASCII letters, digits, `-` and `_` kept, others `_`.
+fn sanitize_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Writes the frames, keeps the COLMAP model.
@@ -175,6 +189,16 @@ impl Exporter {
             let p = dir.join(format!("{stem}_vis.png"));
             let r = formats::vis_bytes(f).and_then(|b| atomic::write_bytes(&p, &b));
             self.attempt("vis", r);
+        }
+        if let Some((name, m)) = &f.mask {
+            // Whatever FORMATS says: a wired mask is written (grey PNG, 255 = in the mask).
+            let p = dir.join(format!("{stem}_{}.png", sanitize_name(name)));
+            let r = m
+                .to_rgb8(&DecodeLimits::default())
+                .map_err(eyre::Report::from)
+                .and_then(|(w, h, rgb)| da3_msg::image_frame::encode_png(w, h, &rgb))
+                .and_then(|b| atomic::write_bytes(&p, &b));
+            self.attempt("mask", r);
         }
         if self.cfg.has(Format::Ply) || self.cfg.has(Format::Colmap) || self.cfg.has(Format::Glb) {
             let (xyz, rgb) = f.world_points(self.cfg.conf_percentile);

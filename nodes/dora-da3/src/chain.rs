@@ -130,6 +130,8 @@ mod tests {
             height: 2,
             depth,
             conf: None,
+            sky: None,
+            pose_given: false,
             intrinsics: None,
             extrinsics: Some(e),
             is_metric: false,

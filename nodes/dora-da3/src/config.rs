@@ -8,6 +8,7 @@ use da3::inference::InferenceOptions;
 use da3::preprocess::{PreprocessConfig, ResizeMethod};
 use da3::RefViewStrategy;
 use da3_msg::node_util::{Env, CONF_PERCENTILE_DEFAULT};
+use da3_msg::Intrinsics;
 use eyre::{bail, eyre, Result};
 
 /// Default model: the smallest published any-view model.
@@ -138,6 +139,50 @@ pub struct Config {
     /// Rig mode: the image inputs that form one set (`RIG_INPUTS`, comma
     /// list); `None`: every image input of the node.
     pub rig_inputs: Option<Vec<String>>,
+    /// Intrinsics of cameras that send neither `focal` metadata nor a `camera_info`
+    /// (`INTRINSICS`), with the image size they are for (`None`: the frames' size).
+    pub intrinsics: Option<(Intrinsics, Option<(u32, u32)>)>,
+}
+
+/// Parses `INTRINSICS`: `fx,fy,cx,cy` in the frames' pixels, or `fx,fy,cx,cy@WIDTHxHEIGHT`
+/// for another image size (rescaled to each frame's size).
+pub fn parse_intrinsics(s: &str) -> Result<(Intrinsics, Option<(u32, u32)>)> {
+    let (k, size) = match s.split_once('@') {
+        Some((k, size)) => {
+            let (w, h) = size
+                .trim()
+                .split_once(['x', 'X'])
+                .ok_or_else(|| eyre!("the size after `@` must be WIDTHxHEIGHT"))?;
+            let dim = |d: &str| -> Result<u32> {
+                match d.trim().parse::<u32>() {
+                    Ok(v) if v > 0 => Ok(v),
+                    _ => Err(eyre!(
+                        "`{size}`: width and height must be positive integers"
+                    )),
+                }
+            };
+            (k, Some((dim(w)?, dim(h)?)))
+        }
+        None => (s, None),
+    };
+    let v: Vec<f64> = k
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f64>()
+                .map_err(|_| eyre!("`{}` is not a number", x.trim()))
+        })
+        .collect::<Result<_>>()?;
+    let [fx, fy, cx, cy] = v[..] else {
+        bail!("expected fx,fy,cx,cy (4 numbers), got {}", v.len());
+    };
+    if !(fx > 0.0 && fy > 0.0 && fx.is_finite() && fy.is_finite()) {
+        bail!("focal lengths must be positive and finite, got {fx}, {fy}");
+    }
+    if !(cx.is_finite() && cy.is_finite()) {
+        bail!("the principal point must be finite");
+    }
+    Ok((Intrinsics { fx, fy, cx, cy }, size))
 }
 
 /// The env vars the node reads (its `dora-node.yml` lists the same).
@@ -160,6 +205,7 @@ pub const ENV_VARS: &[&[&str]] = &[&[
     "OUTPUT_SIZE",
     "MAX_PIXELS",
     "STATUS_MS",
+    "INTRINSICS",
 ]];
 
 fn parse_env<T: FromStr<Err = eyre::Report>>(
@@ -229,6 +275,12 @@ impl Config {
             bail!("invalid RIG_INPUTS: give a comma-separated list of image inputs");
         }
         let use_ray_pose = env.flag("USE_RAY_POSE", false)?;
+        let intrinsics = match env.opt::<String>("INTRINSICS")? {
+            Some(raw) => {
+                Some(parse_intrinsics(&raw).map_err(|e| eyre!("invalid INTRINSICS={raw:?}: {e}"))?)
+            }
+            None => None,
+        };
         env.finish();
         Ok(Self {
             model,
@@ -251,6 +303,7 @@ impl Config {
             max_pixels,
             status_every: Duration::from_millis(status_ms.max(50)),
             rig_inputs,
+            intrinsics,
         })
     }
 }
@@ -286,6 +339,7 @@ impl Config {
             status_every: Duration::from_millis(1000),
             rig_inputs: None,
             model_name: None,
+            intrinsics: None,
         }
     }
 }
@@ -310,6 +364,30 @@ mod tests {
         assert!(parse_devices("cpu*0").is_err());
         assert!(parse_devices("").is_err());
         assert_eq!(parse_devices("auto").unwrap(), vec![DeviceSpec::Cpu]);
+    }
+
+    #[test]
+    fn intrinsics() {
+        let (k, size) = parse_intrinsics("500, 480.5,320,240").unwrap();
+        assert_eq!(
+            (k.fx, k.fy, k.cx, k.cy, size),
+            (500.0, 480.5, 320.0, 240.0, None)
+        );
+        let (_, size) = parse_intrinsics("500,500,320,240@640x480").unwrap();
+        assert_eq!(size, Some((640, 480)));
+        for bad in [
+            "500,500,320",
+            "500,500,320,240,1",
+            "0,500,320,240",
+            "-1,500,320,240",
+            "nan,500,320,240",
+            "500,500,inf,240",
+            "500,500,320,240@640",
+            "500,500,320,240@0x480",
+            "a,b,c,d",
+        ] {
+            assert!(parse_intrinsics(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

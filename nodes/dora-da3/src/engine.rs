@@ -44,12 +44,17 @@ pub struct ViewOut {
     pub info: FrameInfo,
     pub width: u32,
     pub height: u32,
+    /// Depth; sky pixels (where `sky` is set) are 0, the documented invalid value.
     pub depth: Vec<f32>,
     pub conf: Option<Vec<f32>>,
+    /// Sky mask (models with a sky head): sky probability >= [`inference::SKY_THRESHOLD`].
+    pub sky: Option<Vec<bool>>,
     /// Intrinsics at `width x height`, row-major 3x3.
     pub intrinsics: Option<[f64; 9]>,
     /// World-to-camera `[R|t]`, row-major 3x4.
     pub extrinsics: Option<[f64; 12]>,
+    /// The extrinsics are the given ones (a pose-conditioned unit, outputs aligned to them).
+    pub pose_given: bool,
     pub is_metric: bool,
     /// RGB at `width x height` (for colouring points and the overlay).
     pub rgb: Vec<u8>,
@@ -153,8 +158,11 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
         .wrap_err("preprocessing")?;
     let out = inference::forward(model, &prepared).wrap_err("model forward")?;
     let mut pred = inference::package(&out, None).wrap_err("reading the outputs")?;
-    // Aligned: the given cameras are the output ones (as the reference API reports them).
+    // Aligned: the given cameras are the output ones (as the reference API reports them), and
+    // depth is in their units (metric only if they are: never claimed).
     let aligned = inference::align(&prepared, &mut pred).is_some();
+    let is_metric = !aligned && inference::to_metres(model, &prepared, &mut pred);
+    let sky = inference::sky_maps(&out).wrap_err("reading the sky map")?;
     let batch = &prepared.batch;
     let (w, h) = (pred.width, pred.height);
     let s = unit.views.len();
@@ -185,7 +193,11 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
             Some(e) if !aligned => Some(widen(e[i].iter().flatten())),
             _ => v.extrinsics,
         };
-        let view = match cfg.output_size {
+        let sky_v = sky.as_ref().map(|m| &m[i * plane..(i + 1) * plane]);
+        let mask = |m: Vec<f32>| -> Vec<bool> {
+            m.iter().map(|&p| p >= inference::SKY_THRESHOLD).collect()
+        };
+        let mut view = match cfg.output_size {
             OutputSize::Processed => ViewOut {
                 input: v.input.clone(),
                 info: v.info.clone(),
@@ -193,9 +205,11 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
                 height: h as u32,
                 depth: d,
                 conf: c,
+                sky: sky_v.map(|m| mask(m.to_vec())),
                 intrinsics: k_proc,
                 extrinsics,
-                is_metric: out.is_metric,
+                pose_given: aligned,
+                is_metric,
                 rgb: batch.images[i].data.clone(),
                 received: v.received,
             },
@@ -206,13 +220,21 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
                 height: t.input_height as u32,
                 depth: restore_map(&d, t, 0.0),
                 conf: c.map(|c| restore_map(&c, t, 0.0)),
+                // The probabilities are restored, then thresholded (as depth, before marking).
+                sky: sky_v.map(|m| mask(restore_map(m, t, 0.0))),
                 intrinsics: k_proc.map(|k| intrinsics_to_input(&k, t)),
                 extrinsics,
-                is_metric: out.is_metric,
+                pose_given: aligned,
+                is_metric,
                 rgb: v.image.data.clone(),
                 received: v.received,
             },
         };
+        if let Some(m) = &view.sky {
+            for (d, _) in view.depth.iter_mut().zip(m).filter(|(_, &s)| s) {
+                *d = 0.0;
+            }
+        }
         views.push(view);
     }
     Ok(views)

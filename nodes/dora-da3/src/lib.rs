@@ -33,12 +33,13 @@ use sched::Scheduler;
 use status::Stats;
 
 /// Output ports.
-pub const OUTPUTS: [&str; 6] = [
+pub const OUTPUTS: [&str; 7] = [
     "depth",
     "confidence",
     "camera",
     "points",
     "depth_vis",
+    "sky",
     "status",
 ];
 
@@ -81,10 +82,59 @@ pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
     Ok(models)
 }
 
-/// What the node knows about each camera from `camera_info*` inputs.
+/// A known camera: intrinsics at `width x height`, world-to-camera `[R|t]`.
+type Known = (Intrinsics, [f64; 12], u32, u32);
+
+/// What the node knows about each camera from `camera_info*` inputs: a camera_info without
+/// `frame_id` / `stamp_ns` holds for every frame of its camera (a calibrated rig); one with
+/// them holds for that frame only (a moving camera with a pose per frame).
 #[derive(Default)]
 struct KnownCameras {
-    by_name: HashMap<String, (Intrinsics, [f64; 12], u32, u32)>,
+    by_name: HashMap<String, Known>,
+    by_frame: HashMap<(String, u64), Known>,
+    by_stamp: HashMap<(String, u64), Known>,
+    /// Insertion order of the per-frame entries (the oldest are forgotten).
+    order: std::collections::VecDeque<(bool, String, u64)>,
+}
+
+/// Per-frame cameras kept (per-frame camera_info must come before its frame).
+const KNOWN_PER_FRAME: usize = 1024;
+
+impl KnownCameras {
+    fn insert(&mut self, name: String, info: &da3_msg::FrameInfo, cam: Known) {
+        if info.frame_id.is_none() && info.stamp_ns.is_none() {
+            self.by_name.insert(name, cam);
+            return;
+        }
+        if let Some(id) = info.frame_id {
+            self.by_frame.insert((name.clone(), id), cam);
+            self.order.push_back((true, name.clone(), id));
+        }
+        if let Some(t) = info.stamp_ns {
+            self.by_stamp.insert((name.clone(), t), cam);
+            self.order.push_back((false, name, t));
+        }
+        while self.order.len() > 2 * KNOWN_PER_FRAME {
+            if let Some((by_id, n, k)) = self.order.pop_front() {
+                let map = if by_id {
+                    &mut self.by_frame
+                } else {
+                    &mut self.by_stamp
+                };
+                map.remove(&(n, k));
+            }
+        }
+    }
+
+    /// The camera of a frame: by its `frame_id`, else its `stamp_ns`, else the camera's own.
+    fn get(&self, name: &str, info: &da3_msg::FrameInfo) -> Option<Known> {
+        let key = |k: u64| (name.to_string(), k);
+        info.frame_id
+            .and_then(|id| self.by_frame.get(&key(id)))
+            .or_else(|| info.stamp_ns.and_then(|t| self.by_stamp.get(&key(t))))
+            .or_else(|| self.by_name.get(name))
+            .copied()
+    }
 }
 
 struct Node<'a> {
@@ -97,6 +147,20 @@ struct Node<'a> {
     chains: HashMap<String, chain::Chain>,
     limits: DecodeLimits,
     base_status: serde_json::Value,
+    /// The model's depth is metric only with a known focal (DA3METRIC-LARGE).
+    needs_focal: bool,
+    /// Warnings already logged (kind + camera): each is said once, counted every time.
+    warned: std::collections::HashSet<String>,
+}
+
+/// Intrinsics known for an image of `w x h` at `kw x kh` (0 = the same size), rescaled;
+/// `None` when the aspect ratios differ by more than 1% (calibrated for another image).
+fn rescale_intrinsics(k: &Intrinsics, kw: u32, kh: u32, w: u32, h: u32) -> Option<Intrinsics> {
+    if kw == 0 || kh == 0 {
+        return Some(*k);
+    }
+    let (sx, sy) = (w as f64 / kw as f64, h as f64 / kh as f64);
+    ((sx - sy).abs() <= 0.01 * sx.max(sy)).then(|| k.scaled(sx, sy))
 }
 
 impl Node<'_> {
@@ -111,6 +175,23 @@ impl Node<'_> {
 
     fn send_status(&mut self, json: serde_json::Value) -> Result<()> {
         self.send("status", da3_msg::Status { json }.to_message())
+    }
+
+    /// Counts a warning; logs it and sends its status record the first time for `key`.
+    fn warn(
+        &mut self,
+        key: String,
+        kind: &str,
+        input: &str,
+        frame: Option<u64>,
+        reason: String,
+    ) -> Result<()> {
+        let rec = self.stats.warning(kind, input, frame, &reason);
+        if self.warned.insert(key) {
+            tracing::warn!("input `{input}` frame {frame:?}: {reason} (said once)");
+            self.send_status(rec)?;
+        }
+        Ok(())
     }
 
     fn reject(&mut self, input: &str, frame: Option<u64>, reason: String) -> Result<()> {
@@ -139,8 +220,7 @@ impl Node<'_> {
                             .to_string()
                     });
                     self.known
-                        .by_name
-                        .insert(name, (k, cam.extrinsics, cam.width, cam.height));
+                        .insert(name, &cam.info, (k, cam.extrinsics, cam.width, cam.height));
                     Ok(())
                 }
                 Err(e) => self.reject(id, frame_hint, format!("bad camera message: {e}")),
@@ -160,17 +240,44 @@ impl Node<'_> {
             Err(e) => return self.reject(id, frame_hint, format!("{e:#}")),
         };
         let name = frame.info.camera.clone().unwrap_or_else(|| id.to_string());
+        // Intrinsics: the frame's own, else its camera_info's, else INTRINSICS; known ones
+        // refer to their message's image size and are rescaled to the frame's.
         let mut intrinsics = frame.intrinsics;
         let mut extrinsics = None;
-        if let Some((k, e, kw, kh)) = self.known.by_name.get(&name) {
-            // Known intrinsics refer to the camera message's image size.
-            let (sx, sy) = if *kw > 0 && *kh > 0 {
-                (w as f64 / *kw as f64, h as f64 / *kh as f64)
-            } else {
-                (1.0, 1.0)
-            };
-            intrinsics = intrinsics.or(Some(k.scaled(sx, sy)));
-            extrinsics = Some(*e);
+        let frame_id = frame.info.frame_id;
+        if let Some((k, e, kw, kh)) = self.known.get(&name, &frame.info) {
+            match rescale_intrinsics(&k, kw, kh, w, h) {
+                Some(k) => {
+                    intrinsics = intrinsics.or(Some(k));
+                    extrinsics = Some(e);
+                }
+                None => self.warn(
+                    format!("camera_size:{name}"),
+                    "camera_size",
+                    id,
+                    frame_id,
+                    format!(
+                        "camera_info of `{name}` is for {kw}x{kh} images, the frame is {w}x{h} \
+                         (another aspect ratio): its intrinsics and pose are not used"
+                    ),
+                )?,
+            }
+        }
+        if let (None, Some((k, size))) = (intrinsics, self.cfg.intrinsics) {
+            let (kw, kh) = size.unwrap_or((w, h));
+            match rescale_intrinsics(&k, kw, kh, w, h) {
+                Some(k) => intrinsics = Some(k),
+                None => self.warn(
+                    format!("intrinsics_size:{name}"),
+                    "intrinsics_size",
+                    id,
+                    frame_id,
+                    format!(
+                        "INTRINSICS are for {kw}x{kh} images, the frame is {w}x{h} (another \
+                         aspect ratio): not used"
+                    ),
+                )?,
+            }
         }
         let mut info = frame.info.clone();
         if info.camera.is_none() {
@@ -202,7 +309,9 @@ impl Node<'_> {
                 return self.send_status(rec);
             }
         };
-        if let Some(key) = unit.chain_key.clone() {
+        // A pose-conditioned window is in the given cameras' world already: nothing to chain.
+        let given = unit.views.iter().all(|v| v.pose_given);
+        if let (Some(key), false) = (unit.chain_key.clone(), given) {
             self.chains.entry(key).or_default().apply(&mut unit.views);
         }
         for (v, emit) in unit.views.iter().zip(&unit.emit) {
@@ -224,6 +333,25 @@ impl Node<'_> {
             }
             if self.wired.contains("depth_vis") {
                 self.send("depth_vis", post::depth_vis(v).to_message())?;
+            }
+            if self.wired.contains("sky") {
+                if let Some(m) = post::sky_msg(v) {
+                    self.send("sky", m.to_message())?;
+                }
+            }
+            if self.needs_focal && !v.is_metric {
+                let cam = v.info.camera.clone().unwrap_or_else(|| v.input.clone());
+                self.warn(
+                    format!("no_focal:{cam}"),
+                    "no_focal",
+                    &v.input,
+                    v.info.frame_id,
+                    format!(
+                        "camera `{cam}`: the metric model needs the focal length for metres \
+                         (frame `focal` metadata, camera_info or INTRINSICS): relative depth \
+                         sent, is_metric false"
+                    ),
+                )?;
             }
             self.stats
                 .frame_out(v.received.elapsed().as_secs_f64() * 1e3);
@@ -287,6 +415,9 @@ pub fn run(
         .first()
         .map(|m| format!("{:?}", m.dtype()).to_lowercase())
         .unwrap_or_default();
+    let needs_focal = models
+        .first()
+        .is_some_and(|m| m.units() == da3::DepthUnits::FocalOver300);
     let mut pool = Pool::start(models, cfg.clone());
     let mut n = Node {
         node,
@@ -306,6 +437,8 @@ pub fn run(
             "replicas": cfg.devices.len(),
             "mode": cfg.mode.as_str(),
         }),
+        needs_focal,
+        warned: Default::default(),
     };
 
     // Events are read in arrival order on their own thread (`StreamExt::next`
@@ -382,12 +515,13 @@ pub fn run(
     }
     n.report(&pool)?;
     tracing::info!(
-        "dora-da3: {} frames in, {} out, {} dropped, {} rejected, {} failed units",
+        "dora-da3: {} frames in, {} out, {} dropped, {} rejected, {} failed units, {} warnings",
         n.stats.frames_in,
         n.stats.frames_out,
         n.sched.dropped,
         n.stats.rejected,
-        n.stats.failed_units
+        n.stats.failed_units,
+        n.stats.warnings
     );
     pool.shutdown();
     let _ = reader.join();

@@ -3,9 +3,10 @@
 
 use da3_io::colormap::colorize_depth;
 use da3_io::geometry::{back_project, IDENTITY_3X4};
-use da3_msg::message::COLORMAP_TURBO;
+use da3_msg::message::{COLORMAP_TURBO, MASK_SKY};
 use da3_msg::{
-    CameraMsg, DepthKind, DepthMap, DepthVis, Encoding, ImageFrame, Intrinsics, PointCloud, Pose,
+    CameraMsg, DepthKind, DepthMap, DepthVis, Encoding, ImageFrame, Intrinsics, Mask, PointCloud,
+    Pose,
 };
 
 use crate::engine::ViewOut;
@@ -78,6 +79,19 @@ pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Optio
     })
 }
 
+/// The sky mask of a view (models with a sky head): 255 where the sky probability is at least
+/// [`da3::inference::SKY_THRESHOLD`] (0.3: where the network filled depth in); depth is 0 there.
+pub fn sky_msg(v: &ViewOut) -> Option<Mask> {
+    let sky = v.sky.as_ref()?;
+    Some(Mask::from_flags(
+        MASK_SKY,
+        v.width,
+        v.height,
+        sky,
+        v.info.clone(),
+    ))
+}
+
 /// Colour-mapped depth (turbo of inverse depth, near = warm), marked as such.
 pub fn depth_vis(v: &ViewOut) -> DepthVis {
     DepthVis {
@@ -110,6 +124,8 @@ mod tests {
             rgb: vec![10; (w * h * 3) as usize],
             depth,
             conf,
+            sky: None,
+            pose_given: false,
             intrinsics: Some([2.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0]),
             extrinsics: Some([1.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]),
             is_metric: false,

@@ -12,6 +12,8 @@ pub struct Stats {
     pub frames_out: u64,
     pub rejected: u64,
     pub failed_units: u64,
+    /// Warnings (inputs used partly or not as given: see `warning`).
+    pub warnings: u64,
     /// Inputs dora discarded on full queues (e.g. `queue_size: 1`) before they reached the node.
     pub dropped_by_dora: u64,
     latencies_ms: VecDeque<f64>,
@@ -27,6 +29,7 @@ impl Default for Stats {
             frames_out: 0,
             rejected: 0,
             failed_units: 0,
+            warnings: 0,
             dropped_by_dora: 0,
             latencies_ms: VecDeque::new(),
             out_times: VecDeque::new(),
@@ -70,8 +73,26 @@ impl Stats {
 
     /// Records an error and returns the status record to send.
     pub fn error(&mut self, kind: &str, input: &str, frame: Option<u64>, reason: &str) -> Value {
+        self.record("error", kind, input, frame, reason)
+    }
+
+    /// Counts a warning (the frame is processed, something of it is not used as given) and
+    /// returns its status record.
+    pub fn warning(&mut self, kind: &str, input: &str, frame: Option<u64>, reason: &str) -> Value {
+        self.warnings += 1;
+        self.record("warning", kind, input, frame, reason)
+    }
+
+    fn record(
+        &mut self,
+        ty: &str,
+        kind: &str,
+        input: &str,
+        frame: Option<u64>,
+        reason: &str,
+    ) -> Value {
         let rec = json!({
-            "type": "error",
+            "type": ty,
             "kind": kind,
             "input": input,
             "frame_id": frame,
@@ -112,6 +133,7 @@ impl Stats {
             "dropped_by_dora": self.dropped_by_dora,
             "rejected": self.rejected,
             "failed_units": self.failed_units,
+            "warnings": self.warnings,
             "pending": pending,
             "in_flight": in_flight,
             "fps": fps,

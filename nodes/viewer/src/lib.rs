@@ -222,6 +222,8 @@ struct CamState {
 pub struct Counts {
     pub images: u64,
     pub depth_vis: u64,
+    /// Masks (the DA3 node's `sky`), logged beside the depth.
+    pub masks: u64,
     pub depth: u64,
     pub confidence: u64,
     pub cameras: u64,
@@ -334,6 +336,18 @@ impl Logger {
                 self.rec
                     .log(rgb_path, &rerun::Image::from_rgb24(rgb, [w, h]))?;
                 self.counts.images += 1;
+            }
+            Message::Mask(m) => {
+                let f = &m.frame;
+                self.set_time(&f.info);
+                let p = format!(
+                    "{}/{}",
+                    self.cam(&f.info).paths.pinhole,
+                    entity_name(&m.mask)
+                );
+                let img = rerun::Image::from_l8(f.data.clone(), [f.width, f.height]);
+                self.rec.log(p, &img)?;
+                self.counts.masks += 1;
             }
             Message::DepthVis(DepthVis { frame: f, .. }) => {
                 self.set_time(&f.info);
