@@ -163,14 +163,14 @@ pub fn mark_legacy_depth_vis(stream: &str, params: &mut MetadataParameters) -> b
 }
 
 /// The DA3 node's `status` output: one JSON object with a string `type`
-/// (`stats` or `error`; see `docs/messages.md` for the fields).
+/// (`stats`, `error` or `warning`; see `docs/messages.md` for the fields).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     pub json: serde_json::Value,
 }
 
 impl Status {
-    /// The record's `type`: `stats` or `error`.
+    /// The record's `type`: `stats`, `error` or `warning`.
     pub fn record_type(&self) -> &str {
         self.json["type"].as_str().unwrap_or_default()
     }
@@ -364,6 +364,21 @@ mod tests {
             assert_eq!(Message::decode(a.as_ref(), &p).unwrap(), m);
             assert_eq!(Message::decode_claimed(a.as_ref(), &p).unwrap(), Some(m));
         }
+    }
+
+    #[test]
+    fn a_mask_is_mono8_and_keeps_its_flags() {
+        let m = Mask::from_flags(MASK_SKY, 3, 1, &[true, false, true], FrameInfo::default());
+        assert!(m.contains(0) && !m.contains(1) && m.contains(2) && !m.contains(3));
+        let (a, p) = m.to_message();
+        assert_eq!(Message::decode(a.as_ref(), &p).unwrap(), Message::Mask(m));
+        // A mask on a colour image is rejected, naming the key.
+        let (a, mut p) = ImageFrame::rgb8(1, 1, vec![1, 2, 3]).to_message();
+        p.insert(keys::MASK.into(), Parameter::String("sky".into()));
+        assert!(matches!(
+            Message::decode(a.as_ref(), &p),
+            Err(MsgError::InvalidValue { key: "mask", .. })
+        ));
     }
 
     #[test]

@@ -154,3 +154,54 @@ fn a_bare_safetensors_is_recognised_by_its_tensors_or_named() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What the depth is measured in: only the name tells DA3METRIC-LARGE from DA3MONO-LARGE.
+#[test]
+fn depth_units_follow_the_model_name() {
+    use da3::DepthUnits;
+    let dir = std::env::temp_dir().join(format!("da3-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, v) in hub_configs() {
+        let cfg_path = dir.join(format!("{name}.json"));
+        std::fs::write(&cfg_path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let files = CheckpointFiles {
+            weights: dir.join("model.safetensors"),
+            config: Some(cfg_path),
+        };
+        let cfg = Da3Config::from_config_json(&v).unwrap();
+        let want = match name.as_str() {
+            "da3metric-large" => DepthUnits::FocalOver300,
+            "da3nested-giant-large" => DepthUnits::Metres,
+            _ => DepthUnits::Relative,
+        };
+        assert_eq!(
+            weights::resolve_units(&files, None, &cfg).unwrap(),
+            want,
+            "{name}"
+        );
+    }
+    // A bare file: the name given decides.
+    let bare = CheckpointFiles {
+        weights: dir.join("model.safetensors"),
+        config: None,
+    };
+    let mono = Da3Config::da3mono_large();
+    assert_eq!(
+        weights::resolve_units(&bare, Some("DA3METRIC-LARGE"), &mono).unwrap(),
+        DepthUnits::FocalOver300
+    );
+    assert_eq!(
+        weights::resolve_units(&bare, None, &mono).unwrap(),
+        DepthUnits::Relative
+    );
+    // The committed reduced metric checkpoint says `"metric": true` in its net_config.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-metric");
+    let m = da3::Da3Model::load(
+        tiny.to_str().unwrap(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    assert_eq!(m.units(), DepthUnits::FocalOver300);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -179,3 +179,75 @@ fn bad_inputs_are_rejected_counted_and_good_frames_keep_flowing() {
         assert!(e <= 1e-6, "good frame {k} ({}) differs: {e}", f.encoding);
     }
 }
+
+/// Inputs that decode but cannot be used as given: a camera_info calibrated for another image
+/// size (another aspect ratio), and frames without any focal length for the metric model. Each
+/// frame still comes out; each case is counted (`warnings`) and said once per camera
+/// (`type: warning` status records); the metric model's depth is sent relative (`is_metric`
+/// false), never in wrong metres; nothing crashes.
+#[test]
+fn unusable_cameras_and_a_metric_model_without_focal_are_counted_warnings() {
+    const METRIC: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../da3/tests/fixtures/tiny-metric"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.model = METRIC.into();
+    let mut events = Events::new(dir.path());
+    // Calibrated for 640x480 (4:3): the 56x42 frames are 4:3 too, so this one is used...
+    let mut cam = da3_testkit::test_camera(640, 480);
+    cam.info.camera = Some("cam".into());
+    let (a, p) = cam.to_message();
+    events.input(0.0, "camera_info", &a, &p).unwrap();
+    // ...but camera `wide` is calibrated for 640x360 (16:9): not used for its 4:3 frames.
+    let mut wide = da3_testkit::test_camera(640, 360);
+    wide.info.camera = Some("wide".into());
+    let (a, p) = wide.to_message();
+    events.input(0.001, "camera_info", &a, &p).unwrap();
+    let n = 4u64;
+    for i in 0..n {
+        for name in ["cam", "wide"] {
+            let mut f = frame(i as u32, i);
+            f.info.camera = Some(name.into());
+            let (a, p) = f.to_message();
+            events
+                .input(0.01 + i as f64 * 0.01, "image", &a, &p)
+                .unwrap();
+        }
+    }
+    let (mut node, stream, mut rx) = events
+        .start("da3", &["image", "camera_info"], &dora_da3::OUTPUTS)
+        .unwrap();
+    let model = Da3Model::load(METRIC, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    assert_eq!(model.units(), da3::DepthUnits::FocalOver300);
+    let run = catch_crash(|| dora_da3::run(&mut node, stream, cfg.clone(), vec![model.clone()]));
+    drop(node);
+    run.expect("the node ends without error");
+    let out = outputs(&mut rx);
+    let st = status(&out);
+    let warnings: Vec<&Value> = st.iter().filter(|s| s["type"] == "warning").collect();
+    let kinds: Vec<(&str, &str)> = warnings
+        .iter()
+        .map(|w| {
+            (
+                w["kind"].as_str().unwrap(),
+                w["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    // Said once each: the wide camera's size, and the missing focal of `wide` (cam has one).
+    assert_eq!(kinds.len(), 2, "{kinds:#?}");
+    assert!(kinds
+        .iter()
+        .any(|(k, r)| *k == "camera_size" && r.contains("640x360")));
+    assert!(kinds
+        .iter()
+        .any(|(k, r)| *k == "no_focal" && r.contains("`wide`")));
+    let stats = st.iter().rfind(|s| s["type"] == "stats").unwrap();
+    // Counted every time: 4 frames of `wide` without a usable camera, each also relative.
+    assert_eq!(stats["warnings"], 2 * n, "{stats}");
+    assert_eq!(stats["frames_out"], 2 * n, "{stats}");
+    assert_eq!(stats["rejected"], 0, "{stats}");
+    // (The outputs' `is_metric` per camera is checked under `dora run` in tests/tests/fidelity.rs.)
+}
