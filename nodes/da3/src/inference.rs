@@ -46,6 +46,9 @@ pub struct InferenceOptions {
     pub use_ray_pose: bool,
     /// Reference-view selection strategy.
     pub ref_view_strategy: RefViewStrategy,
+    /// Backbone blocks to return as auxiliary features (`Da3Output::aux`; the reference's
+    /// `export_feat_layers`).
+    pub export_feat_layers: Vec<usize>,
 }
 
 /// Everything [`infer`] produces.
@@ -195,6 +198,7 @@ pub fn prepare(
     let mut forward = ForwardOptions {
         use_ray_pose: opts.use_ray_pose,
         ref_view_strategy: opts.ref_view_strategy,
+        export_feat_layers: opts.export_feat_layers.clone(),
         ..Default::default()
     };
     if let (Some(e), Some(k)) = (extrinsics, batch.intrinsics.as_ref()) {

@@ -52,6 +52,9 @@ pub struct ForwardOptions {
     /// RANSAC sample indices (iters, 8) into the candidate set for the ray pose; `None` uses
     /// a fixed-seed draw.
     pub ransac_indices: Option<Tensor>,
+    /// Backbone blocks whose output to return as auxiliary features ([`Da3Output::aux`]), the
+    /// reference's `export_feat_layers`.
+    pub export_feat_layers: Vec<usize>,
 }
 
 /// Network outputs, views in input order. Maps are (B, S, H, W) at the network input size.
@@ -77,6 +80,12 @@ pub struct Da3Output {
     pub is_metric: bool,
     /// Scale applied to align the any-view branch to metric depth (nested models).
     pub scale_factor: Option<f32>,
+    /// Auxiliary features, one per [`ForwardOptions::export_feat_layers`] entry in its order:
+    /// the block index and its output after the final LayerNorm without the camera token,
+    /// (B, S, H/14, W/14, C) (the reference's `aux["feat_layer_<i>"]`). As in the reference,
+    /// views come in the backbone's order: for 3+ views without input cameras that is the
+    /// reference-view order (the reference view first), not the input order.
+    pub aux: Vec<(usize, Tensor)>,
 }
 
 #[derive(Debug, Clone)]

@@ -66,6 +66,15 @@ fn run_fixture_dir_in(dir: &Path, dtype: DType, tol: f64) -> Vec<String> {
             ransac_indices: t
                 .get(&format!("{case}.ransac.rand_sample_iters_idx"))
                 .cloned(),
+            export_feat_layers: kw["export_feat_layers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as usize)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let t0 = std::time::Instant::now();
         let out = match model.forward(x, &opts) {
@@ -179,6 +188,17 @@ fn run_fixture_dir_in(dir: &Path, dtype: DType, tol: f64) -> Vec<String> {
             &format!("{case}.out.intrinsics"),
         );
         check("sky", out.sky.as_ref(), &format!("{case}.out.sky"));
+        // Auxiliary features (export_feat_layers): every one asked for, the reference's key.
+        for &l in &opts.export_feat_layers {
+            let key = format!("{case}.out.aux.feat_layer_{l}");
+            let ours = out.aux.iter().find(|(i, _)| *i == l).map(|(_, a)| a);
+            // (A fixture without the key fails below: `check` skips missing references.)
+            assert!(
+                t.contains_key(&key),
+                "{name}/{case}: the fixture has no {key}"
+            );
+            check(&format!("feat_layer_{l}"), ours, &key);
+        }
         check("ray", out.ray.as_ref(), &format!("{case}.out.ray"));
         check(
             "ray_conf",

@@ -315,6 +315,7 @@ impl Config {
             preprocess: self.preprocess,
             use_ray_pose: self.use_ray_pose,
             ref_view_strategy: self.ref_view_strategy,
+            export_feat_layers: Vec::new(),
         }
     }
 

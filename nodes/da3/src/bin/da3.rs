@@ -374,6 +374,7 @@ fn run_infer(args: InferArgs) -> Result<()> {
         },
         use_ray_pose: args.use_ray_pose,
         ref_view_strategy: strategy,
+        export_feat_layers: Vec::new(),
     };
     let pb = spinner(
         args.quiet,

@@ -114,9 +114,12 @@ impl Da3Net {
             }
             _ => None,
         };
-        let layers = self
-            .backbone
-            .forward(x, cam_token.as_ref(), opts.ref_view_strategy)?;
+        let (layers, aux) = self.backbone.forward(
+            x,
+            cam_token.as_ref(),
+            opts.ref_view_strategy,
+            &opts.export_feat_layers,
+        )?;
         let feats = layers
             .iter()
             .map(|l| {
@@ -134,6 +137,7 @@ impl Da3Net {
             ray_conf: None,
             is_metric: false,
             scale_factor: None,
+            aux,
         };
         match &self.head {
             Head::Dual(hd) => {

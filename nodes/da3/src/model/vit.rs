@@ -268,13 +268,16 @@ impl DinoVisionTransformer {
     }
 
     /// Run the backbone. `x`: (B, S, 3, H, W); `cam_token`: (B, S, C) from the camera encoder.
-    /// Returns one [`LayerOutput`] per out layer, views in the input order.
+    /// Returns one [`LayerOutput`] per out layer, views in the input order, and the outputs of
+    /// the `export` blocks (auxiliary features: normed, camera token dropped, (B, S, h, w, C),
+    /// views in the backbone's order as the reference returns them).
     pub fn forward(
         &self,
         x: &Tensor,
         cam_token: Option<&Tensor>,
         strategy: RefViewStrategy,
-    ) -> Result<Vec<LayerOutput>> {
+        export: &[usize],
+    ) -> Result<(Vec<LayerOutput>, Vec<(usize, Tensor)>)> {
         let (b, s, _, hh, ww) = x.dims5()?;
         let p = self.cfg.patch_size;
         let (h, w) = (hh / p, ww / p);
@@ -287,6 +290,7 @@ impl DinoVisionTransformer {
         let mut local_x: Option<Tensor> = None;
         let mut order: Option<Vec<usize>> = None;
         let mut outputs = Vec::new();
+        let mut aux = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
             if let Some(a) = self.cfg.alt_start {
                 if i + 1 == a && s >= MIN_VIEWS_FOR_SELECTION && cam_token.is_none() {
@@ -354,7 +358,17 @@ impl DinoVisionTransformer {
                 }
                 outputs.push(out);
             }
+            if export.contains(&i) {
+                aux.push((i, x.clone()));
+            }
         }
+        let aux = aux
+            .into_iter()
+            .map(|(i, a)| {
+                let f = self.norm.forward(&a)?.narrow(2, 1, t - 1)?;
+                Ok((i, f.reshape((b, s, h, w, c))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Outputs come in increasing block order, as in the reference.
         let e = self.cfg.embed_dim;
         outputs
@@ -373,7 +387,8 @@ impl DinoVisionTransformer {
                     cam_token: cam,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .map(|o| (o, aux))
     }
 }
 
