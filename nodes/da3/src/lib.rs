@@ -85,7 +85,7 @@ pub struct Da3Output {
     /// (B, S, H/14, W/14, C) (the reference's `aux["feat_layer_<i>"]`). As in the reference,
     /// views come in the backbone's order: for 3+ views without input cameras that is the
     /// reference-view order (the reference view first), not the input order.
-    pub aux: Vec<(usize, Tensor)>,
+    pub aux: model::vit::AuxFeatures,
 }
 
 #[derive(Debug, Clone)]

@@ -73,6 +73,9 @@ pub fn bicubic_resize_hwc(
     (out, oh, ow)
 }
 
+/// Auxiliary features: (block index, features (B, S, h, w, C)) per exported block.
+pub type AuxFeatures = Vec<(usize, Tensor)>;
+
 /// One out-layer output: normalised patch features (B, S, N, C') and the raw token 0 (B, S, C').
 #[derive(Debug, Clone)]
 pub struct LayerOutput {
@@ -277,7 +280,7 @@ impl DinoVisionTransformer {
         cam_token: Option<&Tensor>,
         strategy: RefViewStrategy,
         export: &[usize],
-    ) -> Result<(Vec<LayerOutput>, Vec<(usize, Tensor)>)> {
+    ) -> Result<(Vec<LayerOutput>, AuxFeatures)> {
         let (b, s, _, hh, ww) = x.dims5()?;
         let p = self.cfg.patch_size;
         let (h, w) = (hh / p, ww / p);
