@@ -27,7 +27,9 @@ fn da3_small_cpu_timing() {
         let (h, w) = (378, 504);
         let x = Tensor::randn(0f32, 1.0, (1, s, 3, h, w), &dev).unwrap();
         let t0 = std::time::Instant::now();
-        let feats = bb.forward(&x, None, RefViewStrategy::default()).unwrap();
+        let (feats, _) = bb
+            .forward(&x, None, RefViewStrategy::default(), &[])
+            .unwrap();
         let t1 = std::time::Instant::now();
         let f: Vec<Tensor> = feats
             .iter()
