@@ -2,6 +2,7 @@
 # Installs what dora-da3 needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: FFmpeg's libraries (video input), clang (bindgen), V4L2, pkg-config, ffmpeg
 #   - the dora CLI 1.1.0 and the Rerun SDK 0.36.3 (viewer + .rrd reader) from PyPI into ./.venv
+#   - pycolmap 4.2.1, trimesh 5.2.0, plyfile 1.1.5 (the tests read the exports with them) into ./.venv
 #   - oneMKL 2026.2 static libraries (mkl-static, PyPI) into ./.venv/lib, for bf16 GEMMs
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
@@ -32,6 +33,14 @@ fi
 if ! .venv/bin/python -c "import rerun, sys; sys.exit(rerun.__version__ != '0.36.3')" 2>/dev/null; then
   echo "setup: installing rerun-sdk==0.36.3 into .venv"
   .venv/bin/pip install -q --disable-pip-version-check rerun-sdk==0.36.3
+fi
+
+# What the export tests read the COLMAP, glTF and PLY files with (tests/export_check.py).
+# All three use the numpy already in .venv (rerun-sdk's) and leave it as it is.
+if ! .venv/bin/python -c "import sys, pycolmap, trimesh; from importlib.metadata import version; \
+    sys.exit((pycolmap.__version__, trimesh.__version__, version('plyfile')) != ('4.2.1', '5.2.0', '1.1.5'))" 2>/dev/null; then
+  echo "setup: installing pycolmap==4.2.1 trimesh==5.2.0 plyfile==1.1.5 into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check pycolmap==4.2.1 trimesh==5.2.0 plyfile==1.1.5
 fi
 
 # Intel oneMKL, static, for the CPU's bf16/f16 GEMMs (mixed precision): nodes/da3/build.rs

@@ -76,6 +76,7 @@ fn images_to_npz_png16_ply_colmap() {
     let want_depth = library_depth(&images);
     let mut extrinsics = Vec::new();
     let mut depth_sums = Vec::new();
+    let mut ply_points = 0;
     for (i, want) in want_depth.iter().enumerate() {
         let stem = out.join(format!("sample_{i:06}"));
         let file = |ext: &str| PathBuf::from(format!("{}{ext}", stem.display()));
@@ -149,6 +150,7 @@ fn images_to_npz_png16_ply_colmap() {
         // PLY: the header's count, > 0 points, all finite.
         let (count, xyz) = parse_ply(&std::fs::read(file(".ply")).unwrap());
         assert!(count > 0);
+        ply_points += count;
         assert_eq!(xyz.len(), count);
         assert!(xyz.iter().flatten().all(|v| v.is_finite()));
 
@@ -252,7 +254,14 @@ fn images_to_npz_png16_ply_colmap() {
                 assert!((r[a][b] - e[a * 4 + b] as f64).abs() < 1e-4, "R[{a}][{b}]");
             }
         }
-        assert!(pair[1].trim().is_empty());
+        // The image's 2D points: `X Y POINT3D_ID` triples, every one observing a 3D point.
+        let p2: Vec<&str> = pair[1].split_whitespace().collect();
+        assert!(
+            !p2.is_empty() && p2.len().is_multiple_of(3),
+            "image {i}: {}",
+            p2.len()
+        );
+        assert!(p2.chunks(3).all(|t| t[2] != "-1"));
     }
     let pts = std::fs::read_to_string(col.join("points3D.txt")).unwrap();
     let npts = pts
@@ -261,6 +270,51 @@ fn images_to_npz_png16_ply_colmap() {
         .inspect(|l| assert!(l.split_whitespace().count() >= 8, "{l}"))
         .count();
     assert!(npts > 0);
+    assert_eq!(npts, ply_points, "every PLY point is in the COLMAP model");
+
+    // pycolmap reads the text model with an observation per point, each 2D point where
+    // the image's camera sees its 3D point; trimesh and plyfile read a frame's GLB and PLY.
+    let s = export_check(&[
+        ("--colmap", &col),
+        ("--glb", &out.join("sample_000000.glb")),
+        ("--ply", &out.join("sample_000000.ply")),
+    ]);
+    println!("{s}");
+    let c = &s["colmap"];
+    assert_eq!(c["num_points3D"].as_u64(), Some(npts as u64));
+    assert_eq!(c["num_observations"].as_u64(), Some(npts as u64));
+    assert_eq!(c["tracks_consistent"], true);
+    let err = c["max_reprojection_px"].as_f64().unwrap();
+    assert!(
+        err < 0.01,
+        "2D points {err} px from their projected 3D points"
+    );
+    assert_eq!(c["images"].as_array().unwrap().len(), n);
+    assert_eq!(s["glb"]["geometry"]["camera"][0], "Path3D");
+    assert_eq!(s["glb"]["geometry"]["points"][1], s["ply"]["count"], "{s}");
+}
+
+/// `tests/export_check.py` (pycolmap, trimesh, plyfile from the .venv of scripts/setup.sh)
+/// on the given files: its JSON summary.
+fn export_check(args: &[(&str, &Path)]) -> Value {
+    let python = repo_root().join(".venv/bin/python");
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(repo_root().join("tests/export_check.py"));
+    for (flag, p) in args {
+        cmd.arg(flag).arg(p);
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {}: {e} (bash scripts/setup.sh installs it with pycolmap, trimesh, plyfile)",
+            python.display()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "export_check.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("export_check.py prints JSON")
 }
 
 #[test]

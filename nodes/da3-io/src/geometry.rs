@@ -273,11 +273,25 @@ pub fn back_project(
     intrinsics: &[f64; 9],
     extrinsics: &[f64; 12],
 ) -> Vec<(usize, [f32; 3])> {
-    let [fx, fy, cx, cy] = pinhole_params(intrinsics);
-    let e = extrinsics;
     let threshold = conf
         .and_then(|c| percentile(c, conf_percentile))
         .unwrap_or(f32::NEG_INFINITY);
+    back_project_above(depth, width, conf, threshold, intrinsics, extrinsics)
+}
+
+/// [`back_project`] with the confidence threshold itself: keeps pixels whose confidence
+/// is at or above `threshold` (when `conf` is given), as the reference's exports do with
+/// one percentile taken over all views.
+pub fn back_project_above(
+    depth: &[f32],
+    width: usize,
+    conf: Option<&[f32]>,
+    threshold: f32,
+    intrinsics: &[f64; 9],
+    extrinsics: &[f64; 12],
+) -> Vec<(usize, [f32; 3])> {
+    let [fx, fy, cx, cy] = pinhole_params(intrinsics);
+    let e = extrinsics;
     let width = width.max(1);
     (0..depth.len())
         .filter(|&i| {
@@ -304,6 +318,47 @@ pub fn back_project(
         .collect()
 }
 
+/// The points of [`back_project`] with the colour of their pixel in `colours` (packed
+/// RGB8 at the depth map's size; black where `colours` is too short).
+pub fn coloured_points(
+    kept: &[(usize, [f32; 3])],
+    colours: &[u8],
+) -> (Vec<[f32; 3]>, Vec<[u8; 3]>) {
+    kept.iter()
+        .map(|&(i, p)| {
+            let c = colours.get(i * 3..i * 3 + 3).unwrap_or(&[0, 0, 0]);
+            (p, [c[0], c[1], c[2]])
+        })
+        .unzip()
+}
+
+/// The stride that keeps at most `max` of `len` items, evenly spaced (every item when
+/// they fit): how every exporter thins a point cloud.
+pub fn subsample_step(len: usize, max: usize) -> usize {
+    len.div_ceil(max.max(1)).max(1)
+}
+
+/// The pixel `[u, v]` where the camera `K`, `[R | t]` sees the world point `p`
+/// (pixel centres at integers); `None` behind the camera or when not finite.
+pub fn project(intrinsics: &[f64; 9], extrinsics: &[f64; 12], p: [f32; 3]) -> Option<[f64; 2]> {
+    let e = extrinsics;
+    let [x, y, z] = p.map(|v| v as f64);
+    let c = [
+        e[0] * x + e[1] * y + e[2] * z + e[3],
+        e[4] * x + e[5] * y + e[6] * z + e[7],
+        e[8] * x + e[9] * y + e[10] * z + e[11],
+    ];
+    if c[2].is_nan() || c[2] <= 0.0 {
+        return None;
+    }
+    let k = intrinsics;
+    let uv = [
+        (k[0] * c[0] + k[1] * c[1]) / c[2] + k[2],
+        k[4] * c[1] / c[2] + k[5],
+    ];
+    uv.iter().all(|v| v.is_finite()).then_some(uv)
+}
+
 /// The frustum of a camera: its centre, then the four image corners
 /// (`(0,0)`, `(w,0)`, `(w,h)`, `(0,h)`) at depth `depth`, in world coordinates.
 pub fn frustum(k: &[f64; 9], extrinsics: &[f64; 12], w: f64, h: f64, depth: f64) -> [Vec3; 5] {
@@ -319,6 +374,24 @@ pub fn frustum(k: &[f64; 9], extrinsics: &[f64; 12], w: f64, h: f64, depth: f64)
         }
     }
     out
+}
+
+/// [`frustum`] at `fraction` of the median of the valid (positive, finite) `depth`
+/// (1 when there is none): the camera drawn at a size that suits its scene.
+pub fn frustum_in_depth(
+    k: &[f64; 9],
+    extrinsics: &[f64; 12],
+    w: f64,
+    h: f64,
+    depth: &[f32],
+    fraction: f64,
+) -> [Vec3; 5] {
+    let valid: Vec<f32> = depth
+        .iter()
+        .map(|&d| if d > 0.0 { d } else { f32::NAN })
+        .collect();
+    let s = percentile(&valid, 50.0).unwrap_or(1.0) as f64 * fraction;
+    frustum(k, extrinsics, w, h, s)
 }
 
 /// Test helpers shared by the crates' tests (rigid motions about z, identity check).
@@ -442,6 +515,37 @@ mod tests {
         let kept = back_project(&[1.0; 100], 10, Some(&conf), 40.0, &k, &e);
         assert_eq!(kept.len(), 60);
         assert!(back_project(&[f32::NAN, -1.0], 2, None, 0.0, &k, &e).is_empty());
+    }
+
+    #[test]
+    fn projection_finds_the_back_projected_pixel() {
+        let k = [2.0, 0.0, 1.5, 0.0, 2.5, 1.0, 0.0, 0.0, 1.0];
+        let e = extrinsics_of(&rot_y(0.4), &[0.5, -1.0, 2.0]);
+        let depth: Vec<f32> = (0..12).map(|i| 1.0 + i as f32 * 0.3).collect();
+        let kept = back_project(&depth, 4, None, 0.0, &k, &e);
+        assert_eq!(kept.len(), 12);
+        for &(i, p) in &kept {
+            let [u, v] = project(&k, &e, p).unwrap();
+            assert!((u - (i % 4) as f64).abs() < 1e-4, "pixel {i}: u {u}");
+            assert!((v - (i / 4) as f64).abs() < 1e-4, "pixel {i}: v {v}");
+        }
+        // Behind the camera: no pixel.
+        assert!(project(&k, &IDENTITY_3X4, [0.0, 0.0, -1.0]).is_none());
+        assert!(project(&k, &IDENTITY_3X4, [f32::NAN, 0.0, 1.0]).is_none());
+        // Colours by pixel index, black past the end.
+        let (xyz, rgb) = coloured_points(&kept[..2], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!((xyz.len(), rgb), (2, vec![[1, 2, 3], [4, 5, 6]]));
+        let (_, rgb) = coloured_points(&kept[2..3], &[1, 2, 3]);
+        assert_eq!(rgb, [[0, 0, 0]]);
+        // A threshold instead of a percentile.
+        let conf: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(
+            back_project_above(&depth, 4, Some(&conf), 9.0, &k, &e).len(),
+            3
+        );
+        // The frustum scaled by the median depth.
+        let f = frustum_in_depth(&k, &IDENTITY_3X4, 4.0, 3.0, &[2.0, 4.0, -1.0], 0.5);
+        assert_eq!(f[1][2], 1.5);
     }
 
     #[test]

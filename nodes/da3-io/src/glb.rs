@@ -1,5 +1,5 @@
 //! Binary glTF 2.0 (`.glb`): a point cloud as a `POINTS` mesh with `COLOR_0`,
-//! and a camera frustum as a `LINES` mesh; and a strict reader of those files.
+//! and each camera's frustum as a `LINES` mesh; and a strict reader of those files.
 //!
 //! Coordinates are the world frame turned from OpenCV axes (x right, y down,
 //! z forward) to glTF's (y up, z backward): `(x, y, z) -> (x, -y, -z)`.
@@ -64,8 +64,9 @@ impl Builder {
     }
 }
 
-/// The `.glb` bytes of points (world, OpenCV axes) and an optional frustum.
-pub fn glb_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]], frustum: Option<[Vec3; 5]>) -> Vec<u8> {
+/// The `.glb` bytes of points (world, OpenCV axes) and camera frusta (each the
+/// centre then four image corners, as [`crate::geometry::frustum`] gives them).
+pub fn glb_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]], frusta: &[[Vec3; 5]]) -> Vec<u8> {
     let mut b = Builder::default();
     let mut meshes = Vec::new();
     let finite: Vec<usize> = (0..xyz.len())
@@ -84,15 +85,23 @@ pub fn glb_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]], frustum: Option<[Vec3; 5]>) 
         let col = b.vec3(&c, false);
         meshes.push(json!({"name": "points", "primitives": [{"attributes": {"POSITION": pos, "COLOR_0": col}, "mode": 0}]}));
     }
-    if let Some(fr) = frustum {
+    let mut lines = None;
+    for (i, fr) in frusta.iter().enumerate() {
         let p: Vec<[f32; 3]> = fr.iter().map(|&q| gl(q)).collect();
         let pos = b.vec3(&p, true);
-        let idx = b.indices(&[0, 1, 0, 2, 0, 3, 0, 4, 1, 2, 2, 3, 3, 4, 4, 1]);
-        meshes.push(json!({"name": "camera", "primitives": [{"attributes": {"POSITION": pos}, "indices": idx, "mode": 1}]}));
+        // One index buffer for every frustum: the same 8 segments.
+        let idx = *lines
+            .get_or_insert_with(|| b.indices(&[0, 1, 0, 2, 0, 3, 0, 4, 1, 2, 2, 3, 3, 4, 4, 1]));
+        let name = if frusta.len() == 1 {
+            "camera".to_string()
+        } else {
+            format!("camera_{i}")
+        };
+        meshes.push(json!({"name": name, "primitives": [{"attributes": {"POSITION": pos}, "indices": idx, "mode": 1}]}));
     }
     let nodes: Vec<Value> = (0..meshes.len()).map(|i| json!({"mesh": i})).collect();
     let mut doc = json!({
-        "asset": {"version": "2.0", "generator": "depth-export"},
+        "asset": {"version": "2.0", "generator": "dora-da3"},
         "scene": 0,
         "scenes": [{"nodes": (0..meshes.len()).collect::<Vec<_>>()}],
         "nodes": nodes,
@@ -193,7 +202,7 @@ mod tests {
         let xyz = [[1.0f32, 2.0, 3.0], [-1.0, 0.5, 2.0], [f32::NAN, 0.0, 1.0]];
         let rgb = [[255u8, 0, 0], [0, 255, 0], [0, 0, 255]];
         let fr = [[1.0, 2.0, 3.0]; 5];
-        let bytes = glb_bytes(&xyz, &rgb, Some(fr));
+        let bytes = glb_bytes(&xyz, &rgb, &[fr]);
         assert_eq!(bytes.len() % 4, 0);
         let (doc, pos) = parse_glb(&bytes).unwrap();
         assert_eq!(doc["meshes"][0]["primitives"][0]["mode"], 0);
@@ -203,9 +212,19 @@ mod tests {
         assert_eq!(pos[1], [[1.0, -2.0, -3.0]; 5]);
         assert_eq!(doc["accessors"][0]["min"], json!([-1.0, -2.0, -3.0]));
         // No points, no camera: a valid empty scene.
-        let (doc, pos) = parse_glb(&glb_bytes(&[], &[], None)).unwrap();
+        let (doc, pos) = parse_glb(&glb_bytes(&[], &[], &[])).unwrap();
         assert!(pos.is_empty());
         assert_eq!(doc["asset"]["version"], "2.0");
         assert!(parse_glb(&bytes[..bytes.len() - 4]).is_err());
+        // Several cameras: one LINES mesh each, sharing the index buffer.
+        let fr2 = [[0.0, 0.0, 1.0]; 5];
+        let (doc, pos) = parse_glb(&glb_bytes(&xyz, &rgb, &[fr, fr2])).unwrap();
+        assert_eq!(pos.len(), 3);
+        assert_eq!(pos[2], [[0.0, 0.0, -1.0]; 5]);
+        assert_eq!(doc["meshes"][2]["name"], "camera_1");
+        assert_eq!(
+            doc["meshes"][1]["primitives"][0]["indices"],
+            doc["meshes"][2]["primitives"][0]["indices"]
+        );
     }
 }

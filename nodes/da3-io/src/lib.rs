@@ -10,13 +10,15 @@
 //! | [`png16`] | 16-bit depth PNG and its JSON sidecar |
 //! | [`ply`] | binary PLY point clouds (writer and strict reader) |
 //! | [`glb`] | binary glTF of a point cloud and a camera frustum (writer and strict reader) |
-//! | [`colmap`] | COLMAP text model (`cameras.txt`, `images.txt`, `points3D.txt`) and its readers |
+//! | [`colmap`] | COLMAP model, text or binary, every point observed in its image (a track of one), and readers of the text files |
+//! | [`export`] | every format above for one multi-view prediction (the `da3` CLI's `--format`) |
 //! | [`atomic`] | atomic file writes (temporary name, fsync, rename) |
 
 pub mod align;
 pub mod atomic;
 pub mod colmap;
 pub mod colormap;
+pub mod export;
 pub mod geometry;
 pub mod glb;
 pub mod npy;

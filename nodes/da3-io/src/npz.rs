@@ -164,10 +164,13 @@ pub struct Prediction {
     /// Processed input images, `(N, H, W, 3)` `u8` (the `da3` crate's
     /// `PreprocessedBatch::export_images`).
     pub processed_images: Option<Vec<u8>>,
+    /// Whether the depth is metric (metres); not stored in the npz exports.
+    pub is_metric: bool,
 }
 
 impl Prediction {
-    fn check(&self) -> Result<()> {
+    /// Checks that every array has the size of `num_views x height x width`.
+    pub fn check(&self) -> Result<()> {
         let n = self.num_views * self.height * self.width;
         ensure!(
             self.depth.len() == n,
@@ -264,23 +267,6 @@ impl std::str::FromStr for NpzFormat {
     }
 }
 
-/// Parse a format list: the reference joins formats with `-` (`npz-mini_npz`); `,` also works.
-pub fn parse_formats(spec: &str) -> Result<Vec<NpzFormat>> {
-    let mut out = Vec::new();
-    for part in spec
-        .split([',', '-'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let f: NpzFormat = part.parse()?;
-        if !out.contains(&f) {
-            out.push(f);
-        }
-    }
-    ensure!(!out.is_empty(), "no export format given");
-    Ok(out)
-}
-
 /// Write the reference's `npz` export; returns the file written.
 pub fn export_npz(pred: &Prediction, export_dir: impl AsRef<Path>) -> Result<PathBuf> {
     pred.check()?;
@@ -361,18 +347,10 @@ mod tests {
     }
 
     #[test]
-    fn format_parsing() {
-        assert_eq!(parse_formats("npz").unwrap(), vec![NpzFormat::Npz]);
-        assert_eq!(
-            parse_formats("npz,mini_npz").unwrap(),
-            vec![NpzFormat::Npz, NpzFormat::MiniNpz]
-        );
-        assert_eq!(
-            parse_formats("mini_npz-npz").unwrap(),
-            vec![NpzFormat::MiniNpz, NpzFormat::Npz]
-        );
-        assert!(parse_formats("glb").is_err());
-        assert!(parse_formats("").is_err());
+    fn format_names_and_paths() {
+        assert_eq!("npz".parse::<NpzFormat>().unwrap(), NpzFormat::Npz);
+        assert_eq!("mini_npz".parse::<NpzFormat>().unwrap(), NpzFormat::MiniNpz);
+        assert!("glb".parse::<NpzFormat>().is_err());
         assert_eq!(
             NpzFormat::Npz.path("/x"),
             PathBuf::from("/x/exports/npz/results.npz")
@@ -395,6 +373,7 @@ mod tests {
             ]]),
             intrinsics: Some(vec![[[2.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]]]),
             processed_images: Some(vec![5; 12]),
+            is_metric: false,
         };
         let p = export_npz(&pred, &dir).unwrap();
         let m = read_npz(&p).unwrap();

@@ -15,7 +15,7 @@ pub type ColouredPoints = (Vec<[f32; 3]>, Vec<[u8; 3]>);
 pub fn ply_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(200 + xyz.len() * 15);
     let header = format!(
-        "ply\nformat binary_little_endian 1.0\ncomment written by depth-export\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n",
+        "ply\nformat binary_little_endian 1.0\ncomment written by dora-da3\nelement vertex {}\nproperty float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n",
         xyz.len()
     );
     out.extend_from_slice(header.as_bytes());

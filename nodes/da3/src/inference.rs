@@ -119,6 +119,7 @@ pub fn package(out: &Da3Output, batch: Option<&PreprocessedBatch>) -> Result<Pre
         extrinsics: None,
         intrinsics: None,
         processed_images: batch.map(|b| b.export_images()),
+        is_metric: out.is_metric,
     };
     if let Some(e) = &out.extrinsics {
         let v = flat(e)?;

@@ -7,6 +7,9 @@
 //!   rounding step of the export (conf is stored at 2 decimals, depth at 6).
 //! * `cli/*.npz`: the reference as shipped (opencv-python routes INTER_CUBIC through IPP, which
 //!   differs by one level on ~1% of resized pixels): images within one level, floats close.
+//!
+//! `cli_writes_every_format`: every other format, read back by the Python tools others use
+//! (`tests/export_check.py`: pycolmap, trimesh, plyfile from the .venv of scripts/setup.sh).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,10 @@ fn out_dir(tag: &str) -> PathBuf {
 }
 
 fn run_cli(out: &Path, extra: &[&str]) {
+    run_cli_formats(out, "npz,mini_npz", extra);
+}
+
+fn run_cli_formats(out: &Path, formats: &str, extra: &[&str]) {
     let cli = fixtures().join("cli");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_da3"));
     cmd.arg("infer")
@@ -35,7 +42,7 @@ fn run_cli(out: &Path, extra: &[&str]) {
             "--process-res",
             "70",
             "--format",
-            "npz,mini_npz",
+            formats,
             "--quiet",
             "--out",
         ])
@@ -225,7 +232,17 @@ fn cli_rejects_bad_arguments() {
     let img = img.to_str().unwrap();
     let o = out.to_str().unwrap();
     assert!(!status(&[
-        "infer", "--model", model, img, "--out", o, "--format", "glb"
+        "infer", "--model", model, img, "--out", o, "--format", "gs_video"
+    ]));
+    assert!(!status(&[
+        "infer",
+        "--model",
+        model,
+        img,
+        "--out",
+        o,
+        "--conf-thresh-percentile",
+        "101"
     ]));
     assert!(!status(&[
         "infer",
@@ -329,4 +346,211 @@ fn bench_lockstep_takes_turns() {
         String::from_utf8_lossy(&res.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tests/export_check.py` on the given files (JSON summary).
+fn export_check(args: &[(&str, &Path)]) -> serde_json::Value {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    let mut cmd = Command::new(&python);
+    cmd.arg(root.join("tests/export_check.py"));
+    for (flag, p) in args {
+        cmd.arg(flag).arg(p);
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {}: {e} (bash scripts/setup.sh installs it with pycolmap, trimesh, plyfile)",
+            python.display()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "export_check.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("export_check.py prints JSON")
+}
+
+/// `da3 infer --format glb,ply,colmap,...` (both separators): every file is written, and
+/// pycolmap, trimesh and plyfile read them: the COLMAP model has an observation per point,
+/// each 2D point within a pixel of its 3D point seen through the written camera, with the
+/// cameras at the input images' size.
+#[test]
+fn cli_writes_every_format() {
+    let out = out_dir("formats");
+    run_cli_formats(
+        &out,
+        "glb,ply,colmap,png16,depth_vis,npz-mini_npz",
+        &["--conf-thresh-percentile", "30"],
+    );
+    let mut files = Vec::new();
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p.strip_prefix(&out).unwrap().display().to_string());
+            }
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "cameras.bin",
+            "depth_vis/0000.png",
+            "depth_vis/0001.png",
+            "depth_vis/0002.png",
+            "exports/mini_npz/results.npz",
+            "exports/npz/results.npz",
+            "images.bin",
+            "png16/0000.json",
+            "png16/0000.png",
+            "png16/0001.json",
+            "png16/0001.png",
+            "png16/0002.json",
+            "png16/0002.png",
+            "points3D.bin",
+            "scene.glb",
+            "scene.ply",
+        ]
+    );
+    let npz = load(&out.join("exports/npz/results.npz"));
+    let (n, h, w) = (3, npz["depth"].shape[1], npz["depth"].shape[2]);
+    let (xyz, _) = da3_io::ply::read_ply(&std::fs::read(out.join("scene.ply")).unwrap())
+        .expect("our strict PLY reader");
+    // conf at or above its 30th percentile over all views: about 70 % of the pixels.
+    let kept = xyz.len() as f64 / (n * h * w) as f64;
+    assert!((0.69..=0.71).contains(&kept), "kept {kept}");
+
+    let s = export_check(&[
+        ("--colmap", &out),
+        ("--glb", &out.join("scene.glb")),
+        ("--ply", &out.join("scene.ply")),
+    ]);
+    println!("{s}");
+    let c = &s["colmap"];
+    let count = |v: &serde_json::Value| v.as_u64().unwrap() as usize;
+    assert_eq!(
+        count(&c["num_points3D"]),
+        xyz.len(),
+        "one 3D point per PLY point"
+    );
+    assert_eq!(
+        count(&c["num_observations"]),
+        xyz.len(),
+        "each observed once"
+    );
+    assert_eq!(count(&c["observations_counted"]), xyz.len());
+    assert_eq!(c["mean_track_length"], 1.0);
+    assert_eq!(c["tracks_consistent"], true);
+    let err = c["max_reprojection_px"].as_f64().unwrap();
+    assert!(
+        err < 0.01,
+        "2D points {err} px from their projected 3D points"
+    );
+    // Cameras at the input images' size (84x63), the intrinsics scaled from the processed.
+    let k = npz["intrinsics"].to_f64_vec();
+    for (i, (cam, im)) in c["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(c["images"].as_array().unwrap())
+        .enumerate()
+    {
+        assert_eq!(
+            (cam["model"].as_str(), count(&cam["width"])),
+            (Some("PINHOLE"), 84)
+        );
+        assert_eq!(count(&cam["height"]), 63);
+        let fx = cam["params"][0].as_f64().unwrap();
+        let want = k[i * 9] * 84.0 / w as f64;
+        assert!((fx - want).abs() < 1e-4 * want, "fx {fx} vs {want}");
+        assert_eq!(im["name"], format!("view{i}.png"));
+        assert!(count(&im["observations"]) > 0, "{im}");
+    }
+    // trimesh: the points and one frustum per camera; glTF axes (x, -y, -z).
+    let g = &s["glb"]["geometry"];
+    assert_eq!(g["points"], serde_json::json!(["PointCloud", xyz.len()]));
+    for i in 0..n {
+        assert_eq!(g[format!("camera_{i}")][0], "Path3D", "{g}");
+    }
+    let first = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let p = xyz[0].map(|v| v as f64);
+    assert_eq!(first(&s["glb"]["first_point"]), [p[0], -p[1], -p[2]]);
+    // plyfile: the same points.
+    assert_eq!(count(&s["ply"]["count"]), xyz.len());
+    assert_eq!(
+        s["ply"]["properties"],
+        serde_json::json!(["x", "y", "z", "red", "green", "blue"])
+    );
+    assert_eq!(first(&s["ply"]["first_point"]), p);
+
+    // depth_vis: processed image and colour-mapped depth side by side; png16 + sidecar.
+    let vis = image::open(out.join("depth_vis/0002.png")).unwrap();
+    assert_eq!((vis.width() as usize, vis.height() as usize), (2 * w, h));
+    let png = image::open(out.join("png16/0001.png")).unwrap();
+    assert_eq!(png.color(), image::ColorType::L16);
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("png16/0001.json")).unwrap()).unwrap();
+    assert_eq!(
+        (side["camera"].as_str(), side["has_pose"].as_bool()),
+        (Some("view1.png"), Some(true))
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// COLMAP with a crop method (the reference's export refuses these): cameras still at the
+/// input size, each observation within a pixel of its point. A model without cameras (the
+/// mono fixture) cannot write the point formats and says why; mini_npz still works.
+#[test]
+fn cli_colmap_with_crop_and_without_cameras() {
+    let out = out_dir("crop");
+    run_cli_formats(
+        &out,
+        "colmap",
+        &["--process-res-method", "upper_bound_crop"],
+    );
+    let c = &export_check(&[("--colmap", &out)])["colmap"];
+    let obs = c["num_observations"].as_u64().unwrap();
+    assert!(obs > 0 && Some(obs) == c["num_points3D"].as_u64(), "{c}");
+    assert!(c["max_reprojection_px"].as_f64().unwrap() < 0.01, "{c}");
+    for cam in c["cameras"].as_array().unwrap() {
+        assert_eq!(
+            (cam["width"].as_u64(), cam["height"].as_u64()),
+            (Some(84), Some(63))
+        );
+    }
+
+    let mono = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_da3"))
+            .arg("infer")
+            .arg("--model")
+            .arg(fixtures().join("tiny-mono"))
+            .arg(fixtures().join("cli/view0.png"))
+            .args([
+                "--process-res",
+                "70",
+                "--quiet",
+                "--format",
+                format,
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .expect("running da3")
+    };
+    let res = mono("glb");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && err.contains("intrinsics"), "{err}");
+    assert!(mono("mini_npz").status.success());
+    let _ = std::fs::remove_dir_all(&out);
 }

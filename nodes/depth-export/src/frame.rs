@@ -2,7 +2,9 @@
 //! writer shares (intrinsics at the depth size, world-to-camera pose,
 //! back-projected points, colours).
 
-use da3_io::geometry::{back_project, scale_intrinsics, world_to_camera, IDENTITY_3X4};
+use da3_io::geometry::{
+    back_project, coloured_points, scale_intrinsics, world_to_camera, IDENTITY_3X4,
+};
 use da3_msg::{CameraMsg, DepthMap, PointCloud};
 
 /// Camera of a frame at the depth map's size.
@@ -114,11 +116,7 @@ impl FrameResult {
             &k,
             &g.extrinsics,
         );
-        let (xyz, rgb) = kept
-            .iter()
-            .map(|&(i, p)| (p, [colours[i * 3], colours[i * 3 + 1], colours[i * 3 + 2]]))
-            .unzip();
-        (xyz, rgb)
+        coloured_points(&kept, &colours)
     }
 }
 

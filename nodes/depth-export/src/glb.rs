@@ -3,36 +3,26 @@
 
 use std::path::Path;
 
-use da3_io::colormap::percentile;
-use da3_io::geometry::{self, Vec3};
+use da3_io::export::FRUSTUM_FRACTION;
+use da3_io::geometry::{frustum_in_depth, Vec3};
 use da3_io::{atomic, glb};
 use eyre::Result;
 
 use crate::frame::FrameResult;
 
 /// The frustum of a frame: the camera centre and the four image corners at
-/// a fifth of the median depth, in world coordinates (OpenCV axes).
+/// a fifth of the median depth, in world coordinates (OpenCV axes), as the
+/// `da3` CLI draws its cameras.
 pub fn frustum(f: &FrameResult) -> Option<[Vec3; 5]> {
     let g = f.geometry();
-    let k = g.intrinsics?;
-    let valid: Vec<f32> = f
-        .depth
-        .values
-        .iter()
-        .map(|&d| if d > 0.0 { d } else { f32::NAN })
-        .collect();
-    let s = percentile(&valid, 50.0).unwrap_or(1.0) as f64 * 0.2;
-    Some(geometry::frustum(
-        &k,
-        &g.extrinsics,
-        g.width as f64,
-        g.height as f64,
-        s,
-    ))
+    let (w, h) = (g.width as f64, g.height as f64);
+    g.intrinsics
+        .map(|k| frustum_in_depth(&k, &g.extrinsics, w, h, &f.depth.values, FRUSTUM_FRACTION))
 }
 
 pub fn write_glb(path: &Path, f: &FrameResult, xyz: &[[f32; 3]], rgb: &[[u8; 3]]) -> Result<()> {
-    atomic::write_bytes(path, &glb::glb_bytes(xyz, rgb, frustum(f)))
+    let frusta: Vec<_> = frustum(f).into_iter().collect();
+    atomic::write_bytes(path, &glb::glb_bytes(xyz, rgb, &frusta))
 }
 
 #[cfg(test)]
@@ -50,7 +40,7 @@ mod tests {
         for (a, b) in fr[0].iter().zip([1.0, 2.0, 3.0]) {
             assert!((a - b).abs() < 1e-12);
         }
-        let bytes = glb_bytes(&xyz, &rgb, Some(fr));
+        let bytes = glb_bytes(&xyz, &rgb, &[fr]);
         assert_eq!(bytes.len() % 4, 0);
         let (doc, pos) = parse_glb(&bytes).unwrap();
         assert_eq!(doc["meshes"][0]["primitives"][0]["mode"], 0);
@@ -67,7 +57,7 @@ mod tests {
             .unwrap() as usize];
         assert_eq!(col["count"], 12);
         // No points, no camera: a valid empty scene.
-        let (doc, pos) = parse_glb(&glb_bytes(&[], &[], None)).unwrap();
+        let (doc, pos) = parse_glb(&glb_bytes(&[], &[], &[])).unwrap();
         assert!(pos.is_empty());
         assert_eq!(doc["asset"]["version"], "2.0");
     }

@@ -2,7 +2,7 @@
 //! confidence, camera, coloured points and a colour-mapped depth image.
 
 use da3_io::colormap::colorize_depth;
-use da3_io::geometry::{back_project, IDENTITY_3X4};
+use da3_io::geometry::{back_project, coloured_points, subsample_step, IDENTITY_3X4};
 use da3_msg::message::{COLORMAP_TURBO, MASK_SKY};
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, DepthVis, Encoding, ImageFrame, Intrinsics, Mask, PointCloud,
@@ -62,15 +62,9 @@ pub fn points_msg(v: &ViewOut, conf_percentile: f64, max_points: usize) -> Optio
         &k,
         &e,
     );
-    let step = kept.len().div_ceil(max_points.max(1)).max(1);
-    let (xyz, rgb) = kept
-        .iter()
-        .step_by(step)
-        .map(|&(i, p)| {
-            let c = v.rgb.get(i * 3..i * 3 + 3).unwrap_or(&[0, 0, 0]);
-            (p, [c[0], c[1], c[2]])
-        })
-        .unzip();
+    let step = subsample_step(kept.len(), max_points);
+    let kept: Vec<_> = kept.into_iter().step_by(step).collect();
+    let (xyz, rgb) = coloured_points(&kept, &v.rgb);
     Some(PointCloud {
         xyz,
         rgb,

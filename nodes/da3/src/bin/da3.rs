@@ -1,7 +1,7 @@
 //! `da3`: run Depth Anything 3 on images and export the results like the reference API.
 //!
 //! ```text
-//! da3 infer --model depth-anything/DA3-SMALL a.png b.png --out OUT [--format npz,mini_npz]
+//! da3 infer --model depth-anything/DA3-SMALL a.png b.png --out OUT [--format glb,ply,colmap,npz,...]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use da3::device::{DeviceSpec, Precision};
-use da3::export::{self, parse_formats, read_array, NpyArray};
+use da3::export::{self, parse_export_formats, read_array, ExportOptions, NpyArray};
 use da3::inference::{infer, InferenceOptions, InputIntrinsics};
 use da3::preprocess::{Mat3, PreprocessConfig, ResizeMethod, RgbImage, DEFAULT_PROCESS_RES};
 use da3::{Da3Model, RefViewStrategy};
@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the model on a set of views and export npz results.
+    /// Run the model on a set of views and export the results (npz, mini_npz, glb, ply, png16,
+    /// depth_vis, colmap).
     Infer(InferArgs),
     /// Time the network forward (f32 by default) on seeded random views; one JSON line per view count.
     Bench(BenchArgs),
@@ -214,12 +215,21 @@ struct InferArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// Export directory (results go to OUT/exports/<format>/results.npz).
-    #[arg(long)]
+    /// Export directory: OUT/exports/{npz,mini_npz}/results.npz, OUT/scene.glb, OUT/scene.ply,
+    /// OUT/png16/NNNN.{png,json}, OUT/depth_vis/NNNN.png, OUT/{cameras,images,points3D}.bin.
+    #[arg(long, visible_alias = "export-dir")]
     out: PathBuf,
-    /// Export formats, comma- (or dash-) separated: npz, mini_npz.
-    #[arg(long, default_value = "mini_npz")]
+    /// Export formats, comma- (or dash-, as the reference's `--export-format`) separated:
+    /// npz, mini_npz, glb, ply, png16, depth_vis, colmap.
+    #[arg(long, visible_alias = "export-format", default_value = "mini_npz")]
     format: String,
+    /// glb, ply, colmap: keep pixels whose confidence is at or above this percentile of all
+    /// views' confidence (0 keeps every valid depth).
+    #[arg(long, default_value_t = 40.0)]
+    conf_thresh_percentile: f64,
+    /// glb, ply, colmap: most points (evenly sub-sampled).
+    #[arg(long, default_value_t = 1_000_000)]
+    num_max_points: usize,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -317,7 +327,15 @@ fn spinner(quiet: bool, msg: &str) -> ProgressBar {
 fn run_infer(args: InferArgs) -> Result<()> {
     let method: ResizeMethod = args.process_res_method.parse()?;
     let strategy: RefViewStrategy = args.ref_view_strategy.parse()?;
-    let formats = parse_formats(&args.format)?;
+    let formats = parse_export_formats(&args.format)?;
+    ensure!(
+        (0.0..=100.0).contains(&args.conf_thresh_percentile),
+        "--conf-thresh-percentile must be within 0..=100"
+    );
+    ensure!(
+        args.num_max_points > 0,
+        "--num-max-points must be at least 1"
+    );
     let device = args.device.open()?;
     let dtype = args.precision.dtype(&device);
     let paths = expand_inputs(&args.images)?;
@@ -390,8 +408,12 @@ fn run_infer(args: InferArgs) -> Result<()> {
     pb.finish_and_clear();
 
     let pred = &result.prediction;
-    for f in formats {
-        let path = export::export(pred, f, &args.out)?;
+    let opts = ExportOptions {
+        conf_percentile: args.conf_thresh_percentile,
+        max_points: args.num_max_points,
+        sources: export::view_sources(pred, &result.batch, &paths),
+    };
+    for path in export::export_all(pred, &formats, &args.out, &opts)? {
         if !args.quiet {
             println!("wrote {}", path.display());
         }
