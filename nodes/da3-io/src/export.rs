@@ -399,6 +399,7 @@ mod tests {
             intrinsics: Some(vec![[[4.0, 0.0, 1.5], [0.0, 4.0, 1.0], [0.0, 0.0, 1.0]]; 2]),
             processed_images: Some((0..n * h * w * 3).map(|i| i as u8).collect()),
             is_metric: false,
+            aux: Vec::new(),
         }
     }
 

@@ -166,6 +166,10 @@ pub struct Prediction {
     pub processed_images: Option<Vec<u8>>,
     /// Whether the depth is metric (metres); not stored in the npz exports.
     pub is_metric: bool,
+    /// Auxiliary features (the reference's `export_feat_layers`): per exported backbone block
+    /// its index and its features `(N, h, w, C)` (shape, values). Written by both exports as
+    /// `feat_layer_<i>`, the reference's key (its own npz writers leave them out).
+    pub aux: Vec<(usize, [usize; 4], Vec<f32>)>,
 }
 
 impl Prediction {
@@ -205,6 +209,25 @@ impl Prediction {
             );
         }
         Ok(())
+    }
+
+    /// The auxiliary features as `feat_layer_<i>` arrays.
+    fn aux_arrays(&self) -> Result<Vec<(String, NpyArray)>> {
+        self.aux
+            .iter()
+            .map(|(i, shape, v)| {
+                ensure!(
+                    shape[0] == self.num_views,
+                    "feat_layer_{i}: {} views, the prediction has {}",
+                    shape[0],
+                    self.num_views
+                );
+                Ok((
+                    format!("feat_layer_{i}"),
+                    NpyArray::from_f32(shape, v.clone())?,
+                ))
+            })
+            .collect()
     }
 
     fn camera_arrays(&self) -> Result<Vec<(&'static str, NpyArray)>> {
@@ -283,7 +306,7 @@ pub fn export_npz(pred: &Prediction, export_dir: impl AsRef<Path>) -> Result<Pat
         ),
     ];
     arrays.extend(pred.camera_arrays()?);
-    write_export(NpzFormat::Npz.path(export_dir), &arrays)
+    write_export(NpzFormat::Npz.path(export_dir), &arrays, pred.aux_arrays()?)
 }
 
 /// Write the reference's `mini_npz` export; returns the file written.
@@ -295,7 +318,11 @@ pub fn export_mini_npz(pred: &Prediction, export_dir: impl AsRef<Path>) -> Resul
         NpyArray::from_f32(&[n, h, w], round_decimals_f32(&pred.depth, 8))?,
     )];
     arrays.extend(pred.camera_arrays()?);
-    write_export(NpzFormat::MiniNpz.path(export_dir), &arrays)
+    write_export(
+        NpzFormat::MiniNpz.path(export_dir),
+        &arrays,
+        pred.aux_arrays()?,
+    )
 }
 
 /// Write one export format.
@@ -310,11 +337,16 @@ pub fn export(
     }
 }
 
-fn write_export(path: PathBuf, arrays: &[(&'static str, NpyArray)]) -> Result<PathBuf> {
+fn write_export(
+    path: PathBuf,
+    arrays: &[(&'static str, NpyArray)],
+    aux: Vec<(String, NpyArray)>,
+) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
     }
-    let refs: Vec<(&str, &NpyArray)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
+    let mut refs: Vec<(&str, &NpyArray)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
+    refs.extend(aux.iter().map(|(n, a)| (n.as_str(), a)));
     write_npz(&path, &refs, true)?;
     Ok(path)
 }
@@ -374,6 +406,7 @@ mod tests {
             intrinsics: Some(vec![[[2.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]]]),
             processed_images: Some(vec![5; 12]),
             is_metric: false,
+            aux: Vec::new(),
         };
         let p = export_npz(&pred, &dir).unwrap();
         let m = read_npz(&p).unwrap();

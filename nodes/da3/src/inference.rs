@@ -120,7 +120,13 @@ pub fn package(out: &Da3Output, batch: Option<&PreprocessedBatch>) -> Result<Pre
         intrinsics: None,
         processed_images: batch.map(|b| b.export_images()),
         is_metric: out.is_metric,
+        aux: Vec::new(),
     };
+    for (i, a) in &out.aux {
+        let (ab, n, fh, fw, c) = a.dims5()?;
+        ensure!(ab == 1, "expected a batch of one, got {ab}");
+        pred.aux.push((*i, [n, fh, fw, c], flat(a)?));
+    }
     if let Some(e) = &out.extrinsics {
         let v = flat(e)?;
         ensure!(v.len() == s * 12, "extrinsics of shape {:?}", e.dims());
@@ -189,6 +195,15 @@ pub fn prepare(
     }
     if let Some(k) = intrinsics {
         ensure!(k.len() == n, "{} intrinsics for {n} images", k.len());
+    }
+    let blocks = match model.config() {
+        crate::Da3Config::Single(c) => c.vit.depth,
+        crate::Da3Config::Nested { anyview, .. } => anyview.vit.depth,
+    };
+    if let Some(l) = opts.export_feat_layers.iter().find(|&&l| l >= blocks) {
+        eyre::bail!(
+            "export_feat_layers: block {l} does not exist (the backbone has blocks 0..{blocks})"
+        );
     }
     let device = Device::Cpu;
     let batch = match intrinsics {

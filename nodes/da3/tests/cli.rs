@@ -554,3 +554,36 @@ fn cli_colmap_with_crop_and_without_cameras() {
     assert!(mono("mini_npz").status.success());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `--export-feat-layers`: the backbone blocks' features land in both npz exports under the
+/// reference's key (`feat_layer_<i>`, (N, H/14, W/14, C)); a block the backbone does not have
+/// is a clear error.
+#[test]
+fn cli_exports_auxiliary_features() {
+    let out = out_dir("aux");
+    run_cli(&out, &["--export-feat-layers", "1,6"]);
+    for f in ["npz", "mini_npz"] {
+        let m = load(&out.join(format!("exports/{f}/results.npz")));
+        for l in [1, 6] {
+            let a = m
+                .get(&format!("feat_layer_{l}"))
+                .unwrap_or_else(|| panic!("{f}: no feat_layer_{l} in {:?}", m.keys()));
+            // 3 views at 56x70 -> 4x5 patches, embed_dim 32.
+            assert_eq!(a.shape, vec![3, 4, 5, 32], "{f}: feat_layer_{l}");
+            assert!(a.to_f64_vec().iter().all(|v| v.is_finite()));
+        }
+        assert!(!m.contains_key("feat_layer_0"));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let res = Command::new(env!("CARGO_BIN_EXE_da3"))
+        .args(["infer", "--quiet", "--model"])
+        .arg(fixtures().join("tiny-anyview"))
+        .arg(fixtures().join("cli/view0.png"))
+        .args(["--process-res", "70", "--export-feat-layers", "99", "--out"])
+        .arg(out_dir("aux-bad"))
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("block 99 does not exist"), "{err}");
+}

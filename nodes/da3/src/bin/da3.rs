@@ -205,6 +205,11 @@ struct InferArgs {
     /// Estimate cameras with the ray head instead of the camera decoder.
     #[arg(long)]
     use_ray_pose: bool,
+    /// Backbone blocks whose features to export (comma-separated, e.g. `5,11`): written to
+    /// the npz exports as `feat_layer_<i>`, (N, H/14, W/14, C), the reference's
+    /// `export_feat_layers` and key names.
+    #[arg(long, value_delimiter = ',')]
+    export_feat_layers: Vec<usize>,
     /// Reference view: first, middle, saddle_balanced, saddle_sim_range.
     #[arg(long, default_value = "saddle_balanced")]
     ref_view_strategy: String,
@@ -392,7 +397,7 @@ fn run_infer(args: InferArgs) -> Result<()> {
         },
         use_ray_pose: args.use_ray_pose,
         ref_view_strategy: strategy,
-        export_feat_layers: Vec::new(),
+        export_feat_layers: args.export_feat_layers.clone(),
     };
     let pb = spinner(
         args.quiet,
