@@ -11,6 +11,8 @@ pub mod pool;
 pub mod post;
 pub mod sched;
 pub mod status;
+pub mod track;
+pub mod track_mode;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -97,6 +99,8 @@ struct Node<'a> {
     chains: HashMap<String, chain::Chain>,
     limits: DecodeLimits,
     base_status: serde_json::Value,
+    /// Track mode's trackers (`MODE=track` only).
+    track: Option<track_mode::TrackMode>,
 }
 
 impl Node<'_> {
@@ -138,10 +142,17 @@ impl Node<'_> {
                             .trim_start_matches('_')
                             .to_string()
                     });
+                    let jump = self.track.as_mut().and_then(|t| {
+                        t.camera_info(&name, &k, &cam.extrinsics, (cam.width, cam.height))
+                    });
                     self.known
                         .by_name
-                        .insert(name, (k, cam.extrinsics, cam.width, cam.height));
-                    Ok(())
+                        .insert(name.clone(), (k, cam.extrinsics, cam.width, cam.height));
+                    match jump {
+                        Some(reason) => self.send_status(json!({"type": "track",
+                            "event": "camera_info_jump", "camera": name, "reason": reason})),
+                        None => Ok(()),
+                    }
                 }
                 Err(e) => self.reject(id, frame_hint, format!("bad camera message: {e}")),
             };
@@ -189,11 +200,15 @@ impl Node<'_> {
 
     fn on_result(
         &mut self,
+        seq: u64,
         out: std::result::Result<UnitOut, (String, Vec<String>)>,
     ) -> Result<()> {
         let mut unit = match out {
             Ok(u) => u,
             Err((reason, frames)) => {
+                if let Some(t) = self.track.as_mut() {
+                    t.forget(seq);
+                }
                 self.stats.failed_units += 1;
                 tracing::error!("inference failed for {frames:?}: {reason}");
                 let rec = self
@@ -202,6 +217,11 @@ impl Node<'_> {
                 return self.send_status(rec);
             }
         };
+        if let Some(t) = self.track.as_mut() {
+            for rec in t.apply(&mut unit) {
+                self.send_status(rec)?;
+            }
+        }
         if let Some(key) = unit.chain_key.clone() {
             self.chains.entry(key).or_default().apply(&mut unit.views);
         }
@@ -232,12 +252,15 @@ impl Node<'_> {
     }
 
     fn report(&mut self, pool: &Pool) -> Result<()> {
-        let rep = self.stats.report(
+        let mut rep = self.stats.report(
             &self.base_status,
             self.sched.dropped,
             self.sched.pending(),
             pool.in_flight(),
         );
+        if let Some(t) = &self.track {
+            rep["track"] = t.report(self.sched.out_of_order, self.sched.duplicate_stamps);
+        }
         self.send_status(rep)
     }
 }
@@ -306,6 +329,7 @@ pub fn run(
             "replicas": cfg.devices.len(),
             "mode": cfg.mode.as_str(),
         }),
+        track: (cfg.mode == Mode::Track).then(|| track_mode::TrackMode::new(cfg.track)),
     };
 
     // Events are read in arrival order on their own thread (`StreamExt::next`
@@ -329,7 +353,7 @@ pub fn run(
         .wrap_err("cannot start the event thread")?;
     let mut ev_rx: Receiver<Incoming> = ev_rx;
     let mut inputs_done = false;
-    let mut reorder: Reorder<std::result::Result<UnitOut, (String, Vec<String>)>> =
+    let mut reorder: Reorder<(u64, std::result::Result<UnitOut, (String, Vec<String>)>)> =
         Reorder::default();
     let mut last_status = Instant::now();
     let mut next_seq = 0u64;
@@ -339,6 +363,9 @@ pub fn run(
                 Some(mut u) => {
                     u.seq = next_seq;
                     next_seq += 1;
+                    if let Some(t) = n.track.as_mut() {
+                        u = t.unit(u);
+                    }
                     pool.dispatch(r, u)?
                 }
                 None => break,
@@ -368,9 +395,9 @@ pub fn run(
             recv(pool.results) -> r => {
                 let Finished { replica, seq, result } = r.map_err(|_| eyre!("all replicas stopped"))?;
                 pool.done(replica);
-                reorder.insert(seq, result);
-                while let Some(res) = reorder.pop() {
-                    n.on_result(res)?;
+                reorder.insert(seq, (seq, result));
+                while let Some((seq, res)) = reorder.pop() {
+                    n.on_result(seq, res)?;
                 }
             },
             default(wait) => {}
