@@ -177,17 +177,28 @@ fn mean_rotation(rs: &[Mat3]) -> Mat3 {
     matrix_from_quat(&acc.map(|v| v / n))
 }
 
+/// The median (the mean of the two middle values for an even count), by selection.
 fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
+    let n = v.len();
+    if n == 0 {
         return None;
     }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
+    let (lo, mid, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let mid = *mid;
     Some(if n % 2 == 1 {
-        v[n / 2]
+        mid
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        let below = lo.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (below + mid) / 2.0
     })
+}
+
+/// Depth maps are sampled at most this many pixels (evenly spaced) for their medians.
+pub const DEPTH_SAMPLES: usize = 4096;
+
+/// Every `step`-th index of `len` so that at most [`DEPTH_SAMPLES`] are taken.
+fn sample_step(len: usize) -> usize {
+    len.div_ceil(DEPTH_SAMPLES).max(1)
 }
 
 fn valid_scale(s: Option<f64>) -> Option<f64> {
@@ -352,12 +363,14 @@ pub fn align_poses(pairs: &[PosePair], o: &PoseFitOptions) -> Result<PoseFit, Po
 /// Median of the per-element ratios `num / den` over the elements where both are finite
 /// and positive (same lengths), else the ratio of the two medians; `None` when neither
 /// gives a positive finite number. The scale observation of one camera's two depth maps.
+/// Large maps are sampled ([`DEPTH_SAMPLES`] evenly spaced pixels).
 pub fn depth_ratio(num: &[f32], den: &[f32]) -> Option<f64> {
     let ok = |v: &f32| v.is_finite() && *v > 0.0;
     let r = if num.len() == den.len() {
         median(
             num.iter()
                 .zip(den)
+                .step_by(sample_step(num.len()))
                 .filter(|(a, b)| ok(a) && ok(b))
                 .map(|(a, b)| *a as f64 / *b as f64)
                 .collect(),
@@ -369,10 +382,11 @@ pub fn depth_ratio(num: &[f32], den: &[f32]) -> Option<f64> {
     r.filter(|v| v.is_finite() && *v > 0.0)
 }
 
-/// Median of the finite positive values.
+/// Median of the finite positive values (large maps sampled, as in [`depth_ratio`]).
 pub fn positive_median(v: &[f32]) -> Option<f64> {
     median(
         v.iter()
+            .step_by(sample_step(v.len()))
             .filter(|x| x.is_finite() && **x > 0.0)
             .map(|x| *x as f64)
             .collect(),
@@ -525,5 +539,11 @@ mod tests {
         );
         assert_eq!(depth_ratio(&[3.0, 3.0], &[1.0, 1.0, 1.0]), Some(3.0));
         assert_eq!(depth_ratio(&[0.0], &[1.0]), None);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
+        // Large maps are sampled: still the median of an even spread.
+        let big: Vec<f32> = (0..100_000).map(|i| (i % 1000) as f32 + 1.0).collect();
+        let m = positive_median(&big).unwrap();
+        assert!((m - 500.5).abs() < 5.0, "{m}");
     }
 }

@@ -198,11 +198,9 @@ impl Node<'_> {
         Ok(())
     }
 
-    fn on_result(
-        &mut self,
-        seq: u64,
-        out: std::result::Result<UnitOut, (String, Vec<String>)>,
-    ) -> Result<()> {
+    /// A finished unit's bookkeeping (errors, tracking, chaining), before its outputs are
+    /// sent: the unit to send, if it succeeded.
+    fn on_result(&mut self, seq: u64, out: UnitResult) -> Result<Option<UnitOut>> {
         let mut unit = match out {
             Ok(u) => u,
             Err((reason, frames)) => {
@@ -214,7 +212,8 @@ impl Node<'_> {
                 let rec = self
                     .stats
                     .error("inference", &frames.join(","), None, &reason);
-                return self.send_status(rec);
+                self.send_status(rec)?;
+                return Ok(None);
             }
         };
         if let Some(t) = self.track.as_mut() {
@@ -225,6 +224,12 @@ impl Node<'_> {
         if let Some(key) = unit.chain_key.clone() {
             self.chains.entry(key).or_default().apply(&mut unit.views);
         }
+        Ok(Some(unit))
+    }
+
+    /// Sends a unit's outputs.
+    fn send_unit(&mut self, unit: UnitOut) -> Result<()> {
+        let t0 = Instant::now();
         for (v, emit) in unit.views.iter().zip(&unit.emit) {
             if !emit {
                 continue;
@@ -248,6 +253,25 @@ impl Node<'_> {
             self.stats
                 .frame_out(v.received.elapsed().as_secs_f64() * 1e3);
         }
+        if let Some(t) = self.track.as_mut() {
+            t.record_send_ms(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    }
+
+    /// Starts units on the idle replicas while there is work.
+    fn dispatch(&mut self, pool: &mut Pool, next_seq: &mut u64) -> Result<()> {
+        while let Some(r) = pool.idle() {
+            let Some(mut u) = self.sched.next_unit() else {
+                break;
+            };
+            u.seq = *next_seq;
+            *next_seq += 1;
+            if let Some(t) = self.track.as_mut() {
+                u = t.unit(u);
+            }
+            pool.dispatch(r, u)?;
+        }
         Ok(())
     }
 
@@ -264,6 +288,9 @@ impl Node<'_> {
         self.send_status(rep)
     }
 }
+
+/// A unit's result as a replica reports it (or why it failed, with its frames).
+type UnitResult = std::result::Result<UnitOut, (String, Vec<String>)>;
 
 /// What the event thread hands to the main loop.
 enum Incoming {
@@ -353,24 +380,11 @@ pub fn run(
         .wrap_err("cannot start the event thread")?;
     let mut ev_rx: Receiver<Incoming> = ev_rx;
     let mut inputs_done = false;
-    let mut reorder: Reorder<(u64, std::result::Result<UnitOut, (String, Vec<String>)>)> =
-        Reorder::default();
+    let mut reorder: Reorder<(u64, UnitResult)> = Reorder::default();
     let mut last_status = Instant::now();
     let mut next_seq = 0u64;
     loop {
-        while let Some(r) = pool.idle() {
-            match n.sched.next_unit() {
-                Some(mut u) => {
-                    u.seq = next_seq;
-                    next_seq += 1;
-                    if let Some(t) = n.track.as_mut() {
-                        u = t.unit(u);
-                    }
-                    pool.dispatch(r, u)?
-                }
-                None => break,
-            }
-        }
+        n.dispatch(&mut pool, &mut next_seq)?;
         if inputs_done && n.sched.pending() == 0 && pool.in_flight() == 0 {
             break;
         }
@@ -396,8 +410,15 @@ pub fn run(
                 let Finished { replica, seq, result } = r.map_err(|_| eyre!("all replicas stopped"))?;
                 pool.done(replica);
                 reorder.insert(seq, (seq, result));
+                let mut ready = Vec::new();
                 while let Some((seq, res)) = reorder.pop() {
-                    n.on_result(seq, res)?;
+                    ready.extend(n.on_result(seq, res)?);
+                }
+                // The next unit starts before these outputs are sent: the freshest frame
+                // waits for an inference, not for the sending.
+                n.dispatch(&mut pool, &mut next_seq)?;
+                for unit in ready {
+                    n.send_unit(unit)?;
                 }
             },
             default(wait) => {}

@@ -38,8 +38,10 @@ pub struct TrackMode {
     pub camera_info_jumps: u64,
     /// Units that could not be tracked (no predicted poses: a model without a camera head).
     pub untracked: u64,
-    /// Inference times of units with all `K` keyframes, ms.
-    infer_ms: VecDeque<f64>,
+    /// Inference times by views per unit (the last 200 of each), ms.
+    infer_ms: BTreeMap<usize, VecDeque<f64>>,
+    /// Time to send a unit's outputs (post-processing included), ms.
+    send_ms: VecDeque<f64>,
 }
 
 impl TrackMode {
@@ -51,7 +53,8 @@ impl TrackMode {
             cameras: HashMap::new(),
             camera_info_jumps: 0,
             untracked: 0,
-            infer_ms: VecDeque::new(),
+            infer_ms: BTreeMap::new(),
+            send_ms: VecDeque::new(),
         }
     }
 
@@ -88,6 +91,14 @@ impl TrackMode {
         }
     }
 
+    /// How long sending a unit's outputs took (the node's own work after the inference).
+    pub fn record_send_ms(&mut self, ms: f64) {
+        self.send_ms.push_back(ms);
+        if self.send_ms.len() > 200 {
+            self.send_ms.pop_front();
+        }
+    }
+
     /// A unit failed: nothing to place.
     pub fn forget(&mut self, seq: u64) {
         self.pending.remove(&seq);
@@ -110,11 +121,10 @@ impl TrackMode {
             self.untracked += 1;
             return vec![];
         };
-        if n == self.cfg.keyframes {
-            self.infer_ms.push_back(unit.infer_ms);
-            if self.infer_ms.len() > 200 {
-                self.infer_ms.pop_front();
-            }
+        let times = self.infer_ms.entry(n + 1).or_default();
+        times.push_back(unit.infer_ms);
+        if times.len() > 200 {
+            times.pop_front();
         }
         // A pose-conditioned unit reports the given camera of the frame.
         let given = p.view.extrinsics.is_some() && unit.views[n].extrinsics == p.view.extrinsics;
@@ -249,7 +259,19 @@ impl TrackMode {
             "out_of_order": out_of_order,
             "duplicate_stamps": duplicate_stamps,
             "camera_info_jumps": self.camera_info_jumps,
-            "infer_ms_full": percentiles(self.infer_ms.iter().copied()),
+            "infer_ms_full": percentiles(
+                self.infer_ms
+                    .get(&(self.cfg.keyframes + 1))
+                    .into_iter()
+                    .flatten()
+                    .copied()
+            ),
+            "send_ms": percentiles(self.send_ms.iter().copied()),
+            "infer_ms_by_views": self
+                .infer_ms
+                .iter()
+                .map(|(n, v)| (n.to_string(), percentiles(v.iter().copied())))
+                .collect::<serde_json::Map<String, Value>>(),
         })
     }
 }
