@@ -541,9 +541,9 @@ mod tests {
         assert_eq!(depth_ratio(&[0.0], &[1.0]), None);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
-        // Large maps are sampled: still the median of an even spread.
+        // Large maps are sampled (every 25th of 100 000 here): still about the median.
         let big: Vec<f32> = (0..100_000).map(|i| (i % 1000) as f32 + 1.0).collect();
         let m = positive_median(&big).unwrap();
-        assert!((m - 500.5).abs() < 5.0, "{m}");
+        assert!((m - 500.5).abs() < 15.0, "{m}");
     }
 }
