@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`geometry`] | matrix aliases and products, rigid-motion inverse, camera-to-world, quaternions, intrinsics, back-projection |
 //! | [`align`] | the reference's camera alignment: Umeyama Sim(3) fit and its seeded RANSAC variant |
+//! | [`align_poses`] | robust Sim(3) fit of camera poses (rotations, centres, depth ratios) onto a world's: tracking and window chaining |
 //! | [`colormap`] | percentiles, the turbo colour map, colour-mapped depth |
 //! | [`npy`], [`npz`] | NumPy files and the reference's `npz` / `mini_npz` exports ([`npz::Prediction`]) |
 //! | [`png16`] | 16-bit depth PNG and its JSON sidecar |
@@ -15,6 +16,7 @@
 //! | [`atomic`] | atomic file writes (temporary name, fsync, rename) |
 
 pub mod align;
+pub mod align_poses;
 pub mod atomic;
 pub mod colmap;
 pub mod colormap;

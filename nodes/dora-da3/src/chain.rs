@@ -1,18 +1,21 @@
 //! Window mode: successive windows share frames; each window's poses and
 //! depth live in their own frame and scale. This chains them into one
-//! trajectory: the first shared frame anchors the rotation and position,
-//! the shared frame's depth ratio (median over pixels) gives the scale.
+//! trajectory with the same robust similarity fit as track mode
+//! ([`align_poses`]): the shared frames' window poses onto their chained poses,
+//! the scale from their depth ratios (median over pixels).
 
 use std::collections::HashMap;
 
-use da3_io::geometry::{camera_to_world, mat_vec, matmul, transpose, world_to_camera, Mat3};
+use da3_io::align::Sim3;
+use da3_io::align_poses::{
+    align_poses, depth_ratio, positive_median, CamPose, PoseFitOptions, PosePair,
+};
 
 use crate::engine::ViewOut;
 
 #[derive(Debug, Clone)]
 struct Chained {
-    r_cw: Mat3,
-    centre: [f64; 3],
+    pose: CamPose,
     depth: Vec<f32>,
 }
 
@@ -22,22 +25,9 @@ pub struct Chain {
     last: HashMap<u64, Chained>,
     /// Windows chained so far.
     pub windows: u64,
-    /// Windows that shared no frame with the previous one (not chainable).
+    /// Windows that shared no frame with the previous one (not chainable), or whose shared
+    /// frames gave no fit.
     pub unanchored: u64,
-}
-
-fn median_ratio(num: &[f32], den: &[f32]) -> Option<f64> {
-    let mut r: Vec<f64> = num
-        .iter()
-        .zip(den)
-        .filter(|(a, b)| a.is_finite() && b.is_finite() && **a > 0.0 && **b > 0.0)
-        .map(|(a, b)| *a as f64 / *b as f64)
-        .collect();
-    if r.is_empty() {
-        return None;
-    }
-    r.sort_by(f64::total_cmp);
-    Some(r[r.len() / 2])
 }
 
 impl Chain {
@@ -45,54 +35,47 @@ impl Chain {
     /// frame, in place: extrinsics and depth. Views without extrinsics or
     /// frame ids are left as they are.
     pub fn apply(&mut self, views: &mut [ViewOut]) {
-        // The similarity world_k -> world_G: x_G = s * R x_k + t.
-        let mut s = 1.0f64;
-        let mut rot: Mat3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        let mut trans = [0.0; 3];
+        // The similarity window frame -> chained frame: x_G = s R x_k + t.
+        let mut m = Sim3 {
+            r: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            t: [0.0; 3],
+            s: 1.0,
+        };
         if self.windows > 0 {
-            let anchor = views.iter().find_map(|v| {
-                let id = v.info.frame_id?;
-                let prev = self.last.get(&id)?;
-                Some((v, prev))
-            });
-            match anchor {
-                Some((v, prev)) => {
-                    if let Some(e) = v.extrinsics.as_ref() {
-                        let (r_k, c_k) = camera_to_world(e);
-                        s = median_ratio(&prev.depth, &v.depth).unwrap_or(1.0);
-                        rot = matmul(&prev.r_cw, &transpose(&r_k));
-                        let rc = mat_vec(&rot, &c_k);
-                        trans = [
-                            prev.centre[0] - s * rc[0],
-                            prev.centre[1] - s * rc[1],
-                            prev.centre[2] - s * rc[2],
-                        ];
-                    }
-                }
-                None => self.unanchored += 1,
+            let shared: Vec<(PosePair, f64)> = views
+                .iter()
+                .filter_map(|v| {
+                    let prev = self.last.get(&v.info.frame_id?)?;
+                    let pair = PosePair {
+                        src: CamPose::from_world_to_camera(v.extrinsics.as_ref()?),
+                        dst: prev.pose,
+                        scale: depth_ratio(&prev.depth, &v.depth),
+                    };
+                    Some((pair, positive_median(&prev.depth).unwrap_or(1.0)))
+                })
+                .collect();
+            let pairs: Vec<PosePair> = shared.iter().map(|p| p.0).collect();
+            let mut depths: Vec<f64> = shared.iter().map(|p| p.1).collect();
+            depths.sort_by(f64::total_cmp);
+            let ref_len = depths.get(depths.len() / 2).copied().unwrap_or(1.0);
+            match align_poses(&pairs, &PoseFitOptions::for_scene(ref_len)) {
+                Ok(fit) => m = fit.sim,
+                Err(_) => self.unanchored += 1,
             }
         }
         let mut next = HashMap::new();
         for v in views.iter_mut() {
             for d in v.depth.iter_mut() {
-                *d = (*d as f64 * s) as f32;
+                *d = (*d as f64 * m.s) as f32;
             }
             if let Some(e) = v.extrinsics.as_ref() {
-                let (r_k, c_k) = camera_to_world(e);
-                let r_g = matmul(&rot, &r_k);
-                let rc = mat_vec(&rot, &c_k);
-                let c_g = [
-                    s * rc[0] + trans[0],
-                    s * rc[1] + trans[1],
-                    s * rc[2] + trans[2],
-                ];
-                v.extrinsics = Some(world_to_camera(&r_g, &c_g));
+                let pose = CamPose::from_world_to_camera(e).transformed(&m);
+                v.extrinsics = Some(pose.world_to_camera());
                 if let Some(id) = v.info.frame_id {
                     next.insert(
                         id,
                         Chained {
-                            r_cw: r_g,
-                            centre: c_g,
+                            pose,
                             depth: v.depth.clone(),
                         },
                     );
@@ -107,6 +90,7 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use da3_io::geometry::{camera_to_world, mat_vec, matmul, world_to_camera, Mat3};
     use da3_msg::FrameInfo;
 
     fn rot(ax: f64, ay: f64, az: f64) -> Mat3 {

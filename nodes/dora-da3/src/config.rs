@@ -11,6 +11,8 @@ use da3_msg::node_util::{Env, CONF_PERCENTILE_DEFAULT};
 use da3_msg::Intrinsics;
 use eyre::{bail, eyre, Result};
 
+use crate::track::TrackConfig;
+
 /// Default model: the smallest published any-view model.
 pub const DEFAULT_MODEL: &str = "depth-anything/DA3-SMALL";
 
@@ -25,6 +27,9 @@ pub enum Mode {
     Rig,
     /// Every frame, in order, none dropped.
     Batch,
+    /// The freshest frame plus up to `TRACK_KEYFRAMES` keyframes as one inference, placed
+    /// in one world frame and scale (`track.rs`).
+    Track,
 }
 
 impl FromStr for Mode {
@@ -35,7 +40,8 @@ impl FromStr for Mode {
             "window" => Self::Window,
             "rig" => Self::Rig,
             "batch" => Self::Batch,
-            _ => bail!("expected live, window, rig or batch"),
+            "track" => Self::Track,
+            _ => bail!("expected live, window, rig, batch or track"),
         })
     }
 }
@@ -47,6 +53,7 @@ impl Mode {
             Self::Window => "window",
             Self::Rig => "rig",
             Self::Batch => "batch",
+            Self::Track => "track",
         }
     }
 }
@@ -142,6 +149,8 @@ pub struct Config {
     /// Intrinsics of cameras that send neither `focal` metadata nor a `camera_info`
     /// (`INTRINSICS`), with the image size they are for (`None`: the frames' size).
     pub intrinsics: Option<(Intrinsics, Option<(u32, u32)>)>,
+    /// Track mode's knobs (`TRACK_*`).
+    pub track: TrackConfig,
 }
 
 /// Parses `INTRINSICS`: `fx,fy,cx,cy` in the frames' pixels, or `fx,fy,cx,cy@WIDTHxHEIGHT`
@@ -206,6 +215,11 @@ pub const ENV_VARS: &[&[&str]] = &[&[
     "MAX_PIXELS",
     "STATUS_MS",
     "INTRINSICS",
+    "TRACK_KEYFRAMES",
+    "TRACK_KF_BASELINE",
+    "TRACK_KF_ROTATION_DEG",
+    "TRACK_KF_INTERVAL_MS",
+    "TRACK_MAX_RESIDUAL",
 ]];
 
 fn parse_env<T: FromStr<Err = eyre::Report>>(
@@ -281,6 +295,7 @@ impl Config {
             }
             None => None,
         };
+        let track = track_config(&env)?;
         env.finish();
         Ok(Self {
             model,
@@ -304,8 +319,41 @@ impl Config {
             status_every: Duration::from_millis(status_ms.max(50)),
             rig_inputs,
             intrinsics,
+            track,
         })
     }
+}
+
+/// Track mode's knobs, checked.
+fn track_config(env: &Env) -> Result<TrackConfig> {
+    let d = TrackConfig::default();
+    let keyframes: usize = env.or("TRACK_KEYFRAMES", d.keyframes)?;
+    if !(1..=32).contains(&keyframes) {
+        bail!("invalid TRACK_KEYFRAMES={keyframes}: must be 1..=32");
+    }
+    let kf_baseline: f64 = env.or("TRACK_KF_BASELINE", d.kf_baseline)?;
+    if !(kf_baseline.is_finite() && kf_baseline > 0.0) {
+        bail!("invalid TRACK_KF_BASELINE={kf_baseline}: must be a positive fraction of the scene depth");
+    }
+    let kf_rotation_deg: f64 = env.or("TRACK_KF_ROTATION_DEG", d.kf_rotation_deg)?;
+    if !(kf_rotation_deg.is_finite() && kf_rotation_deg > 0.0 && kf_rotation_deg <= 180.0) {
+        bail!("invalid TRACK_KF_ROTATION_DEG={kf_rotation_deg}: must be in (0, 180]");
+    }
+    let interval_ms: u64 = env.or("TRACK_KF_INTERVAL_MS", d.kf_interval_ns / 1_000_000)?;
+    if interval_ms == 0 {
+        bail!("invalid TRACK_KF_INTERVAL_MS=0: must be at least 1");
+    }
+    let max_residual: f64 = env.or("TRACK_MAX_RESIDUAL", d.max_residual)?;
+    if !(max_residual.is_finite() && max_residual > 0.0) {
+        bail!("invalid TRACK_MAX_RESIDUAL={max_residual}: must be a positive fraction of the scene depth");
+    }
+    Ok(TrackConfig {
+        keyframes,
+        kf_baseline,
+        kf_rotation_deg,
+        kf_interval_ns: interval_ms.saturating_mul(1_000_000),
+        max_residual,
+    })
 }
 
 impl Config {
@@ -341,6 +389,7 @@ impl Config {
             rig_inputs: None,
             model_name: None,
             intrinsics: None,
+            track: TrackConfig::default(),
         }
     }
 }
@@ -395,6 +444,7 @@ mod tests {
     fn enums() {
         assert_eq!("WINDOW".parse::<Mode>().unwrap(), Mode::Window);
         assert!("stream".parse::<Mode>().is_err());
+        assert_eq!("track".parse::<Mode>().unwrap(), Mode::Track);
         assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
         assert!("int8".parse::<Precision>().is_err());
         assert_eq!("input".parse::<OutputSize>().unwrap(), OutputSize::Input);

@@ -11,6 +11,8 @@ pub mod pool;
 pub mod post;
 pub mod sched;
 pub mod status;
+pub mod track;
+pub mod track_mode;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -151,6 +153,8 @@ struct Node<'a> {
     needs_focal: bool,
     /// Warnings already logged (kind + camera): each is said once, counted every time.
     warned: std::collections::HashSet<String>,
+    /// Track mode's trackers (`MODE=track` only).
+    track: Option<track_mode::TrackMode>,
 }
 
 /// Intrinsics known for an image of `w x h` at `kw x kh` (0 = the same size), rescaled;
@@ -219,9 +223,19 @@ impl Node<'_> {
                             .trim_start_matches('_')
                             .to_string()
                     });
-                    self.known
-                        .insert(name, &cam.info, (k, cam.extrinsics, cam.width, cam.height));
-                    Ok(())
+                    let jump = self.track.as_mut().and_then(|t| {
+                        t.camera_info(&name, &k, &cam.extrinsics, (cam.width, cam.height))
+                    });
+                    self.known.insert(
+                        name.clone(),
+                        &cam.info,
+                        (k, cam.extrinsics, cam.width, cam.height),
+                    );
+                    match jump {
+                        Some(reason) => self.send_status(json!({"type": "track",
+                            "event": "camera_info_jump", "camera": name, "reason": reason})),
+                        None => Ok(()),
+                    }
                 }
                 Err(e) => self.reject(id, frame_hint, format!("bad camera message: {e}")),
             };
@@ -294,26 +308,40 @@ impl Node<'_> {
         Ok(())
     }
 
-    fn on_result(
-        &mut self,
-        out: std::result::Result<UnitOut, (String, Vec<String>)>,
-    ) -> Result<()> {
+    /// A finished unit's bookkeeping (errors, tracking, chaining), before its outputs are
+    /// sent: the unit to send, if it succeeded.
+    fn on_result(&mut self, seq: u64, out: UnitResult) -> Result<Option<UnitOut>> {
         let mut unit = match out {
             Ok(u) => u,
             Err((reason, frames)) => {
+                if let Some(t) = self.track.as_mut() {
+                    t.forget(seq);
+                }
                 self.stats.failed_units += 1;
                 tracing::error!("inference failed for {frames:?}: {reason}");
                 let rec = self
                     .stats
                     .error("inference", &frames.join(","), None, &reason);
-                return self.send_status(rec);
+                self.send_status(rec)?;
+                return Ok(None);
             }
         };
+        if let Some(t) = self.track.as_mut() {
+            for rec in t.apply(&mut unit) {
+                self.send_status(rec)?;
+            }
+        }
         // A pose-conditioned window is in the given cameras' world already: nothing to chain.
         let given = unit.views.iter().all(|v| v.pose_given);
         if let (Some(key), false) = (unit.chain_key.clone(), given) {
             self.chains.entry(key).or_default().apply(&mut unit.views);
         }
+        Ok(Some(unit))
+    }
+
+    /// Sends a unit's outputs.
+    fn send_unit(&mut self, unit: UnitOut) -> Result<()> {
+        let t0 = Instant::now();
         for (v, emit) in unit.views.iter().zip(&unit.emit) {
             if !emit {
                 continue;
@@ -356,19 +384,44 @@ impl Node<'_> {
             self.stats
                 .frame_out(v.received.elapsed().as_secs_f64() * 1e3);
         }
+        if let Some(t) = self.track.as_mut() {
+            t.record_send_ms(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    }
+
+    /// Starts units on the idle replicas while there is work.
+    fn dispatch(&mut self, pool: &mut Pool, next_seq: &mut u64) -> Result<()> {
+        while let Some(r) = pool.idle() {
+            let Some(mut u) = self.sched.next_unit() else {
+                break;
+            };
+            u.seq = *next_seq;
+            *next_seq += 1;
+            if let Some(t) = self.track.as_mut() {
+                u = t.unit(u);
+            }
+            pool.dispatch(r, u)?;
+        }
         Ok(())
     }
 
     fn report(&mut self, pool: &Pool) -> Result<()> {
-        let rep = self.stats.report(
+        let mut rep = self.stats.report(
             &self.base_status,
             self.sched.dropped,
             self.sched.pending(),
             pool.in_flight(),
         );
+        if let Some(t) = &self.track {
+            rep["track"] = t.report(self.sched.out_of_order, self.sched.duplicate_stamps);
+        }
         self.send_status(rep)
     }
 }
+
+/// A unit's result as a replica reports it (or why it failed, with its frames).
+type UnitResult = std::result::Result<UnitOut, (String, Vec<String>)>;
 
 /// What the event thread hands to the main loop.
 enum Incoming {
@@ -439,6 +492,7 @@ pub fn run(
         }),
         needs_focal,
         warned: Default::default(),
+        track: (cfg.mode == Mode::Track).then(|| track_mode::TrackMode::new(cfg.track)),
     };
 
     // Events are read in arrival order on their own thread (`StreamExt::next`
@@ -462,21 +516,11 @@ pub fn run(
         .wrap_err("cannot start the event thread")?;
     let mut ev_rx: Receiver<Incoming> = ev_rx;
     let mut inputs_done = false;
-    let mut reorder: Reorder<std::result::Result<UnitOut, (String, Vec<String>)>> =
-        Reorder::default();
+    let mut reorder: Reorder<(u64, UnitResult)> = Reorder::default();
     let mut last_status = Instant::now();
     let mut next_seq = 0u64;
     loop {
-        while let Some(r) = pool.idle() {
-            match n.sched.next_unit() {
-                Some(mut u) => {
-                    u.seq = next_seq;
-                    next_seq += 1;
-                    pool.dispatch(r, u)?
-                }
-                None => break,
-            }
-        }
+        n.dispatch(&mut pool, &mut next_seq)?;
         if inputs_done && n.sched.pending() == 0 && pool.in_flight() == 0 {
             break;
         }
@@ -501,9 +545,16 @@ pub fn run(
             recv(pool.results) -> r => {
                 let Finished { replica, seq, result } = r.map_err(|_| eyre!("all replicas stopped"))?;
                 pool.done(replica);
-                reorder.insert(seq, result);
-                while let Some(res) = reorder.pop() {
-                    n.on_result(res)?;
+                reorder.insert(seq, (seq, result));
+                let mut ready = Vec::new();
+                while let Some((seq, res)) = reorder.pop() {
+                    ready.extend(n.on_result(seq, res)?);
+                }
+                // The next unit starts before these outputs are sent: the freshest frame
+                // waits for an inference, not for the sending.
+                n.dispatch(&mut pool, &mut next_seq)?;
+                for unit in ready {
+                    n.send_unit(unit)?;
                 }
             },
             default(wait) => {}

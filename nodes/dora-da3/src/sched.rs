@@ -9,6 +9,10 @@
 //!   first appear in a unit.
 //! - `rig`: the latest frame of each rig input; once every input has one and
 //!   their capture times are within `sync`, they form one unit.
+//! - `track`: as `live` (the node adds the keyframes to each unit), and a frame
+//!   whose capture time (`stamp_ns`, else `frame_id`) is not newer than its
+//!   camera's last accepted one is dropped and counted (`out_of_order`,
+//!   `duplicate_stamps`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -29,6 +33,12 @@ pub struct Scheduler {
     ready: VecDeque<WorkUnit>,
     /// Frames replaced before they were processed (live) or out of sync (rig).
     pub dropped: u64,
+    /// Track mode: the newest capture time accepted per camera.
+    newest: HashMap<String, u64>,
+    /// Track mode: frames older than their camera's newest (also in `dropped`).
+    pub out_of_order: u64,
+    /// Track mode: frames with their camera's newest capture time again (also in `dropped`).
+    pub duplicate_stamps: u64,
 }
 
 fn stamp(v: &ViewIn) -> u64 {
@@ -55,6 +65,9 @@ impl Scheduler {
             rig: BTreeMap::new(),
             ready: VecDeque::new(),
             dropped: 0,
+            newest: HashMap::new(),
+            out_of_order: 0,
+            duplicate_stamps: 0,
         }
     }
 
@@ -77,6 +90,37 @@ impl Scheduler {
     pub fn push(&mut self, v: ViewIn) {
         match self.mode {
             Mode::Live => {
+                if self.live.insert(v.input.clone(), v).is_some() {
+                    self.dropped += 1;
+                }
+            }
+            Mode::Track => {
+                if let Some(t) = v.info.stamp_ns.or(v.info.frame_id) {
+                    let key = Self::camera_key(&v);
+                    match self.newest.get(&key) {
+                        Some(&n) if t < n => {
+                            self.out_of_order += 1;
+                            self.dropped += 1;
+                            tracing::warn!(
+                                "`{key}` frame {:?} is older than the last one: dropped",
+                                v.info.frame_id
+                            );
+                            return;
+                        }
+                        Some(&n) if t == n => {
+                            self.duplicate_stamps += 1;
+                            self.dropped += 1;
+                            tracing::warn!(
+                                "`{key}` frame {:?} repeats the last capture time: dropped",
+                                v.info.frame_id
+                            );
+                            return;
+                        }
+                        _ => {
+                            self.newest.insert(key, t);
+                        }
+                    }
+                }
                 if self.live.insert(v.input.clone(), v).is_some() {
                     self.dropped += 1;
                 }
@@ -174,7 +218,7 @@ impl Scheduler {
     /// The next unit to run, if any.
     pub fn next_unit(&mut self) -> Option<WorkUnit> {
         match self.mode {
-            Mode::Live => {
+            Mode::Live | Mode::Track => {
                 // The input whose waiting frame arrived first goes next (fair across cameras).
                 let key = self
                     .live
@@ -287,6 +331,22 @@ mod tests {
             })
             .collect();
         assert_eq!(emitted, (0..9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn track_drops_and_counts_stale_and_repeated_frames() {
+        let mut s = Scheduler::new(Mode::Track, 1, 1, Duration::ZERO, vec![]);
+        s.push(v("image", 0, 10));
+        s.push(v("image", 1, 5)); // older
+        s.push(v("image", 2, 10)); // same stamp
+        s.push(v("other", 3, 5)); // another camera: its own clock
+        assert_eq!((s.out_of_order, s.duplicate_stamps, s.dropped), (1, 1, 2));
+        assert_eq!(ids(&s.next_unit().unwrap()), vec![0]);
+        s.push(v("image", 4, 11));
+        s.push(v("image", 5, 12)); // replaces 4 (freshest frame, as live)
+        assert_eq!(s.dropped, 3);
+        assert_eq!(ids(&s.next_unit().unwrap()), vec![3]);
+        assert_eq!(ids(&s.next_unit().unwrap()), vec![5]);
     }
 
     #[test]
