@@ -19,10 +19,25 @@ use crate::encoding::Encoding;
 use crate::error::{MsgError, Result};
 use crate::keys;
 
-/// Packed RGB8 of a raw `width x height` payload whose length has been
-/// checked against [`Encoding::raw_len`]. `mono16` (a depth image) and the
-/// compressed encodings are refused.
+/// Packed RGB8 of a raw `width x height` payload, which must be exactly
+/// [`Encoding::raw_len`] bytes. `mono16` (a depth image) and the compressed
+/// encodings are refused.
 pub(crate) fn raw_to_rgb8(enc: Encoding, width: u32, height: u32, data: &[u8]) -> Result<Vec<u8>> {
+    match enc {
+        Encoding::Mono16 => {
+            return Err(MsgError::InvalidValue {
+                key: keys::ENCODING,
+                reason: NOT_A_PICTURE.into(),
+            })
+        }
+        Encoding::Jpeg | Encoding::Png | Encoding::Webp | Encoding::Bmp => {
+            return Err(MsgError::InvalidValue {
+                key: keys::ENCODING,
+                reason: format!("{enc} is not a raw encoding"),
+            })
+        }
+        _ => {}
+    }
     let expected = enc.raw_len(width, height);
     if expected != Some(data.len()) {
         return Err(MsgError::LengthMismatch {
@@ -97,18 +112,8 @@ pub(crate) fn raw_to_rgb8(enc: Encoding, width: u32, height: u32, data: &[u8]) -
             };
             f(&img, &mut rgb, width * 3, LIMITED, BT601).map_err(yuv_err)?;
         }
-        Encoding::Mono16 => {
-            return Err(MsgError::InvalidValue {
-                key: keys::ENCODING,
-                reason: NOT_A_PICTURE.into(),
-            })
-        }
-        Encoding::Jpeg | Encoding::Png | Encoding::Webp | Encoding::Bmp => {
-            return Err(MsgError::InvalidValue {
-                key: keys::ENCODING,
-                reason: format!("{enc} is not a raw encoding"),
-            })
-        }
+        // Refused above.
+        Encoding::Mono16 | Encoding::Jpeg | Encoding::Png | Encoding::Webp | Encoding::Bmp => {}
     }
     Ok(rgb)
 }
