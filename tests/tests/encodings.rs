@@ -4,7 +4,7 @@
 //!   video in each of its `ENCODING`s (bgr8, rgb8, yuv420, jpeg, bmp, webp,
 //!   png) into the DA3 node: every frame accepted, and each decodes back to
 //!   the video's frame (exact where the encoding is lossless).
-//! - `tests/yuv_camera.py`, a camera node made here with OpenCV, sends what
+//! - `tests/py/yuv_camera.py`, a camera node made here with OpenCV, sends what
 //!   opencv-video-capture cannot (nv12, yuyv, ROS `yuv422` = UYVY, bgra8, and
 //!   `mono16` depth as RealSense (UInt16) and ROS `16UC1` (bytes) send it):
 //!   the colour ones are accepted by DA3; the depth ones are rejected by DA3
@@ -162,13 +162,13 @@ fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
 }
 
 /// OpenCV's own making and decoding of a `w x h` RGB8 picture in each YUV
-/// layout (`tests/yuv_camera.py reference`): `layout -> (payload, RGB)`.
+/// layout (`tests/py/yuv_camera.py reference`): `layout -> (payload, RGB)`.
 fn opencv_reference(rgb: &[u8], w: u32, h: u32) -> BTreeMap<String, (Vec<u8>, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.rgb");
     std::fs::write(&src, rgb).unwrap();
     let out = Command::new(venv("python"))
-        .arg(repo_root().join("tests/yuv_camera.py"))
+        .arg(repo_root().join("tests/py/yuv_camera.py"))
         .arg("reference")
         .arg(&src)
         .args([w.to_string(), h.to_string()])
@@ -330,7 +330,7 @@ fn opencv_video_capture_sends_every_encoding_into_da3() {
 #[test]
 fn camera_driver_layouts_and_depth_frames_reach_da3_viewer_and_export() {
     let python = venv("python");
-    let script = repo_root().join("tests/yuv_camera.py");
+    let script = repo_root().join("tests/py/yuv_camera.py");
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("clip.mp4");
     write_test_video(&video, W, H, N).unwrap();
@@ -508,7 +508,7 @@ fn yuv_layouts_decode_like_opencv() {
     let src = dir.path().join("in.rgb");
     std::fs::write(&src, &rgb).unwrap();
     let out = Command::new(python)
-        .arg(repo_root().join("tests/yuv_camera.py"))
+        .arg(repo_root().join("tests/py/yuv_camera.py"))
         .args(["reference"])
         .arg(&src)
         .args([w.to_string(), h.to_string()])
