@@ -3,6 +3,7 @@
 #   - Debian packages: FFmpeg's libraries (video input), clang (bindgen), V4L2, pkg-config, ffmpeg
 #   - the dora CLI 1.1.0 and the Rerun SDK 0.36.3 (viewer + .rrd reader) from PyPI into ./.venv
 #   - pycolmap 4.2.1, trimesh 5.2.0, plyfile 1.1.5 (the tests read the exports with them) into ./.venv
+#   - dora's opencv-video-capture 0.5.0 node and OpenCV 4.14 (headless), for the encoding tests
 #   - oneMKL 2026.2 static libraries (mkl-static, PyPI) into ./.venv/lib, for bf16 GEMMs
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
@@ -41,6 +42,16 @@ if ! .venv/bin/python -c "import sys, pycolmap, trimesh; from importlib.metadata
     sys.exit((pycolmap.__version__, trimesh.__version__, version('plyfile')) != ('4.2.1', '5.2.0', '1.1.5'))" 2>/dev/null; then
   echo "setup: installing pycolmap==4.2.1 trimesh==5.2.0 plyfile==1.1.5 into .venv"
   .venv/bin/pip install -q --disable-pip-version-check pycolmap==4.2.1 trimesh==5.2.0 plyfile==1.1.5
+fi
+
+# dora's `opencv-video-capture` camera node (PyPI), which the encoding tests run
+# (tests/tests/encodings.rs), with OpenCV's headless wheel. The node is installed
+# with --no-deps: it asks for the GUI build of OpenCV and for dora-rs, and the venv
+# keeps its own dora-rs 1.1.0, numpy and pyarrow (OpenCV itself only needs numpy>=2).
+if ! .venv/bin/python -c "import sys, cv2, importlib.metadata as m; sys.exit(m.version('opencv-video-capture') != '0.5.0' or cv2.__version__ != '4.14.0')" 2>/dev/null; then
+  echo "setup: installing opencv-video-capture==0.5.0 and opencv-python-headless==4.14.0.94 into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check opencv-python-headless==4.14.0.94
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps opencv-video-capture==0.5.0
 fi
 
 # Intel oneMKL, static, for the CPU's bf16/f16 GEMMs (mixed precision): nodes/da3/build.rs

@@ -1,4 +1,5 @@
-//! `ImageFrame` decoding (metadata checks, raw sizes, JPEG/PNG) on arbitrary
+//! `ImageFrame` decoding (metadata checks, raw sizes, every encoding: packed,
+//! YUV, mono16 depth, JPEG/PNG/WebP/BMP) on arbitrary
 //! bytes: see `da3_testkit::fuzz::frame_decoder` for the input layout.
 #![no_main]
 

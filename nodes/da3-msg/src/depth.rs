@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::arrow::array::{Array, ArrayRef, Float32Array};
 use crate::arrow::datatypes::DataType;
 use crate::error::{MsgError, Result};
+use crate::image_frame::ImageFrame;
 use crate::keys;
 use crate::meta::{opt_bool, opt_str, req_dim, FrameInfo, Intrinsics, Pose};
 use dora_node_api::{MetadataParameters, Parameter};
@@ -100,6 +101,29 @@ impl DepthMap {
             intrinsics: Intrinsics::read(params)?,
             pose: Pose::read(params)?,
             is_metric: opt_bool(params, keys::IS_METRIC)?.unwrap_or(false),
+        })
+    }
+}
+
+impl DepthMap {
+    /// The depth map of a `mono16` image frame: millimetres to metres
+    /// (`is_metric`), 0 (no reading) kept as 0, which every sink takes as
+    /// invalid depth. Intrinsics and the common keys come from the frame.
+    pub fn from_mono16(frame: &ImageFrame) -> Result<Self> {
+        let values = frame
+            .mono16_values()?
+            .into_iter()
+            .map(|mm| mm as f32 / 1000.0)
+            .collect();
+        Ok(Self {
+            kind: DepthKind::Depth,
+            width: frame.width,
+            height: frame.height,
+            values,
+            info: frame.info.clone(),
+            intrinsics: frame.intrinsics,
+            pose: None,
+            is_metric: true,
         })
     }
 }

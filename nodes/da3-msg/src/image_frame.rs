@@ -1,78 +1,20 @@
-//! Image frames: a flat `UInt8Array` plus `encoding`, `width`, `height`.
+//! Image frames: a flat `UInt8Array` plus `encoding`, `width`, `height`
+//! (`mono16` depth images also as a `UInt16Array`).
 //!
 //! Compatible with what dora's `opencv-video-capture` and camera nodes send
-//! (`encoding` + `width` + `height` on raw `bgr8`/`rgb8` data).
+//! (`encoding` + `width` + `height` on raw data, or a whole JPEG/PNG/WebP/BMP
+//! file); the encodings are listed in [`Encoding`].
 
 use std::io::Cursor;
 
-use crate::arrow::array::{Array, ArrayRef, UInt8Array};
+use crate::arrow::array::{Array, ArrayRef, UInt16Array, UInt8Array};
 use crate::arrow::datatypes::DataType;
+pub use crate::encoding::Encoding;
 use crate::error::{MsgError, Result};
 use crate::keys;
 use crate::meta::{opt_int, opt_str, req_dim, FrameInfo, Intrinsics};
+use crate::pixels::{mono16_values, raw_to_rgb8};
 use dora_node_api::{MetadataParameters, Parameter};
-
-/// Pixel encoding of an [`ImageFrame`] payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Encoding {
-    Rgb8,
-    Bgr8,
-    Rgba8,
-    Mono8,
-    Jpeg,
-    Png,
-}
-
-impl Encoding {
-    pub const ALL: [Encoding; 6] = [
-        Encoding::Rgb8,
-        Encoding::Bgr8,
-        Encoding::Rgba8,
-        Encoding::Mono8,
-        Encoding::Jpeg,
-        Encoding::Png,
-    ];
-
-    /// Parses an encoding name (case-insensitive; `jpg` is `jpeg`).
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "rgb8" => Self::Rgb8,
-            "bgr8" => Self::Bgr8,
-            "rgba8" => Self::Rgba8,
-            "mono8" => Self::Mono8,
-            "jpeg" | "jpg" => Self::Jpeg,
-            "png" => Self::Png,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Rgb8 => "rgb8",
-            Self::Bgr8 => "bgr8",
-            Self::Rgba8 => "rgba8",
-            Self::Mono8 => "mono8",
-            Self::Jpeg => "jpeg",
-            Self::Png => "png",
-        }
-    }
-
-    /// Bytes per pixel of a raw encoding, `None` for compressed ones.
-    pub fn bytes_per_pixel(self) -> Option<usize> {
-        match self {
-            Self::Rgb8 | Self::Bgr8 => Some(3),
-            Self::Rgba8 => Some(4),
-            Self::Mono8 => Some(1),
-            Self::Jpeg | Self::Png => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Encoding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Safety limits applied when decoding frames from the outside world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +48,10 @@ impl DecodeLimits {
 
 /// One image of one camera.
 ///
-/// For raw encodings `width`/`height` describe `data`; for `jpeg`/`png` they
-/// are optional on the wire (0 when unknown) and come from the file header.
+/// For raw encodings `width`/`height` describe `data`; for compressed ones
+/// (`jpeg`, `png`, `webp`, `bmp`) they are optional on the wire (0 when
+/// unknown) and come from the file header. A `mono16` frame keeps its values
+/// as little-endian byte pairs in `data`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageFrame {
     pub encoding: Encoding,
@@ -132,7 +76,8 @@ impl ImageFrame {
         }
     }
 
-    /// Encodes the frame as a dora message.
+    /// Encodes the frame as a dora message (`mono16` as a `UInt16Array`, as
+    /// depth cameras send it; everything else as a `UInt8Array`).
     pub fn to_message(&self) -> (ArrayRef, MetadataParameters) {
         let mut params = MetadataParameters::new();
         params.insert(
@@ -148,15 +93,23 @@ impl ImageFrame {
         if let Some(k) = &self.intrinsics {
             k.write(&mut params);
         }
-        let array: ArrayRef = std::sync::Arc::new(UInt8Array::from(self.data.clone()));
+        let array: ArrayRef =
+            if self.encoding == Encoding::Mono16 && self.data.len().is_multiple_of(2) {
+                std::sync::Arc::new(UInt16Array::from(
+                    mono16_values(&self.data).collect::<Vec<_>>(),
+                ))
+            } else {
+                std::sync::Arc::new(UInt8Array::from(self.data.clone()))
+            };
         (array, params)
     }
 
     /// Decodes a dora message, checking the payload against the metadata.
     ///
     /// Raw encodings need `width` and `height` and a payload of exactly
-    /// `width * height * bytes_per_pixel` bytes. Compressed payloads are not
-    /// decoded here (see [`ImageFrame::to_rgb8`]).
+    /// [`Encoding::raw_len`] bytes (`mono16`: also a `UInt16Array` of
+    /// `width * height` values). Compressed payloads are not decoded here
+    /// (see [`ImageFrame::to_rgb8`]).
     pub fn from_message(data: &dyn Array, params: &MetadataParameters) -> Result<Self> {
         let enc_name = opt_str(params, keys::ENCODING)?.ok_or(MsgError::MissingKey {
             key: keys::ENCODING,
@@ -164,16 +117,20 @@ impl ImageFrame {
         let encoding = Encoding::parse(enc_name).ok_or_else(|| MsgError::InvalidValue {
             key: keys::ENCODING,
             reason: format!(
-                "unknown encoding `{enc_name}` (expected one of rgb8, bgr8, rgba8, mono8, jpeg, png)"
+                "unknown encoding `{enc_name}` (expected one of {})",
+                Encoding::names()
             ),
         })?;
-        let bytes = u8_payload(data)?;
-        let (width, height) = if let Some(bpp) = encoding.bytes_per_pixel() {
+        let bytes = if encoding == Encoding::Mono16 && data.data_type() == &DataType::UInt16 {
+            u16_payload(data)?
+        } else {
+            u8_payload(data, encoding)?.to_vec()
+        };
+        let (width, height) = if !encoding.is_compressed() {
             let w = req_dim(params, keys::WIDTH)?;
             let h = req_dim(params, keys::HEIGHT)?;
-            let expected = (w as usize)
-                .checked_mul(h as usize)
-                .and_then(|n| n.checked_mul(bpp))
+            let expected = encoding
+                .raw_len(w, h)
                 .ok_or_else(|| MsgError::InvalidValue {
                     key: keys::WIDTH,
                     reason: format!("{w}x{h} overflows"),
@@ -215,66 +172,81 @@ impl ImageFrame {
             encoding,
             width,
             height,
-            data: bytes.to_vec(),
+            data: bytes,
             info: FrameInfo::read(params)?,
             intrinsics: Intrinsics::read(params)?,
         })
     }
 
-    /// Decodes any encoding to packed RGB8 `(width, height, pixels)`.
+    /// Decodes any picture encoding to packed RGB8 `(width, height, pixels)`;
+    /// a `mono16` depth image is refused (it has no colours).
     ///
-    /// For JPEG/PNG the header's size wins; when the metadata also gives a
-    /// size, the two must agree.
+    /// For compressed files the header's size wins; when the metadata also
+    /// gives a size, the two must agree.
     pub fn to_rgb8(&self, limits: &DecodeLimits) -> Result<(u32, u32, Vec<u8>)> {
-        match self.encoding {
-            Encoding::Rgb8 | Encoding::Bgr8 | Encoding::Rgba8 | Encoding::Mono8 => {
-                limits.check(self.width as u64, self.height as u64)?;
-                let n = self.width as usize * self.height as usize;
-                let bpp = self.encoding.bytes_per_pixel().unwrap_or(3);
-                if self.data.len() != n * bpp {
-                    return Err(MsgError::LengthMismatch {
-                        expected: n * bpp,
-                        got: self.data.len(),
-                        unit: "bytes",
-                    });
-                }
-                let rgb = match self.encoding {
-                    Encoding::Rgb8 => self.data.clone(),
-                    Encoding::Bgr8 => self
-                        .data
-                        .chunks_exact(3)
-                        .flat_map(|p| [p[2], p[1], p[0]])
-                        .collect(),
-                    Encoding::Rgba8 => self
-                        .data
-                        .chunks_exact(4)
-                        .flat_map(|p| [p[0], p[1], p[2]])
-                        .collect(),
-                    _ => self.data.iter().flat_map(|&v| [v, v, v]).collect(),
-                };
-                Ok((self.width, self.height, rgb))
+        if self.encoding.is_compressed() {
+            let (w, h, rgb) = decode_compressed(self.encoding, &self.data, limits)?;
+            if (self.width != 0 && self.width != w) || (self.height != 0 && self.height != h) {
+                return Err(MsgError::InvalidValue {
+                    key: keys::WIDTH,
+                    reason: format!(
+                        "metadata says {}x{} but the {} data is {w}x{h}",
+                        self.width, self.height, self.encoding
+                    ),
+                });
             }
-            Encoding::Jpeg | Encoding::Png => {
-                let (w, h, rgb) = decode_compressed(self.encoding, &self.data, limits)?;
-                if (self.width != 0 && self.width != w) || (self.height != 0 && self.height != h) {
-                    return Err(MsgError::InvalidValue {
-                        key: keys::WIDTH,
-                        reason: format!(
-                            "metadata says {}x{} but the {} data is {w}x{h}",
-                            self.width, self.height, self.encoding
-                        ),
-                    });
-                }
-                Ok((w, h, rgb))
-            }
+            return Ok((w, h, rgb));
         }
+        limits.check(self.width as u64, self.height as u64)?;
+        let rgb = raw_to_rgb8(self.encoding, self.width, self.height, &self.data)?;
+        Ok((self.width, self.height, rgb))
+    }
+
+    /// The values of a `mono16` frame (millimetres, 0 = no reading), row-major.
+    pub fn mono16_values(&self) -> Result<Vec<u16>> {
+        if self.encoding != Encoding::Mono16 {
+            return Err(MsgError::InvalidValue {
+                key: keys::ENCODING,
+                reason: format!("expected mono16, found {}", self.encoding),
+            });
+        }
+        let n = Encoding::Mono16
+            .raw_len(self.width, self.height)
+            .unwrap_or(usize::MAX);
+        if self.data.len() != n {
+            return Err(MsgError::LengthMismatch {
+                expected: n,
+                got: self.data.len(),
+                unit: "bytes",
+            });
+        }
+        Ok(mono16_values(&self.data).collect())
     }
 }
 
-fn u8_payload(data: &dyn Array) -> Result<&[u8]> {
+/// A `mono16` payload sent as 16-bit values, as little-endian byte pairs.
+fn u16_payload(data: &dyn Array) -> Result<Vec<u8>> {
+    let arr = data
+        .as_any()
+        .downcast_ref::<UInt16Array>()
+        .ok_or(MsgError::WrongArrowType {
+            expected: "UInt16",
+            found: "an unknown UInt16 array type".into(),
+        })?;
+    if arr.null_count() > 0 {
+        return Err(MsgError::Nulls);
+    }
+    Ok(arr.values().iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+fn u8_payload(data: &dyn Array, encoding: Encoding) -> Result<&[u8]> {
     if data.data_type() != &DataType::UInt8 {
         return Err(MsgError::WrongArrowType {
-            expected: "UInt8",
+            expected: if encoding == Encoding::Mono16 {
+                "UInt8 or UInt16"
+            } else {
+                "UInt8"
+            },
             found: format!("{}", data.data_type()),
         });
     }
@@ -291,8 +263,8 @@ fn u8_payload(data: &dyn Array) -> Result<&[u8]> {
     Ok(arr.values())
 }
 
-/// Decodes a JPEG or PNG byte string to RGB8, refusing images over `limits`
-/// before allocating their pixels.
+/// Decodes a JPEG, PNG, WebP or BMP file to RGB8, refusing images over
+/// `limits` before allocating their pixels.
 pub fn decode_compressed(
     encoding: Encoding,
     bytes: &[u8],
@@ -301,6 +273,8 @@ pub fn decode_compressed(
     let format = match encoding {
         Encoding::Jpeg => image::ImageFormat::Jpeg,
         Encoding::Png => image::ImageFormat::Png,
+        Encoding::Webp => image::ImageFormat::WebP,
+        Encoding::Bmp => image::ImageFormat::Bmp,
         _ => {
             return Err(MsgError::InvalidValue {
                 key: keys::ENCODING,
@@ -360,10 +334,26 @@ pub fn encode_png(width: u32, height: u32, rgb: &[u8]) -> eyre::Result<Vec<u8>> 
     Ok(out)
 }
 
+/// Encodes packed RGB8 pixels as lossless WebP.
+pub fn encode_webp(width: u32, height: u32, rgb: &[u8]) -> eyre::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let enc = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+    image::ImageEncoder::write_image(enc, rgb, width, height, image::ExtendedColorType::Rgb8)?;
+    Ok(out)
+}
+
+/// Encodes packed RGB8 pixels as a 24-bit BMP.
+pub fn encode_bmp(width: u32, height: u32, rgb: &[u8]) -> eyre::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let enc = image::codecs::bmp::BmpEncoder::new(&mut out);
+    image::ImageEncoder::write_image(enc, rgb, width, height, image::ExtendedColorType::Rgb8)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arrow::array::{Float32Array, Int32Array};
+    use crate::arrow::array::{Float32Array, Int32Array, UInt16Array};
     use std::sync::Arc;
 
     fn pattern(w: u32, h: u32, ch: usize) -> Vec<u8> {
@@ -414,7 +404,18 @@ mod tests {
                 pattern(w, h, 1),
                 pattern(w, h, 1).iter().flat_map(|&v| [v, v, v]).collect(),
             ),
+            (
+                Encoding::Bgra8,
+                rgb.chunks(3).flat_map(|p| [p[2], p[1], p[0], 7]).collect(),
+                rgb.clone(),
+            ),
             (Encoding::Png, encode_png(w, h, &rgb).unwrap(), rgb.clone()),
+            (
+                Encoding::Webp,
+                encode_webp(w, h, &rgb).unwrap(),
+                rgb.clone(),
+            ),
+            (Encoding::Bmp, encode_bmp(w, h, &rgb).unwrap(), rgb.clone()),
         ];
         for (enc, payload, expected_rgb) in cases {
             let f = frame(enc, w, h, payload);
@@ -443,12 +444,77 @@ mod tests {
     }
 
     #[test]
-    fn encoding_names() {
-        for e in Encoding::ALL {
-            assert_eq!(Encoding::parse(e.as_str()), Some(e));
+    fn mono16_is_a_depth_image_sent_as_u16_or_bytes() {
+        let mm: Vec<u16> = vec![0, 1, 999, 1000, 4321, 65535];
+        let bytes: Vec<u8> = mm.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = frame(Encoding::Mono16, 3, 2, bytes.clone());
+        let (arr, params) = f.to_message();
+        assert_eq!(arr.data_type(), &DataType::UInt16);
+        let back = ImageFrame::from_message(arr.as_ref(), &params).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.mono16_values().unwrap(), mm);
+        // The same values as little-endian bytes (ROS `16UC1`, is_bigendian 0).
+        let mut p = params.clone();
+        p.insert(keys::ENCODING.into(), Parameter::String("16UC1".into()));
+        let as_bytes = ImageFrame::from_message(&UInt8Array::from(bytes.clone()), &p).unwrap();
+        assert_eq!(as_bytes.mono16_values().unwrap(), mm);
+        // Wrong counts, either way.
+        let short = UInt16Array::from(mm[..5].to_vec());
+        assert!(matches!(
+            ImageFrame::from_message(&short, &params),
+            Err(MsgError::LengthMismatch {
+                expected: 12,
+                got: 10,
+                ..
+            })
+        ));
+        let odd = UInt8Array::from(bytes[..11].to_vec());
+        assert!(matches!(
+            ImageFrame::from_message(&odd, &params),
+            Err(MsgError::LengthMismatch { .. })
+        ));
+        // UInt16 is only a mono16 payload.
+        let (_, rgb_params) = frame(Encoding::Rgb8, 1, 2, vec![0; 6]).to_message();
+        assert!(matches!(
+            ImageFrame::from_message(&UInt16Array::from(vec![0u16; 6]), &rgb_params),
+            Err(MsgError::WrongArrowType {
+                expected: "UInt8",
+                ..
+            })
+        ));
+        // No colours: refused by the picture decoder, with the reason.
+        let err = back.to_rgb8(&DecodeLimits::default()).unwrap_err();
+        assert!(err.to_string().contains("depth image"), "{err}");
+        assert!(frame(Encoding::Rgb8, 1, 1, vec![0; 3])
+            .mono16_values()
+            .is_err());
+    }
+
+    #[test]
+    fn yuv_frames_need_their_exact_plane_sizes() {
+        // 640x480 as opencv-video-capture sends yuv420: w*h*3/2 bytes.
+        for (enc, len) in [
+            (Encoding::Yuv420, 640 * 480 * 3 / 2),
+            (Encoding::Nv12, 640 * 480 * 3 / 2),
+            (Encoding::Yuyv, 640 * 480 * 2),
+            (Encoding::Uyvy, 640 * 480 * 2),
+        ] {
+            let f = frame(enc, 640, 480, vec![128; len]);
+            let (arr, params) = f.to_message();
+            let back = ImageFrame::from_message(arr.as_ref(), &params).unwrap();
+            let (w, h, rgb) = back.to_rgb8(&DecodeLimits::default()).unwrap();
+            assert_eq!((w, h, rgb.len()), (640, 480, 640 * 480 * 3), "{enc}");
+            let cut = UInt8Array::from(vec![128u8; len - 640]);
+            assert_eq!(
+                ImageFrame::from_message(&cut, &params),
+                Err(MsgError::LengthMismatch {
+                    expected: len,
+                    got: len - 640,
+                    unit: "bytes"
+                }),
+                "{enc}"
+            );
         }
-        assert_eq!(Encoding::parse("JPG"), Some(Encoding::Jpeg));
-        assert_eq!(Encoding::parse("yuv420"), None);
     }
 
     #[test]
@@ -514,7 +580,7 @@ mod tests {
             Err(MsgError::Nulls)
         );
         let mut p2 = params.clone();
-        p2.insert(keys::ENCODING.into(), Parameter::String("yuyv".into()));
+        p2.insert(keys::ENCODING.into(), Parameter::String("yuv444".into()));
         assert!(matches!(
             ImageFrame::from_message(&short, &p2),
             Err(MsgError::InvalidValue {
@@ -552,6 +618,26 @@ mod tests {
                 ..
             })
         ));
+        for (enc, file) in [
+            (Encoding::Webp, encode_webp(8, 8, &rgb).unwrap()),
+            (Encoding::Bmp, encode_bmp(8, 8, &rgb).unwrap()),
+        ] {
+            for cut in [file.len() / 2, 20, 3] {
+                let f = frame(enc, 0, 0, file[..cut].to_vec());
+                assert!(
+                    matches!(
+                        f.to_rgb8(&DecodeLimits::default()),
+                        Err(MsgError::Decode { .. })
+                    ),
+                    "{enc} cut at {cut}"
+                );
+            }
+            let f = frame(enc, 0, 0, file);
+            assert!(matches!(
+                f.to_rgb8(&DecodeLimits { max_pixels: 63 }),
+                Err(MsgError::TooLarge { .. })
+            ));
+        }
         let garbage = frame(Encoding::Png, 0, 0, b"not a png at all".to_vec());
         assert!(matches!(
             garbage.to_rgb8(&DecodeLimits::default()),

@@ -7,7 +7,7 @@
 //!
 //! | message | Arrow payload | `primitive` |
 //! |---|---|---|
-//! | [`ImageFrame`] | `UInt8` (raw pixels or an encoded JPEG/PNG) | `image` |
+//! | [`ImageFrame`] | `UInt8` (raw pixels or an encoded JPEG/PNG/WebP/BMP; `mono16` also `UInt16`) | `image` |
 //! | [`DepthMap`] (depth) | `Float32`, row-major `height x width` | `depth` |
 //! | [`DepthMap`] (confidence) | `Float32`, row-major `height x width` | `confidence` |
 //! | [`CameraMsg`] | `Float64`, 21 values: extrinsics 3x4 then intrinsics 3x3 | `camera` |
@@ -19,12 +19,14 @@
 
 pub mod camera;
 pub mod depth;
+pub mod encoding;
 pub mod error;
 pub mod image_frame;
 pub mod keys;
 pub mod message;
 pub mod meta;
 pub mod node_util;
+mod pixels;
 pub mod points;
 pub mod source;
 

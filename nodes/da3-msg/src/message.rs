@@ -16,7 +16,7 @@ use crate::arrow::array::{Array, ArrayRef, StringArray};
 use crate::camera::CameraMsg;
 use crate::depth::DepthMap;
 use crate::error::{MsgError, Result};
-use crate::image_frame::ImageFrame;
+use crate::image_frame::{Encoding, ImageFrame};
 use crate::keys;
 use crate::meta::{opt_str, FrameInfo};
 use crate::points::PointCloud;
@@ -215,6 +215,14 @@ impl Status {
     }
 }
 
+/// `encoding` names `mono16` (or an alias).
+fn is_mono16(params: &MetadataParameters) -> bool {
+    matches!(
+        params.get(keys::ENCODING),
+        Some(Parameter::String(s)) if Encoding::parse(s) == Some(Encoding::Mono16)
+    )
+}
+
 /// Any message of the conventions, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -237,7 +245,9 @@ impl Message {
     /// but with `encoding` is an image (frames of other dora nodes carry no
     /// `primitive`); any other message without one, or with a name this crate
     /// does not define, is an error. Images are checked as messages, not
-    /// decoded (see [`ImageFrame::to_rgb8`]).
+    /// decoded (see [`ImageFrame::to_rgb8`]), except `mono16` frames: depth
+    /// images in millimetres, decoded to a [`DepthMap`] in metres
+    /// ([`DepthMap::from_mono16`]) whether they say `image`, `depth` or nothing.
     pub fn decode(data: &dyn Array, params: &MetadataParameters) -> Result<Self> {
         let primitive = match opt_str(params, keys::PRIMITIVE)? {
             Some(name) => Primitive::parse(name).ok_or_else(|| MsgError::InvalidValue {
@@ -251,6 +261,12 @@ impl Message {
                 })
             }
         };
+        if matches!(primitive, Primitive::Image | Primitive::Depth) && is_mono16(params) {
+            // A depth camera's 16-bit depth image (millimetres), as an image
+            // (`primitive: image` or none) or claimed as depth: a depth map.
+            let frame = ImageFrame::from_message(data, params)?;
+            return Ok(Self::Depth(DepthMap::from_mono16(&frame)?));
+        }
         Ok(match primitive {
             Primitive::Image => {
                 let frame = ImageFrame::from_message(data, params)?;
@@ -378,6 +394,66 @@ mod tests {
         assert!(matches!(
             Message::decode(a.as_ref(), &p),
             Err(MsgError::InvalidValue { key: "mask", .. })
+        ));
+    }
+
+    #[test]
+    fn mono16_frames_are_depth_in_metres() {
+        use crate::arrow::array::UInt16Array;
+        use crate::meta::Intrinsics;
+        // As dora's RealSense node sends it: no primitive, UInt16 millimetres.
+        let mm = UInt16Array::from(vec![0u16, 1500, 65535, 250]);
+        let mut p = MetadataParameters::new();
+        p.insert(keys::ENCODING.into(), Parameter::String("mono16".into()));
+        p.insert(keys::WIDTH.into(), Parameter::Integer(2));
+        p.insert(keys::HEIGHT.into(), Parameter::Integer(2));
+        p.insert(keys::FRAME_ID.into(), Parameter::Integer(9));
+        p.insert(keys::FOCAL.into(), Parameter::ListFloat(vec![100.0, 100.0]));
+        p.insert(
+            keys::PRINCIPAL_POINT.into(),
+            Parameter::ListFloat(vec![1.0, 1.0]),
+        );
+        let want = DepthMap {
+            kind: DepthKind::Depth,
+            width: 2,
+            height: 2,
+            values: vec![0.0, 1.5, 65.535, 0.25],
+            info: FrameInfo {
+                frame_id: Some(9),
+                ..Default::default()
+            },
+            intrinsics: Some(Intrinsics {
+                fx: 100.0,
+                fy: 100.0,
+                cx: 1.0,
+                cy: 1.0,
+            }),
+            pose: None,
+            is_metric: true,
+        };
+        assert_eq!(Message::decode(&mm, &p), Ok(Message::Depth(want.clone())));
+        for primitive in ["image", "depth"] {
+            p.insert(keys::PRIMITIVE.into(), Parameter::String(primitive.into()));
+            assert_eq!(
+                Message::decode_claimed(&mm, &p),
+                Ok(Some(Message::Depth(want.clone()))),
+                "{primitive}"
+            );
+        }
+        // Truncated: the image frame's length error.
+        let short = UInt16Array::from(vec![0u16, 1500, 65535]);
+        assert!(matches!(
+            Message::decode(&short, &p),
+            Err(MsgError::LengthMismatch { .. })
+        ));
+        // A confidence map is never a mono16 frame.
+        p.insert(
+            keys::PRIMITIVE.into(),
+            Parameter::String("confidence".into()),
+        );
+        assert!(matches!(
+            Message::decode(&mm, &p),
+            Err(MsgError::WrongArrowType { .. })
         ));
     }
 

@@ -39,10 +39,10 @@ pub enum Outcome {
     Rejected,
 }
 
-/// Layout of a `frame_decoder` input: byte 0 picks the encoding (0-5 the
-/// known ones, 6 an unknown name, 7 none), byte 1 flags which metadata keys
-/// are present, bytes 2-9 are `width` and `height` (i32 LE), the rest is the
-/// payload.
+/// Layout of a `frame_decoder` input: byte 0 picks the encoding (modulo
+/// 16: 0-13 the known ones in the order of `Encoding::ALL`, 14 an unknown
+/// name, 15 none), byte 1 flags which metadata keys are present, bytes 2-9
+/// are `width` and `height` (i32 LE), the rest is the payload.
 pub const FRAME_HEADER: usize = 10;
 
 /// Builds a `frame_decoder` input.
@@ -61,15 +61,22 @@ pub const F_INTRINSICS: u8 = 4;
 pub const F_FRAME_ID: u8 = 8;
 pub const F_SIZES_AS_FLOAT: u8 = 16;
 
-/// `ImageFrame::from_message` then `to_rgb8` on arbitrary bytes (see [`FRAME_HEADER`]).
+/// Byte 0 of a `frame_decoder` input for `enc`.
+pub fn encoding_byte(enc: Encoding) -> u8 {
+    Encoding::ALL.iter().position(|e| *e == enc).unwrap_or(15) as u8
+}
+
+/// `ImageFrame::from_message` then `to_rgb8` on arbitrary bytes (see
+/// [`FRAME_HEADER`]); a `mono16` frame goes to `DepthMap::from_mono16`
+/// instead, as `Message::decode` sends it.
 pub fn frame_decoder(data: &[u8]) -> Outcome {
     if data.len() < FRAME_HEADER {
         return Outcome::Rejected;
     }
     let mut p = MetadataParameters::new();
-    let enc = match data[0] % 8 {
-        i @ 0..=5 => Some(Encoding::ALL[i as usize].as_str().to_string()),
-        6 => Some("yuyv".to_string()),
+    let enc = match (data[0] % 16) as usize {
+        i if i < Encoding::ALL.len() => Some(Encoding::ALL[i].as_str().to_string()),
+        14 => Some("yuv444".to_string()),
         _ => None,
     };
     if let Some(e) = enc {
@@ -111,6 +118,19 @@ pub fn frame_decoder(data: &[u8]) -> Outcome {
     let Ok(frame) = ImageFrame::from_message(payload.as_ref(), &p) else {
         return Outcome::Rejected;
     };
+    if frame.encoding == Encoding::Mono16 {
+        return match DepthMap::from_mono16(&frame) {
+            Ok(d) => {
+                assert_eq!(
+                    d.values.len(),
+                    frame.width as usize * frame.height as usize,
+                    "depth size"
+                );
+                Outcome::Accepted
+            }
+            Err(_) => Outcome::Rejected,
+        };
+    }
     match frame.to_rgb8(&limits) {
         Ok((w, h, rgb)) => {
             assert_eq!(rgb.len(), w as usize * h as usize * 3, "decoded size");
@@ -246,6 +266,20 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             0,
             &crate::bad::jpeg_claiming(&j, 60_000, 60_000),
         ));
+    }
+    // The encodings of dora's camera nodes: whole, with sizes (files also
+    // without), and an odd size for the YUV layouts.
+    for enc in crate::bad::NEW_ENCODINGS {
+        let b = encoding_byte(enc);
+        if let Ok(d) = crate::encode_as(enc, w, h, &rgb) {
+            seeds.push(frame_input(b, wh | F_FRAME_ID, w as i32, h as i32, &d));
+            if enc.is_compressed() {
+                seeds.push(frame_input(b, 0, 0, 0, &d));
+            }
+        }
+        if let Ok(d) = crate::encode_as(enc, 5, 3, &picture(5, 3)) {
+            seeds.push(frame_input(b, wh, 5, 3, &d));
+        }
     }
     seeds
 }

@@ -4,6 +4,8 @@
 //! - [`rng`]: a seeded xorshift PRNG (runs are reproducible from the seed);
 //! - [`bad`]: generators of broken messages, each broken *by construction*
 //!   (a node must reject every one), plus generic garbage;
+//! - [`encode`]: a picture as the payload of any encoding (YUV layouts,
+//!   files, `mono16` depth), as camera nodes send it;
 //! - [`harness`]: feeds messages to a node through
 //!   `dora_node_api::integration_testing`, payloads as Arrow IPC files so that
 //!   any Arrow type, NaN and nulls arrive exactly;
@@ -11,11 +13,13 @@
 //!   `fuzz_corpus` test of this crate.
 
 pub mod bad;
+pub mod encode;
 pub mod fuzz;
 pub mod harness;
 pub mod rng;
 
 pub use bad::Case;
+pub use encode::encode_as;
 pub use rng::Rng;
 
 /// A valid camera of camera `cam` for a `width`×`height` view: identity rotation, 0.1 along

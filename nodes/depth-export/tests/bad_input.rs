@@ -9,7 +9,7 @@ use da3_io::png16::depth_to_u16;
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, Encoding, FrameInfo, ImageFrame, Intrinsics, PointCloud, Pose,
 };
-use da3_testkit::bad::{CameraKit, DepthKit, ImageKit, PointsKit};
+use da3_testkit::bad::{CameraKit, DepthKit, ImageKit, PointsKit, NEW_ENCODINGS};
 use da3_testkit::harness::{catch_crash, Events, Figures};
 use da3_testkit::Rng;
 use depth_export::formats::parse_formats;
@@ -100,7 +100,19 @@ fn bad_inputs_are_rejected_counted_and_good_frames_are_written() {
             is_metric: true,
         },
     };
-    let encodings = [Encoding::Rgb8, Encoding::Png, Encoding::Jpeg];
+    // Source images in the colour encodings of dora's camera nodes too.
+    let encodings = [
+        Encoding::Rgb8,
+        Encoding::Png,
+        Encoding::Jpeg,
+        Encoding::Yuv420,
+        Encoding::Bgra8,
+        Encoding::Webp,
+        Encoding::Bmp,
+    ];
+    // The first image cases: one truncated frame of each newer encoding
+    // (mono16: a truncated depth image).
+    let mut truncated: Vec<Encoding> = NEW_ENCODINGS.to_vec();
     let mut events = Events::new(&payloads);
     let mut good_ids = Vec::new();
     let mut n_bad = 0u64;
@@ -146,7 +158,10 @@ fn bad_inputs_are_rejected_counted_and_good_frames_are_written() {
             }
             _ => {
                 images.good.info.frame_id = Some(id);
-                ("image", images.bad(&mut rng))
+                match truncated.pop() {
+                    Some(enc) => ("image", images.truncated(enc, &mut rng)),
+                    None => ("image", images.bad(&mut rng)),
+                }
             }
         };
         *kinds.entry(case.kind).or_default() += 1;
@@ -191,6 +206,10 @@ fn bad_inputs_are_rejected_counted_and_good_frames_are_written() {
     .print();
     println!("broken message kinds: {kinds:?}");
     run.expect("depth-export ends without error");
+    assert!(
+        truncated.is_empty(),
+        "every newer encoding was truncated once"
+    );
     assert_eq!(rejected, n_bad, "every broken message rejected and counted");
     assert_eq!(errors, 0, "no file failed");
     assert_eq!(written, good_ids.len() as u64, "every good frame written");

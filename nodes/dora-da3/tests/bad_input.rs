@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use da3::Da3Model;
 use da3_msg::{DecodeLimits, Encoding, FrameInfo, ImageFrame};
-use da3_testkit::bad::{CameraKit, ImageKit};
+use da3_testkit::bad::{CameraKit, ImageKit, NEW_ENCODINGS};
 use da3_testkit::harness::{catch_crash, outputs, Events, Figures};
 use da3_testkit::Rng;
 use dora_da3::config::{Config, Mode};
@@ -24,7 +24,7 @@ const H: u32 = 42;
 /// Broken messages per run.
 const N_BAD: usize = 240;
 /// A good frame after every this many broken ones (and one first).
-const GOOD_EVERY: usize = 40;
+const GOOD_EVERY: usize = 20;
 
 fn config() -> Config {
     let mut c = Config::defaults(MODEL);
@@ -69,13 +69,24 @@ fn bad_inputs_are_rejected_counted_and_good_frames_keep_flowing() {
     let mut cameras = CameraKit {
         good: da3_testkit::test_camera(W, H),
     };
-    // Good frames cycle through the encodings: the kit's JPEG and PNG too.
+    // Good frames cycle through the colour encodings: the kit's JPEG and
+    // PNG, the YUV layouts and files of dora's camera nodes too.
     let encodings = [
         Encoding::Rgb8,
         Encoding::Png,
         Encoding::Jpeg,
         Encoding::Bgr8,
+        Encoding::Yuv420,
+        Encoding::Nv12,
+        Encoding::Yuyv,
+        Encoding::Uyvy,
+        Encoding::Bgra8,
+        Encoding::Webp,
+        Encoding::Bmp,
     ];
+    // The first image cases: one truncated frame of each newer encoding
+    // (a mono16 depth frame would be rejected whole anyway).
+    let mut truncated: Vec<Encoding> = NEW_ENCODINGS.to_vec();
     let mut events = Events::new(dir.path());
     let mut good: Vec<ImageFrame> = Vec::new();
     // (input, frame id named by the metadata) of every broken message, in order.
@@ -99,7 +110,10 @@ fn bad_inputs_are_rejected_counted_and_good_frames_keep_flowing() {
             ("camera_info", cameras.bad(&mut rng))
         } else {
             images.good.info.frame_id = Some(id);
-            ("image", images.bad(&mut rng))
+            match truncated.pop() {
+                Some(enc) => ("image", images.truncated(enc, &mut rng)),
+                None => ("image", images.bad(&mut rng)),
+            }
         };
         let named = FrameInfo::read(&case.params).ok().and_then(|f| f.frame_id);
         if case.params.contains_key("frame_id") && named.is_some() {
@@ -147,6 +161,10 @@ fn bad_inputs_are_rejected_counted_and_good_frames_keep_flowing() {
     };
     figures.print();
     run.expect("the node ends without error");
+    assert!(
+        truncated.is_empty(),
+        "every newer encoding was truncated once"
+    );
 
     // Every broken message: one error record naming input and frame, in order.
     assert_eq!(

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use da3::Da3Model;
-use da3_msg::image_frame::{encode_jpeg, encode_png};
 use da3_msg::{Encoding, FrameInfo, ImageFrame};
 use dora_da3::config::{Config, DeviceSpec, Mode};
 use dora_node_api::integration_testing::{
@@ -38,14 +37,7 @@ fn model() -> Da3Model {
 
 fn frame(enc: Encoding, seed: u32, id: u64, camera: &str, stamp_ms: u64) -> ImageFrame {
     let px = da3_testkit::test_picture(W, H, seed);
-    let data = match enc {
-        Encoding::Rgb8 => px,
-        Encoding::Bgr8 => px.chunks(3).flat_map(|p| [p[2], p[1], p[0]]).collect(),
-        Encoding::Rgba8 => px.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
-        Encoding::Mono8 => px.chunks(3).map(|p| p[1]).collect(),
-        Encoding::Jpeg => encode_jpeg(W, H, &px, 95).unwrap(),
-        Encoding::Png => encode_png(W, H, &px).unwrap(),
-    };
+    let data = da3_testkit::encode_as(enc, W, H, &px).unwrap();
     ImageFrame {
         encoding: enc,
         width: W,
@@ -191,12 +183,21 @@ fn batch_sends_every_frame_in_order_with_the_model_values() {
 
 #[test]
 fn every_encoding_is_accepted_and_lossless_ones_agree() {
+    // Lossless ones first (1..7 must equal rgb8), then the lossy or
+    // subsampled ones, then mono8.
     let encs = [
         Encoding::Rgb8,
         Encoding::Bgr8,
         Encoding::Rgba8,
         Encoding::Png,
+        Encoding::Bgra8,
+        Encoding::Webp,
+        Encoding::Bmp,
         Encoding::Jpeg,
+        Encoding::Yuv420,
+        Encoding::Nv12,
+        Encoding::Yuyv,
+        Encoding::Uyvy,
         Encoding::Mono8,
     ];
     let events: Vec<Value> = encs
@@ -213,12 +214,41 @@ fn every_encoding_is_accepted_and_lossless_ones_agree() {
     let out = run_node(config(Mode::Batch), vec![model()], &["image"], events);
     let d = out.floats("depth");
     assert_eq!(d.len(), encs.len(), "errors: {:?}", out.errors());
-    for (i, e) in encs.iter().enumerate().take(4).skip(1) {
+    for (i, e) in encs.iter().enumerate().take(7).skip(1) {
         assert_eq!(d[i], d[0], "{e} must give the same depth as rgb8");
     }
-    let jpeg_err = max_rel(&d[4], &d[0]);
-    assert!(jpeg_err < 0.2, "jpeg depth far from rgb8: {jpeg_err}");
+    for (i, e) in encs.iter().enumerate().take(12).skip(7) {
+        let err = max_rel(&d[i], &d[0]);
+        assert!(err < 0.2, "{e} depth far from rgb8: {err}");
+    }
     assert!(out.errors().is_empty());
+}
+
+#[test]
+fn mono16_depth_frames_are_rejected_with_the_reason() {
+    // A depth camera's 16-bit depth (millimetres) has no colours: DA3 needs
+    // a colour picture. Rejected, counted and named; the next frame runs.
+    let mut depth = frame(Encoding::Mono16, 3, 1, "cam", 0);
+    depth.info.camera = Some("realsense".into());
+    let events = vec![
+        event(0.0, "image", depth.to_message()),
+        event(
+            0.01,
+            "image",
+            frame(Encoding::Rgb8, 3, 2, "cam", 1).to_message(),
+        ),
+    ];
+    let out = run_node(config(Mode::Batch), vec![model()], &["image"], events);
+    assert_eq!(out.floats("depth").len(), 1);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0]["frame_id"], 1);
+    let reason = errors[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("mono16") && reason.contains("depth image"),
+        "{reason}"
+    );
+    assert_eq!(out.last_stats()["rejected"], 1);
 }
 
 #[test]
@@ -233,7 +263,7 @@ fn bad_inputs_are_rejected_named_and_the_next_frame_is_processed() {
     let (a, mut p) = frame(Encoding::Rgb8, 1, 2, "cam", 0).to_message();
     p.insert(
         "encoding".into(),
-        da3_msg::Parameter::String("yuv422".into()),
+        da3_msg::Parameter::String("yuv444".into()),
     );
     bad.push(("unknown encoding", (a, p)));
     // Corrupt JPEG.
@@ -301,7 +331,7 @@ fn bad_inputs_are_rejected_named_and_the_next_frame_is_processed() {
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
     assert!(reasons[0].contains("bytes"), "{}", reasons[0]);
-    assert!(reasons[1].contains("yuv422"), "{}", reasons[1]);
+    assert!(reasons[1].contains("yuv444"), "{}", reasons[1]);
     assert!(reasons[2].contains("jpeg"), "{}", reasons[2]);
     assert!(reasons[3].contains("width"), "{}", reasons[3]);
     assert!(reasons[5].contains("exceeds"), "{}", reasons[5]);

@@ -10,7 +10,7 @@
 use std::io::Write;
 
 use da3_msg::arrow::array::{
-    Array, Float32Array, Float64Array, StringArray, StructArray, UInt8Array,
+    Array, Float32Array, Float64Array, StringArray, StructArray, UInt16Array, UInt8Array,
 };
 use da3_msg::node_util::{for_each_input, start, Env, Step};
 use da3_msg::{Message, Parameter};
@@ -54,6 +54,10 @@ pub fn payload_hash(data: &dyn Array) -> Option<u64> {
         let b: Vec<u8> = a.values().iter().flat_map(|v| v.to_le_bytes()).collect();
         return Some(fnv1a64(&b));
     }
+    if let Some(a) = any.downcast_ref::<UInt16Array>() {
+        let b: Vec<u8> = a.values().iter().flat_map(|v| v.to_le_bytes()).collect();
+        return Some(fnv1a64(&b));
+    }
     if let Some(a) = any.downcast_ref::<Float64Array>() {
         let b: Vec<u8> = a.values().iter().flat_map(|v| v.to_le_bytes()).collect();
         return Some(fnv1a64(&b));
@@ -88,6 +92,9 @@ pub fn payload_values(data: &dyn Array, max: usize) -> Option<Value> {
         return Some(json!(a.values().to_vec()));
     }
     if let Some(a) = any.downcast_ref::<UInt8Array>() {
+        return Some(json!(a.values().to_vec()));
+    }
+    if let Some(a) = any.downcast_ref::<UInt16Array>() {
         return Some(json!(a.values().to_vec()));
     }
     None

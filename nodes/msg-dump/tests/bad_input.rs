@@ -6,7 +6,7 @@
 //! with the reason in its record; the others must not be.
 
 use da3_msg::{keys, DepthKind, DepthMap, ImageFrame, Parameter, PointCloud};
-use da3_testkit::bad::{garbage, CameraKit, DepthKit, ImageKit, PointsKit};
+use da3_testkit::bad::{garbage, CameraKit, DepthKit, ImageKit, PointsKit, NEW_ENCODINGS};
 use da3_testkit::harness::{catch_crash, BadInputRun, Figures};
 use da3_testkit::{frame_info as info, small_camera};
 use serde_json::Value;
@@ -52,11 +52,14 @@ fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
     let mut kinds: Vec<&'static str> = Vec::new(); // for messages
     let mut is_good: Vec<bool> = Vec::new();
     let (mut n_bad, mut n_good) = (0u64, 0u64);
+    let mut truncated = NEW_ENCODINGS.to_vec();
     for i in 0..=N_BAD {
         if i % GOOD_EVERY == 0 {
             let good = [
                 images.good.to_message(),
                 images.encoded(da3_msg::Encoding::Png).to_message(),
+                images.encoded(da3_msg::Encoding::Yuv420).to_message(),
+                images.encoded(da3_msg::Encoding::Mono16).to_message(),
                 depths.good.to_message(),
                 cameras.good.to_message(),
                 points.good.to_message(),
@@ -72,7 +75,11 @@ fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
             break;
         }
         let case = match rng.below(5) {
-            0 => images.bad(&mut rng),
+            // One truncated frame of each newer encoding first.
+            0 => match truncated.pop() {
+                Some(enc) => images.truncated(enc, &mut rng),
+                None => images.bad(&mut rng),
+            },
             1 => depths.bad(&mut rng),
             2 => cameras.bad(&mut rng),
             3 => points.bad(&mut rng),
@@ -128,6 +135,10 @@ fn every_message_is_recorded_and_broken_ones_are_marked_and_counted() {
         n_bad - want_invalid
     );
     let summary = run.expect("msg-dump ends without error");
+    assert!(
+        truncated.is_empty(),
+        "every newer encoding was truncated once"
+    );
     assert_eq!(summary.messages, tried, "every message recorded");
     assert_eq!(records.len() as u64, tried);
     assert_eq!(
