@@ -397,15 +397,7 @@ pub fn positive_median(v: &[f32]) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn rot(ax: f64, ay: f64, az: f64) -> Mat3 {
-        let (sx, cx) = ax.sin_cos();
-        let (sy, cy) = ay.sin_cos();
-        let (sz, cz) = az.sin_cos();
-        let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
-        let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
-        let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
-        matmul(&rz, &matmul(&ry, &rx))
-    }
+    use crate::geometry::testing::rot_xyz as rot;
 
     fn world() -> Vec<CamPose> {
         // On a straight line (centre-only Umeyama is degenerate here), turning slowly.

@@ -397,7 +397,18 @@ pub fn frustum_in_depth(
 /// Test helpers shared by the crates' tests (rigid motions about z, identity check).
 #[doc(hidden)]
 pub mod testing {
-    use super::{Mat3, Mat4};
+    use super::{matmul, Mat3, Mat4};
+
+    /// `Rz(az) · Ry(ay) · Rx(ax)` (radians).
+    pub fn rot_xyz(ax: f64, ay: f64, az: f64) -> Mat3 {
+        let (sx, cx) = ax.sin_cos();
+        let (sy, cy) = ay.sin_cos();
+        let (sz, cz) = az.sin_cos();
+        let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
+        let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
+        let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
+        matmul(&rz, &matmul(&ry, &rx))
+    }
 
     pub fn rot_z(a: f32) -> Mat3<f32> {
         [

@@ -93,15 +93,7 @@ mod tests {
     use da3_io::geometry::{camera_to_world, mat_vec, matmul, world_to_camera, Mat3};
     use da3_msg::FrameInfo;
 
-    fn rot(ax: f64, ay: f64, az: f64) -> Mat3 {
-        let (sx, cx) = ax.sin_cos();
-        let (sy, cy) = ay.sin_cos();
-        let (sz, cz) = az.sin_cos();
-        let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
-        let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
-        let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
-        matmul(&rz, &matmul(&ry, &rx))
-    }
+    use da3_io::geometry::testing::rot_xyz as rot;
 
     fn view(id: u64, e: [f64; 12], depth: Vec<f32>) -> ViewOut {
         ViewOut {

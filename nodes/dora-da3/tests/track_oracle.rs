@@ -5,7 +5,7 @@
 
 use da3_io::align::umeyama;
 use da3_io::align_poses::CamPose;
-use da3_io::geometry::{mat_vec, matmul, transpose, Mat3, Vec3};
+use da3_io::geometry::{mat_vec, matmul, transpose, Vec3};
 use dora_da3::track::{Decision, Failure, Observation, TrackConfig, Tracker};
 
 const FRAMES: usize = 300;
@@ -28,15 +28,7 @@ impl Rng {
     }
 }
 
-fn rot(ax: f64, ay: f64, az: f64) -> Mat3 {
-    let (sx, cx) = ax.sin_cos();
-    let (sy, cy) = ay.sin_cos();
-    let (sz, cz) = az.sin_cos();
-    let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
-    let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
-    let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
-    matmul(&rz, &matmul(&ry, &rx))
-}
+use da3_io::geometry::testing::rot_xyz as rot;
 
 /// One ground-truth frame: camera-to-world pose (OpenCV axes, world y down) and depth.
 struct Truth {
