@@ -2,6 +2,7 @@
 # Installs what dora-da3 needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: FFmpeg's libraries (video input), clang (bindgen), V4L2, pkg-config, ffmpeg
 #   - the dora CLI 1.1.0 and the Rerun SDK 0.36.3 (viewer + .rrd reader) from PyPI into ./.venv
+#   - the MCAP readers of the tests (mcap, mcap-protobuf-support) from PyPI into ./.venv
 #   - oneMKL 2026.2 static libraries (mkl-static, PyPI) into ./.venv/lib, for bf16 GEMMs
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
@@ -32,6 +33,13 @@ fi
 if ! .venv/bin/python -c "import rerun, sys; sys.exit(rerun.__version__ != '0.36.3')" 2>/dev/null; then
   echo "setup: installing rerun-sdk==0.36.3 into .venv"
   .venv/bin/pip install -q --disable-pip-version-check rerun-sdk==0.36.3
+fi
+
+# The MCAP readers of the recorder's tests (tests/mcap_check.py): the `mcap` package and its
+# protobuf decoder (Foxglove schemas and the recorder's da3.Record are protobuf).
+if ! .venv/bin/python -c "import sys, importlib.metadata as m; sys.exit(m.version('mcap') != '1.6.0' or m.version('mcap-protobuf-support') != '0.6.0' or m.version('protobuf') != '7.36.2')" 2>/dev/null; then
+  echo "setup: installing mcap==1.6.0, mcap-protobuf-support==0.6.0, protobuf==7.36.2 into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check mcap==1.6.0 mcap-protobuf-support==0.6.0 protobuf==7.36.2
 fi
 
 # Intel oneMKL, static, for the CPU's bf16/f16 GEMMs (mixed precision): nodes/da3/build.rs
