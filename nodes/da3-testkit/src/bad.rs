@@ -20,6 +20,8 @@ use da3_msg::{keys, CameraMsg, DepthMap, ImageFrame, MetadataParameters, Paramet
 
 use crate::rng::Rng;
 
+pub mod mcap_files;
+
 /// One message to send: what was broken, the payload, the metadata.
 #[derive(Debug, Clone)]
 pub struct Case {

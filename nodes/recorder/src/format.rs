@@ -63,19 +63,20 @@ impl Format {
             .take(8)
             .read_to_end(&mut head)
             .wrap_err_with(|| format!("cannot read `{}`", path.display()))?;
-        Ok(if head[..] == mcap_recording::MAGIC[..] {
-            Self::Mcap
-        } else if head.len() < 8 && Self::of_extension(path) == Some(Self::Mcap) {
-            Self::Mcap
-        } else {
-            Self::Arrow
-        })
+        let mcap_named = Self::of_extension(path) == Some(Self::Mcap);
+        Ok(
+            if head[..] == mcap_recording::MAGIC[..] || (head.len() < 8 && mcap_named) {
+                Self::Mcap
+            } else {
+                Self::Arrow
+            },
+        )
     }
 }
 
 /// A recording being written, in either format.
 pub enum AnyWriter {
-    Arrow(RecordingWriter<BufWriter<File>>),
+    Arrow(Box<RecordingWriter<BufWriter<File>>>),
     Mcap(Box<McapRecordingWriter<BufWriter<File>>>),
 }
 
@@ -83,7 +84,7 @@ impl AnyWriter {
     /// Creates (or truncates) `path`. `compression` applies to MCAP.
     pub fn create(path: &Path, format: Format, compression: Compression) -> Result<Self> {
         Ok(match format {
-            Format::Arrow => Self::Arrow(RecordingWriter::create(path)?),
+            Format::Arrow => Self::Arrow(Box::new(RecordingWriter::create(path)?)),
             Format::Mcap => Self::Mcap(Box::new(McapRecordingWriter::create(path, compression)?)),
         })
     }
@@ -148,8 +149,8 @@ impl AnyWriter {
     /// Flushes and ends the file (Arrow: end-of-stream marker; MCAP: summary and footer).
     pub fn finish(self) -> Result<()> {
         match self {
-            Self::Arrow(w) => w.finish().map(drop),
-            Self::Mcap(w) => w.finish().map(drop),
+            Self::Arrow(w) => (*w).finish().map(drop),
+            Self::Mcap(w) => (*w).finish().map(drop),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod format;
 pub mod foxglove_map;
+pub mod mcap_messages;
 pub mod mcap_recording;
 pub mod recording;
 

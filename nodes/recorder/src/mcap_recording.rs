@@ -38,6 +38,7 @@ use prost::bytes::Bytes;
 use prost::Message as _;
 
 use crate::foxglove_map::{map_message, rebuild_payload, FoxKind};
+use crate::mcap_messages::McapMessages;
 use crate::recording::{
     decode_metadata, decode_payload, encode_metadata, encode_payload, RecordedMessage,
 };
@@ -426,7 +427,7 @@ struct RawRecord {
 /// [`truncated`](Self::truncated) set. Other MCAP messages (Foxglove views
 /// without a record, other schemas) are passed over.
 pub struct McapRecordingReader<R: Read> {
-    messages: mcap::io::MessageReader<std::io::Chain<Cursor<[u8; 8]>, R>>,
+    messages: McapMessages<std::io::Chain<Cursor<[u8; 8]>, R>>,
     label: String,
     /// Topic -> the last message that can hold a payload: (sequence, kind, data).
     payloads: HashMap<String, (u32, FoxKind, Vec<u8>)>,
@@ -470,7 +471,7 @@ impl<R: Read> McapRecordingReader<R> {
             .with_record_length_limit(max_record);
         let source = Cursor::new(magic).chain(r);
         Ok(Self {
-            messages: mcap::io::MessageReader::new_with_options(source, options),
+            messages: McapMessages::new(source, options),
             label: label.to_string(),
             payloads: HashMap::new(),
             truncated: None,
@@ -632,7 +633,7 @@ pub fn recover(input: &Path, output: &Path, compression: Compression) -> Result<
     let options = LinearReaderOptions::default()
         .with_prevalidate_chunk_crcs(true)
         .with_record_length_limit(MAX_RECORD);
-    let reader = mcap::io::MessageReader::new_with_options(BufReader::new(f), options);
+    let reader = McapMessages::new(BufReader::new(f), options);
     let out =
         File::create(output).wrap_err_with(|| format!("cannot create `{}`", output.display()))?;
     let mut w = mcap::WriteOptions::new()
