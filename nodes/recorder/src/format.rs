@@ -184,6 +184,15 @@ impl AnyReader {
             Self::Mcap(r) => r.truncated(),
         }
     }
+
+    /// MCAP: the `da3.Record` messages read so far (none in an MCAP file
+    /// the recorder did not write); Arrow: `None`.
+    pub fn mcap_records(&self) -> Option<u64> {
+        match self {
+            Self::Arrow(_) => None,
+            Self::Mcap(r) => Some(r.records()),
+        }
+    }
 }
 
 impl Iterator for AnyReader {

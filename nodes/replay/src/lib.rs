@@ -270,6 +270,11 @@ pub fn run_with_outputs(
             }
             if reader.truncated().is_some() {
                 s.damaged += 1;
+            } else if reader.mcap_records() == Some(0) {
+                tracing::warn!(
+                    "replay: {} holds no da3.Record messages (an MCAP file the recorder did not write?): nothing to send",
+                    file.display()
+                );
             }
         }
         if !config.looping {

@@ -91,6 +91,7 @@ fn damaged_mcap_recordings_are_refused_or_read_up_to_the_damage_and_counted() {
 
     let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let (mut noticed, mut good, mut good_out) = (0u64, 0u64, 0u64);
+    let (mut refused, mut damaged, mut one_bad) = (0u64, 0u64, 0u64);
     for i in 0..N_BAD {
         let case = kits[rng.index(kits.len())].bad(&mut rng).unwrap();
         let name = format!("bad-{i:03}.mcap");
@@ -117,6 +118,7 @@ fn damaged_mcap_recordings_are_refused_or_read_up_to_the_damage_and_counted() {
                 );
                 assert!(sent.is_empty(), "{what}");
                 noticed += 1;
+                refused += 1;
             }
             Expect::Damaged => {
                 let s = r.unwrap_or_else(|e| panic!("{what}: {e:#}"));
@@ -127,6 +129,7 @@ fn damaged_mcap_recordings_are_refused_or_read_up_to_the_damage_and_counted() {
                     sent.len()
                 );
                 noticed += 1;
+                damaged += 1;
             }
             Expect::BadMessage(seq) => {
                 let s = r.unwrap_or_else(|e| panic!("{what}: {e:#}"));
@@ -137,10 +140,14 @@ fn damaged_mcap_recordings_are_refused_or_read_up_to_the_damage_and_counted() {
                 good += want.len() as u64;
                 good_out += sent.len() as u64;
                 noticed += 1;
+                one_bad += 1;
             }
         }
         e.1 += 1;
     }
+    println!(
+        "replay (mcap): {refused} files refused, {damaged} read up to the damage and counted, {one_bad} with one bad message skipped and counted"
+    );
     for (kind, (n, ok)) in &by_kind {
         println!("  {kind}: {n} files, {ok} as expected");
     }
