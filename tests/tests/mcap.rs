@@ -188,6 +188,28 @@ fn camera_da3_mcap_recording_opens_in_mcap_and_rerun_and_replays_exactly() {
         }
     }
 
+    // da3-record-info summarises it.
+    let info = Command::new(bin("da3-record-info").unwrap())
+        .arg(&rec_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("mcap, {total} records (0 bad)")),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("depth "))
+        .unwrap_or_else(|| panic!("no depth line:\n{text}"));
+    assert!(line.contains("Float32"), "{text}");
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some(count("depth").to_string().as_str()),
+        "{text}"
+    );
+
     // The mcap Python package: channels, schemas, counts, values.
     let doc = mcap_check(&rec_path, true);
     assert_eq!(doc["summary"], true, "the finished file has its summary");
