@@ -4,6 +4,7 @@
 #   - the dora CLI 1.1.0 and the Rerun SDK 0.36.3 (viewer + .rrd reader) from PyPI into ./.venv
 #   - pycolmap 4.2.1, trimesh 5.2.0, plyfile 1.1.5 (the tests read the exports with them) into ./.venv
 #   - dora's opencv-video-capture 0.5.0 node and OpenCV 4.14 (headless), for the encoding tests
+#   - the MCAP readers of the tests (mcap, mcap-protobuf-support) from PyPI into ./.venv
 #   - oneMKL 2026.2 static libraries (mkl-static, PyPI) into ./.venv/lib, for bf16 GEMMs
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
@@ -52,6 +53,13 @@ if ! .venv/bin/python -c "import sys, cv2, importlib.metadata as m; sys.exit(m.v
   echo "setup: installing opencv-video-capture==0.5.0 and opencv-python-headless==4.14.0.94 into .venv"
   .venv/bin/pip install -q --disable-pip-version-check opencv-python-headless==4.14.0.94
   .venv/bin/pip install -q --disable-pip-version-check --no-deps opencv-video-capture==0.5.0
+fi
+
+# The MCAP readers of the recorder's tests (tests/mcap_check.py): the `mcap` package and its
+# protobuf decoder (Foxglove schemas and the recorder's da3.Record are protobuf).
+if ! .venv/bin/python -c "import sys, importlib.metadata as m; sys.exit(m.version('mcap') != '1.6.0' or m.version('mcap-protobuf-support') != '0.6.0' or m.version('protobuf') != '7.36.2')" 2>/dev/null; then
+  echo "setup: installing mcap==1.6.0, mcap-protobuf-support==0.6.0, protobuf==7.36.2 into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check mcap==1.6.0 mcap-protobuf-support==0.6.0 protobuf==7.36.2
 fi
 
 # Intel oneMKL, static, for the CPU's bf16/f16 GEMMs (mixed precision): nodes/da3/build.rs

@@ -19,6 +19,8 @@ Each row holds the values the tests check, per archetype:
   Image        width, height, color_model, datatype
   Points3D     n (points), n_colors, mean [x, y, z]
   LineStrips3D strip_len (points in the first strip)
+(`timestamp`: also given for the rows of files converted from MCAP, whose
+Foxglove messages carry their own time; `tests/mcap_check.py` uses `summary`.)
 """
 
 import json
@@ -94,7 +96,8 @@ def row_values(comps):
     return out
 
 
-def main(path):
+def summary(path):
+    """The summary of one .rrd file (see the module docs), as a dict."""
     reader = RrdReader(path)
     recordings = [{"application_id": r.application_id, "recording_id": r.recording_id}
                   for r in reader.recordings()]
@@ -111,20 +114,28 @@ def main(path):
             if md.get("rerun:kind") == "data":
                 cols[md.get("rerun:component", field.name)] = batch.column(i).to_pylist()
         # Both index columns as integers (capture_time: ns since the epoch).
+        # (timestamp: the Foxglove messages' own time, in .rrd files converted from MCAP)
         index = {name: batch.column(name).cast(pa.int64()).to_pylist()
-                 for name in ("frame", "capture_time") if name in batch.schema.names}
+                 for name in ("frame", "capture_time", "timestamp") if name in batch.schema.names}
         for r in range(batch.num_rows):
             vals = row_values({name: col[r] for name, col in cols.items()})
             row = {"frame": index.get("frame", [None] * batch.num_rows)[r]}
             row["capture_time"] = index.get("capture_time", [None] * batch.num_rows)[r]
+            if "timestamp" in index:
+                row["timestamp"] = index["timestamp"][r]
             for arch, v in vals.items():
                 ent["archetypes"][arch] = ent["archetypes"].get(arch, 0) + 1
                 row[arch] = v
             ent["rows"].append(row)
     for ent in entities.values():
         ent["timelines"] = sorted(ent["timelines"])
-        ent["rows"].sort(key=lambda r: (r["frame"] is None, r["frame"] or 0))
-    json.dump({"recordings": recordings, "entities": entities}, sys.stdout, default=str)
+        ent["rows"].sort(key=lambda r: (r["frame"] is None, r["frame"] or 0,
+                                        r.get("timestamp") or 0))
+    return {"recordings": recordings, "entities": entities}
+
+
+def main(path):
+    json.dump(summary(path), sys.stdout, default=str)
     print()
 
 

@@ -125,6 +125,20 @@ impl Encoding {
         self != Self::Mono16
     }
 
+    /// Bytes per row of a raw frame's first plane (ROS / Foxglove `RawImage.step`): the Y
+    /// plane's for the planar YUV layouts; `None` for compressed encodings, or on overflow.
+    pub fn row_bytes(self, width: u32) -> Option<usize> {
+        let w = width as usize;
+        match self {
+            Self::Mono8 | Self::Yuv420 | Self::Nv12 => Some(w),
+            Self::Mono16 => w.checked_mul(2),
+            Self::Rgb8 | Self::Bgr8 => w.checked_mul(3),
+            Self::Rgba8 | Self::Bgra8 => w.checked_mul(4),
+            Self::Yuyv | Self::Uyvy => w.div_ceil(2).checked_mul(4),
+            Self::Jpeg | Self::Png | Self::Webp | Self::Bmp => None,
+        }
+    }
+
     /// Exact payload size in bytes of a raw `width x height` frame; `None`
     /// for compressed encodings, or when the size overflows.
     pub fn raw_len(self, width: u32, height: u32) -> Option<usize> {

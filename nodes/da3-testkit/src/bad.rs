@@ -19,6 +19,8 @@ use da3_msg::{keys, CameraMsg, DepthMap, MetadataParameters, Parameter, PointClo
 
 use crate::rng::Rng;
 
+pub mod mcap_files;
+
 /// One message to send: what was broken, the payload, the metadata.
 #[derive(Debug, Clone)]
 pub struct Case {

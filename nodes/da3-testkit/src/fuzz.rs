@@ -12,6 +12,7 @@ use da3_msg::{
     keys, CameraMsg, DecodeLimits, DepthKind, DepthMap, DepthVis, Encoding, FrameInfo, ImageFrame,
     Message, MetadataParameters, Parameter, PointCloud,
 };
+use recorder::mcap_recording::{Compression, McapRecordingReader, McapRecordingWriter};
 use recorder::recording::{decode_row, row_infos, RecordingReader, RecordingWriter};
 
 /// Once per fuzzing process: libFuzzer's panic hook aborts on *any* panic,
@@ -168,6 +169,34 @@ pub fn recording_reader(data: &[u8]) -> Outcome {
     }
 }
 
+/// Largest MCAP record the `mcap_reader` target reads: small, so that no
+/// length in an input can make it allocate much (the recorder's own limit,
+/// `MAX_RECORD`, is 256 MiB).
+pub const FUZZ_MAX_RECORD: usize = 4 << 20;
+
+/// The MCAP recording reader on arbitrary bytes: every record read (its
+/// payload rebuilt from the Foxglove message holding it, or decoded from the
+/// record), each message decoded as the da3 message its `primitive` names.
+pub fn mcap_reader(data: &[u8]) -> Outcome {
+    let Ok(mut reader) =
+        McapRecordingReader::with_limit(Cursor::new(data), "fuzz", FUZZ_MAX_RECORD)
+    else {
+        return Outcome::Rejected;
+    };
+    let mut ok = true;
+    for m in reader.by_ref() {
+        match m {
+            Ok(m) => ok &= decode_as_da3(m.data.as_ref(), &m.metadata),
+            Err(_) => ok = false,
+        }
+    }
+    if ok && reader.truncated().is_none() {
+        Outcome::Accepted
+    } else {
+        Outcome::Rejected
+    }
+}
+
 /// Decodes a message as what its `primitive` says ([`Message::decode_claimed`],
 /// images also to pixels); `false` when it does not decode. A message that
 /// names no da3 primitive is not judged (`true`).
@@ -286,6 +315,64 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
 
 /// Seed inputs of `recording_reader`: small valid recordings of every message kind.
 pub fn recording_seeds() -> Vec<Vec<u8>> {
+    let msgs = seed_messages();
+    let mut seeds = Vec::new();
+    for per_batch in [1usize, 2, 5] {
+        let Ok(mut w) = RecordingWriter::new(Vec::new()) else {
+            continue;
+        };
+        let mut ok = true;
+        for (i, (s, (a, p))) in msgs.iter().enumerate() {
+            ok &= w.push(s, i as i64, p, a.as_ref()).is_ok();
+            if w.pending() >= per_batch {
+                ok &= w.flush().is_ok();
+            }
+        }
+        if let (true, Ok(bytes)) = (ok, w.finish()) {
+            seeds.push(bytes);
+        }
+    }
+    seeds
+}
+
+/// Seed inputs of `mcap_reader`: small valid MCAP recordings of every message
+/// kind, one chunk per message or a few, each compression, finished or (the
+/// last) cut after its last chunk as by a killed recorder.
+pub fn mcap_seeds() -> Vec<Vec<u8>> {
+    let msgs = seed_messages();
+    let mut seeds = Vec::new();
+    let plans = [
+        (1usize, Compression::None, true),
+        (2, Compression::Zstd, true),
+        (5, Compression::Lz4, true),
+        (2, Compression::None, false),
+    ];
+    for (per_chunk, compression, finish) in plans {
+        let Ok(mut w) = McapRecordingWriter::new(Cursor::new(Vec::new()), compression) else {
+            continue;
+        };
+        let mut ok = true;
+        for (i, (s, (a, p))) in msgs.iter().enumerate() {
+            ok &= w.push(s, i as i64, p, a.as_ref()).is_ok();
+            if w.pending() >= per_chunk {
+                ok &= w.flush().is_ok();
+            }
+        }
+        ok &= w.flush().is_ok();
+        let bytes = if finish {
+            w.finish().map(Cursor::into_inner).ok()
+        } else {
+            Some(w.abandon().into_inner())
+        };
+        if let (true, Some(bytes)) = (ok, bytes) {
+            seeds.push(bytes);
+        }
+    }
+    seeds
+}
+
+/// The messages of the recording seeds: one of every kind.
+fn seed_messages() -> Vec<(&'static str, (ArrayRef, MetadataParameters))> {
     let mut msgs: Vec<(&str, (ArrayRef, MetadataParameters))> = Vec::new();
     let mut img = ImageFrame::rgb8(4, 3, picture(4, 3));
     img.info = info(0);
@@ -323,21 +410,5 @@ pub fn recording_seeds() -> Vec<Vec<u8>> {
         is_metric: true,
     };
     msgs.push(("points", pts.to_message()));
-    let mut seeds = Vec::new();
-    for per_batch in [1usize, 2, 5] {
-        let Ok(mut w) = RecordingWriter::new(Vec::new()) else {
-            continue;
-        };
-        let mut ok = true;
-        for (i, (s, (a, p))) in msgs.iter().enumerate() {
-            ok &= w.push(s, i as i64, p, a.as_ref()).is_ok();
-            if w.pending() >= per_batch {
-                ok &= w.flush().is_ok();
-            }
-        }
-        if let (true, Ok(bytes)) = (ok, w.finish()) {
-            seeds.push(bytes);
-        }
-    }
-    seeds
+    msgs
 }

@@ -1,10 +1,15 @@
 //! `recorder`: a dora sink that records every message of every input (payload,
-//! typed metadata, receive time) to Arrow IPC stream files, in the format of
-//! [`recording`] (this crate's library module, also read by the `replay` node,
-//! which sends the messages again).
+//! typed metadata, receive time) to Arrow IPC stream files ([`recording`]) or
+//! MCAP files with Foxglove schemas ([`mcap_recording`], [`foxglove_map`]);
+//! both are this crate's library modules, also read by the `replay` node
+//! (through [`format::AnyReader`]), which sends the messages again.
 //!
 //! See `nodes/recorder/README.md` for ports, env vars and a YAML snippet.
 
+pub mod format;
+pub mod foxglove_map;
+pub mod mcap_messages;
+pub mod mcap_recording;
 pub mod recording;
 
 use std::collections::BTreeMap;
@@ -16,7 +21,8 @@ use da3_msg::node_util::{next_step, now_ns, start, Env, Step};
 use da3_msg::MetadataParameters;
 use dora_node_api::EventStream;
 use eyre::{bail, eyre, Context, Result};
-use recording::{RecordingWriter, EXTENSION};
+use format::{AnyWriter, Format};
+use mcap_recording::Compression;
 
 /// A batch is also written once its messages reach this many bytes.
 pub const BATCH_MAX_BYTES: usize = 64 << 20;
@@ -24,7 +30,7 @@ pub const BATCH_MAX_BYTES: usize = 64 << 20;
 /// Where recordings go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutTarget {
-    /// A folder: files are named `rec-<UTC time>.arrows`.
+    /// A folder: files are named `rec-<UTC time>.arrows` (or `.mcap`).
     Folder(PathBuf),
     /// One file path (replaced if it exists).
     File(PathBuf),
@@ -34,6 +40,10 @@ pub enum OutTarget {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub out: OutTarget,
+    /// The container: Arrow IPC or MCAP.
+    pub format: Format,
+    /// Chunk compression of MCAP files.
+    pub compression: Compression,
     pub flush: Duration,
     pub batch: usize,
     pub rotate_bytes: Option<u64>,
@@ -42,7 +52,16 @@ pub struct Config {
 }
 
 /// The env vars the recorder reads (its `dora-node.yml` lists the same).
-pub const ENV_VARS: &[&[&str]] = &[&["OUT", "FLUSH_MS", "BATCH", "ROTATE_MB", "ROTATE_S", "SYNC"]];
+pub const ENV_VARS: &[&[&str]] = &[&[
+    "OUT",
+    "RECORD_FORMAT",
+    "MCAP_COMPRESSION",
+    "FLUSH_MS",
+    "BATCH",
+    "ROTATE_MB",
+    "ROTATE_S",
+    "SYNC",
+]];
 
 impl Config {
     /// Reads the env vars; any invalid value is one clear error line.
@@ -50,9 +69,27 @@ impl Config {
         let env = Env::new(ENV_VARS);
         let out: String = env.opt("OUT")?.ok_or_else(|| {
             eyre!(
-                "OUT is not set: give a recording file (`run.arrows`) or a folder (`recordings/`)"
+                "OUT is not set: give a recording file (`run.arrows`, `run.mcap`) or a folder (`recordings/`)"
             )
         })?;
+        let out = parse_out(&out);
+        let format = match env.opt::<String>("RECORD_FORMAT")? {
+            None => None,
+            Some(f) => Some(
+                Format::parse(&f)
+                    .ok_or_else(|| eyre!("invalid RECORD_FORMAT={f:?}: expected arrow or mcap"))?,
+            ),
+        };
+        let format = pick_format(&out, format)?;
+        let compression = match env.opt::<String>("MCAP_COMPRESSION")? {
+            None => Compression::Zstd,
+            Some(_) if format == Format::Arrow => {
+                bail!("MCAP_COMPRESSION applies to MCAP recordings only (RECORD_FORMAT=mcap or OUT=*.mcap)")
+            }
+            Some(c) => Compression::parse(&c).ok_or_else(|| {
+                eyre!("invalid MCAP_COMPRESSION={c:?}: expected zstd, lz4 or none")
+            })?,
+        };
         let flush_ms: u64 = env.or("FLUSH_MS", 500)?;
         let batch: usize = env.or("BATCH", 64)?;
         if batch == 0 {
@@ -73,7 +110,9 @@ impl Config {
         let sync = env.flag("SYNC", false)?;
         env.finish();
         Ok(Self {
-            out: parse_out(&out),
+            out,
+            format,
+            compression,
             flush: Duration::from_millis(flush_ms),
             batch,
             rotate_bytes,
@@ -97,6 +136,25 @@ pub fn parse_out(s: &str) -> OutTarget {
     }
 }
 
+/// The format of `RECORD_FORMAT` (`format`) and `OUT`: a file named `.mcap` or
+/// `.arrows` says its format, and `RECORD_FORMAT` may not contradict it; otherwise
+/// `RECORD_FORMAT`, by default Arrow.
+pub fn pick_format(out: &OutTarget, format: Option<Format>) -> Result<Format> {
+    let by_name = match out {
+        OutTarget::File(p) => Format::of_extension(p),
+        OutTarget::Folder(_) => None,
+    };
+    match (by_name, format) {
+        (Some(n), Some(f)) if n != f => bail!(
+            "RECORD_FORMAT={} but OUT names a .{} file: drop RECORD_FORMAT or change the extension",
+            f.as_str(),
+            n.extension()
+        ),
+        (Some(n), _) => Ok(n),
+        (None, f) => Ok(f.unwrap_or(Format::Arrow)),
+    }
+}
+
 /// Names the files of one recorder run.
 #[derive(Debug, Clone)]
 pub struct FileNamer {
@@ -107,15 +165,21 @@ pub struct FileNamer {
 }
 
 impl FileNamer {
-    /// `start` names folder recordings; `numbered` (rotation on) adds `-0000`, `-0001`...
-    pub fn new(out: &OutTarget, start: chrono::DateTime<chrono::Utc>, numbered: bool) -> Self {
+    /// `start` names folder recordings; `numbered` (rotation on) adds `-0000`, `-0001`...;
+    /// `ext`: the extension of folder recordings (and of a file named without one).
+    pub fn new(
+        out: &OutTarget,
+        start: chrono::DateTime<chrono::Utc>,
+        numbered: bool,
+        ext: &str,
+    ) -> Self {
         match out {
             OutTarget::Folder(dir) => {
                 let base = format!("rec-{}", start.format("%Y%m%dT%H%M%SZ"));
                 let mut namer = Self {
                     dir: dir.clone(),
                     stem: base.clone(),
-                    ext: EXTENSION.to_string(),
+                    ext: ext.to_string(),
                     numbered,
                 };
                 // Never overwrite a recording started in the same second.
@@ -135,7 +199,7 @@ impl FileNamer {
                 ext: p
                     .extension()
                     .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| EXTENSION.to_string()),
+                    .unwrap_or_else(|| ext.to_string()),
                 numbered,
             },
         }
@@ -154,7 +218,7 @@ impl FileNamer {
 
 struct OpenFile {
     path: PathBuf,
-    writer: RecordingWriter<std::io::BufWriter<std::fs::File>>,
+    writer: AnyWriter,
     opened: Instant,
 }
 
@@ -182,7 +246,12 @@ impl Recorder {
             std::fs::create_dir_all(d)
                 .wrap_err_with(|| format!("cannot create OUT folder `{}`", d.display()))?;
         }
-        let namer = FileNamer::new(&config.out, chrono::Utc::now(), config.rotates());
+        let namer = FileNamer::new(
+            &config.out,
+            chrono::Utc::now(),
+            config.rotates(),
+            config.format.extension(),
+        );
         let mut r = Self {
             config,
             namer,
@@ -204,7 +273,7 @@ impl Recorder {
             std::fs::create_dir_all(dir)
                 .wrap_err_with(|| format!("cannot create folder `{}`", dir.display()))?;
         }
-        let writer = RecordingWriter::create(&path)?;
+        let writer = AnyWriter::create(&path, self.config.format, self.config.compression)?;
         tracing::info!("recorder: writing {}", path.display());
         self.files.push(path.clone());
         self.file = Some(OpenFile {
@@ -356,12 +425,15 @@ pub fn lib_main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::RecordingReader;
+    use crate::format::AnyReader;
     use da3_msg::ImageFrame;
 
     fn config(out: OutTarget) -> Config {
+        let format = pick_format(&out, None).unwrap();
         Config {
             out,
+            format,
+            compression: Compression::Zstd,
             flush: Duration::from_millis(500),
             batch: 4,
             rotate_bytes: None,
@@ -389,24 +461,50 @@ mod tests {
         let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
             .unwrap()
             .to_utc();
-        let n = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false);
+        let n = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false, "arrows");
         assert_eq!(n.path(0), d.path().join("rec-20260102T030405Z.arrows"));
         std::fs::write(n.path(0), b"").unwrap();
-        let n2 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, true);
+        let n2 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, true, "arrows");
         assert_eq!(
             n2.path(3),
             d.path().join("rec-20260102T030405Z-0003.arrows")
         );
-        let n3 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false);
+        let n3 = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false, "arrows");
         assert_eq!(n3.path(0), d.path().join("rec-20260102T030405Z-2.arrows"));
-        let f = FileNamer::new(&OutTarget::File("x/run.arrows".into()), t, true);
+        let f = FileNamer::new(&OutTarget::File("x/run.arrows".into()), t, true, "arrows");
         assert_eq!(f.path(1), PathBuf::from("x/run-0001.arrows"));
+        let m = FileNamer::new(&OutTarget::Folder(d.path().into()), t, false, "mcap");
+        assert_eq!(m.path(0), d.path().join("rec-20260102T030405Z.mcap"));
+    }
+
+    #[test]
+    fn format_from_the_file_name_or_record_format() {
+        let file = |n: &str| OutTarget::File(n.into());
+        let dir = OutTarget::Folder("recs/".into());
+        assert_eq!(pick_format(&file("a.mcap"), None).unwrap(), Format::Mcap);
+        assert_eq!(pick_format(&file("a.MCAP"), None).unwrap(), Format::Mcap);
+        assert_eq!(pick_format(&file("a.arrows"), None).unwrap(), Format::Arrow);
+        assert_eq!(pick_format(&file("a.bin"), None).unwrap(), Format::Arrow);
+        assert_eq!(pick_format(&dir, None).unwrap(), Format::Arrow);
+        assert_eq!(pick_format(&dir, Some(Format::Mcap)).unwrap(), Format::Mcap);
+        assert_eq!(
+            pick_format(&file("a.bin"), Some(Format::Mcap)).unwrap(),
+            Format::Mcap
+        );
+        let e = pick_format(&file("a.mcap"), Some(Format::Arrow)).unwrap_err();
+        assert!(e.to_string().contains("RECORD_FORMAT=arrow"), "{e}");
     }
 
     #[test]
     fn batches_and_rotation_by_size() {
+        for ext in ["arrows", "mcap"] {
+            batches_and_rotation_by_size_in(ext);
+        }
+    }
+
+    fn batches_and_rotation_by_size_in(ext: &str) {
         let d = tempfile::tempdir().unwrap();
-        let mut c = config(OutTarget::File(d.path().join("r.arrows")));
+        let mut c = config(OutTarget::File(d.path().join(format!("r.{ext}"))));
         c.rotate_bytes = Some(2000);
         let mut r = Recorder::new(c).unwrap();
         for i in 0..20 {
@@ -419,7 +517,10 @@ mod tests {
         let mut ids = vec![];
         for f in &r.files {
             assert!(f.file_name().unwrap().to_str().unwrap().starts_with("r-0"));
-            for m in RecordingReader::open(f).unwrap() {
+            assert_eq!(f.extension().unwrap(), ext);
+            let r = AnyReader::open(f).unwrap();
+            assert_eq!(r.format().extension(), ext);
+            for m in r {
                 let m = m.unwrap();
                 let img = ImageFrame::from_message(m.data.as_ref(), &m.metadata).unwrap();
                 assert_eq!(img.data[0] as u64, img.info.frame_id.unwrap());
@@ -431,8 +532,14 @@ mod tests {
 
     #[test]
     fn flush_deadline_and_unflushed_file_is_readable() {
+        for ext in ["arrows", "mcap"] {
+            flush_deadline_and_unflushed_file_is_readable_in(ext);
+        }
+    }
+
+    fn flush_deadline_and_unflushed_file_is_readable_in(ext: &str) {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("r.arrows");
+        let path = d.path().join(format!("r.{ext}"));
         let mut c = config(OutTarget::File(path.clone()));
         c.batch = 100;
         c.flush = Duration::from_millis(20);
@@ -442,13 +549,17 @@ mod tests {
             r.record("image", 0, &p, a.as_ref()).unwrap();
         }
         assert!(r.flush_deadline().is_some());
-        // Not flushed yet: the file has the schema only.
-        assert_eq!(RecordingReader::open(&path).unwrap().count(), 0);
+        // Not flushed yet: the file has the schema (header) only.
+        assert_eq!(AnyReader::open(&path).unwrap().count(), 0);
         std::thread::sleep(Duration::from_millis(30));
         r.tick().unwrap();
         assert!(r.flush_deadline().is_none());
         // Flushed but not finished (as after kill -9): all 3 readable.
-        assert_eq!(RecordingReader::open(&path).unwrap().count(), 3);
+        let mut r2 = AnyReader::open(&path).unwrap();
+        assert_eq!(r2.by_ref().filter(|m| m.is_ok()).count(), 3);
+        if ext == "mcap" {
+            assert!(r2.truncated().is_some(), "no summary yet: reported as cut");
+        }
         r.finish().unwrap();
     }
 
@@ -466,7 +577,7 @@ mod tests {
         r.finish().unwrap();
         assert_eq!(r.files.len(), 4);
         for f in &r.files {
-            assert_eq!(RecordingReader::open(f).unwrap().count(), 1);
+            assert_eq!(AnyReader::open(f).unwrap().count(), 1);
         }
     }
 }

@@ -667,7 +667,7 @@ impl<R: Read> Iterator for RecordingReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use da3_msg::arrow::array::StringArray;
     use da3_msg::{
@@ -684,7 +684,9 @@ mod tests {
         }
     }
 
-    fn messages() -> Vec<(String, MetadataParameters, ArrayRef)> {
+    /// One message of every kind (image, depth, confidence, camera, points,
+    /// a status with every metadata type); also used by the MCAP tests.
+    pub(crate) fn messages() -> Vec<(String, MetadataParameters, ArrayRef)> {
         let mut out = Vec::new();
         let mut img = ImageFrame::rgb8(4, 3, (0..36).collect());
         img.info = info(0);
@@ -752,7 +754,7 @@ mod tests {
         out
     }
 
-    fn bytes_of(a: &dyn Array) -> Vec<Vec<u8>> {
+    pub(crate) fn bytes_of(a: &dyn Array) -> Vec<Vec<u8>> {
         let d = a.to_data();
         let mut v: Vec<Vec<u8>> = d.buffers().iter().map(|b| b.as_slice().to_vec()).collect();
         for c in d.child_data() {

@@ -4,6 +4,9 @@
 //! good frames, and the recording must read back exactly. Only a message that
 //! cannot be encoded at all is left out, counted in `Recorder::rejected`
 //! (none can arrive through dora: what dora delivers is Arrow IPC already).
+//! Both containers: Arrow IPC and MCAP (where the good frames and the
+//! well-formed da3 messages get Foxglove views, and everything else goes
+//! into the records as Arrow IPC).
 
 use std::time::Duration;
 
@@ -12,7 +15,8 @@ use da3_msg::{FrameInfo, ImageFrame, MetadataParameters};
 use da3_testkit::bad::{garbage, CameraKit, ImageKit};
 use da3_testkit::harness::{catch_crash, BadInputRun, Figures};
 use da3_testkit::{frame_info, small_camera};
-use recorder::recording::RecordingReader;
+use recorder::format::{AnyReader, Format};
+use recorder::mcap_recording::Compression;
 use recorder::{Config, OutTarget};
 
 const N_BAD: usize = 240;
@@ -26,6 +30,15 @@ fn frame(id: u64) -> ImageFrame {
 
 #[test]
 fn every_message_good_or_bad_is_recorded_verbatim() {
+    record_bad_input(Format::Arrow, "recorder");
+}
+
+#[test]
+fn every_message_good_or_bad_is_recorded_verbatim_in_mcap() {
+    record_bad_input(Format::Mcap, "recorder (mcap)");
+}
+
+fn record_bad_input(format: Format, node: &'static str) {
     let BadInputRun {
         dir,
         mut events,
@@ -65,9 +78,11 @@ fn every_message_good_or_bad_is_recorded_verbatim() {
     let (_node, mut stream, _rx) = events
         .start("recorder", &["image", "camera_info", "anything"], &[])
         .unwrap();
-    let path = dir.path().join("run.arrows");
+    let path = dir.path().join(format!("run.{}", format.extension()));
     let config = Config {
         out: OutTarget::File(path.clone()),
+        format,
+        compression: Compression::Zstd,
         flush: Duration::from_millis(200),
         batch: 16,
         rotate_bytes: None,
@@ -76,7 +91,7 @@ fn every_message_good_or_bad_is_recorded_verbatim() {
     };
     let run = catch_crash(|| recorder::run(&mut stream, config));
     let rejected = run.as_ref().map(|r| r.rejected).unwrap_or(0);
-    let back: Vec<_> = RecordingReader::open(&path)
+    let back: Vec<_> = AnyReader::open(&path)
         .map(|r| r.collect::<Vec<_>>())
         .unwrap_or_default();
     // Good frames that read back as the same frame, at their place.
@@ -92,7 +107,7 @@ fn every_message_good_or_bad_is_recorded_verbatim() {
         })
         .count() as u64;
     Figures {
-        node: "recorder",
+        node,
         tried,
         bad: n_bad,
         rejected,

@@ -1,7 +1,8 @@
 //! `replay`: a dora source that sends the messages of recordings made by the
-//! `recorder` node again, each on the output named like its stream, with its
+//! `recorder` node (Arrow IPC `.arrows` or MCAP `.mcap`, told apart by their
+//! first bytes) again, each on the output named like its stream, with its
 //! metadata and payload unchanged; at the recorded timing (scaled by
-//! `SPEED`), as fast as possible (`SPEED=0`) or one per `tick` (`MODE=tick`).
+//! `SPEED`), as fast as possible (`SPEED=0`) or one per `tick` (`PACE=tick`).
 //!
 //! See `nodes/replay/README.md` for ports, env vars and a YAML snippet.
 
@@ -14,7 +15,7 @@ use da3_msg::node_util::{linger, start, Env};
 use dora_node_api::dora_core::config::DataId;
 use dora_node_api::{DoraNode, Event, EventStream};
 use eyre::{bail, eyre, Context, Result};
-use recorder::recording::{RecordingReader, EXTENSION};
+use recorder::format::{AnyReader, Format};
 
 /// When to send the next message.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +61,7 @@ impl Config {
     pub fn from_env() -> Result<Self> {
         let env = Env::new(ENV_VARS).with_renamed(RENAMED);
         let file: String = env.opt("FILE")?.ok_or_else(|| {
-            eyre!("FILE is not set: give a recording, a comma-separated list, a glob or a folder of .arrows files")
+            eyre!("FILE is not set: give a recording, a comma-separated list, a glob or a folder of .arrows / .mcap files")
         })?;
         let files = resolve_files(&file)?;
         let pace: String = env.or("PACE", "time".to_string())?;
@@ -113,7 +114,7 @@ pub fn parse_rename(s: &str) -> Result<BTreeMap<String, String>> {
 }
 
 /// The files of `FILE`: a comma-separated list of files, globs (sorted) and
-/// folders (their `*.arrows`, sorted by name: rotated files in order).
+/// folders (their `*.arrows` and `*.mcap`, sorted by name: rotated files in order).
 pub fn resolve_files(spec: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -133,10 +134,10 @@ pub fn resolve_files(spec: &str) -> Result<Vec<PathBuf>> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(p)
                 .wrap_err_with(|| format!("cannot list `{item}`"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == EXTENSION))
+                .filter(|p| p.is_file() && Format::of_extension(p).is_some())
                 .collect();
             if v.is_empty() {
-                bail!("FILE folder `{item}` has no .{EXTENSION} recording");
+                bail!("FILE folder `{item}` has no .arrows or .mcap recording");
             }
             v.sort();
             out.extend(v);
@@ -159,8 +160,10 @@ pub struct Summary {
     pub sent: BTreeMap<String, u64>,
     /// Messages skipped per recorded stream (no output of that name, or not in `STREAMS`).
     pub skipped: BTreeMap<String, u64>,
-    /// Messages that could not be decoded.
+    /// Messages that could not be decoded (skipped, each logged).
     pub bad: u64,
+    /// Files that ended early or were damaged (read up to the damage, logged).
+    pub damaged: u64,
     pub stopped: bool,
 }
 
@@ -189,18 +192,29 @@ fn wait_tick(events: &mut EventStream) -> bool {
     }
 }
 
-/// Runs the node on an initialised dora node and event stream.
+/// Runs the node on an initialised dora node and event stream, sending on
+/// the outputs its YAML declares.
 pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Result<Summary> {
     let outputs: BTreeSet<DataId> = node.node_config().outputs.clone();
+    run_with_outputs(node, events, config, &outputs)
+}
+
+/// [`run`] with the outputs given (dora's testing mode declares none).
+pub fn run_with_outputs(
+    node: &mut DoraNode,
+    events: &mut EventStream,
+    config: &Config,
+    outputs: &BTreeSet<DataId>,
+) -> Result<Summary> {
     let mut s = Summary::default();
     'passes: loop {
         let mut pass_sent = 0u64;
         // Recorded time of the pass's first message -> when it was sent.
         let mut base: Option<(Instant, i64)> = None;
         for file in &config.files {
-            let reader = RecordingReader::open(file)?;
-            tracing::info!("replay: {}", file.display());
-            for msg in reader {
+            let mut reader = AnyReader::open(file)?;
+            tracing::info!("replay: {} ({})", file.display(), reader.format().as_str());
+            for msg in reader.by_ref() {
                 let mut msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
@@ -254,6 +268,14 @@ pub fn run(node: &mut DoraNode, events: &mut EventStream, config: &Config) -> Re
                 *s.sent.entry(out).or_default() += 1;
                 pass_sent += 1;
             }
+            if reader.truncated().is_some() {
+                s.damaged += 1;
+            } else if reader.mcap_records() == Some(0) {
+                tracing::warn!(
+                    "replay: {} holds no da3.Record messages (an MCAP file the recorder did not write?): nothing to send",
+                    file.display()
+                );
+            }
         }
         if !config.looping {
             break;
@@ -279,10 +301,11 @@ pub fn lib_main() -> Result<()> {
             .join(", ")
     };
     tracing::info!(
-        "replay: sent {total} messages ({}), skipped ({}), {} undecodable{}",
+        "replay: sent {total} messages ({}), skipped ({}), {} undecodable, {} file(s) cut or damaged{}",
         fmt(&s.sent),
         fmt(&s.skipped),
         s.bad,
+        s.damaged,
         if s.stopped { " (stopped)" } else { "" }
     );
     if !s.stopped {
@@ -332,6 +355,7 @@ mod tests {
             "r-0001.arrows",
             "r-0000.arrows",
             "r-0002.arrows",
+            "r-0003.mcap",
             "notes.txt",
         ] {
             std::fs::write(d.path().join(n), b"").unwrap();
@@ -343,7 +367,9 @@ mod tests {
         };
         let dir = d.path().display().to_string();
         let want = vec!["r-0000.arrows", "r-0001.arrows", "r-0002.arrows"];
-        assert_eq!(names(resolve_files(&dir).unwrap()), want);
+        let mut all = want.clone();
+        all.push("r-0003.mcap");
+        assert_eq!(names(resolve_files(&dir).unwrap()), all);
         assert_eq!(
             names(resolve_files(&format!("{dir}/r-*.arrows")).unwrap()),
             want

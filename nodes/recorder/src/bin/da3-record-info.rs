@@ -1,11 +1,16 @@
 //! `da3-record-info FILE...`: streams, message counts, time span and rates of
-//! recordings (several files, e.g. rotated ones, are also summed up). A file
-//! cut short (killed recorder) is read up to its last complete batch.
+//! recordings, Arrow IPC or MCAP (several files, e.g. rotated ones, are also
+//! summed up). A file cut short (killed recorder) is read up to its last
+//! complete batch or chunk.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use std::path::Path;
+
 use eyre::Result;
+use recorder::format::Format;
+use recorder::mcap_recording::McapRecordingReader;
 use recorder::recording::{row_infos, RecordingReader};
 
 #[derive(Default, Clone)]
@@ -95,46 +100,84 @@ fn print_table(streams: &BTreeMap<String, Stats>) {
     }
 }
 
+/// Reads an Arrow IPC recording's rows into `streams` (printing its batch count).
+fn arrow_file(f: &Path, streams: &mut BTreeMap<String, Stats>) -> Result<()> {
+    let mut r = RecordingReader::open(f)?;
+    let mut res = Ok(());
+    while let Some(b) = r.next_batch() {
+        match row_infos(&b) {
+            Ok(rows) => {
+                for row in rows {
+                    streams.entry(row.stream.to_string()).or_default().add(
+                        row.recv_ns,
+                        row.payload_len,
+                        row.arrow_type,
+                    );
+                }
+            }
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    println!("  arrow, {} complete batches", r.batches());
+    if let Some(why) = r.truncated() {
+        println!("  TRUNCATED: {why}");
+    }
+    res
+}
+
+/// Reads an MCAP recording's records into `streams` (payloads not decoded).
+fn mcap_file(f: &Path, streams: &mut BTreeMap<String, Stats>) -> Result<()> {
+    let mut r = McapRecordingReader::open(f)?;
+    let mut bad = 0;
+    while let Some(info) = r.next_info() {
+        match info {
+            Ok(i) => {
+                streams
+                    .entry(i.stream)
+                    .or_default()
+                    .add(i.recv_ns, i.payload_len, &i.arrow_type)
+            }
+            Err(e) => {
+                bad += 1;
+                println!("  bad record: {e:#}");
+            }
+        }
+    }
+    println!("  mcap, {} records ({bad} bad)", r.records());
+    if let Some(why) = r.truncated() {
+        println!("  TRUNCATED: {why}");
+    }
+    if bad > 0 {
+        eyre::bail!("{bad} records do not decode");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let files: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     if files.is_empty() || files.iter().any(|f| f == "-h" || f == "--help") {
-        eprintln!("usage: da3-record-info FILE.arrows...");
+        eprintln!("usage: da3-record-info FILE.arrows|FILE.mcap...");
         std::process::exit(2);
     }
     let mut total: BTreeMap<String, Stats> = BTreeMap::new();
     let mut failed = 0;
     for f in &files {
         println!("{}:", f.display());
-        let mut r = match RecordingReader::open(f) {
-            Ok(r) => r,
-            Err(e) => {
-                println!("  error: {e:#}");
-                failed += 1;
+        let mut streams: BTreeMap<String, Stats> = BTreeMap::new();
+        let read = match Format::of_file(f) {
+            Ok(Format::Arrow) => arrow_file(f, &mut streams),
+            Ok(Format::Mcap) => mcap_file(f, &mut streams),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = read {
+            println!("  error: {e:#}");
+            failed += 1;
+            if streams.is_empty() {
                 continue;
             }
-        };
-        let mut streams: BTreeMap<String, Stats> = BTreeMap::new();
-        while let Some(b) = r.next_batch() {
-            match row_infos(&b) {
-                Ok(rows) => {
-                    for row in rows {
-                        streams.entry(row.stream.to_string()).or_default().add(
-                            row.recv_ns,
-                            row.payload_len,
-                            row.arrow_type,
-                        );
-                    }
-                }
-                Err(e) => {
-                    println!("  error: {e:#}");
-                    failed += 1;
-                    break;
-                }
-            }
-        }
-        println!("  {} complete batches", r.batches());
-        if let Some(why) = r.truncated() {
-            println!("  TRUNCATED: {why}");
         }
         print_table(&streams);
         for (k, s) in &streams {
