@@ -274,9 +274,10 @@ fn transform(ts: Option<Timestamp>, frame_id: &str, p: &Pose) -> FrameTransform 
 }
 
 fn image_kind(f: &ImageFrame) -> FoxKind {
-    match f.encoding {
-        Encoding::Jpeg | Encoding::Png => FoxKind::CompressedImage,
-        _ => FoxKind::RawImage,
+    // The same decision as `encode_image`: files (jpeg, png, webp, bmp) are compressed images.
+    match f.encoding.row_bytes(f.width) {
+        None => FoxKind::CompressedImage,
+        Some(_) => FoxKind::RawImage,
     }
 }
 
