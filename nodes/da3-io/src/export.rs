@@ -131,6 +131,9 @@ pub struct ExportOptions {
     pub max_points: usize,
     /// One per view, or empty: COLMAP then uses the processed views (`<view:04>.png`).
     pub sources: Vec<ViewSource>,
+    /// Pixels (`N * H * W`, view by view) left out of the points of `glb`, `ply` and `colmap`:
+    /// the sky of models with a sky head (its depth is a made-up far value). Empty: none.
+    pub exclude: Vec<bool>,
 }
 
 impl Default for ExportOptions {
@@ -139,6 +142,7 @@ impl Default for ExportOptions {
             conf_percentile: 40.0,
             max_points: 1_000_000,
             sources: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 }
@@ -158,6 +162,12 @@ pub fn export_all(
         pred.num_views
     );
     ensure!(opts.max_points > 0, "max_points must be at least 1");
+    ensure!(
+        opts.exclude.is_empty() || opts.exclude.len() == pred.depth.len(),
+        "an exclusion mask of {} pixels for {} depth values",
+        opts.exclude.len(),
+        pred.depth.len()
+    );
     let points = if formats.iter().any(|f| f.needs_points()) {
         Some(view_points(pred, opts)?)
     } else {
@@ -224,7 +234,7 @@ fn view_points(pred: &Prediction, opts: &ExportOptions) -> Result<Vec<ViewPoints
                 .intrinsics
                 .ok_or_else(|| eyre!("view {i} has no intrinsics"))?;
             let conf = pred.conf.as_ref().map(|c| &c[i * hw..(i + 1) * hw]);
-            let kept = back_project_above(
+            let mut kept = back_project_above(
                 &pred.depth[i * hw..(i + 1) * hw],
                 pred.width,
                 conf.filter(|_| threshold.is_some()),
@@ -232,6 +242,9 @@ fn view_points(pred: &Prediction, opts: &ExportOptions) -> Result<Vec<ViewPoints
                 &k,
                 &g.extrinsics,
             );
+            if let Some(ex) = opts.exclude.get(i * hw..(i + 1) * hw) {
+                kept.retain(|(p, _)| !ex[*p]);
+            }
             let colours = pred
                 .processed_images
                 .as_ref()
@@ -495,6 +508,20 @@ mod tests {
         };
         let points = view_points(&pred, &opts).unwrap();
         assert_eq!(points[0].xyz.len(), 12);
+        // Excluded pixels (the sky) leave the points; a mask of the wrong size is an error.
+        let mut ex = vec![false; pred.depth.len()];
+        ex[0] = true;
+        ex[5] = true;
+        let with = ExportOptions {
+            exclude: ex,
+            ..opts.clone()
+        };
+        assert_eq!(view_points(&pred, &with).unwrap()[0].xyz.len(), 10);
+        let bad = ExportOptions {
+            exclude: vec![true; 3],
+            ..opts.clone()
+        };
+        assert!(export_all(&pred, &[ExportFormat::Ply], dir.path(), &bad).is_err());
         export_all(&pred, &[ExportFormat::Colmap], dir.path(), &opts).unwrap();
         let cams = std::fs::read(dir.path().join("cameras.bin")).unwrap();
         assert_eq!(u64::from_le_bytes(cams[16..24].try_into().unwrap()), 8);

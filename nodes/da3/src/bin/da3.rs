@@ -413,10 +413,19 @@ fn run_infer(args: InferArgs) -> Result<()> {
     pb.finish_and_clear();
 
     let pred = &result.prediction;
+    // Sky (models with a sky head): its depth is a fill value, left out of the points.
+    let exclude = da3::inference::sky_maps(&result.output)?
+        .map(|m| {
+            m.iter()
+                .map(|&p| p >= da3::inference::SKY_THRESHOLD)
+                .collect()
+        })
+        .unwrap_or_default();
     let opts = ExportOptions {
         conf_percentile: args.conf_thresh_percentile,
         max_points: args.num_max_points,
         sources: export::view_sources(pred, &result.batch, &paths),
+        exclude,
     };
     for path in export::export_all(pred, &formats, &args.out, &opts)? {
         if !args.quiet {
