@@ -49,6 +49,8 @@ from depth_anything_3.model.dinov2.dinov2 import DinoV2
 from depth_anything_3.model.dinov2.vision_transformer import DinoVisionTransformer
 from depth_anything_3.model.dpt import DPT
 from depth_anything_3.model.dualdpt import DualDPT
+from depth_anything_3.model.gs_adapter import GaussianAdapter
+from depth_anything_3.model.gsdpt import GSDPT
 from depth_anything_3.registry import MODEL_REGISTRY
 from depth_anything_3.utils import alignment as align_utils
 
@@ -67,6 +69,8 @@ PUBLISHED = ["da3-small", "da3-base", "da3-large", "da3-giant", "da3metric-large
 # fixtures under ~6 MB, the any-view model uses embed_dim 32 (contract head dims) and the
 # mono / metric / nested models embed_dim 16 with DPT out_channels [8,16,24,32]. Every dim is
 # explicit in config.json's net_config. Heads of the embed_dim-16 models use features 8.
+# The Gaussian-head fixture (tiny-gs, +1.8 MB: 0.8 MB of weights, the rest every Gaussian
+# parameter of 2 x 2352 pixels and the reference's gs_ply) brings the total to ~7.8 MB.
 # ------------------------------------------------------------------------------------------
 
 
@@ -99,6 +103,18 @@ def mono_cfg(embed_dim=16, metric=False, out_channels=(8, 16, 24, 32), features=
     return c
 
 
+# DA3-GIANT's Gaussian adapter (configs/da3-giant.yaml); the head's output_dim = its d_in + 1.
+GS_ADAPTER = {"sh_degree": 2, "pred_color": False, "pred_offset_depth": True,
+              "pred_offset_xy": True, "gaussian_scale_min": 1e-5, "gaussian_scale_max": 30.0}
+
+
+def gs_cfg():
+    c = anyview_cfg(16, "mlp", out_channels=(8, 16, 24, 32), features=8)
+    c["gs_head"] = {"dim_in": 32, "output_dim": 38, "features": 16, "out_channels": [8, 16, 24, 32]}
+    c["gs_adapter"] = dict(GS_ADAPTER)
+    return c
+
+
 TINY_CONFIGS = OrderedDict([
     ("tiny-anyview", anyview_cfg(32, "mlp")),
     ("tiny-mono", mono_cfg(16, metric=False)),
@@ -107,6 +123,7 @@ TINY_CONFIGS = OrderedDict([
                      "anyview": anyview_cfg(16, "swiglufused", out_channels=(8, 16, 24, 32),
                                             features=8),
                      "metric": mono_cfg(16, metric=True)}),
+    ("tiny-gs", gs_cfg()),
 ])
 
 
@@ -138,7 +155,14 @@ def build_da3(c):
     head = DualDPT(h["dim_in"], **kw) if h["type"] == "dualdpt" else DPT(h["dim_in"], **kw)
     cam_dec = CameraDec(dim_in=c["cam_dec"]["dim_in"]) if "cam_dec" in c else None
     cam_enc = CameraEnc(dim_out=c["cam_enc"]["dim_out"]) if "cam_enc" in c else None
-    return DepthAnything3Net(backbone, head, cam_dec=cam_dec, cam_enc=cam_enc)
+    gs_head = gs_adapter = None
+    if "gs_head" in c:
+        g = c["gs_head"]
+        gs_head = GSDPT(g["dim_in"], output_dim=g["output_dim"], features=g["features"],
+                        out_channels=g["out_channels"])
+        gs_adapter = GaussianAdapter(**c["gs_adapter"])
+    return DepthAnything3Net(backbone, head, cam_dec=cam_dec, cam_enc=cam_enc, gs_head=gs_head,
+                             gs_adapter=gs_adapter)
 
 
 def build_net(c):
@@ -692,6 +716,62 @@ def fixture_nested(out: Path):
 PRE_METHODS = ["upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop"]
 
 
+GS_FIELDS = ("means", "scales", "rotations", "harmonics", "opacities")
+
+
+def fixture_gs(out: Path):
+    """The Gaussian head (GSDPT + GaussianAdapter, DA3-GIANT's adapter settings) on a reduced
+    any-view model: `infer_gs=True` without cameras (one 42x56 view, whose gs_ply the
+    reference's own `export_to_gs_ply` writes to gs_ply/0000.ply) and with input cameras (two
+    28x42 views: the predicted cameras' scale is fitted to the given ones)."""
+    from depth_anything_3.specs import Prediction
+    from depth_anything_3.utils.export.gs import export_to_gs_ply
+
+    name = "tiny-gs"
+    cfg = TINY_CONFIGS[name]
+    torch.manual_seed(SEED)
+    net = build_net(cfg)
+    perturb_(net, SEED)
+    tune_anyview_(net)
+    x1 = views(1, 42, 56, 111)
+    tune_heads_anyview_(net, x1)
+    # raw Gaussian logits ~ N(0, 1) and densities spread around 0.5 on x1; the depth offset
+    # (channel 36) small, so that every Gaussian stays in front of its camera (positive scales)
+    std = torch.ones(38)
+    std[36] = 0.05
+    calibrate_conv_(net, net.gs_head.scratch.output_conv2[2], x1, std, infer_gs=True)
+    info = save_hub(net, cfg, out / name)
+    meta = base_meta(name, cfg)
+    meta["weights"] = info
+    rec = Recorder(net)
+    T = OrderedDict()
+
+    def put_gs(case, o):
+        g = o.gaussians
+        for f in GS_FIELDS:
+            T[f"{case}.out.gs.{f}"] = getattr(g, f).detach().clone().contiguous()
+        meta["cases"][case]["gaussians"] = {f: list(getattr(g, f).shape) for f in GS_FIELDS}
+
+    o = run_case(net, rec, "gs_v1", x1, T, meta, infer_gs=True)
+    put_gs("gs_v1", o)
+    pred = Prediction(depth=o.depth[0].numpy(), is_metric=0, gaussians=o.gaussians)
+    with tempfile.TemporaryDirectory() as d:
+        export_to_gs_ply(pred, d)
+        shutil.copy(Path(d) / "gs_ply" / "0000.ply", out / name / "gs_v1.ply")
+    meta["cases"]["gs_v1"]["gs_ply"] = ("gs_v1.ply: depth_anything_3.utils.export.gs."
+                                        "export_to_gs_ply(Prediction(depth=out.depth[0], "
+                                        "gaussians=out.gaussians), dir)")
+    x2 = views(2, 28, 42, 112)
+    ext = make_cameras(2, 9)[None]
+    T["gs_v2_cam.input_extrinsics_raw"] = ext.contiguous()
+    o = run_case(net, rec, "gs_v2_cam", x2, T, meta, infer_gs=True,
+                 extrinsics=normalize_extrinsics_like_api(ext),
+                 intrinsics=intrinsics_for(2, 28, 42)[None])
+    put_gs("gs_v2_cam", o)
+    rec.close()
+    write_cases(out / name, T, meta)
+
+
 def preproc_cases(out_st: Path, out_json: Path, specs):
     from depth_anything_3.utils.io.input_processor import InputProcessor
     proc = InputProcessor()
@@ -1003,16 +1083,27 @@ def main():
                     "(da3-small) + cases into $DA3_CACHE/fixtures/<name>")
     ap.add_argument("--keys", action="store_true", help="regenerate nodes/da3/tests/keys/*.tsv")
     ap.add_argument("--skip-small", action="store_true", help="skip the committed small fixtures")
+    ap.add_argument("--only", default=None, help="write only this small fixture (e.g. tiny-gs)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out = Path(args.out)
+    if args.only:
+        builders = {"tiny-anyview": fixture_anyview, "tiny-nested": fixture_nested,
+                    "tiny-gs": fixture_gs, "cli": fixture_cli,
+                    "tiny-mono": lambda o: fixture_mono(o, "tiny-mono"),
+                    "tiny-metric": lambda o: fixture_mono(o, "tiny-metric")}
+        if args.only not in builders:
+            sys.exit(f"--only: one of {', '.join(builders)}")
+        builders[args.only](out)
+        return
     if not args.skip_small:
         out.mkdir(parents=True, exist_ok=True)
         fixture_anyview(out)
         fixture_mono(out, "tiny-mono")
         fixture_mono(out, "tiny-metric")
         fixture_nested(out)
+        fixture_gs(out)
         preproc_cases(out / "preproc.safetensors", out / "preproc.json", SMALL_PRE)
         fixture_cli(out)
         total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -25,7 +25,7 @@ fi
 # torch pulls several GB of CUDA wheels from PyPI; this is expected (~4 min).
 "$PY" -m pip install torch torchvision huggingface_hub pillow omegaconf addict einops \
   opencv-python-headless imageio tqdm trimesh "moviepy==1.0.3" plyfile matplotlib \
-  pycolmap evo safetensors "numpy<2"
+  pycolmap evo safetensors e3nn "numpy<2"
 
 "$PY" -c 'import depth_anything_3, torch; print("depth_anything_3 OK, torch", torch.__version__)'
 touch "$STAMP"

@@ -242,6 +242,21 @@ impl Flow {
         Ok(flow)
     }
 
+    /// Adds an output to a node's `outputs` list (when not there yet).
+    pub fn add_output(&mut self, node: &str, output: &str) -> Result<&mut Self> {
+        let outs = self
+            .node_mut(node)?
+            .entry("outputs".into())
+            .or_insert_with(|| Value::Sequence(Vec::new()))
+            .as_sequence_mut()
+            .ok_or_else(|| eyre!("outputs of `{node}` is not a list"))?;
+        let v = Value::String(output.into());
+        if !outs.contains(&v) {
+            outs.push(v);
+        }
+        Ok(self)
+    }
+
     /// Removes one input of a node.
     pub fn remove_input(&mut self, node: &str, input: &str) -> Result<&mut Self> {
         let n = self.node_mut(node)?;

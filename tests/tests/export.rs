@@ -356,3 +356,68 @@ fn without_camera_and_points_uses_the_depth_metadata_and_every() {
         assert!(xyz.iter().flatten().all(|v| v.is_finite()));
     }
 }
+
+/// The DA3 node's `gaussians` output (a model with a Gaussian head: the reduced fixture
+/// `tiny-gs`) into depth-export: one `<stem>_gs.ply` per frame that plyfile reads with the
+/// reference's gs_ply properties. Wired to a model without a Gaussian head, the node refuses to
+/// start and says why.
+#[test]
+fn gaussians_into_depth_export_write_gs_ply() {
+    let gs_model = repo_root().join("nodes/da3/tests/fixtures/tiny-gs");
+    let mut flow = Flow::sample_images_into_tiny_da3("images-da3-export.yml").unwrap();
+    flow.env("da3", "MODEL", gs_model.display()).unwrap();
+    flow.add_output("da3", "gaussians").unwrap();
+    flow.input_lossless("export", "gaussians", "da3/gaussians")
+        .unwrap();
+    let out = flow.path("export");
+    flow.env("export", "EXPORT_DIR", out.display()).unwrap();
+    flow.env("export", "FORMATS", "npz").unwrap();
+    let run = flow.run(TIMEOUT).unwrap();
+    assert!(run.success, "dora run failed:\n{}", run.log);
+    let plys: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_gs.ply"))
+        .collect();
+    let npz = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "npz")
+        })
+        .count();
+    assert!(
+        npz > 0 && plys.len() == npz,
+        "{npz} frames, gs_ply: {plys:?}"
+    );
+    for p in &plys {
+        let v = &export_check(&[("--ply", p)])["ply"];
+        let names: Vec<&str> = v["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(names, da3_io::gaussians::GS_PLY_PROPERTIES);
+        // 112x84 views: a border of 3 x 2 pixels and the farthest 10% left out
+        let count = v["count"].as_u64().unwrap();
+        assert!(count > 106 * 80 * 8 / 10 && count < 112 * 84, "{count}");
+    }
+
+    let mut flow = Flow::sample_images_into_tiny_da3("images-da3-export.yml").unwrap();
+    flow.add_output("da3", "gaussians").unwrap();
+    flow.input_lossless("export", "gaussians", "da3/gaussians")
+        .unwrap();
+    flow.env("export", "EXPORT_DIR", flow.path("export2").display())
+        .unwrap();
+    let run = flow.run(TIMEOUT).unwrap();
+    assert!(
+        !run.success,
+        "a model without a Gaussian head ran:\n{}",
+        run.log
+    );
+    assert!(run.log.contains("no Gaussian head"), "{}", run.log);
+}

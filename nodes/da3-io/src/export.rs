@@ -23,6 +23,7 @@ use eyre::{bail, ensure, eyre, Result, WrapErr};
 
 use crate::colmap::ColmapModel;
 use crate::colormap::{colorize_depth, percentile};
+use crate::gaussians::GsPlyOptions;
 use crate::geometry::{
     back_project_above, coloured_points, frustum_in_depth, subsample_step, CameraGeometry,
     IDENTITY_3X4,
@@ -40,10 +41,11 @@ pub enum ExportFormat {
     Png16,
     DepthVis,
     Colmap,
+    GsPly,
 }
 
 impl ExportFormat {
-    pub const ALL: [ExportFormat; 7] = [
+    pub const ALL: [ExportFormat; 8] = [
         ExportFormat::Npz,
         ExportFormat::MiniNpz,
         ExportFormat::Glb,
@@ -51,6 +53,7 @@ impl ExportFormat {
         ExportFormat::Png16,
         ExportFormat::DepthVis,
         ExportFormat::Colmap,
+        ExportFormat::GsPly,
     ];
 
     /// The format's name on the command line.
@@ -63,6 +66,7 @@ impl ExportFormat {
             ExportFormat::Png16 => "png16",
             ExportFormat::DepthVis => "depth_vis",
             ExportFormat::Colmap => "colmap",
+            ExportFormat::GsPly => "gs_ply",
         }
     }
 
@@ -184,10 +188,21 @@ pub fn export_all(
             ExportFormat::Png16 => write_png16(pred, dir, opts),
             ExportFormat::DepthVis => write_depth_vis(pred, dir),
             ExportFormat::Colmap => write_colmap(pred, points, dir, opts),
+            ExportFormat::GsPly => write_gs_ply(pred, dir),
         };
         written.extend(r.wrap_err_with(|| format!("{} export", f.as_str()))?);
     }
     Ok(written)
+}
+
+/// `gs_ply/0000.ply`: the Gaussians with the reference's `export_to_gs_ply` settings.
+fn write_gs_ply(pred: &Prediction, dir: &Path) -> Result<Vec<PathBuf>> {
+    let g = pred.gaussians.as_ref().ok_or_else(|| {
+        eyre!("no Gaussians: gs_ply needs a model with a Gaussian head run with infer_gs")
+    })?;
+    let path = dir.join("gs_ply").join("0000.ply");
+    crate::gaussians::write_gs_ply(&path, g, &pred.depth, &GsPlyOptions::default())?;
+    Ok(vec![path])
 }
 
 /// View `i`'s camera at the processed size (identity pose when the model gave none).
@@ -413,6 +428,7 @@ mod tests {
             processed_images: Some((0..n * h * w * 3).map(|i| i as u8).collect()),
             is_metric: false,
             aux: Vec::new(),
+            gaussians: None,
         }
     }
 
@@ -437,7 +453,28 @@ mod tests {
     #[test]
     fn every_format_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let pred = sample();
+        let mut pred = sample();
+        // gs_ply needs Gaussians (a model with a Gaussian head): an error without them.
+        let e = export_all(
+            &pred,
+            &[ExportFormat::GsPly],
+            dir.path(),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("Gaussian head"), "{e:#}");
+        let n = 2 * 3 * 4;
+        pred.gaussians = Some(crate::gaussians::Gaussians {
+            views: 2,
+            height: 3,
+            width: 4,
+            means: vec![[0.0, 0.0, 1.0]; n],
+            scales: vec![[0.1; 3]; n],
+            rotations: vec![[0.0, 0.0, 0.0, 1.0]; n],
+            harmonics: vec![0.5; n * 3],
+            d_sh: 1,
+            opacities: vec![0.5; n],
+        });
         let opts = ExportOptions {
             max_points: 10,
             ..Default::default()
@@ -463,8 +500,13 @@ mod tests {
                 "cameras.bin",
                 "images.bin",
                 "points3D.bin",
+                "gs_ply/0000.ply",
             ]
         );
+        // Views of 4x3 pixels: the reference's border rule leaves nothing, but the file is
+        // a valid empty PLY.
+        let gs = std::fs::read(dir.path().join("gs_ply/0000.ply")).unwrap();
+        assert!(String::from_utf8_lossy(&gs).contains("element vertex 0\n"));
         // conf >= its 40th percentile over both views (4.2): 7 of 12 pixels per view,
         // 14 in all, evenly sub-sampled to at most 10 (every 2nd).
         let (xyz, rgb) =

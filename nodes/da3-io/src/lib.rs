@@ -21,6 +21,7 @@ pub mod atomic;
 pub mod colmap;
 pub mod colormap;
 pub mod export;
+pub mod gaussians;
 pub mod geometry;
 pub mod glb;
 pub mod npy;

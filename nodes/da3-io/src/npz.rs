@@ -170,6 +170,9 @@ pub struct Prediction {
     /// its index and its features `(N, h, w, C)` (shape, values). Written by both exports as
     /// `feat_layer_<i>`, the reference's key (its own npz writers leave them out).
     pub aux: Vec<(usize, [usize; 4], Vec<f32>)>,
+    /// 3D Gaussians of the views (the Gaussian head, `infer_gs`), for the `gs_ply` export;
+    /// not stored in the npz exports.
+    pub gaussians: Option<crate::gaussians::Gaussians>,
 }
 
 impl Prediction {
@@ -407,6 +410,7 @@ mod tests {
             processed_images: Some(vec![5; 12]),
             is_metric: false,
             aux: Vec::new(),
+            gaussians: None,
         };
         let p = export_npz(&pred, &dir).unwrap();
         let m = read_npz(&p).unwrap();

@@ -12,6 +12,7 @@
 //! | [`DepthMap`] (confidence) | `Float32`, row-major `height x width` | `confidence` |
 //! | [`CameraMsg`] | `Float64`, 21 values: extrinsics 3x4 then intrinsics 3x3 | `camera` |
 //! | [`PointCloud`] | `Struct{x,y,z: Float32, r,g,b: UInt8}` | `points` |
+//! | [`Splats`] (3D Gaussians of a view) | `Struct{x,y,z, scale_0..2, rot_0..3, opacity, sh_0.., depth: Float32}` | `gaussians` |
 //! | [`DepthVis`] (colour-mapped depth) | as [`ImageFrame`], plus `colormap` | `image` |
 //! | [`Status`] | `Utf8`, one JSON object | `status` |
 //!
@@ -29,6 +30,7 @@ pub mod node_util;
 mod pixels;
 pub mod points;
 pub mod source;
+pub mod splats;
 
 pub use camera::CameraMsg;
 pub use depth::{DepthKind, DepthMap};
@@ -37,6 +39,7 @@ pub use image_frame::{DecodeLimits, Encoding, ImageFrame};
 pub use message::{DepthVis, Mask, Message, Primitive, Status};
 pub use meta::{FrameInfo, Intrinsics, Pose};
 pub use points::PointCloud;
+pub use splats::Splats;
 
 /// Arrow, as re-exported by `dora-node-api` (one major for the whole project).
 pub use dora_node_api::arrow_v59 as arrow;

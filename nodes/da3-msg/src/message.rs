@@ -20,6 +20,7 @@ use crate::image_frame::{Encoding, ImageFrame};
 use crate::keys;
 use crate::meta::{opt_str, FrameInfo};
 use crate::points::PointCloud;
+use crate::splats::Splats;
 use dora_node_api::{MetadataParameters, Parameter};
 
 /// The values of `primitive`.
@@ -30,16 +31,18 @@ pub enum Primitive {
     Confidence,
     Camera,
     Points,
+    Gaussians,
     Status,
 }
 
 impl Primitive {
-    pub const ALL: [Primitive; 6] = [
+    pub const ALL: [Primitive; 7] = [
         Self::Image,
         Self::Depth,
         Self::Confidence,
         Self::Camera,
         Self::Points,
+        Self::Gaussians,
         Self::Status,
     ];
 
@@ -50,6 +53,7 @@ impl Primitive {
             Self::Confidence => "confidence",
             Self::Camera => "camera",
             Self::Points => "points",
+            Self::Gaussians => "gaussians",
             Self::Status => "status",
         }
     }
@@ -237,6 +241,8 @@ pub enum Message {
     /// A camera whose geometry has been checked (see [`CameraMsg::from_message`]).
     Camera(CameraMsg),
     Points(PointCloud),
+    /// 3D Gaussians of one view ([`Splats`]).
+    Gaussians(Splats),
     Status(Status),
 }
 
@@ -286,6 +292,7 @@ impl Message {
             Primitive::Confidence => Self::Confidence(DepthMap::from_message(data, params)?),
             Primitive::Camera => Self::Camera(CameraMsg::from_message(data, params)?),
             Primitive::Points => Self::Points(PointCloud::from_message(data, params)?),
+            Primitive::Gaussians => Self::Gaussians(Splats::from_message(data, params)?),
             Primitive::Status => Self::Status(Status::from_message(data, params)?),
         })
     }
@@ -310,6 +317,7 @@ impl Message {
             Self::Depth(d) | Self::Confidence(d) => Some(&d.info),
             Self::Camera(c) => Some(&c.info),
             Self::Points(p) => Some(&p.info),
+            Self::Gaussians(g) => Some(&g.info),
             Self::Status(_) => None,
         }
     }
@@ -322,6 +330,7 @@ impl Message {
             Self::Depth(d) | Self::Confidence(d) => d.to_message(),
             Self::Camera(c) => c.to_message(),
             Self::Points(p) => p.to_message(),
+            Self::Gaussians(g) => g.to_message(),
             Self::Status(s) => s.to_message(),
         }
     }
@@ -371,6 +380,7 @@ mod tests {
             Message::Confidence(conf),
             Message::Camera(crate::camera::tests::identity_camera()),
             Message::Points(PointCloud::default()),
+            Message::Gaussians(crate::splats::tests::sample()),
             Message::Status(Status {
                 json: serde_json::json!({"type": "stats", "fps": 2.5}),
             }),

@@ -49,6 +49,8 @@ pub struct InferenceOptions {
     /// Backbone blocks to return as auxiliary features (`Da3Output::aux`; the reference's
     /// `export_feat_layers`).
     pub export_feat_layers: Vec<usize>,
+    /// Run the Gaussian head (`infer_gs`): [`Prediction::gaussians`], for `gs_ply`.
+    pub infer_gs: bool,
 }
 
 /// Everything [`infer`] produces.
@@ -121,7 +123,16 @@ pub fn package(out: &Da3Output, batch: Option<&PreprocessedBatch>) -> Result<Pre
         processed_images: batch.map(|b| b.export_images()),
         is_metric: out.is_metric,
         aux: Vec::new(),
+        gaussians: None,
     };
+    if let Some(g) = &out.gaussians {
+        ensure!(
+            g.len() == 1,
+            "expected the Gaussians of a batch of one, got {}",
+            g.len()
+        );
+        pred.gaussians = g.first().cloned();
+    }
     for (i, a) in &out.aux {
         let (ab, n, fh, fw, c) = a.dims5()?;
         ensure!(ab == 1, "expected a batch of one, got {ab}");
@@ -205,6 +216,10 @@ pub fn prepare(
             "export_feat_layers: block {l} does not exist (the backbone has blocks 0..{blocks})"
         );
     }
+    ensure!(
+        !opts.infer_gs || model.has_gaussian_head(),
+        "infer_gs: this model has no Gaussian head (DA3-GIANT and DA3NESTED-GIANT-LARGE have one)"
+    );
     let device = Device::Cpu;
     let batch = match intrinsics {
         None => preprocess::<f32>(images, None, &opts.preprocess, &device)?,
@@ -215,6 +230,7 @@ pub fn prepare(
         use_ray_pose: opts.use_ray_pose,
         ref_view_strategy: opts.ref_view_strategy,
         export_feat_layers: opts.export_feat_layers.clone(),
+        infer_gs: opts.infer_gs,
         ..Default::default()
     };
     if let (Some(e), Some(k)) = (extrinsics, batch.intrinsics.as_ref()) {

@@ -29,7 +29,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use eyre::{Context, Result};
 
-pub use model::config::{Da3Config, FfnKind, HeadConfig, HeadKind, NetConfig, VitConfig};
+pub use model::config::{
+    Da3Config, FfnKind, GsAdapterConfig, HeadConfig, HeadKind, NetConfig, VitConfig,
+};
 pub use model::nested::apply_metric_scaling;
 pub use model::ref_view::RefViewStrategy;
 pub use weights::expected_keys;
@@ -55,6 +57,8 @@ pub struct ForwardOptions {
     /// Backbone blocks whose output to return as auxiliary features ([`Da3Output::aux`]), the
     /// reference's `export_feat_layers`.
     pub export_feat_layers: Vec<usize>,
+    /// Run the Gaussian head (`infer_gs`; models with one only): [`Da3Output::gaussians`].
+    pub infer_gs: bool,
 }
 
 /// Network outputs, views in input order. Maps are (B, S, H, W) at the network input size.
@@ -86,6 +90,9 @@ pub struct Da3Output {
     /// views come in the backbone's order: for 3+ views without input cameras that is the
     /// reference-view order (the reference view first), not the input order.
     pub aux: model::vit::AuxFeatures,
+    /// 3D Gaussians, one per pixel, per batch element (`infer_gs`). Nested models: in the
+    /// any-view branch's scale, as the reference (not rescaled to metres).
+    pub gaussians: Option<Vec<da3_io::gaussians::Gaussians>>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +227,16 @@ impl Da3Model {
             Da3Config::Nested { anyview, .. } => anyview,
         };
         net.cam_enc_dim.is_some()
+    }
+
+    /// Whether the model has a Gaussian head ([`ForwardOptions::infer_gs`]): DA3-GIANT and
+    /// the nested model.
+    pub fn has_gaussian_head(&self) -> bool {
+        let net = match &self.cfg {
+            Da3Config::Single(c) => c,
+            Da3Config::Nested { anyview, .. } => anyview,
+        };
+        net.gs_head.is_some()
     }
 
     /// Run the network on normalised views `x` (B, S, 3, H, W) (H, W multiples of 14).

@@ -587,3 +587,56 @@ fn cli_exports_auxiliary_features() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("block 99 does not exist"), "{err}");
 }
+
+/// `--format gs_ply` on a model with a Gaussian head writes `gs_ply/0000.ply` that plyfile
+/// reads with the reference's property names (the values are checked against the reference in
+/// tests/parity.rs); on a model without one it fails, saying why.
+#[test]
+fn cli_writes_gs_ply_with_a_gaussian_head() {
+    let out = out_dir("gs");
+    let cli = fixtures().join("cli");
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_da3"))
+            .arg("infer")
+            .arg("--model")
+            .arg(fixtures().join(model))
+            .args(["view0.png", "view1.png"].map(|v| cli.join(v)))
+            .args([
+                "--process-res",
+                "70",
+                "--format",
+                "gs_ply-mini_npz",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .expect("running da3")
+    };
+    let res = run("tiny-gs");
+    assert!(
+        res.status.success(),
+        "da3 failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let ply = out.join("gs_ply/0000.ply");
+    let p = &export_check(&[("--ply", &ply)])["ply"];
+    let names: Vec<&str> = p["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(names, da3_io::gaussians::GS_PLY_PROPERTIES);
+    // two 70x56 views: border and the farthest 10% of each view pruned
+    let count = p["count"].as_u64().unwrap() as usize;
+    assert!(
+        count > 2 * 60 * 50 * 8 / 10 && count < 2 * 70 * 56,
+        "{count}"
+    );
+    let res = run("tiny-anyview");
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("no Gaussian head"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -75,6 +75,7 @@ fn run_fixture_dir_in(dir: &Path, dtype: DType, tol: f64) -> Vec<String> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            infer_gs: kw["infer_gs"].as_bool().unwrap_or(false),
         };
         let t0 = std::time::Instant::now();
         let out = match model.forward(x, &opts) {
@@ -218,6 +219,47 @@ fn run_fixture_dir_in(dir: &Path, dtype: DType, tol: f64) -> Vec<String> {
             let m = da3::apply_metric_scaling(&out.depth, k).expect("metric scaling");
             check("depth_m", Some(&m), &format!("{case}.metric.depth_m"));
         }
+        // Gaussians (infer_gs): every parameter of every pixel.
+        if t.contains_key(&format!("{case}.out.gs.means")) {
+            match out.gaussians.as_ref().and_then(|g| g.first()) {
+                None => failures.push(format!("{name}/{case}: no Gaussians in our output")),
+                Some(g) => {
+                    let n = g.len();
+                    let dev = &Device::Cpu;
+                    let flat =
+                        |v: Vec<f32>, shape: Vec<usize>| Tensor::from_vec(v, shape, dev).unwrap();
+                    // A quaternion and its negation are one rotation: take the reference's sign.
+                    let want_rot = host(&t[&format!("{case}.out.gs.rotations")]);
+                    let rot: Vec<f32> = g
+                        .rotations
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(i, q)| {
+                            let dot: f64 = (0..4).map(|k| q[k] as f64 * want_rot[i * 4 + k]).sum();
+                            let s = if dot < 0.0 { -1.0 } else { 1.0 };
+                            q.map(|v| v * s)
+                        })
+                        .collect();
+                    let fields = [
+                        ("means", flat(g.means.concat(), vec![1, n, 3])),
+                        ("scales", flat(g.scales.concat(), vec![1, n, 3])),
+                        ("rotations", flat(rot, vec![1, n, 4])),
+                        (
+                            "harmonics",
+                            flat(g.harmonics.clone(), vec![1, n, 3, g.d_sh]),
+                        ),
+                        ("opacities", flat(g.opacities.clone(), vec![1, n])),
+                    ];
+                    for (f, ours) in &fields {
+                        check(
+                            &format!("gs.{f}"),
+                            Some(ours),
+                            &format!("{case}.out.gs.{f}"),
+                        );
+                    }
+                }
+            }
+        }
         if let Some(sf) = cm.get("scale_factor").and_then(|v| v.as_f64()) {
             let ours = out.scale_factor.map(|v| v as f64).unwrap_or(f64::NAN);
             let e = (ours - sf).abs() / sf.abs();
@@ -246,7 +288,13 @@ fn assert_fixture(name: &str) {
 #[test]
 fn parity_half_precision_every_fixture() {
     let mut failures = Vec::new();
-    for name in ["tiny-anyview", "tiny-mono", "tiny-metric", "tiny-nested"] {
+    for name in [
+        "tiny-anyview",
+        "tiny-mono",
+        "tiny-metric",
+        "tiny-nested",
+        "tiny-gs",
+    ] {
         for dtype in [DType::BF16, DType::F16] {
             failures.extend(run_fixture_dir_in(&fixture_dir(name), dtype, 2e-2));
         }
@@ -276,6 +324,98 @@ fn parity_tiny_metric() {
 #[test]
 fn parity_tiny_nested() {
     assert_fixture("tiny-nested");
+}
+
+/// The Gaussian head: raw head + adapter (centres, scales, rotations, SH rotated to the world,
+/// opacities), without and with input cameras.
+#[test]
+fn parity_tiny_gs() {
+    assert_fixture("tiny-gs");
+}
+
+/// A binary little-endian PLY of float properties: (names, rows).
+fn read_float_ply(bytes: &[u8]) -> (Vec<String>, Vec<Vec<f32>>) {
+    let end = bytes
+        .windows(11)
+        .position(|w| w == b"end_header\n")
+        .expect("PLY header")
+        + 11;
+    let header = std::str::from_utf8(&bytes[..end]).expect("ASCII header");
+    assert!(
+        header.contains("format binary_little_endian 1.0"),
+        "{header}"
+    );
+    let mut count = 0;
+    let mut names = Vec::new();
+    for l in header.lines() {
+        let parts: Vec<&str> = l.split_whitespace().collect();
+        match parts.as_slice() {
+            ["element", "vertex", n] => count = n.parse().unwrap(),
+            ["property", "float", name] => names.push(name.to_string()),
+            ["property", ..] => panic!("not a float property: {l}"),
+            _ => {}
+        }
+    }
+    let vals: Vec<f32> = bytes[end..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(vals.len(), count * names.len(), "PLY body size");
+    let rows = vals.chunks(names.len()).map(|r| r.to_vec()).collect();
+    (names, rows)
+}
+
+/// `gs_ply`: the file the reference's `export_to_gs_ply` wrote for the fixture's one-view case
+/// and ours for the same Gaussians hold the same Gaussians (pruned alike), property by property.
+#[test]
+fn gs_ply_matches_the_reference_export() {
+    let dir = fixture_dir("tiny-gs");
+    let dev = Device::Cpu;
+    let model = Da3Model::load(dir.to_str().unwrap(), &dev, DType::F32).unwrap();
+    let t = candle_core::safetensors::load(dir.join("cases.safetensors"), &dev).unwrap();
+    let opts = ForwardOptions {
+        infer_gs: true,
+        ..Default::default()
+    };
+    let out = model.forward(&t["gs_v1.input"], &opts).unwrap();
+    let g = &out.gaussians.as_ref().unwrap()[0];
+    let depth: Vec<f32> = out.depth.flatten_all().unwrap().to_vec1().unwrap();
+    let tmp = std::env::temp_dir().join(format!("da3-gs-ply-{}.ply", std::process::id()));
+    let n = da3_io::gaussians::write_gs_ply(&tmp, g, &depth, &Default::default()).unwrap();
+    let ours = read_float_ply(&std::fs::read(&tmp).unwrap());
+    let _ = std::fs::remove_file(&tmp);
+    let want = read_float_ply(&std::fs::read(dir.join("gs_v1.ply")).unwrap());
+    assert_eq!(ours.0, want.0, "property names");
+    assert_eq!(ours.1.len(), want.1.len(), "Gaussians kept");
+    assert_eq!(n, want.1.len());
+    assert!(
+        n > 1000,
+        "{n} Gaussians: the fixture should keep most pixels"
+    );
+    for (p, name) in want.0.iter().enumerate() {
+        let col = |rows: &[Vec<f32>]| -> Vec<f64> { rows.iter().map(|r| r[p] as f64).collect() };
+        let (o, w) = (col(&ours.1), col(&want.1));
+        let scale = w.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-6);
+        let err = if name.starts_with("rot_") {
+            // one rotation, two signs: compare up to each row's sign
+            ours.1
+                .iter()
+                .zip(&want.1)
+                .map(|(a, b)| {
+                    let dot: f64 = (13..17).map(|k| a[k] as f64 * b[k] as f64).sum();
+                    let s = if dot < 0.0 { -1.0 } else { 1.0 };
+                    (s * a[p] as f64 - b[p] as f64).abs()
+                })
+                .fold(0.0, f64::max)
+        } else {
+            o.iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max)
+        } / scale;
+        println!("gs_ply {name}: {err:.2e}");
+        assert!(err <= TOL, "gs_ply {name}: {err:.3e}");
+    }
 }
 
 /// Full-size DA3-SMALL (seeded random weights), generated on demand into the

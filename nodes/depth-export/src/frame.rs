@@ -26,6 +26,8 @@ pub struct FrameResult {
     pub vis: Option<(u32, u32, Vec<u8>)>,
     /// A mask of the frame (name, `mono8` frame), written as `<stem>_<name>.png`.
     pub mask: Option<(String, da3_msg::ImageFrame)>,
+    /// 3D Gaussians of the frame, written as `<stem>_gs.ply` (the reference's `gs_ply`).
+    pub gaussians: Option<da3_msg::Splats>,
 }
 
 /// `rgb` resized to `w x h` (bilinear), or as is when it already has that size.
@@ -188,6 +190,7 @@ pub mod tests {
             image: Some((w, h, (0..w * h * 3).map(|i| i as u8).collect())),
             vis: None,
             mask: None,
+            gaussians: None,
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use da3_msg::{CameraMsg, DepthMap, FrameInfo, ImageFrame, PointCloud};
+use da3_msg::{CameraMsg, DepthMap, FrameInfo, ImageFrame, PointCloud, Splats};
 
 use crate::frame::FrameResult;
 
@@ -34,6 +34,8 @@ pub enum Item {
     Vis(DecodedImage),
     /// A mask (the DA3 node's `sky`): its name and its `mono8` frame.
     Mask(String, ImageFrame),
+    /// 3D Gaussians of the frame (the DA3 node's `gaussians`).
+    Gaussians(Splats),
 }
 
 impl Item {
@@ -44,6 +46,7 @@ impl Item {
             Item::Points(p) => &p.info,
             Item::Image(i) | Item::Vis(i) => &i.info,
             Item::Mask(_, f) => &f.info,
+            Item::Gaussians(g) => &g.info,
         }
     }
 }
@@ -58,6 +61,7 @@ struct Pending {
     image: Option<DecodedImage>,
     vis: Option<DecodedImage>,
     mask: Option<(String, ImageFrame)>,
+    gaussians: Option<Splats>,
     seen: BTreeSet<String>,
 }
 
@@ -75,6 +79,7 @@ impl Pending {
             image: self.image.map(|i| i.rgb),
             vis: self.vis.map(|i| i.rgb),
             mask: self.mask,
+            gaussians: self.gaussians,
         })
     }
 }
@@ -135,6 +140,7 @@ impl Grouper {
             Item::Image(i) => p.image = Some(i),
             Item::Vis(i) => p.vis = Some(i),
             Item::Mask(name, f) => p.mask = Some((name, f)),
+            Item::Gaussians(g) => p.gaussians = Some(g),
         }
         let mut ready: Vec<(String, u64)> = Vec::new();
         if is_depth {

@@ -108,6 +108,7 @@ pub fn decode(data: &dyn Array, params: &MetadataParameters) -> Result<Item> {
         Message::Image(f) => Item::Image(image(f)?),
         Message::DepthVis(v) => Item::Vis(image(v.frame)?),
         Message::Mask(m) => Item::Mask(m.mask, m.frame),
+        Message::Gaussians(g) => Item::Gaussians(g),
         Message::Status(_) => bail!("a status message carries no frame data"),
     })
 }
@@ -199,6 +200,14 @@ impl Exporter {
                 .and_then(|(w, h, rgb)| da3_msg::image_frame::encode_png(w, h, &rgb))
                 .and_then(|b| atomic::write_bytes(&p, &b));
             self.attempt("mask", r);
+        }
+        if let Some(g) = &f.gaussians {
+            // Whatever FORMATS says: wired Gaussians are written, pruned as the reference's
+            // gs_ply (border, farthest 10%).
+            let p = dir.join(format!("{stem}_gs.ply"));
+            let r =
+                da3_io::gaussians::write_gs_ply(&p, &g.gaussians, &g.depth, &Default::default());
+            self.attempt("gs_ply", r.map(|_| ()));
         }
         if self.cfg.has(Format::Ply) || self.cfg.has(Format::Colmap) || self.cfg.has(Format::Glb) {
             let (xyz, rgb) = f.world_points(self.cfg.conf_percentile);

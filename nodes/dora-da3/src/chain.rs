@@ -113,6 +113,7 @@ mod tests {
             is_metric: false,
             rgb: vec![0; 12],
             received: std::time::Instant::now(),
+            gaussians: None,
         }
     }
 

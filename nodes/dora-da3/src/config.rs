@@ -151,6 +151,8 @@ pub struct Config {
     pub intrinsics: Option<(Intrinsics, Option<(u32, u32)>)>,
     /// Track mode's knobs (`TRACK_*`).
     pub track: TrackConfig,
+    /// Run the Gaussian head (set by [`crate::run`] when the `gaussians` output is wired).
+    pub gaussians: bool,
 }
 
 /// Parses `INTRINSICS`: `fx,fy,cx,cy` in the frames' pixels, or `fx,fy,cx,cy@WIDTHxHEIGHT`
@@ -320,6 +322,7 @@ impl Config {
             rig_inputs,
             intrinsics,
             track,
+            gaussians: false,
         })
     }
 }
@@ -364,6 +367,7 @@ impl Config {
             use_ray_pose: self.use_ray_pose,
             ref_view_strategy: self.ref_view_strategy,
             export_feat_layers: Vec::new(),
+            infer_gs: self.gaussians,
         }
     }
 
@@ -390,6 +394,7 @@ impl Config {
             model_name: None,
             intrinsics: None,
             track: TrackConfig::default(),
+            gaussians: false,
         }
     }
 }

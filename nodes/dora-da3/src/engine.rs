@@ -4,8 +4,9 @@
 use da3::inference::{self, InputIntrinsics};
 use da3::preprocess::{restore_intrinsics, restore_map, Mat3, RgbImage, ViewTransform};
 use da3::Da3Model;
+use da3_io::gaussians::Gaussians;
 use da3_io::geometry::Mat4;
-use da3_msg::{FrameInfo, Intrinsics};
+use da3_msg::{FrameInfo, Intrinsics, Splats};
 use eyre::{bail, Context, Result};
 
 use crate::config::{Config, OutputSize};
@@ -59,6 +60,9 @@ pub struct ViewOut {
     /// RGB at `width x height` (for colouring points and the overlay).
     pub rgb: Vec<u8>,
     pub received: std::time::Instant,
+    /// 3D Gaussians of the view (`gaussians` wired): one per pixel of the processed view, in
+    /// the unit's world (the predicted cameras', scaled to given ones; not chained).
+    pub gaussians: Option<Splats>,
 }
 
 /// Results of a unit, views in unit order (all of them, `emit` says which to send).
@@ -110,6 +114,24 @@ pub fn intrinsics_to_input(k: &[f64; 9], t: &ViewTransform) -> [f64; 9] {
         *o = *v as f64;
     }
     o
+}
+
+/// View `i` of a unit's Gaussians.
+fn one_view(g: &Gaussians, i: usize) -> Gaussians {
+    let n = g.height * g.width;
+    let r = i * n..(i + 1) * n;
+    let k = 3 * g.d_sh;
+    Gaussians {
+        views: 1,
+        height: g.height,
+        width: g.width,
+        means: g.means[r.clone()].to_vec(),
+        scales: g.scales[r.clone()].to_vec(),
+        rotations: g.rotations[r.clone()].to_vec(),
+        harmonics: g.harmonics[r.start * k..r.end * k].to_vec(),
+        d_sh: g.d_sh,
+        opacities: g.opacities[r].to_vec(),
+    }
 }
 
 /// Runs one image alone (a one-view unit), as batch and live modes do.
@@ -212,6 +234,7 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
                 is_metric,
                 rgb: batch.images[i].data.clone(),
                 received: v.received,
+                gaussians: None,
             },
             OutputSize::Input => ViewOut {
                 input: v.input.clone(),
@@ -228,6 +251,7 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
                 is_metric,
                 rgb: v.image.data.clone(),
                 received: v.received,
+                gaussians: None,
             },
         };
         if let Some(m) = &view.sky {
@@ -235,6 +259,12 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
                 *d = 0.0;
             }
         }
+        view.gaussians = pred.gaussians.as_ref().map(|g| Splats {
+            gaussians: one_view(g, i),
+            depth: pred.depth[i * plane..(i + 1) * plane].to_vec(),
+            info: v.info.clone(),
+            is_metric: false,
+        });
         views.push(view);
     }
     Ok(views)

@@ -35,13 +35,14 @@ use sched::Scheduler;
 use status::Stats;
 
 /// Output ports.
-pub const OUTPUTS: [&str; 7] = [
+pub const OUTPUTS: [&str; 8] = [
     "depth",
     "confidence",
     "camera",
     "points",
     "depth_vis",
     "sky",
+    "gaussians",
     "status",
 ];
 
@@ -367,6 +368,9 @@ impl Node<'_> {
                     self.send("sky", m.to_message())?;
                 }
             }
+            if let Some(g) = post::gaussians_msg(v) {
+                self.send("gaussians", g.to_message())?;
+            }
             if self.needs_focal && !v.is_metric {
                 let cam = v.info.camera.clone().unwrap_or_else(|| v.input.clone());
                 self.warn(
@@ -434,10 +438,9 @@ enum Incoming {
 pub fn run(
     node: &mut DoraNode,
     events: EventStream,
-    cfg: Config,
+    mut cfg: Config,
     models: Vec<Da3Model>,
 ) -> Result<()> {
-    let cfg = Arc::new(cfg);
     let inputs = da3_msg::node_util::input_ids(node);
     let mut wired: BTreeSet<String> = node
         .node_config()
@@ -445,6 +448,18 @@ pub fn run(
         .iter()
         .map(|o| o.to_string())
         .collect();
+    // The Gaussian head runs only for a graph that asks for its output.
+    cfg.gaussians = wired.contains("gaussians");
+    if let (true, Some(m)) = (cfg.gaussians, models.first()) {
+        if !m.has_gaussian_head() {
+            eyre::bail!(
+                "the `gaussians` output is wired, but {} has no Gaussian head (DA3-GIANT and \
+                 DA3NESTED-GIANT-LARGE have one): remove the output or change MODEL",
+                cfg.model
+            );
+        }
+    }
+    let cfg = Arc::new(cfg);
     if wired.is_empty() {
         // No output list (e.g. a node started for tests): send on every port.
         wired = OUTPUTS.iter().map(|o| o.to_string()).collect();

@@ -6,7 +6,7 @@ use da3_io::geometry::{back_project, coloured_points, subsample_step, IDENTITY_3
 use da3_msg::message::{COLORMAP_TURBO, MASK_SKY};
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, DepthVis, Encoding, ImageFrame, Intrinsics, Mask, PointCloud,
-    Pose,
+    Pose, Splats,
 };
 
 use crate::engine::ViewOut;
@@ -86,6 +86,12 @@ pub fn sky_msg(v: &ViewOut) -> Option<Mask> {
     ))
 }
 
+/// The view's 3D Gaussians (the `gaussians` output, models with a Gaussian head), one per
+/// pixel of the processed view, with its depth.
+pub fn gaussians_msg(v: &ViewOut) -> Option<&Splats> {
+    v.gaussians.as_ref()
+}
+
 /// Colour-mapped depth (turbo of inverse depth, near = warm), marked as such.
 pub fn depth_vis(v: &ViewOut) -> DepthVis {
     DepthVis {
@@ -124,6 +130,7 @@ mod tests {
             extrinsics: Some([1.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]),
             is_metric: false,
             received: std::time::Instant::now(),
+            gaussians: None,
         }
     }
 

@@ -204,6 +204,20 @@ pub fn map_message(
                 encode(&point_cloud(ts, &p)),
             );
         }
+        Message::Gaussians(g) => {
+            // The centres with their DC colour; the record keeps every parameter.
+            let p = PointCloud {
+                xyz: g.gaussians.means.clone(),
+                rgb: g.gaussians.dc_colours(),
+                info: g.info.clone(),
+                is_metric: g.is_metric,
+            };
+            push(
+                stream.to_string(),
+                FoxKind::PointCloud,
+                encode(&point_cloud(ts, &p)),
+            );
+        }
         Message::Status(_) => {}
     }
     if payload_here {

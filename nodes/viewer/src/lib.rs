@@ -180,6 +180,8 @@ pub struct Paths {
     pub rgb: String,
     /// `Points3D`, world frame.
     pub points: String,
+    /// `Points3D` of the Gaussians' centres (DC colour, radius = largest scale), world frame.
+    pub gaussians: String,
     /// `LineStrips3D` of the camera centres so far.
     pub trajectory: String,
 }
@@ -196,6 +198,7 @@ impl Paths {
             image: format!("{cam}/image"),
             rgb: format!("{cam}/image/rgb"),
             points: format!("world/points/{c}"),
+            gaussians: format!("world/gaussians/{c}"),
             trajectory: format!("world/trajectory/{c}"),
             camera: cam,
         }
@@ -228,6 +231,8 @@ pub struct Counts {
     pub confidence: u64,
     pub cameras: u64,
     pub points: u64,
+    /// Gaussian sets (the DA3 node's `gaussians`), as their centres.
+    pub gaussians: u64,
     /// Poses logged (`Transform3D`), one per frame.
     pub poses: u64,
     /// Messages that could not be decoded.
@@ -400,6 +405,21 @@ impl Logger {
                 let path = self.cam(&p.info).paths.points.clone();
                 self.rec.log(path, &pts)?;
                 self.counts.points += 1;
+            }
+            Message::Gaussians(g) => {
+                self.set_time(&g.info);
+                let colors = g
+                    .gaussians
+                    .dc_colours()
+                    .into_iter()
+                    .map(|c| rerun::Color::from_rgb(c[0], c[1], c[2]));
+                let radii = g.gaussians.scales.iter().map(|s| s[0].max(s[1]).max(s[2]));
+                let pts = rerun::Points3D::new(g.gaussians.means.iter().copied())
+                    .with_colors(colors)
+                    .with_radii(radii);
+                let path = self.cam(&g.info).paths.gaussians.clone();
+                self.rec.log(path, &pts)?;
+                self.counts.gaussians += 1;
             }
             // Decoded (so not counted as rejected) but nothing to show.
             Message::Status(_) => {}

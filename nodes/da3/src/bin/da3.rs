@@ -210,6 +210,10 @@ struct InferArgs {
     /// `export_feat_layers` and key names.
     #[arg(long, value_delimiter = ',')]
     export_feat_layers: Vec<usize>,
+    /// Run the Gaussian head (DA3-GIANT, DA3NESTED-GIANT-LARGE): 3D Gaussians per pixel, for
+    /// the `gs_ply` export (which turns it on by itself).
+    #[arg(long)]
+    infer_gs: bool,
     /// Reference view: first, middle, saddle_balanced, saddle_sim_range.
     #[arg(long, default_value = "saddle_balanced")]
     ref_view_strategy: String,
@@ -221,11 +225,13 @@ struct InferArgs {
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
     /// Export directory: OUT/exports/{npz,mini_npz}/results.npz, OUT/scene.glb, OUT/scene.ply,
-    /// OUT/png16/NNNN.{png,json}, OUT/depth_vis/NNNN.png, OUT/{cameras,images,points3D}.bin.
+    /// OUT/png16/NNNN.{png,json}, OUT/depth_vis/NNNN.png, OUT/{cameras,images,points3D}.bin,
+    /// OUT/gs_ply/0000.ply.
     #[arg(long, visible_alias = "export-dir")]
     out: PathBuf,
     /// Export formats, comma- (or dash-, as the reference's `--export-format`) separated:
-    /// npz, mini_npz, glb, ply, png16, depth_vis, colmap.
+    /// npz, mini_npz, glb, ply, png16, depth_vis, colmap, gs_ply (3D Gaussians, models with a
+    /// Gaussian head).
     #[arg(long, visible_alias = "export-format", default_value = "mini_npz")]
     format: String,
     /// glb, ply, colmap: keep pixels whose confidence is at or above this percentile of all
@@ -398,6 +404,7 @@ fn run_infer(args: InferArgs) -> Result<()> {
         use_ray_pose: args.use_ray_pose,
         ref_view_strategy: strategy,
         export_feat_layers: args.export_feat_layers.clone(),
+        infer_gs: args.infer_gs || formats.contains(&export::ExportFormat::GsPly),
     };
     let pb = spinner(
         args.quiet,

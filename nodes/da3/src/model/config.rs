@@ -88,7 +88,7 @@ pub enum HeadKind {
     DualDpt,
     /// Depth (+ sky) (mono / metric models).
     Dpt,
-    /// Gaussian-splat head of the giant checkpoints (weights are checked, never run).
+    /// Gaussian-splat head of the giant checkpoints (run with `infer_gs`).
     GsDpt,
 }
 
@@ -109,8 +109,79 @@ pub struct NetConfig {
     pub cam_enc_dim: Option<usize>,
     /// Camera decoder input width, any-view models only.
     pub cam_dec_dim: Option<usize>,
-    /// GS head present in the checkpoint (unused at inference).
+    /// Gaussian-splat head (DA3-GIANT and the nested model's any-view branch), run with
+    /// `infer_gs`.
     pub gs_head: Option<HeadConfig>,
+    /// How the GS head's raw output becomes Gaussians (present with `gs_head`).
+    pub gs_adapter: Option<GsAdapterConfig>,
+}
+
+/// The reference's `GaussianAdapter` settings (defaults: DA3-GIANT's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GsAdapterConfig {
+    pub sh_degree: usize,
+    /// Predict a colour instead of SH coefficients.
+    pub pred_color: bool,
+    pub pred_offset_depth: bool,
+    pub pred_offset_xy: bool,
+    pub scale_min: f64,
+    pub scale_max: f64,
+}
+
+impl Default for GsAdapterConfig {
+    fn default() -> Self {
+        Self {
+            sh_degree: 2,
+            pred_color: false,
+            pred_offset_depth: true,
+            pred_offset_xy: true,
+            scale_min: 1e-5,
+            scale_max: 30.0,
+        }
+    }
+}
+
+impl GsAdapterConfig {
+    /// From a net config's `gs_adapter` object (missing keys: the reference's defaults, which
+    /// differ from DA3-GIANT's: `sh_degree` 0, no depth offset).
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let b = |k: &str, d: bool| -> Result<bool> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(x) => x
+                    .as_bool()
+                    .ok_or_else(|| eyre!("gs_adapter.{k} must be a boolean")),
+            }
+        };
+        let f = |k: &str, d: f64| -> Result<f64> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(x) => x
+                    .as_f64()
+                    .ok_or_else(|| eyre!("gs_adapter.{k} must be a number")),
+            }
+        };
+        let sh_degree = match v.get("sh_degree") {
+            None | Some(Value::Null) => 0,
+            Some(x) => x
+                .as_u64()
+                .filter(|&d| d <= 4)
+                .ok_or_else(|| eyre!("gs_adapter.sh_degree must be 0..=4"))?
+                as usize,
+        };
+        let c = Self {
+            sh_degree,
+            pred_color: b("pred_color", false)?,
+            pred_offset_depth: b("pred_offset_depth", false)?,
+            pred_offset_xy: b("pred_offset_xy", true)?,
+            scale_min: f("gaussian_scale_min", 1e-5)?,
+            scale_max: f("gaussian_scale_max", 30.0)?,
+        };
+        if c.scale_min.partial_cmp(&c.scale_max) != Some(std::cmp::Ordering::Less) {
+            bail!("gs_adapter: gaussian_scale_min must be below gaussian_scale_max");
+        }
+        Ok(c)
+    }
 }
 
 /// A whole checkpoint: one network, or the nested any-view + metric pair.
@@ -145,6 +216,7 @@ fn anyview(
         cam_enc_dim: Some(e),
         cam_dec_dim: Some(d),
         gs_head: None,
+        gs_adapter: None,
         vit,
     })
 }
@@ -162,6 +234,7 @@ fn monometric() -> Result<NetConfig> {
         cam_enc_dim: None,
         cam_dec_dim: None,
         gs_head: None,
+        gs_adapter: None,
         vit,
     })
 }
@@ -186,6 +259,7 @@ impl NetConfig {
             features: 256,
             out_channels: [256, 512, 1024, 1024],
         });
+        c.gs_adapter = Some(GsAdapterConfig::default());
         c
     }
     pub fn da3metric_large() -> Self {
@@ -318,6 +392,20 @@ impl NetConfig {
             Some(c) if !c.is_null() => Some(parse_head(c, HeadKind::GsDpt)?),
             _ => None,
         };
+        let gs_adapter = match (&gs_head, v.get("gs_adapter")) {
+            (None, _) => None,
+            (Some(_), Some(a)) if !a.is_null() => Some(GsAdapterConfig::from_json(a)?),
+            (Some(_), _) => bail!("net_config: gs_head without gs_adapter"),
+        };
+        if let (Some(h), Some(a)) = (&gs_head, &gs_adapter) {
+            if h.output_dim != a.d_in() + 1 {
+                bail!(
+                    "net_config: gs_head.output_dim {} != {} (the adapter's raw channels + density)",
+                    h.output_dim,
+                    a.d_in() + 1
+                );
+            }
+        }
         if head.dim_in != vit.out_dim() {
             bail!(
                 "net_config: head.dim_in {} != backbone output width {}",
@@ -331,6 +419,7 @@ impl NetConfig {
             cam_enc_dim,
             cam_dec_dim,
             gs_head,
+            gs_adapter,
         })
     }
 }

@@ -405,18 +405,6 @@ impl Dpt {
     }
 }
 
-/// Checks (loads and drops) the weights of the Gaussian-splat head of the giant checkpoints,
-/// which inference does not use, so that strict loading accounts for them.
-pub fn touch_gs_head(cfg: &HeadConfig, vb: VarBuilder) -> Result<()> {
-    let _ = Dpt::with_options(cfg, true, false, vb.clone())?;
-    let half = cfg.features / 2;
-    let m = vb.pp("images_merger");
-    let _ = conv2d(3, half / 4, 3, 1, 1, m.pp(0))?;
-    let _ = conv2d(half / 4, half / 2, 3, 1, 1, m.pp(2))?;
-    let _ = conv2d(half / 2, half, 3, 1, 1, m.pp(4))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod uv_tests {
     use super::*;

@@ -11,6 +11,8 @@
 //! | `ref_view.rs` | reference-view strategies (3+ views), reorder / restore |
 //! | `dpt.rs` | DPT head (depth + ReLU sky), shared neck/fusion blocks, UV sin-cos pos-embed |
 //! | `dual_dpt.rs` | DualDPT head (depth + conf, ray + conf at 8/14 resolution; only the last aux level) |
+//! | `gs_dpt.rs` | GSDPT, the Gaussian-splat head of the giant checkpoints (DPT + image merger; raw parameters + density) |
+//! | `gs_adapter.rs` | raw Gaussian parameters -> world-space Gaussians (centres on the rays, scales, rotations, SH rotated with Wigner D) |
 //! | `cam_enc.rs`, `cam_dec.rs`, `transform.rs` | cameras <-> pose encoding `[t, quat xyzw, fov_h, fov_w]` |
 //! | `ray_pose.rs` | rays -> pose: weighted RANSAC homography + QL, injectable sample indices |
 //! | `net.rs` | `DepthAnything3Net` forward incl. the mono sky step |
@@ -32,6 +34,8 @@ pub mod cpu;
 pub mod dpt;
 pub mod dual_dpt;
 pub mod ffn;
+pub mod gs_adapter;
+pub mod gs_dpt;
 pub mod layers;
 pub mod nested;
 pub mod net;

@@ -6,11 +6,14 @@ use candle_nn::VarBuilder;
 use super::cam_dec::CameraDec;
 use super::cam_enc::CameraEnc;
 use super::config::{HeadKind, NetConfig};
-use super::dpt::{touch_gs_head, Dpt};
+use super::dpt::Dpt;
 use super::dual_dpt::DualDpt;
+use super::gs_adapter::AdapterInput;
+use super::gs_dpt::GsDpt;
 use super::ray_pose::{default_sample_indices, ransac_candidates, solve_view, RANSAC_SAMPLE};
 use super::transform::{
-    mats34_to_tensor, mats3_to_tensor, pose_encoding_to_extri_intri, Mat3, Mat34,
+    extrinsics_from_tensor, intrinsics_from_tensor, mats34_to_tensor, mats3_to_tensor,
+    pose_encoding_to_extri_intri, Mat3, Mat34,
 };
 use super::vit::DinoVisionTransformer;
 use crate::{Da3Output, ForwardOptions};
@@ -31,6 +34,7 @@ pub struct Da3Net {
     head: Head,
     cam_enc: Option<CameraEnc>,
     cam_dec: Option<CameraDec>,
+    gs_head: Option<GsDpt>,
 }
 
 /// Linear-interpolated quantile of unsorted data (torch.quantile's default).
@@ -70,15 +74,18 @@ impl Da3Net {
             .cam_dec_dim
             .map(|d| CameraDec::new(d, vb.pp("cam_dec").set_dtype(DType::F32)))
             .transpose()?;
-        if let Some(gs) = &cfg.gs_head {
-            touch_gs_head(gs, vb.pp("gs_head"))?;
-        }
+        let gs_head = cfg
+            .gs_head
+            .as_ref()
+            .map(|gs| GsDpt::new(gs, vb.pp("gs_head")))
+            .transpose()?;
         Ok(Self {
             cfg: cfg.clone(),
             backbone,
             head,
             cam_enc,
             cam_dec,
+            gs_head,
         })
     }
 
@@ -138,6 +145,7 @@ impl Da3Net {
             is_metric: false,
             scale_factor: None,
             aux,
+            gaussians: None,
         };
         match &self.head {
             Head::Dual(hd) => {
@@ -180,10 +188,62 @@ impl Da3Net {
                 out.sky = o.sky.map(|c| c.reshape((b, s, h, w))).transpose()?;
             }
         }
+        if opts.infer_gs {
+            out.gaussians = Some(self.gaussians(&feats, x, &out, opts)?);
+        }
         if let Some(sky) = &out.sky {
             out.depth = mono_sky_step(&out.depth, sky)?;
         }
         Ok(out)
+    }
+
+    /// The Gaussian head (`infer_gs`): per batch element, one Gaussian per pixel, placed with
+    /// the predicted cameras (scaled to the input cameras when given).
+    fn gaussians(
+        &self,
+        feats: &[Tensor],
+        x: &Tensor,
+        out: &Da3Output,
+        opts: &ForwardOptions,
+    ) -> eyre::Result<Vec<da3_io::gaussians::Gaussians>> {
+        let (Some(head), Some(adapter)) = (&self.gs_head, &self.cfg.gs_adapter) else {
+            eyre::bail!(
+                "infer_gs: this model has no Gaussian head (DA3-GIANT and DA3NESTED-GIANT-LARGE \
+                 have one)"
+            );
+        };
+        let (Some(ext), Some(ixt)) = (&out.extrinsics, &out.intrinsics) else {
+            eyre::bail!("infer_gs: the Gaussian head needs the predicted cameras");
+        };
+        let (b, s, _, h, w) = x.dims5()?;
+        let o = head.forward(feats, h, w, &x.reshape((b * s, 3, h, w))?)?;
+        let f32_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+        };
+        let (raw, density, depth) = (f32_vec(&o.raw)?, f32_vec(&o.density)?, f32_vec(&out.depth)?);
+        let (es, ks) = (extrinsics_from_tensor(ext)?, intrinsics_from_tensor(ixt)?);
+        let gt = opts
+            .extrinsics
+            .as_ref()
+            .map(extrinsics_from_tensor)
+            .transpose()?;
+        let (hw, c) = (h * w, adapter.d_in());
+        (0..b)
+            .map(|bi| {
+                let views = bi * s..(bi + 1) * s;
+                adapter.gaussians(&AdapterInput {
+                    views: s,
+                    height: h,
+                    width: w,
+                    extrinsics: &es[views.clone()],
+                    intrinsics: &ks[views.clone()],
+                    gt_extrinsics: gt.as_ref().map(|g| &g[views.clone()]),
+                    depth: &depth[bi * s * hw..(bi + 1) * s * hw],
+                    density: &density[bi * s * hw..(bi + 1) * s * hw],
+                    raw: &raw[bi * s * hw * c..(bi + 1) * s * hw * c],
+                })
+            })
+            .collect()
     }
 
     fn ray_pose(
