@@ -25,6 +25,19 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The committed tiny any-view checkpoint (random weights).
+/// The files directly in `dir` whose name ends with `suffix` (e.g. `.npz`, `_gs.ply`),
+/// sorted; none when the folder does not exist.
+pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn tiny_model() -> String {
     repo_root()
         .join("nodes/da3/tests/fixtures/tiny-anyview")

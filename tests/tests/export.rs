@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use da3_io::npz::{npz_get, read_npz};
-use e2e::{repo_root, sample_images, tiny_model, Flow};
+use e2e::{files_ending, repo_root, sample_images, tiny_model, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -374,21 +374,8 @@ fn gaussians_into_depth_export_write_gs_ply() {
     flow.env("export", "FORMATS", "npz").unwrap();
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
-    let plys: Vec<PathBuf> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with("_gs.ply"))
-        .collect();
-    let npz = std::fs::read_dir(&out)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "npz")
-        })
-        .count();
+    let plys = files_ending(&out, "_gs.ply");
+    let npz = files_ending(&out, ".npz").len();
     assert!(
         npz > 0 && plys.len() == npz,
         "{npz} frames, gs_ply: {plys:?}"

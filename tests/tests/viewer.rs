@@ -19,7 +19,7 @@ use da3_msg::arrow::array::{ArrayRef, Float32Array};
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, FrameInfo, ImageFrame, MetadataParameters, PointCloud,
 };
-use e2e::{repo_root, tiny_model, write_test_video, Flow};
+use e2e::{files_ending, repo_root, tiny_model, write_test_video, Flow};
 use recorder::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use serde_json::Value;
 
@@ -381,17 +381,7 @@ fn camera_recording_replayed_through_da3_into_files() {
         assert!(out.join(format!("pattern_{i:06}.ply")).is_file());
         assert!(out.join(format!("pattern_{i:06}.png")).is_file());
     }
-    let npz = std::fs::read_dir(&out)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "npz")
-        })
-        .count();
-    assert_eq!(npz as u64, n);
+    assert_eq!(files_ending(&out, ".npz").len() as u64, n);
     let images = std::fs::read_to_string(out.join("colmap/images.txt")).unwrap();
     assert_eq!(
         images.lines().filter(|l| !l.starts_with('#')).count() as u64,
