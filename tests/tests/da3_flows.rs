@@ -84,7 +84,8 @@ fn batch_every_frame_out_in_order_equal_to_the_library() {
     let model = da3::Da3Model::load(
         &tiny_model(),
         &candle_core::Device::Cpu,
-        candle_core::DType::F32,
+        // what the node's default PRECISION=auto runs with on this CPU
+        da3::device::Precision::Auto.dtype(&candle_core::Device::Cpu),
     )
     .unwrap();
     let mut cfg = dora_da3::config::Config::defaults(&tiny_model());

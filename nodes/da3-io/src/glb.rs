@@ -113,7 +113,7 @@ pub fn glb_bytes(xyz: &[[f32; 3]], rgb: &[[u8; 3]], frusta: &[[Vec3; 5]]) -> Vec
         doc["buffers"] = json!([{"byteLength": b.bin.len()}]);
     }
     let mut js = serde_json::to_vec(&doc).expect("JSON");
-    while js.len() % 4 != 0 {
+    while !js.len().is_multiple_of(4) {
         js.push(b' ');
     }
     let mut bin = b.bin;
@@ -152,7 +152,10 @@ pub fn parse_glb(bytes: &[u8]) -> Result<(Value, Vec<Vec<[f32; 3]>>)> {
     eyre::ensure!(u32_at(4)? == 2, "not glTF 2");
     eyre::ensure!(u32_at(8)? as usize == bytes.len(), "length field");
     let jl = u32_at(12)? as usize;
-    eyre::ensure!(&bytes[16..20] == b"JSON" && jl % 4 == 0, "JSON chunk");
+    eyre::ensure!(
+        &bytes[16..20] == b"JSON" && jl.is_multiple_of(4),
+        "JSON chunk"
+    );
     let doc: Value = serde_json::from_slice(&bytes[20..20 + jl])?;
     let bin = if bytes.len() > 20 + jl {
         let bl = u32_at(20 + jl)? as usize;

@@ -108,6 +108,21 @@ pub fn cpu_bf16() -> CpuBf16 {
     CpuBf16::None
 }
 
+/// Whether the CPU is an AMD one (CPUID vendor `AuthenticAMD`).
+pub fn cpu_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let l0 = std::arch::x86_64::__cpuid(0);
+        let mut v = [0u8; 12];
+        v[..4].copy_from_slice(&l0.ebx.to_le_bytes());
+        v[4..8].copy_from_slice(&l0.edx.to_le_bytes());
+        v[8..].copy_from_slice(&l0.ecx.to_le_bytes());
+        return &v == b"AuthenticAMD";
+    }
+    #[allow(unreachable_code)]
+    false
+}
+
 /// Whether the OS saves the AMX tile state (XCR0 bits 17 and 18).
 #[cfg(target_arch = "x86_64")]
 fn os_enables_amx() -> bool {
@@ -124,7 +139,7 @@ fn os_enables_amx() -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     /// GPU: bf16 where the device supports it, else f16. CPU: bf16 where the CPU has AMX-BF16
-    /// and oneMKL is linked (see [`cpu_auto_dtype`]), else f32.
+    /// and oneMKL is linked, or AVX512-BF16 on AMD (see [`cpu_auto_dtype`]), else f32.
     Auto,
     F32,
     Bf16,
@@ -154,19 +169,24 @@ impl Precision {
             Self::F32 => DType::F32,
             Self::Bf16 => DType::BF16,
             Self::F16 => DType::F16,
-            Self::Auto if device.is_cpu() => cpu_auto_dtype(cpu_bf16()),
+            Self::Auto if device.is_cpu() => cpu_auto_dtype(cpu_bf16(), cpu_is_amd()),
             Self::Auto if device.supports_bf16() => DType::BF16,
             Self::Auto => DType::F16,
         }
     }
 }
 
-/// `auto` on the CPU: bf16 (half-precision GEMM weights, f32 activations) where the CPU has
-/// AMX-BF16 and oneMKL is linked; f32 elsewhere. AVX512-BF16 alone does not pay: its dot
-/// product retires the same flops per cycle as f32 FMAs (measured in docs/benchmarks.md).
-pub fn cpu_auto_dtype(hw: CpuBf16) -> DType {
+/// `auto` on the CPU: bf16 (half-precision GEMM weights, f32 activations) where it was
+/// measured faster than f32 (docs/benchmarks.md): AMX-BF16 with oneMKL linked, and
+/// AVX512-BF16 on AMD (Zen 4: our `vdpbf16ps` kernel retires twice the flops of its
+/// double-pumped f32 FMAs; DA3-SMALL 0.86x f32). f32 elsewhere: on Intel without AMX the
+/// dot product retires the same flops per cycle as its two FMA ports (oneMKL's bf16 GEMM
+/// measured 1.14x f32 there).
+pub fn cpu_auto_dtype(hw: CpuBf16, amd: bool) -> DType {
+    let linked = crate::model::ops::mkl_linked();
     match hw {
-        CpuBf16::Amx if crate::model::ops::mkl_linked() => DType::BF16,
+        CpuBf16::Amx if linked => DType::BF16,
+        CpuBf16::Avx512 if amd && linked && crate::tuning::get().bf16_dp => DType::BF16,
         _ => DType::F32,
     }
 }
@@ -203,16 +223,19 @@ mod tests {
         assert!(e.contains("int8") && e.contains("bf16"), "{e}");
         assert_eq!(
             Precision::Auto.dtype(&Device::Cpu),
-            cpu_auto_dtype(cpu_bf16())
+            cpu_auto_dtype(cpu_bf16(), cpu_is_amd())
         );
-        assert_eq!(cpu_auto_dtype(CpuBf16::None), DType::F32);
-        assert_eq!(cpu_auto_dtype(CpuBf16::Avx512), DType::F32);
-        let amx = if crate::model::ops::mkl_linked() {
+        for amd in [false, true] {
+            assert_eq!(cpu_auto_dtype(CpuBf16::None, amd), DType::F32);
+        }
+        assert_eq!(cpu_auto_dtype(CpuBf16::Avx512, false), DType::F32);
+        let half = if crate::model::ops::mkl_linked() {
             DType::BF16
         } else {
             DType::F32
         };
-        assert_eq!(cpu_auto_dtype(CpuBf16::Amx), amx);
+        assert_eq!(cpu_auto_dtype(CpuBf16::Amx, false), half);
+        assert_eq!(cpu_auto_dtype(CpuBf16::Avx512, true), half);
         assert_eq!(Precision::F16.dtype(&Device::Cpu), DType::F16);
     }
 }

@@ -55,6 +55,9 @@ pub struct Tuning {
     /// (`DA3_MKL_F32`, default on; applies only on AVX-512 CPUs and where the build linked
     /// oneMKL: measured faster there, not measured on AVX2-only CPUs).
     pub mkl_f32: bool,
+    /// bf16 weights' GEMMs by our AVX512-BF16 kernel (`vdpbf16ps`) instead of oneMKL's on CPUs
+    /// with AVX512-BF16 and no AMX (`DA3_BF16_DP`, default on; oneMKL keeps AMX CPUs).
+    pub bf16_dp: bool,
     /// `da3 bench --profile`: one row per convolution shape instead of per kernel kind
     /// (`DA3_PROFILE_SHAPES`, default off).
     pub profile_shapes: bool,
@@ -75,6 +78,7 @@ impl Tuning {
         keep_memory: true,
         mkl: true,
         mkl_f32: true,
+        bf16_dp: true,
         profile_shapes: false,
     };
 
@@ -122,6 +126,7 @@ impl Tuning {
             keep_memory: switch("DA3_KEEP_MEMORY", d.keep_memory)?,
             mkl: switch("DA3_MKL", d.mkl)?,
             mkl_f32: switch("DA3_MKL_F32", d.mkl_f32)?,
+            bf16_dp: switch("DA3_BF16_DP", d.bf16_dp)?,
             profile_shapes: switch("DA3_PROFILE_SHAPES", d.profile_shapes)?,
         })
     }
@@ -179,6 +184,7 @@ mod tests {
             ("DA3_KEEP_MEMORY", "0"),
             ("DA3_MKL", "off"),
             ("DA3_MKL_F32", "off"),
+            ("DA3_BF16_DP", "no"),
             ("DA3_PROFILE_SHAPES", "1"),
         ])
         .unwrap();
@@ -195,6 +201,7 @@ mod tests {
             keep_memory: false,
             mkl: false,
             mkl_f32: false,
+            bf16_dp: false,
             profile_shapes: true,
         };
         assert_eq!(t, want);

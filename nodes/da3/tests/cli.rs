@@ -38,9 +38,12 @@ fn run_cli_formats(out: &Path, formats: &str, extra: &[&str]) {
         .arg("--model")
         .arg(fixtures().join("tiny-anyview"))
         .args(["view0.png", "view1.png", "view2.png"].map(|v| cli.join(v)))
+        // f32: the reference's fixtures are f32 (`auto` is bf16 on some CPUs)
         .args([
             "--process-res",
             "70",
+            "--precision",
+            "f32",
             "--format",
             formats,
             "--quiet",

@@ -73,7 +73,7 @@ fn sparse_checkpoint(path: &Path, tensors: &[(String, Vec<usize>)]) {
         meta.insert(k, v);
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(meta)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = std::fs::File::create(path).unwrap();

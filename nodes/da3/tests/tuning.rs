@@ -70,9 +70,9 @@ fn kernels_and_candle_ops_agree_in_one_process() {
         assert!(e <= 1e-4 && ref_e <= 1e-4, "{label}: {e} / {ref_e}");
     }
 
-    // Mixed precision (bf16 GEMM weights): oneMKL's half GEMMs, the f32 fallback
-    // (`DA3_MKL=0`: weights widened per call) and candle's ops all within bf16's rounding
-    // of each other and of the f32 reference.
+    // Mixed precision (bf16 GEMM weights): our AVX512-BF16 kernel (where the CPU has it and
+    // no AMX), oneMKL's half GEMMs, the f32 fallback (`DA3_MKL=0`: weights widened per call)
+    // and candle's ops all within bf16's rounding of each other and of the f32 reference.
     let bf16 = Da3Model::load(dir.to_str().unwrap(), &Device::Cpu, DType::BF16).expect("load");
     let half = |t: Tuning| {
         tuning::set(t);
@@ -84,6 +84,13 @@ fn kernels_and_candle_ops_agree_in_one_process() {
     for (label, t) in [
         ("bf16 without oneMKL", Tuning { mkl: false, ..d }),
         (
+            "bf16 by oneMKL (no vdpbf16ps kernel)",
+            Tuning {
+                bf16_dp: false,
+                ..d
+            },
+        ),
+        (
             "bf16 by candle ops",
             Tuning {
                 cpu_kernels: false,
@@ -93,7 +100,7 @@ fn kernels_and_candle_ops_agree_in_one_process() {
     ] {
         let other = half(t);
         let (e, ref_e) = (max_rel_err(&other, &with_mkl), max_rel_err(&other, want));
-        println!("{label}: depth rel err {e:.2e} against bf16 with oneMKL ({}), {ref_e:.2e} against the reference", da3::model::ops::mkl_linked());
+        println!("{label}: depth rel err {e:.2e} against bf16 as default (oneMKL linked: {}), {ref_e:.2e} against the reference", da3::model::ops::mkl_linked());
         assert!(e <= 2e-2 && ref_e <= 2e-2, "{label}: {e} / {ref_e}");
     }
     let e = max_rel_err(&with_mkl, want);

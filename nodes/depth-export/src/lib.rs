@@ -171,7 +171,7 @@ impl Exporter {
     pub fn handle(&mut self, f: &FrameResult) {
         let n = self.per_camera.entry(f.camera.clone()).or_insert(0);
         *n += 1;
-        if (*n - 1) % self.cfg.every != 0 {
+        if !(*n - 1).is_multiple_of(self.cfg.every) {
             self.skipped += 1;
             return;
         }

@@ -217,7 +217,7 @@ struct InferArgs {
     /// Reference view: first, middle, saddle_balanced, saddle_sim_range.
     #[arg(long, default_value = "saddle_balanced")]
     ref_view_strategy: String,
-    /// Compute precision: auto (GPU: bf16 where supported, else f16; CPU: bf16 with AMX-BF16, else f32),
+    /// Compute precision: auto (GPU: bf16 where supported, else f16; CPU: bf16 with AMX-BF16, or AVX512-BF16 on AMD, else f32),
     /// no, f32 (fp32), bf16, f16 (fp16).
     #[arg(long, default_value = "auto")]
     precision: Precision,
@@ -465,7 +465,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn run_bench(a: BenchArgs) -> Result<()> {
     ensure!(
-        a.height % 14 == 0 && a.width % 14 == 0,
+        a.height.is_multiple_of(14) && a.width.is_multiple_of(14),
         "--height and --width must be multiples of 14"
     );
     ensure!(a.iters > 0, "--iters must be at least 1");

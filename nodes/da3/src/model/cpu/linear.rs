@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::buffers::{
     bias_values, chunk_len_tasks, contiguous_f32, output_buffer, sgemm, with_f32, with_scratch, Mat,
 };
+use super::dpbf16::gemm_xwt_bf16;
 use super::half::{with_half, with_rounded, Half};
 use super::mkl::{gemm_xwt, sgemm as mkl_sgemm};
 use super::norm::{row_stats, Norm};
@@ -36,6 +37,17 @@ struct LinearOp<'a> {
     sub_rows: usize,
     /// f32 GEMMs by oneMKL ([`crate::tuning::Tuning::mkl_f32`] on an AVX-512 CPU).
     mkl_f32: bool,
+    /// bf16 GEMMs by our `vdpbf16ps` kernel ([`bf16_dp`]).
+    bf16_dp: bool,
+}
+
+/// Whether bf16 weights' GEMMs go to our AVX512-BF16 kernel ([`super::dpbf16`]): asked for
+/// ([`crate::tuning::Tuning::bf16_dp`]), the CPU has the instruction and no AMX (with AMX,
+/// oneMKL's tile kernels).
+pub(super) fn bf16_dp(t: &crate::tuning::Tuning) -> bool {
+    t.bf16_dp
+        && super::dpbf16::available()
+        && crate::device::cpu_bf16() != crate::device::CpuBf16::Amx
 }
 
 /// Whether the linear layers' f32 GEMMs go to oneMKL: asked for and on an AVX-512 CPU, where
@@ -132,15 +144,26 @@ impl CustomOp1 for LinearOp<'_> {
                                 }
                                 // Activations rounded to the weights' type, f32 accumulation.
                                 Weights::Half(kind, w) => with_rounded(kind, lhs, |lh| {
-                                    gemm_xwt(
-                                        kind,
-                                        (mr, n, k),
-                                        o.as_mut_ptr(),
-                                        n,
-                                        bias.is_some(),
-                                        lh,
-                                        w,
-                                    )
+                                    if self.bf16_dp && kind == Half::Bf16 {
+                                        gemm_xwt_bf16(
+                                            (mr, n, k),
+                                            o.as_mut_ptr(),
+                                            n,
+                                            bias.is_some(),
+                                            lh,
+                                            w,
+                                        )
+                                    } else {
+                                        gemm_xwt(
+                                            kind,
+                                            (mr, n, k),
+                                            o.as_mut_ptr(),
+                                            n,
+                                            bias.is_some(),
+                                            lh,
+                                            w,
+                                        )
+                                    }
                                 }),
                             }
                         };
@@ -227,6 +250,7 @@ pub fn linear(
             tasks: t.linear_tasks,
             sub_rows: t.linear_sub_rows,
             mkl_f32: mkl_f32(&t),
+            bf16_dp: bf16_dp(&t),
         })
     })
 }
@@ -265,6 +289,7 @@ pub fn matmul_peak_gflops() -> f64 {
             tasks: tuning.linear_tasks,
             sub_rows: tuning.linear_sub_rows,
             mkl_f32: mkl_f32(&tuning),
+            bf16_dp: bf16_dp(&tuning),
         })
         .is_err()
         {

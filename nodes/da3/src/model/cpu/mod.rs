@@ -19,6 +19,7 @@
 //! | `linear.rs` | fused linear layers (f32 or bf16/f16 weights), the matmul peak |
 //! | `half.rs` | mixed precision: bf16/f16 weights, activations rounded per block |
 //! | `mkl.rs` | oneMKL's GEMMs (bf16/f16 -> f32; f32 where `Tuning::mkl_f32` asks) |
+//! | `dpbf16.rs` | bf16 GEMM on AVX512-BF16 (`vdpbf16ps`), for CPUs without AMX (`Tuning::bf16_dp`) |
 //! | `attention.rs` | blocked online-softmax attention |
 //! | `conv.rs` | im2col / by-rows convolutions and their fusions |
 //! | `winograd.rs` | Winograd F(2x2, 3x3) |
@@ -36,6 +37,7 @@ mod attention;
 mod buffers;
 mod conv;
 mod conv_transpose;
+mod dpbf16;
 mod half;
 mod linear;
 mod memory;

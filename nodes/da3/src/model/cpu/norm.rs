@@ -118,7 +118,7 @@ impl CustomOp1 for NormRopeOp {
             1
         };
         if let Some((cos, _)) = &self.rope {
-            if c % 4 != 0 || cos.len() != ntok * c {
+            if !c.is_multiple_of(4) || cos.len() != ntok * c {
                 bail!(
                     "da3-rope: tables of {} values for {ntok} tokens x {c}",
                     cos.len()
