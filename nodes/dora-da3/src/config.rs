@@ -453,9 +453,10 @@ mod tests {
         assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
         assert!("int8".parse::<Precision>().is_err());
         assert_eq!("input".parse::<OutputSize>().unwrap(), OutputSize::Input);
+        // auto on the CPU: the library's rule (f32, or bf16 where measured faster)
         assert_eq!(
             Precision::Auto.dtype(&candle_core::Device::Cpu),
-            candle_core::DType::F32
+            da3::device::cpu_auto_dtype(da3::device::cpu_bf16(), da3::device::cpu_is_amd())
         );
     }
 }
