@@ -25,6 +25,43 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The committed tiny any-view checkpoint (random weights).
+/// Runs the .venv's python (scripts/setup.sh installs it with the packages the checks read
+/// our files with: numpy, pycolmap, trimesh, plyfile, mcap, rerun-sdk) with `args` (a script of
+/// `tests/` and its arguments, or `-c` and code); it must succeed and print one JSON document,
+/// which is returned.
+pub fn venv_python_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result<serde_json::Value> {
+    let python = repo_root().join(".venv/bin/python");
+    let what = args
+        .iter()
+        .take(2)
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new(&python)
+        .args(args)
+        .output()
+        .wrap_err_with(|| {
+            format!(
+                "cannot run {} (bash scripts/setup.sh installs it)",
+                python.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "python {what} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).wrap_err_with(|| format!("python {what} printed no JSON"))
+}
+
+/// A Rerun `.rrd` file summarised by `tests/rrd_check.py` (rerun-sdk): entities, archetypes,
+/// rows per frame (JSON).
+pub fn rrd_summary(path: &Path) -> Result<serde_json::Value> {
+    let script = repo_root().join("tests/rrd_check.py");
+    venv_python_json(&[script.as_os_str(), path.as_os_str()])
+}
+
 /// The files directly in `dir` whose name ends with `suffix` (e.g. `.npz`, `_gs.ply`),
 /// sorted; none when the folder does not exist.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {

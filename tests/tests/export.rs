@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use da3_io::npz::{npz_get, read_npz};
-use e2e::{files_ending, repo_root, sample_images, tiny_model, Flow};
+use e2e::{files_ending, repo_root, sample_images, tiny_model, venv_python_json, Flow};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -188,18 +188,9 @@ fn images_to_npz_png16_ply_colmap() {
     let script = "import json, sys, numpy as np\n\
         print(json.dumps([{k: [list(d[k].shape), str(d[k].dtype), float(np.asarray(d[k], np.float64).sum())] \
         for k in d.files} for d in map(np.load, sys.argv[1:])]))";
-    let py = std::process::Command::new(repo_root().join(".venv/bin/python"))
-        .arg("-c")
-        .arg(script)
-        .args(&npz)
-        .output()
-        .expect("running .venv/bin/python (bash scripts/setup.sh installs it)");
-    assert!(
-        py.status.success(),
-        "numpy: {}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let seen: Vec<Value> = serde_json::from_slice(&py.stdout).unwrap();
+    let mut args = vec!["-c".to_string(), script.to_string()];
+    args.extend(npz.iter().cloned());
+    let seen: Vec<Value> = serde_json::from_value(venv_python_json(&args).unwrap()).unwrap();
     assert_eq!(seen.len(), n);
     for (i, f) in seen.iter().enumerate() {
         let keys: Vec<&str> = f.as_object().unwrap().keys().map(|k| k.as_str()).collect();
@@ -298,24 +289,12 @@ fn images_to_npz_png16_ply_colmap() {
 /// `tests/export_check.py` (pycolmap, trimesh, plyfile from the .venv of scripts/setup.sh)
 /// on the given files: its JSON summary.
 fn export_check(args: &[(&str, &Path)]) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    let mut cmd = std::process::Command::new(&python);
-    cmd.arg(repo_root().join("tests/export_check.py"));
+    let mut a = vec![repo_root().join("tests/export_check.py").into_os_string()];
     for (flag, p) in args {
-        cmd.arg(flag).arg(p);
+        a.push(flag.into());
+        a.push(p.as_os_str().to_owned());
     }
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {}: {e} (bash scripts/setup.sh installs it with pycolmap, trimesh, plyfile)",
-            python.display()
-        )
-    });
-    assert!(
-        out.status.success(),
-        "export_check.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("export_check.py prints JSON")
+    venv_python_json(&a).unwrap()
 }
 
 #[test]

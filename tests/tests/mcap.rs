@@ -15,7 +15,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{bin, bin_copy, read_dump, repo_root, sigkill_matching, tiny_model, Flow};
+use e2e::{
+    bin, bin_copy, read_dump, repo_root, sigkill_matching, tiny_model, venv_python_json, Flow,
+};
 use msg_dump::fnv1a64;
 use recorder::mcap_recording::McapRecordingReader;
 use recorder::recording::RecordedMessage;
@@ -33,27 +35,17 @@ const STREAMS: [&str; 7] = [
     "status",
 ];
 
-/// `tests/mcap_check.py` on `path` (with the Rerun conversion when `rerun`).
+/// `tests/mcap_check.py` on `path` (with the Rerun conversion when `rerun`; mcap and
+/// rerun-sdk from the .venv of scripts/setup.sh).
 fn mcap_check(path: &Path, rerun: bool) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    let mut cmd = Command::new(&python);
-    cmd.arg(repo_root().join("tests/mcap_check.py")).arg(path);
+    let mut args = vec![
+        repo_root().join("tests/mcap_check.py").into_os_string(),
+        path.as_os_str().to_owned(),
+    ];
     if rerun {
-        cmd.arg("--rerun");
+        args.push("--rerun".into());
     }
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {}: {e} (scripts/setup.sh installs mcap and rerun-sdk there)",
-            python.display()
-        )
-    });
-    assert!(
-        out.status.success(),
-        "mcap_check.py failed on {}:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("mcap_check.py prints JSON")
+    venv_python_json(&args).unwrap()
 }
 
 /// FNV-1a 64 of bytes given as hex, as msg-dump prints payload hashes.

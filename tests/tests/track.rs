@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::{da3_stats, repo_root, tiny_model, Flow};
+use e2e::{da3_stats, rrd_summary, tiny_model, Flow};
 use recorder::recording::RecordingReader;
 use serde_json::Value;
 
@@ -37,21 +37,6 @@ fn read_recording(path: &Path) -> Vec<Value> {
         .collect();
     assert!(r.truncated().is_none(), "recording truncated");
     recs
-}
-
-fn rrd_summary(path: &Path) -> Value {
-    let py = repo_root().join(".venv/bin/python");
-    let out = std::process::Command::new(&py)
-        .arg(repo_root().join("tests/rrd_check.py"))
-        .arg(path)
-        .output()
-        .expect("run tests/rrd_check.py with .venv's python");
-    assert!(
-        out.status.success(),
-        "rrd_check.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("rrd_check.py prints JSON")
 }
 
 fn num(v: &Value) -> f64 {
@@ -191,7 +176,7 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
 
     // The viewer's trajectory grows by one centre per frame.
     let camera = depth[0]["metadata"]["camera"].as_str().unwrap().to_string();
-    let s = rrd_summary(&flow.path("track.rrd"));
+    let s = rrd_summary(&flow.path("track.rrd")).unwrap();
     let traj = &s["entities"][format!("/world/trajectory/{camera}")]["rows"];
     let lens: Vec<u64> = traj
         .as_array()

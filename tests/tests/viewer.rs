@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,33 +18,11 @@ use da3_msg::arrow::array::{ArrayRef, Float32Array};
 use da3_msg::{
     CameraMsg, DepthKind, DepthMap, FrameInfo, ImageFrame, MetadataParameters, PointCloud,
 };
-use e2e::{files_ending, repo_root, tiny_model, write_test_video, Flow};
+use e2e::{files_ending, rrd_summary, tiny_model, write_test_video, Flow};
 use recorder::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The .rrd summarised by `tests/rrd_check.py` (JSON).
-fn rrd_summary(path: &Path) -> Value {
-    let python = repo_root().join(".venv/bin/python");
-    let out = Command::new(&python)
-        .arg(repo_root().join("tests/rrd_check.py"))
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {}: {e} (scripts/setup.sh installs it with rerun-sdk)",
-                python.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "rrd_check.py failed on {}:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("rrd_check.py prints JSON")
-}
 
 /// The rows of `entity` that hold `archetype`, in frame order.
 fn rows<'a>(s: &'a Value, entity: &str, archetype: &str) -> Vec<&'a Value> {
@@ -196,7 +173,7 @@ fn video_through_window_mode_into_export_and_rrd() {
         run.log
     );
 
-    let s = rrd_summary(&rrd);
+    let s = rrd_summary(&rrd).unwrap();
     let dframes = check_da3_structure(&s, "video");
     assert_eq!(
         dframes,
@@ -300,7 +277,7 @@ fn live_camera_into_rrd() {
     let run = flow.run(TIMEOUT).unwrap();
     assert!(run.success, "dora run failed:\n{}", run.log);
 
-    let s = rrd_summary(&rrd);
+    let s = rrd_summary(&rrd).unwrap();
     // The camera name becomes one entity path part.
     let dframes = check_da3_structure(&s, "front_cam");
     let rgb = rows(&s, "/world/cameras/front_cam/image/rgb", "Image");
@@ -424,7 +401,7 @@ fn recorded_da3_outputs_replay_into_rrd() {
 
     let (rrd, run, _flow) = replay_into_viewer(&rec);
     assert!(run.success, "replay failed:\n{}", run.log);
-    let s = rrd_summary(&rrd);
+    let s = rrd_summary(&rrd).unwrap();
     let dframes = check_da3_structure(&s, "sample");
     assert_eq!(dframes, (0..n as u64).collect::<Vec<_>>());
     let cam = "/world/cameras/sample";
@@ -563,7 +540,7 @@ fn bad_messages_are_counted_and_skipped() {
         "{}",
         run.log
     );
-    let s = rrd_summary(&rrd);
+    let s = rrd_summary(&rrd).unwrap();
     let depth = rows(&s, "/world/cameras/c/pinhole/depth", "DepthImage");
     assert_eq!(frames(&depth), [0, 3]);
     assert_close(
