@@ -428,3 +428,103 @@ pub fn rss_mib_of(pid: u32) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// What [`record_and_kill`] leaves for the test to check.
+pub struct KilledRecording {
+    /// The graph that ran (its scratch folder holds the files).
+    pub flow: Flow,
+    /// The recording the killed recorder left.
+    pub path: PathBuf,
+    /// msg-dump's record of every frame the camera sent.
+    pub sent: Vec<serde_json::Value>,
+    /// Frames sent more than FLUSH_MS (200 ms) + 0.5 s of slack before the kill: these must
+    /// be in the recording.
+    pub flushed_before_kill: usize,
+    /// The copy of the recorder binary that was killed (kept while this lives).
+    _bin_dir: tempfile::TempDir,
+}
+
+/// Records the camera's test pattern (`w`x`h`, 150 frames at 30 fps, `camera_env` added to its
+/// env, e.g. `ENCODING: jpeg`) into `file_name` (its extension picks the format) with a
+/// recorder (FLUSH_MS 200) that is SIGKILLed 1.5 s after it first wrote 10 kB, while msg-dump
+/// logs what the camera sent. Fails when the recorder was never seen running.
+pub fn record_and_kill(
+    w: u32,
+    h: u32,
+    camera_env: &str,
+    file_name: &str,
+    timeout: Duration,
+) -> Result<KilledRecording> {
+    // A copy of the recorder binary with a name of its own, so only this recorder is killed.
+    let bin_dir = tempfile::tempdir()?;
+    let stem = file_name.replace('.', "-");
+    let rec_bin = bin_copy(
+        "recorder",
+        bin_dir.path(),
+        &format!("recorder-{stem}-to-kill"),
+    )?;
+    let yaml = format!(
+        r#"
+nodes:
+  - id: camera
+    path: ../target/debug/camera
+    outputs: [image]
+    env: {{CAMERA_DEVICE: test-pattern, WIDTH: "{w}", HEIGHT: "{h}", FPS: "30", MAX_FRAMES: "150", CAMERA_NAME: pattern{camera_env}}}
+  - id: recorder
+    path: {}
+    inputs:
+      image: {{source: camera/image, queue_size: 100, queue_policy: backpressure}}
+    env: {{FLUSH_MS: "200", BATCH: "1000"}}
+  - id: dump
+    path: ../target/debug/msg-dump
+    inputs:
+      image: {{source: camera/image, queue_size: 1000, queue_policy: backpressure}}
+"#,
+        rec_bin.display()
+    );
+    let mut flow = Flow::from_yaml(&yaml)?;
+    let path = flow.path(file_name);
+    let dump = flow.path("sent.jsonl");
+    flow.env("recorder", "OUT", path.display())?;
+    flow.env("dump", "OUT_FILE", dump.display())?;
+    flow.env("dump", "PRINT", "0")?;
+    let killer = {
+        let path = path.clone();
+        let pattern = rec_bin.display().to_string();
+        std::thread::spawn(move || -> Option<u64> {
+            // Wait until the recorder has flushed, then 1.5 s more.
+            let start = std::time::Instant::now();
+            while std::fs::metadata(&path).map_or(0, |m| m.len()) < 10_000 {
+                if start.elapsed() > Duration::from_secs(60) {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            let kill_ns = da3_msg::node_util::now_ns();
+            let pids = sigkill_matching(&pattern).ok()?;
+            (!pids.is_empty()).then_some(kill_ns)
+        })
+    };
+    let run = flow.run(timeout)?;
+    let kill_ns = killer
+        .join()
+        .map_err(|_| eyre!("the killer thread panicked"))?
+        .ok_or_else(|| eyre!("the recorder was not found running:\n{}", run.log))?;
+    let sent = read_dump(&dump)?;
+    let cutoff = kill_ns - 200_000_000 - 500_000_000;
+    let mut flushed_before_kill = 0;
+    for r in &sent {
+        let t = r["metadata"]["stamp_ns"]
+            .as_u64()
+            .ok_or_else(|| eyre!("a sent frame without stamp_ns: {r}"))?;
+        flushed_before_kill += (t < cutoff) as usize;
+    }
+    Ok(KilledRecording {
+        flow,
+        path,
+        sent,
+        flushed_before_kill,
+        _bin_dir: bin_dir,
+    })
+}

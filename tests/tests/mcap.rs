@@ -13,11 +13,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::{
-    bin, bin_copy, read_dump, repo_root, sigkill_matching, tiny_model, venv_python_json, Flow,
-};
+use e2e::{bin, read_dump, record_and_kill, repo_root, tiny_model, venv_python_json, Flow};
 use msg_dump::fnv1a64;
 use recorder::mcap_recording::McapRecordingReader;
 use recorder::recording::RecordedMessage;
@@ -350,65 +348,9 @@ fn camera_da3_mcap_recording_opens_in_mcap_and_rerun_and_replays_exactly() {
 #[test]
 fn killed_mcap_recorder_leaves_a_readable_file() {
     let (w, h) = (160u32, 120u32);
-    let dir = tempfile::tempdir().unwrap();
-    let rec_bin = bin_copy("recorder", dir.path(), "recorder-mcap-to-kill").unwrap();
-    let yaml = format!(
-        r#"
-nodes:
-  - id: camera
-    path: ../target/debug/camera
-    outputs: [image]
-    env: {{CAMERA_DEVICE: test-pattern, WIDTH: "{w}", HEIGHT: "{h}", FPS: "30", MAX_FRAMES: "150", CAMERA_NAME: pattern, ENCODING: jpeg}}
-  - id: recorder
-    path: {}
-    inputs:
-      image: {{source: camera/image, queue_size: 100, queue_policy: backpressure}}
-    env: {{FLUSH_MS: "200", BATCH: "1000"}}
-  - id: dump
-    path: ../target/debug/msg-dump
-    inputs:
-      image: {{source: camera/image, queue_size: 1000, queue_policy: backpressure}}
-"#,
-        rec_bin.display()
-    );
-    let mut flow = Flow::from_yaml(&yaml).unwrap();
-    let rec_path = flow.path("rec.mcap");
-    let dump = flow.path("sent.jsonl");
-    flow.env("recorder", "OUT", rec_path.display()).unwrap();
-    flow.env("dump", "OUT_FILE", dump.display()).unwrap();
-    flow.env("dump", "PRINT", "0").unwrap();
-
-    let killer = {
-        let rec_path = rec_path.clone();
-        let pattern = rec_bin.display().to_string();
-        std::thread::spawn(move || -> Option<u64> {
-            // Wait until the recorder has flushed a chunk, then 1.5 s more.
-            let start = Instant::now();
-            while std::fs::metadata(&rec_path).map_or(0, |m| m.len()) < 10_000 {
-                if start.elapsed() > Duration::from_secs(60) {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            std::thread::sleep(Duration::from_millis(1500));
-            let kill_ns = da3_msg::node_util::now_ns();
-            let pids = sigkill_matching(&pattern).ok()?;
-            (!pids.is_empty()).then_some(kill_ns)
-        })
-    };
-    let run = flow.run(TIMEOUT).unwrap();
-    let kill_ns = killer
-        .join()
-        .unwrap()
-        .unwrap_or_else(|| panic!("the recorder was not found running:\n{}", run.log));
-
-    let sent = read_dump(&dump).unwrap();
-    let (msgs, truncated) = read_mcap(&rec_path);
-    let cutoff = kill_ns - 200_000_000 - 500_000_000;
-    let before = sent
-        .iter()
-        .filter(|r| r["metadata"]["stamp_ns"].as_u64().unwrap() < cutoff)
-        .count();
+    let k = record_and_kill(w, h, ", ENCODING: jpeg", "rec.mcap", TIMEOUT).unwrap();
+    let (flow, rec_path, sent, before) = (&k.flow, &k.path, &k.sent, k.flushed_before_kill);
+    let (msgs, truncated) = read_mcap(rec_path);
     eprintln!(
         "kill -9 (mcap): {} frames sent, {before} more than FLUSH_MS+0.5 s before the kill, {} recorded, truncated: {truncated:?}",
         sent.len(),
@@ -421,7 +363,7 @@ nodes:
         "recorded {} frames, {before} sent more than FLUSH_MS before the kill",
         msgs.len()
     );
-    for (i, (m, want)) in msgs.iter().zip(&sent).enumerate() {
+    for (i, (m, want)) in msgs.iter().zip(sent).enumerate() {
         assert_eq!(
             msg_dump::record("image", &m.metadata, m.data.as_ref()),
             *want,
@@ -430,7 +372,7 @@ nodes:
     }
 
     // The mcap Python package reads the same records, up to the cut.
-    let doc = mcap_check(&rec_path, false);
+    let doc = mcap_check(rec_path, false);
     assert_eq!(doc["summary"], false);
     assert!(!doc["error"].is_null(), "the cut is reported");
     assert_eq!(doc["records"].as_array().unwrap().len(), msgs.len());
@@ -440,7 +382,7 @@ nodes:
     );
 
     // The cut file replays.
-    let (recs, log) = replay_all(&rec_path);
+    let (recs, log) = replay_all(rec_path);
     assert_eq!(recs.len(), msgs.len());
     assert!(
         log.contains("0 undecodable, 1 file(s) cut or damaged"),
@@ -450,7 +392,7 @@ nodes:
     // Recovered (summary and footer added), it opens in Rerun.
     let fixed = flow.path("fixed.mcap");
     let out = Command::new(bin("da3-mcap-recover").unwrap())
-        .arg(&rec_path)
+        .arg(rec_path)
         .arg(&fixed)
         .output()
         .unwrap();

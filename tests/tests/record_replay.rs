@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use da3_msg::arrow::array::{Array, ArrayRef, StringArray};
 use da3_msg::{DepthKind, DepthMap, FrameInfo, ImageFrame, MetadataParameters};
-use e2e::{bin, read_dump, Flow};
+use e2e::{bin, read_dump, record_and_kill, Flow};
 use msg_dump::fnv1a64;
 use recorder::recording::{RecordedMessage, RecordingReader, RecordingWriter};
 use serde_json::Value;
@@ -146,78 +146,11 @@ fn camera_recording_replays_byte_exact_with_metadata() {
 #[test]
 fn killed_recorder_leaves_a_readable_file() {
     let (w, h) = (160u32, 120u32);
-    // A copy of the recorder binary with a name of its own, so only this
-    // test's recorder is killed.
-    let dir = tempfile::tempdir().unwrap();
-    let rec_bin = dir.path().join("recorder-to-kill");
-    std::fs::copy(bin("recorder").unwrap(), &rec_bin).unwrap();
-    let yaml = format!(
-        r#"
-nodes:
-  - id: camera
-    path: ../target/debug/camera
-    outputs: [image]
-    env: {{CAMERA_DEVICE: test-pattern, WIDTH: "{w}", HEIGHT: "{h}", FPS: "30", MAX_FRAMES: "150", CAMERA_NAME: pattern}}
-  - id: recorder
-    path: {}
-    inputs:
-      image: {{source: camera/image, queue_size: 100, queue_policy: backpressure}}
-    env: {{FLUSH_MS: "200", BATCH: "1000"}}
-  - id: dump
-    path: ../target/debug/msg-dump
-    inputs:
-      image: {{source: camera/image, queue_size: 1000, queue_policy: backpressure}}
-"#,
-        rec_bin.display()
-    );
-    let (_g, mut flow) = flow_from_yaml(&yaml);
-    let rec_path = flow.path("rec.arrows");
-    let dump = flow.path("sent.jsonl");
-    flow.env("recorder", "OUT", rec_path.display()).unwrap();
-    flow.env("dump", "OUT_FILE", dump.display()).unwrap();
-    flow.env("dump", "PRINT", "0").unwrap();
-
-    let killer = {
-        let rec_path = rec_path.clone();
-        let pattern = rec_bin.display().to_string();
-        std::thread::spawn(move || -> Option<u64> {
-            // Wait until the recorder has flushed a batch, then 1.5 s more.
-            let start = Instant::now();
-            while std::fs::metadata(&rec_path).map_or(0, |m| m.len()) < 10_000 {
-                if start.elapsed() > Duration::from_secs(60) {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            std::thread::sleep(Duration::from_millis(1500));
-            let out = Command::new("pgrep")
-                .arg("-f")
-                .arg(&pattern)
-                .output()
-                .ok()?;
-            let pids = String::from_utf8_lossy(&out.stdout).to_string();
-            let kill_ns = da3_msg::node_util::now_ns();
-            for pid in pids.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-            (!pids.trim().is_empty()).then_some(kill_ns)
-        })
-    };
-    let run = flow.run(TIMEOUT).unwrap();
-    let kill_ns = killer
-        .join()
-        .unwrap()
-        .unwrap_or_else(|| panic!("the recorder was not found running:\n{}", run.log));
-
-    let sent = read_dump(&dump).unwrap();
-    let (msgs, truncated) = read_recording(&rec_path);
+    let k = record_and_kill(w, h, "", "rec.arrows", TIMEOUT).unwrap();
+    let (rec_path, sent, before) = (&k.path, &k.sent, k.flushed_before_kill);
+    let (msgs, truncated) = read_recording(rec_path);
     // Everything sent more than FLUSH_MS (+ slack for a busy machine) before
     // the kill was flushed.
-    let cutoff = kill_ns - 200_000_000 - 500_000_000;
-    let before = sent
-        .iter()
-        .filter(|r| r["metadata"]["stamp_ns"].as_u64().unwrap() < cutoff)
-        .count();
     eprintln!(
         "kill -9: {} frames sent, {before} more than FLUSH_MS+0.5 s before the kill, {} recorded, truncated: {truncated:?}",
         sent.len(),
@@ -234,7 +167,7 @@ nodes:
     }
 
     // The cut file replays.
-    let recs = replay_into_dump(&rec_path, "0");
+    let recs = replay_into_dump(rec_path, "0");
     assert_eq!(recs.len(), msgs.len());
     for (i, (rec, m)) in recs.iter().zip(&msgs).enumerate() {
         assert_eq!(rec, &expected_line("image", m), "frame {i}");
