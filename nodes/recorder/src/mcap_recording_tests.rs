@@ -1,9 +1,9 @@
 //! Tests of `mcap_recording` (a file of their own: the module is near the size limit).
 
 use super::*;
-use crate::recording::tests::{bytes_of, messages};
+use crate::recording::tests::{assert_round_trip, messages};
 use da3_msg::arrow::array::ArrayRef;
-use da3_msg::{ImageFrame, PointCloud};
+use da3_msg::ImageFrame;
 
 fn write_all(
     msgs: &[(String, MetadataParameters, ArrayRef)],
@@ -31,25 +31,7 @@ fn every_message_kind_round_trips_exactly() {
         let mut r = McapRecordingReader::new(Cursor::new(bytes), "mem").unwrap();
         let got: Vec<RecordedMessage> = r.by_ref().map(|m| m.unwrap()).collect();
         assert!(r.truncated().is_none(), "{:?}", r.truncated());
-        assert_eq!(got.len(), msgs.len());
-        for (i, (m, (s, p, a))) in got.iter().zip(&msgs).enumerate() {
-            assert_eq!(&m.stream, s);
-            assert_eq!(m.seq, i as u64);
-            assert_eq!(m.recv_ns, 1000 + i as i64);
-            assert_eq!(&m.metadata, p, "{s}: metadata");
-            assert_eq!(m.data.data_type(), a.data_type(), "{s}");
-            assert_eq!(m.arrow_type, a.data_type().to_string());
-            assert_eq!(m.data.to_data(), a.to_data(), "{s}: values");
-            assert_eq!(
-                bytes_of(m.data.as_ref()),
-                bytes_of(a.as_ref()),
-                "{s}: bytes"
-            );
-        }
-        let img = ImageFrame::from_message(got[0].data.as_ref(), &got[0].metadata).unwrap();
-        assert_eq!(img.data, (0..36).collect::<Vec<u8>>());
-        let pts = PointCloud::from_message(got[4].data.as_ref(), &got[4].metadata).unwrap();
-        assert_eq!(pts.rgb[0], [255, 0, 10]);
+        assert_round_trip(&got, &msgs);
     }
 }
 

@@ -763,6 +763,34 @@ pub(crate) mod tests {
         v
     }
 
+    /// `got` holds `msgs`, pushed at recv_ns 1000 + i, exactly: stream, seq, time, metadata,
+    /// Arrow type, values and bytes; typed back into the da3 messages (both formats' tests).
+    pub(crate) fn assert_round_trip(
+        got: &[RecordedMessage],
+        msgs: &[(String, MetadataParameters, ArrayRef)],
+    ) {
+        assert_eq!(got.len(), msgs.len());
+        for (i, (m, (s, p, a))) in got.iter().zip(msgs).enumerate() {
+            assert_eq!(&m.stream, s);
+            assert_eq!(m.seq, i as u64);
+            assert_eq!(m.recv_ns, 1000 + i as i64);
+            assert_eq!(&m.metadata, p, "{s}: metadata");
+            assert_eq!(m.data.data_type(), a.data_type(), "{s}");
+            assert_eq!(m.arrow_type, a.data_type().to_string());
+            assert_eq!(m.data.len(), a.len());
+            assert_eq!(m.data.to_data(), a.to_data(), "{s}: values");
+            assert_eq!(
+                bytes_of(m.data.as_ref()),
+                bytes_of(a.as_ref()),
+                "{s}: bytes"
+            );
+        }
+        let img = ImageFrame::from_message(got[0].data.as_ref(), &got[0].metadata).unwrap();
+        assert_eq!(img.data, (0..36).collect::<Vec<u8>>());
+        let pts = PointCloud::from_message(got[4].data.as_ref(), &got[4].metadata).unwrap();
+        assert_eq!(pts.rgb[0], [255, 0, 10]);
+    }
+
     fn write_all(msgs: &[(String, MetadataParameters, ArrayRef)], batch: usize) -> Vec<u8> {
         let mut w = RecordingWriter::new(Vec::new()).unwrap();
         for (i, (s, p, a)) in msgs.iter().enumerate() {
@@ -780,26 +808,7 @@ pub(crate) mod tests {
         let bytes = write_all(&msgs, 2);
         let r = RecordingReader::new(Cursor::new(bytes), "mem").unwrap();
         let got: Vec<RecordedMessage> = r.map(|m| m.unwrap()).collect();
-        assert_eq!(got.len(), msgs.len());
-        for (i, (m, (s, p, a))) in got.iter().zip(&msgs).enumerate() {
-            assert_eq!(&m.stream, s);
-            assert_eq!(m.seq, i as u64);
-            assert_eq!(m.recv_ns, 1000 + i as i64);
-            assert_eq!(&m.metadata, p, "{s}: metadata");
-            assert_eq!(m.data.data_type(), a.data_type(), "{s}");
-            assert_eq!(m.arrow_type, a.data_type().to_string());
-            assert_eq!(m.data.len(), a.len());
-            assert_eq!(
-                bytes_of(m.data.as_ref()),
-                bytes_of(a.as_ref()),
-                "{s}: bytes"
-            );
-        }
-        // Typed back into the da3 messages.
-        let img = ImageFrame::from_message(got[0].data.as_ref(), &got[0].metadata).unwrap();
-        assert_eq!(img.data, (0..36).collect::<Vec<u8>>());
-        let pts = PointCloud::from_message(got[4].data.as_ref(), &got[4].metadata).unwrap();
-        assert_eq!(pts.rgb[0], [255, 0, 10]);
+        assert_round_trip(&got, &msgs);
     }
 
     #[test]
