@@ -25,6 +25,13 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The zenoh settings the graph's header tells users to give each daemon
+/// (`DORA_ZENOH_CONFIG_OVERLAY`); `MM_ZENOH_OVERLAY` names another file (e.g.
+/// one with `wait_before_drop: 1` shows the loss it prevents).
+fn zenoh_overlay() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dataflows/zenoh-multi-machine.json5")
+}
+
 /// A coordinator and daemons on 127.0.0.1; every process is ended on drop,
 /// also when the test fails.
 struct Cluster {
@@ -94,6 +101,10 @@ impl Cluster {
             .args(args)
             .current_dir(&cwd)
             .env("NO_COLOR", "1")
+            .env(
+                "DORA_ZENOH_CONFIG_OVERLAY",
+                std::env::var_os("MM_ZENOH_OVERLAY").unwrap_or_else(|| zenoh_overlay().into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -108,6 +119,32 @@ impl Cluster {
 
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// Every process's log and the nodes' logs the daemons wrote (`out/`), for
+    /// a failure message.
+    fn logs(&self) -> String {
+        fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    files(&p, out);
+                } else if p.extension().is_some_and(|x| x == "txt") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        files(self.dir.path(), &mut nodes);
+        let procs = self
+            .procs
+            .iter()
+            .map(|(n, _)| format!("--- dora {n}:\n{}", self.log(n)));
+        let nodes = nodes.iter().map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            format!("--- {}:\n{text}", p.display())
+        });
+        procs.chain(nodes).collect::<Vec<_>>().join("\n")
     }
 
     fn pid(&self, name: &str) -> u32 {
@@ -308,8 +345,17 @@ fn nodes_run_on_their_machines_and_data_crosses_between_them() {
     assert!(fin > 0, "no frame reached the server: {last}");
     assert!(fin <= frames);
     assert!(fout > 0, "{last}");
-    assert_eq!(depth, fout, "depth maps back on the robot");
-    assert_eq!(cams, fout, "camera messages back on the robot");
+    let ids: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["input"] == "depth")
+        .map(|r| &r["metadata"]["frame_id"])
+        .collect();
+    let logs = format!(
+        "frame ids of the depth maps back: {ids:?}\n--- dora start:\n{log}\n{}",
+        cluster.logs()
+    );
+    assert_eq!(depth, fout, "depth maps back on the robot\n{logs}");
+    assert_eq!(cams, fout, "camera messages back on the robot\n{logs}");
     assert_eq!(recorded.get("depth"), Some(&fout), "recorder on the robot");
     assert_eq!(
         recorded.get("image"),
