@@ -1,10 +1,10 @@
 //! `dataflows/camera-da3-track-viewer.yml` under the real `dora run`: the camera's test
 //! pattern at 30 fps into the DA3 node in track mode (the committed tiny checkpoint, random
-//! weights: the poses are the model's, re-anchors are expected), the viewer writing an
+//! weights: the poses are the model's; the alignment's tolerances opened, see below), the viewer writing an
 //! `.rrd` and the recorder recording depth, camera and status.
 //!
-//! Checked: one output per inference (each frame once, in order, with a world pose), at
-//! most `K` keyframes, every frame processed or counted as dropped, p95 latency within
+//! Checked: one output per inference (each frame once, in order, with a world pose),
+//! (K+1)-view units ran, at most `K` keyframes, every frame processed or counted as dropped, p95 latency within
 //! 1.2 x the (K+1)-view inference time plus one frame interval, RSS flat after warm-up, the
 //! viewer's trajectory growing by one centre per frame, the recording holding every output.
 //!
@@ -57,8 +57,20 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
     flow.env("da3", "MODEL", &model).unwrap();
     flow.env("da3", "PROCESS_RES", &res).unwrap();
     flow.env("da3", "STATUS_MS", "500").unwrap();
-    if let Ok(r) = std::env::var("TRACK_MAX_RESIDUAL") {
-        flow.env("da3", "TRACK_MAX_RESIDUAL", r).unwrap();
+    // Random weights predict a frame's pose differently in units of different sizes
+    // (keyframe B as the new frame of a 2-view unit, then as the middle view of a 3-view
+    // one): at the default tolerances every few frames re-anchors and no (K+1)-view unit
+    // forms. The alignment's and the overlap's tolerances are opened (knobs of the node) so that units of
+    // K+1 views run and their latency is what is measured; re-anchoring itself is tested
+    // with the pose oracle (nodes/dora-da3/tests/track_oracle.rs). `TRACK_DEFAULT_TOLERANCES=1`
+    // keeps the defaults.
+    if std::env::var_os("TRACK_DEFAULT_TOLERANCES").is_none() {
+        flow.env("da3", "TRACK_MAX_RESIDUAL", "1000").unwrap();
+        flow.env("da3", "TRACK_MAX_ROTATION_DEG", "180").unwrap();
+        flow.env("da3", "TRACK_MAX_SCALE_CHANGE", "100").unwrap();
+        flow.env("da3", "TRACK_OVERLAP_BASELINE", "1000").unwrap();
+        flow.env("da3", "TRACK_OVERLAP_ROTATION_DEG", "180")
+            .unwrap();
     }
     flow.env("viewer", "RERUN_MODE", "save").unwrap();
     flow.env("viewer", "RERUN_RRD", flow.path("track.rrd").display())
@@ -133,16 +145,16 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
     }
 
     // Latency: one (K+1)-view inference plus at most one frame interval (x 1.2), plus
-    // the node's own sending of the frame's outputs (`send_ms`: ~6 ms per frame in a
-    // release build, 100+ ms in this debug build behind a debug viewer). p95 against p95:
-    // CI's shared cores make single inferences vary by 2x. With random weights the poses
-    // disagree and re-anchors keep the keyframes few: where no (K+1)-view unit ran, the
-    // largest units that did stand in (said so).
+    // the node's own sending of the frame's outputs (`send_ms`: the messages to the
+    // viewer and the recorder, 50-110 ms p95 on 2 shared cores where the next inference,
+    // the viewer, the recorder, the camera and the daemon all run). p95 against p95:
+    // CI's shared cores make single inferences vary by 2x. The strict bound of the
+    // tracking issue (1.2 x p50 + interval, no sending) is printed beside it.
     let by_views = t["infer_ms_by_views"].as_object().unwrap();
-    let (views, times) = by_views
-        .iter()
-        .max_by_key(|(n, _)| n.parse::<u64>().unwrap())
-        .expect("inference times");
+    let views = (k + 1).to_string();
+    let times = by_views
+        .get(&views)
+        .unwrap_or_else(|| panic!("no {views}-view unit ran: {by_views:?}"));
     let (infer50, infer95) = (num(&times["p50"]), num(&times["p95"]));
     let send95 = num(&t["send_ms"]["p95"]);
     let p95 = num(&last["latency_ms"]["p95"]);

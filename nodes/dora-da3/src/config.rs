@@ -222,6 +222,10 @@ pub const ENV_VARS: &[&[&str]] = &[&[
     "TRACK_KF_ROTATION_DEG",
     "TRACK_KF_INTERVAL_MS",
     "TRACK_MAX_RESIDUAL",
+    "TRACK_MAX_ROTATION_DEG",
+    "TRACK_MAX_SCALE_CHANGE",
+    "TRACK_OVERLAP_BASELINE",
+    "TRACK_OVERLAP_ROTATION_DEG",
 ]];
 
 fn parse_env<T: FromStr<Err = eyre::Report>>(
@@ -350,12 +354,35 @@ fn track_config(env: &Env) -> Result<TrackConfig> {
     if !(max_residual.is_finite() && max_residual > 0.0) {
         bail!("invalid TRACK_MAX_RESIDUAL={max_residual}: must be a positive fraction of the scene depth");
     }
+    let max_rotation_deg: f64 = env.or("TRACK_MAX_ROTATION_DEG", d.max_rotation_deg)?;
+    if !(max_rotation_deg.is_finite() && max_rotation_deg > 0.0 && max_rotation_deg <= 180.0) {
+        bail!("invalid TRACK_MAX_ROTATION_DEG={max_rotation_deg}: must be in (0, 180]");
+    }
+    let max_scale_change: f64 = env.or("TRACK_MAX_SCALE_CHANGE", d.max_scale_change)?;
+    if !(max_scale_change.is_finite() && max_scale_change > 0.0) {
+        bail!("invalid TRACK_MAX_SCALE_CHANGE={max_scale_change}: must be a positive |ln| of a depth ratio");
+    }
+    let overlap_baseline: f64 = env.or("TRACK_OVERLAP_BASELINE", d.overlap_baseline)?;
+    if !(overlap_baseline.is_finite() && overlap_baseline > 0.0) {
+        bail!("invalid TRACK_OVERLAP_BASELINE={overlap_baseline}: must be a positive number of scene depths");
+    }
+    let overlap_rotation_deg: f64 = env.or("TRACK_OVERLAP_ROTATION_DEG", d.overlap_rotation_deg)?;
+    if !(overlap_rotation_deg.is_finite()
+        && overlap_rotation_deg > 0.0
+        && overlap_rotation_deg <= 180.0)
+    {
+        bail!("invalid TRACK_OVERLAP_ROTATION_DEG={overlap_rotation_deg}: must be in (0, 180]");
+    }
     Ok(TrackConfig {
         keyframes,
         kf_baseline,
         kf_rotation_deg,
         kf_interval_ns: interval_ms.saturating_mul(1_000_000),
         max_residual,
+        max_rotation_deg,
+        max_scale_change,
+        overlap_baseline,
+        overlap_rotation_deg,
     })
 }
 

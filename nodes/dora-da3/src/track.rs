@@ -13,9 +13,10 @@
 //! - A new keyframe is taken when the new frame is far enough from the nearest keyframe
 //!   (baseline as a fraction of the scene depth, or rotation) or the newest keyframe is old;
 //!   the oldest keyframe leaves beyond `K`.
-//! - A failure (fewer than a majority of the keyframes align within `max_residual`, no
-//!   scale, or too little overlap: the new frame more than [`MAX_OVERLAP_BASELINE`] scene
-//!   depths or [`MAX_OVERLAP_ROTATION_DEG`] from every keyframe) re-anchors: a new world
+//! - A failure (fewer than a majority of the keyframes align within `max_residual`,
+//!   `max_rotation_deg` and `max_scale_change`, no
+//!   scale, or too little overlap: the new frame more than `overlap_baseline` scene
+//!   depths or `overlap_rotation_deg` from every keyframe) re-anchors: a new world
 //!   whose only keyframe is the new frame, placed at the last good pose with its depth
 //!   scaled to the last good depth, so the trajectory stays continuous.
 //!
@@ -26,15 +27,6 @@ use std::collections::VecDeque;
 use da3_io::align_poses::{align_poses, depth_ratio, positive_median, CamPose, PosePair};
 use da3_io::align_poses::{PoseFit, PoseFitOptions};
 use serde_json::{json, Value};
-
-/// Frames farther than this many scene depths from every keyframe share too little with them.
-pub const MAX_OVERLAP_BASELINE: f64 = 1.0;
-/// Frames turned more than this from every keyframe share too little with them.
-pub const MAX_OVERLAP_ROTATION_DEG: f64 = 75.0;
-/// Rotation tolerance of an aligned keyframe.
-pub const ROT_TOL_DEG: f64 = 10.0;
-/// Depth-ratio tolerance of an aligned keyframe (`|ln|` of the ratio to the fitted scale).
-pub const SCALE_TOL: f64 = 0.15;
 
 /// The tracker's knobs (`TRACK_*` of the node).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +41,17 @@ pub struct TrackConfig {
     pub kf_interval_ns: u64,
     /// Largest position residual of an aligned keyframe, a fraction of the scene depth.
     pub max_residual: f64,
+    /// Largest rotation error of an aligned keyframe, degrees.
+    pub max_rotation_deg: f64,
+    /// Largest depth-ratio error of an aligned keyframe (`|ln|` of its ratio to the
+    /// fitted scale).
+    pub max_scale_change: f64,
+    /// A frame farther than this many scene depths from every keyframe shares too little
+    /// with them.
+    pub overlap_baseline: f64,
+    /// A frame turned more than this (degrees) from every keyframe shares too little
+    /// with them.
+    pub overlap_rotation_deg: f64,
 }
 
 impl Default for TrackConfig {
@@ -59,6 +62,10 @@ impl Default for TrackConfig {
             kf_rotation_deg: 10.0,
             kf_interval_ns: 2_000_000_000,
             max_residual: 0.05,
+            max_rotation_deg: 10.0,
+            max_scale_change: 0.15,
+            overlap_baseline: 1.0,
+            overlap_rotation_deg: 75.0,
         }
     }
 }
@@ -378,8 +385,8 @@ impl<T> Tracker<T> {
         let ref_len = self.scene_depth();
         let opts = PoseFitOptions {
             pos_tol: self.cfg.max_residual,
-            rot_tol: ROT_TOL_DEG.to_radians(),
-            scale_tol: SCALE_TOL,
+            rot_tol: self.cfg.max_rotation_deg.to_radians(),
+            scale_tol: self.cfg.max_scale_change,
             ..PoseFitOptions::for_scene(ref_len)
         };
         let fit = align_poses(&pairs, &opts).map_err(|_| (Failure::NoScale, 0, n))?;
@@ -397,7 +404,9 @@ impl<T> Tracker<T> {
         let pose = new.pose.transformed(&fit.sim);
         let (baseline, rotation) = self.nearest(&pose);
         let rotation_deg = rotation.to_degrees();
-        if baseline / ref_len > MAX_OVERLAP_BASELINE || rotation_deg > MAX_OVERLAP_ROTATION_DEG {
+        if baseline / ref_len > self.cfg.overlap_baseline
+            || rotation_deg > self.cfg.overlap_rotation_deg
+        {
             return Err((
                 Failure::NoOverlap {
                     baseline: baseline / ref_len,

@@ -37,6 +37,15 @@ fn invalid_values_stop_before_the_model_loads() {
         ("USE_RAY_POSE", "maybe"),
         ("SYNC_MS", "-1"),
         ("MAX_PIXELS", "0"),
+        ("TRACK_KEYFRAMES", "0"),
+        ("TRACK_KF_BASELINE", "-1"),
+        ("TRACK_KF_ROTATION_DEG", "200"),
+        ("TRACK_KF_INTERVAL_MS", "0"),
+        ("TRACK_MAX_RESIDUAL", "0"),
+        ("TRACK_MAX_ROTATION_DEG", "0"),
+        ("TRACK_MAX_SCALE_CHANGE", "nan"),
+        ("TRACK_OVERLAP_BASELINE", "0"),
+        ("TRACK_OVERLAP_ROTATION_DEG", "181"),
     ];
     for (k, v) in cases {
         let (ok, text) = run_with(&[(k, v)]);
