@@ -6,8 +6,8 @@ use candle_nn::VarBuilder;
 use super::cam_dec::CameraDec;
 use super::cam_enc::CameraEnc;
 use super::config::{HeadKind, NetConfig};
-use super::dpt::Dpt;
-use super::dual_dpt::DualDpt;
+use super::dpt::{Dpt, DptOutput};
+use super::dual_dpt::{DualDpt, DualDptOutput};
 use super::gs_adapter::AdapterInput;
 use super::gs_dpt::GsDpt;
 use super::ray_pose::{default_sample_indices, ransac_candidates, solve_view, RANSAC_SAMPLE};
@@ -152,7 +152,15 @@ impl Da3Net {
                 // The reference drops the rays unless they give the pose (or there is no
                 // camera decoder); skip the ray branch when they would be dropped.
                 let with_ray = opts.use_ray_pose || self.cam_dec.is_none();
-                let o = hd.forward(&feats, h, w, with_ray)?;
+                let parts = per_view(&feats, |f| hd.forward(f, h, w, with_ray))?;
+                let o = DualDptOutput {
+                    depth: cat_views(parts.iter().map(|o| Some(&o.depth)))?.expect("depth"),
+                    depth_conf: cat_views(parts.iter().map(|o| Some(&o.depth_conf)))?
+                        .expect("confidence"),
+                    ray: cat_views(parts.iter().map(|o| o.ray.as_ref()))?,
+                    ray_conf: cat_views(parts.iter().map(|o| o.ray_conf.as_ref()))?,
+                };
+                drop(parts);
                 out.depth = o.depth.reshape((b, s, h, w))?;
                 out.depth_conf = Some(o.depth_conf.reshape((b, s, h, w))?);
                 if let (Some(r), Some(rc)) = (&o.ray, &o.ray_conf) {
@@ -182,7 +190,13 @@ impl Da3Net {
                 }
             }
             Head::Dpt(hd) => {
-                let o = hd.forward(&feats, h, w)?;
+                let parts = per_view(&feats, |f| hd.forward(f, h, w))?;
+                let o = DptOutput {
+                    depth: cat_views(parts.iter().map(|o| Some(&o.depth)))?.expect("depth"),
+                    depth_conf: cat_views(parts.iter().map(|o| o.depth_conf.as_ref()))?,
+                    sky: cat_views(parts.iter().map(|o| o.sky.as_ref()))?,
+                };
+                drop(parts);
                 out.depth = o.depth.reshape((b, s, h, w))?;
                 out.depth_conf = o.depth_conf.map(|c| c.reshape((b, s, h, w))).transpose()?;
                 out.sky = o.sky.map(|c| c.reshape((b, s, h, w))).transpose()?;
@@ -298,6 +312,39 @@ impl Da3Net {
             ks.push(r.intrinsics);
         }
         Ok((es, ks))
+    }
+}
+
+/// Views per run of a depth head: the heads work on each view alone, so running them a
+/// view at a time gives the same outputs with one view's activations alive instead of all
+/// views' (DA3-BASE, 4 views: most of the peak memory). The reference runs them 8 views at
+/// a time (`chunk_size` of its DPT heads) for the same reason.
+const HEAD_VIEWS: usize = 1;
+
+/// `f` over the views of `feats` ((BS, N, C) tensors), [`HEAD_VIEWS`] at a time.
+fn per_view<T>(feats: &[Tensor], f: impl Fn(&[Tensor]) -> Result<T>) -> Result<Vec<T>> {
+    let n = feats.first().map_or(Ok(0), |t| t.dim(0))?;
+    (0..n)
+        .step_by(HEAD_VIEWS)
+        .map(|v0| {
+            let len = HEAD_VIEWS.min(n - v0);
+            let part = feats
+                .iter()
+                .map(|t| t.narrow(0, v0, len))
+                .collect::<Result<Vec<_>>>()?;
+            f(&part)
+        })
+        .collect()
+}
+
+/// The per-view parts of one head output joined along the views (dim 0); `None` when the
+/// head did not produce it.
+fn cat_views<'a>(parts: impl Iterator<Item = Option<&'a Tensor>>) -> Result<Option<Tensor>> {
+    let parts: Option<Vec<&Tensor>> = parts.collect();
+    match parts {
+        Some(p) if p.len() == 1 => Ok(Some(p[0].clone())),
+        Some(p) if !p.is_empty() => Tensor::cat(&p, 0).map(Some),
+        _ => Ok(None),
     }
 }
 
