@@ -101,6 +101,22 @@ pub fn det3<T: Real>(m: &Mat3<T>) -> T {
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
 }
 
+/// The inverse of a 3x3 matrix (adjugate over determinant; infinite or NaN entries for a
+/// singular one).
+pub fn inverse3<T: Real>(m: &Mat3<T>) -> Mat3<T> {
+    let det = det3(m);
+    let mut out = [[T::default(); 3]; 3];
+    for (i, row) in out.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            // Cofactor (j, i): the rows and columns other than j and i, cyclically.
+            let (r0, r1) = ((j + 1) % 3, (j + 2) % 3);
+            let (c0, c1) = ((i + 1) % 3, (i + 2) % 3);
+            *v = (m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]) / det;
+        }
+    }
+    out
+}
+
 /// The reference's `affine_inverse`: `[R | t]⁻¹ = [Rᵀ | -Rᵀ t]`, for a 3x4 or a 4x4 matrix
 /// (whose last row is kept as it is).
 pub fn affine_inverse<T: Real, const R: usize>(a: &[[T; 4]; R]) -> [[T; 4]; R] {
@@ -444,6 +460,24 @@ mod tests {
     fn rot_y(a: f64) -> Mat3 {
         let (s, c) = a.sin_cos();
         [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]
+    }
+
+    #[test]
+    fn inverse3_inverts() {
+        // An intrinsics-like matrix and a general one (no zero entries, not symmetric).
+        for m in [
+            [[500.0, 0.0, 320.0], [0.0, 480.0, 240.0], [0.0, 0.0, 1.0]],
+            [[2.0, -1.0, 0.5], [0.3, 4.0, -2.0], [1.5, 0.7, 3.0]],
+        ] {
+            for p in [matmul(&m, &inverse3(&m)), matmul(&inverse3(&m), &m)] {
+                for (i, row) in p.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        let want: f64 = if i == j { 1.0 } else { 0.0 };
+                        assert!((*v - want).abs() < 1e-12, "{m:?}: {p:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

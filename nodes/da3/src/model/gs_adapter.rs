@@ -14,7 +14,7 @@
 
 use da3_io::align::umeyama_scale;
 use da3_io::gaussians::Gaussians;
-use da3_io::geometry::{affine_inverse, matmul, Mat3, Mat34};
+use da3_io::geometry::{affine_inverse, inverse3, matmul, Mat3, Mat34};
 
 use super::config::GsAdapterConfig;
 use super::transform::{mat_to_quat, quat_to_mat};
@@ -22,28 +22,6 @@ use super::transform::{mat_to_quat, quat_to_mat};
 fn inv2(m: [[f64; 2]; 2]) -> [[f64; 2]; 2] {
     let d = m[0][0] * m[1][1] - m[0][1] * m[1][0];
     [[m[1][1] / d, -m[0][1] / d], [-m[1][0] / d, m[0][0] / d]]
-}
-
-fn inv3(m: &Mat3) -> Mat3 {
-    let [[a, b, c], [d, e, f], [g, h, i]] = *m;
-    let det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g);
-    [
-        [
-            (e * i - f * h) / det,
-            (c * h - b * i) / det,
-            (b * f - c * e) / det,
-        ],
-        [
-            (f * g - d * i) / det,
-            (a * i - c * g) / det,
-            (c * d - a * f) / det,
-        ],
-        [
-            (d * h - e * g) / det,
-            (b * g - a * h) / det,
-            (a * e - b * d) / det,
-        ],
-    ]
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -157,7 +135,7 @@ impl GsAdapterConfig {
                 [k[1][0] / hf, k[1][1] / hf, k[1][2] / hf],
                 k[2],
             ];
-            let kn_inv = inv3(&kn);
+            let kn_inv = inverse3(&kn);
             let i2 = inv2([[kn[0][0], kn[0][1]], [kn[1][0], kn[1][1]]]);
             let (px, py) = (1.0 / wf, 1.0 / hf);
             let multiplier =
