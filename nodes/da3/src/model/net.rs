@@ -9,7 +9,7 @@ use super::config::{HeadKind, NetConfig};
 use super::dpt::{Dpt, DptOutput};
 use super::dual_dpt::{DualDpt, DualDptOutput};
 use super::gs_adapter::AdapterInput;
-use super::gs_dpt::GsDpt;
+use super::gs_dpt::{GsDpt, GsHeadOutput};
 use super::ray_pose::{default_sample_indices, ransac_candidates, solve_view, RANSAC_SAMPLE};
 use super::transform::{
     extrinsics_from_tensor, intrinsics_from_tensor, mats34_to_tensor, mats3_to_tensor,
@@ -230,7 +230,19 @@ impl Da3Net {
             eyre::bail!("infer_gs: the Gaussian head needs the predicted cameras");
         };
         let (b, s, _, h, w) = x.dims5()?;
-        let o = head.forward(feats, h, w, &x.reshape((b * s, 3, h, w))?)?;
+        // A view at a time, as the depth heads: the images ride along as a last input.
+        let n = feats.len();
+        let inputs: Vec<Tensor> = feats
+            .iter()
+            .cloned()
+            .chain([x.reshape((b * s, 3, h, w))?])
+            .collect();
+        let parts = per_view(&inputs, |f| head.forward(&f[..n], h, w, &f[n]))?;
+        let o = GsHeadOutput {
+            raw: cat_views(parts.iter().map(|o| Some(&o.raw)))?.expect("raw"),
+            density: cat_views(parts.iter().map(|o| Some(&o.density)))?.expect("density"),
+        };
+        drop(parts);
         let f32_vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
             t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
         };
@@ -315,7 +327,7 @@ impl Da3Net {
     }
 }
 
-/// Views per run of a depth head: the heads work on each view alone, so running them a
+/// Views per run of a depth head (and of the Gaussian head): the heads work on each view alone, so running them a
 /// view at a time gives the same outputs with one view's activations alive instead of all
 /// views' (DA3-BASE, 4 views: most of the peak memory). The reference runs them 8 views at
 /// a time (`chunk_size` of its DPT heads) for the same reason.
