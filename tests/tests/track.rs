@@ -144,12 +144,12 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
         }
     }
 
-    // Latency: one (K+1)-view inference plus at most one frame interval (x 1.2), plus
-    // the node's own sending of the frame's outputs (`send_ms`: the messages to the
-    // viewer and the recorder, 50-110 ms p95 on 2 shared cores where the next inference,
-    // the viewer, the recorder, the camera and the daemon all run). p95 against p95:
-    // CI's shared cores make single inferences vary by 2x. The strict bound of the
-    // tracking issue (1.2 x p50 + interval, no sending) is printed beside it.
+    // Latency: within 1.2 x one (K+1)-view inference plus one frame interval, plus the
+    // sending of the frame's outputs (`send_ms`: ~19 ms p95 here with the viewer off
+    // backpressure, see the graph; the latency met the bound without it in the runs of
+    // session 10, by 17-20 ms, too little margin for CI's shared cores). p95 against p95:
+    // they make single inferences vary by 2x. The strict form (1.2 x the p50 inference +
+    // interval) is printed beside it.
     let by_views = t["infer_ms_by_views"].as_object().unwrap();
     let views = (k + 1).to_string();
     let times = by_views
