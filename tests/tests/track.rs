@@ -1,11 +1,12 @@
 //! `dataflows/camera-da3-track-viewer.yml` under the real `dora run`: the camera's test
 //! pattern at 30 fps into the DA3 node in track mode (the committed tiny checkpoint, random
-//! weights: the poses are the model's; the alignment's tolerances opened, see below), the viewer writing an
-//! `.rrd` and the recorder recording depth, camera and status.
+//! weights: the poses are the model's; the alignment's tolerances opened, see below), the
+//! viewer writing an `.rrd` and the recorder recording depth, camera and status.
 //!
 //! Checked: one output per inference (each frame once, in order, with a world pose),
-//! (K+1)-view units ran, at most `K` keyframes, every frame processed or counted as dropped, p95 latency within
-//! 1.2 x the (K+1)-view inference time plus one frame interval, RSS flat after warm-up, the
+//! (K+1)-view units ran, at most `K` keyframes, every frame processed or counted as
+//! dropped, p95 latency within 1.2 x the (K+1)-view inference time plus one frame interval
+//! (plus the sending, see below), RSS flat after warm-up, the
 //! viewer's trajectory growing by one centre per frame, the recording holding every output.
 //!
 //! `TRACK_SECS` (default 20) is the camera's run time; `TRACK_MODEL` another checkpoint
@@ -60,10 +61,10 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
     // Random weights predict a frame's pose differently in units of different sizes
     // (keyframe B as the new frame of a 2-view unit, then as the middle view of a 3-view
     // one): at the default tolerances every few frames re-anchors and no (K+1)-view unit
-    // forms. The alignment's and the overlap's tolerances are opened (knobs of the node) so that units of
-    // K+1 views run and their latency is what is measured; re-anchoring itself is tested
-    // with the pose oracle (nodes/dora-da3/tests/track_oracle.rs). `TRACK_DEFAULT_TOLERANCES=1`
-    // keeps the defaults.
+    // forms. The alignment's and the overlap's tolerances are opened (knobs of the node) so
+    // that units of K+1 views run and their latency is what is measured; re-anchoring
+    // itself is tested with the pose oracle (nodes/dora-da3/tests/track_oracle.rs).
+    // `TRACK_DEFAULT_TOLERANCES=1` keeps the defaults.
     if std::env::var_os("TRACK_DEFAULT_TOLERANCES").is_none() {
         flow.env("da3", "TRACK_MAX_RESIDUAL", "1000").unwrap();
         flow.env("da3", "TRACK_MAX_ROTATION_DEG", "180").unwrap();

@@ -14,9 +14,9 @@
 //!   (baseline as a fraction of the scene depth, or rotation) or the newest keyframe is old;
 //!   the oldest keyframe leaves beyond `K`.
 //! - A failure (fewer than a majority of the keyframes align within `max_residual`,
-//!   `max_rotation_deg` and `max_scale_change`, no
-//!   scale, or too little overlap: the new frame more than `overlap_baseline` scene
-//!   depths or `overlap_rotation_deg` from every keyframe) re-anchors: a new world
+//!   `max_rotation_deg` and `max_scale_change`, no scale, or too little overlap: the new
+//!   frame more than `overlap_baseline` scene depths or `overlap_rotation_deg` from every
+//!   keyframe) re-anchors: a new world
 //!   whose only keyframe is the new frame, placed at the last good pose with its depth
 //!   scaled to the last good depth, so the trajectory stays continuous.
 //!

@@ -327,10 +327,11 @@ impl Da3Net {
     }
 }
 
-/// Views per run of a depth head (and of the Gaussian head): the heads work on each view alone, so running them a
-/// view at a time gives the same outputs with one view's activations alive instead of all
-/// views' (DA3-BASE, 4 views: most of the peak memory). The reference runs them 8 views at
-/// a time (`chunk_size` of its DPT heads) for the same reason.
+/// Views per run of a depth head (and of the Gaussian head): the heads work on each view
+/// alone, so running them a view at a time gives the same outputs with one view's
+/// activations alive instead of all views' (DA3-BASE, 4 views: most of the peak memory).
+/// The reference runs them 8 views at a time (`chunk_size` of its DPT heads) for the same
+/// reason.
 const HEAD_VIEWS: usize = 1;
 
 /// `f` over the views of `feats` ((BS, N, C) tensors), [`HEAD_VIEWS`] at a time.
