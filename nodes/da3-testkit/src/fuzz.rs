@@ -298,7 +298,7 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
     }
     // The encodings of dora's camera nodes: whole, with sizes (files also
     // without), and an odd size for the YUV layouts.
-    for enc in crate::bad::NEW_ENCODINGS {
+    for &enc in crate::bad::NEW_ENCODINGS {
         let b = encoding_byte(enc);
         if let Ok(d) = crate::encode_as(enc, w, h, &rgb) {
             seeds.push(frame_input(b, wh | F_FRAME_ID, w as i32, h as i32, &d));

@@ -298,7 +298,7 @@ impl ImageKit {
                 }
             }
             14 => {
-                let enc = *rng.pick(&NEW_ENCODINGS);
+                let enc = *rng.pick(NEW_ENCODINGS);
                 self.truncated(enc, rng)
             }
             _ => {
@@ -318,18 +318,9 @@ impl ImageKit {
     }
 }
 
-/// The encodings added for dora's camera nodes (beyond rgb8, bgr8, rgba8,
+/// The encodings added for dora's camera nodes (`Encoding::ALL` after rgb8, bgr8, rgba8,
 /// mono8, jpeg, png): each gets truncated frames.
-pub const NEW_ENCODINGS: [Encoding; 8] = [
-    Encoding::Bgra8,
-    Encoding::Mono16,
-    Encoding::Yuv420,
-    Encoding::Nv12,
-    Encoding::Yuyv,
-    Encoding::Uyvy,
-    Encoding::Webp,
-    Encoding::Bmp,
-];
+pub const NEW_ENCODINGS: &[Encoding] = Encoding::ALL.split_at(6).1;
 
 fn truncated_kind(enc: Encoding) -> &'static str {
     match enc {
