@@ -207,10 +207,7 @@ pub fn prepare(
     if let Some(k) = intrinsics {
         ensure!(k.len() == n, "{} intrinsics for {n} images", k.len());
     }
-    let blocks = match model.config() {
-        crate::Da3Config::Single(c) => c.vit.depth,
-        crate::Da3Config::Nested { anyview, .. } => anyview.vit.depth,
-    };
+    let blocks = model.config().anyview().vit.depth;
     if let Some(l) = opts.export_feat_layers.iter().find(|&&l| l >= blocks) {
         eyre::bail!(
             "export_feat_layers: block {l} does not exist (the backbone has blocks 0..{blocks})"

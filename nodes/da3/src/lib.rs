@@ -222,21 +222,13 @@ impl Da3Model {
     /// Whether the model takes input cameras (pose-conditioned inference): any-view models
     /// with a camera encoder. Others ignore [`ForwardOptions::extrinsics`].
     pub fn accepts_cameras(&self) -> bool {
-        let net = match &self.cfg {
-            Da3Config::Single(c) => c,
-            Da3Config::Nested { anyview, .. } => anyview,
-        };
-        net.cam_enc_dim.is_some()
+        self.cfg.anyview().cam_enc_dim.is_some()
     }
 
     /// Whether the model has a Gaussian head ([`ForwardOptions::infer_gs`]): DA3-GIANT and
     /// the nested model.
     pub fn has_gaussian_head(&self) -> bool {
-        let net = match &self.cfg {
-            Da3Config::Single(c) => c,
-            Da3Config::Nested { anyview, .. } => anyview,
-        };
-        net.gs_head.is_some()
+        self.cfg.anyview().gs_head.is_some()
     }
 
     /// Run the network on normalised views `x` (B, S, 3, H, W) (H, W multiples of 14).

@@ -145,32 +145,25 @@ impl GsAdapterConfig {
     /// From a net config's `gs_adapter` object (missing keys: the reference's defaults, which
     /// differ from DA3-GIANT's: `sh_degree` 0, no depth offset).
     pub fn from_json(v: &Value) -> Result<Self> {
-        let b = |k: &str, d: bool| -> Result<bool> {
+        // Key `k`: `default` when missing or null, else `get` of it or an error saying what
+        // it must be.
+        fn field<T>(
+            v: &Value,
+            k: &str,
+            default: T,
+            get: impl Fn(&Value) -> Option<T>,
+            must: &str,
+        ) -> Result<T> {
             match v.get(k) {
-                None | Some(Value::Null) => Ok(d),
-                Some(x) => x
-                    .as_bool()
-                    .ok_or_else(|| eyre!("gs_adapter.{k} must be a boolean")),
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => get(x).ok_or_else(|| eyre!("gs_adapter.{k} must be {must}")),
             }
-        };
-        let f = |k: &str, d: f64| -> Result<f64> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(d),
-                Some(x) => x
-                    .as_f64()
-                    .ok_or_else(|| eyre!("gs_adapter.{k} must be a number")),
-            }
-        };
-        let sh_degree = match v.get("sh_degree") {
-            None | Some(Value::Null) => 0,
-            Some(x) => x
-                .as_u64()
-                .filter(|&d| d <= 4)
-                .ok_or_else(|| eyre!("gs_adapter.sh_degree must be 0..=4"))?
-                as usize,
-        };
+        }
+        let b = |k: &str, d: bool| field(v, k, d, Value::as_bool, "a boolean");
+        let f = |k: &str, d: f64| field(v, k, d, Value::as_f64, "a number");
+        let sh_degree = |x: &Value| x.as_u64().filter(|&d| d <= 4).map(|d| d as usize);
         let c = Self {
-            sh_degree,
+            sh_degree: field(v, "sh_degree", 0, sh_degree, "0..=4")?,
             pred_color: b("pred_color", false)?,
             pred_offset_depth: b("pred_offset_depth", false)?,
             pred_offset_xy: b("pred_offset_xy", true)?,
@@ -425,6 +418,15 @@ impl NetConfig {
 }
 
 impl Da3Config {
+    /// The network that takes the views: the single one, or the nested pair's any-view
+    /// branch (its camera encoder, backbone and Gaussian head serve the pair).
+    pub fn anyview(&self) -> &NetConfig {
+        match self {
+            Self::Single(c) => c,
+            Self::Nested { anyview, .. } => anyview,
+        }
+    }
+
     pub fn da3_small() -> Self {
         Self::Single(NetConfig::da3_small())
     }
