@@ -42,6 +42,24 @@ impl Gaussians {
         self.means.is_empty()
     }
 
+    /// View `i` alone (`views` 1).
+    pub fn view(&self, i: usize) -> Gaussians {
+        let n = self.height * self.width;
+        let r = i * n..(i + 1) * n;
+        let k = 3 * self.d_sh;
+        Gaussians {
+            views: 1,
+            height: self.height,
+            width: self.width,
+            means: self.means[r.clone()].to_vec(),
+            scales: self.scales[r.clone()].to_vec(),
+            rotations: self.rotations[r.clone()].to_vec(),
+            harmonics: self.harmonics[r.start * k..r.end * k].to_vec(),
+            d_sh: self.d_sh,
+            opacities: self.opacities[r].to_vec(),
+        }
+    }
+
     /// Each Gaussian's base colour: its degree-0 SH coefficient as RGB (`0.5 + C0 * dc`, the
     /// 3DGS convention), for viewers that draw points.
     pub fn dc_colours(&self) -> Vec<[u8; 3]> {
@@ -218,6 +236,17 @@ mod tests {
             d_sh: 4,
             opacities: vec![0.5; n],
         }
+    }
+
+    #[test]
+    fn view_is_that_views_gaussians() {
+        let g = sample(3, 4, 5);
+        let v = g.view(1);
+        v.validate().unwrap();
+        assert_eq!((v.views, v.height, v.width, v.d_sh), (1, 4, 5, 4));
+        assert_eq!(v.means[..], g.means[20..40]);
+        assert_eq!(v.harmonics[..], g.harmonics[20 * 12..40 * 12]);
+        assert_eq!(v.opacities.len(), 20);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use da3::inference::{self, InputIntrinsics};
 use da3::preprocess::{restore_intrinsics, restore_map, Mat3, RgbImage, ViewTransform};
 use da3::Da3Model;
-use da3_io::gaussians::Gaussians;
 use da3_io::geometry::Mat4;
 use da3_msg::{FrameInfo, Intrinsics, Splats};
 use eyre::{bail, Context, Result};
@@ -114,24 +113,6 @@ pub fn intrinsics_to_input(k: &[f64; 9], t: &ViewTransform) -> [f64; 9] {
         *o = *v as f64;
     }
     o
-}
-
-/// View `i` of a unit's Gaussians.
-fn one_view(g: &Gaussians, i: usize) -> Gaussians {
-    let n = g.height * g.width;
-    let r = i * n..(i + 1) * n;
-    let k = 3 * g.d_sh;
-    Gaussians {
-        views: 1,
-        height: g.height,
-        width: g.width,
-        means: g.means[r.clone()].to_vec(),
-        scales: g.scales[r.clone()].to_vec(),
-        rotations: g.rotations[r.clone()].to_vec(),
-        harmonics: g.harmonics[r.start * k..r.end * k].to_vec(),
-        d_sh: g.d_sh,
-        opacities: g.opacities[r].to_vec(),
-    }
 }
 
 /// Runs one image alone (a one-view unit), as batch and live modes do.
@@ -260,7 +241,7 @@ pub fn infer(model: &Da3Model, cfg: &Config, unit: &WorkUnit) -> Result<Vec<View
             }
         }
         view.gaussians = pred.gaussians.as_ref().map(|g| Splats {
-            gaussians: one_view(g, i),
+            gaussians: g.view(i),
             depth: pred.depth[i * plane..(i + 1) * plane].to_vec(),
             info: v.info.clone(),
             is_metric: false,
