@@ -215,6 +215,8 @@ for r in rows:
     for k in ("torch", "onnxruntime", "openvino"):
         if r.get(k):
             versions.setdefault(k, r[k].split("-")[0])
+    if r.get("onednn") and not str(r["onednn"]).startswith("not loaded"):
+        versions.setdefault("ours' kernels", r["onednn"])
 out = ["# Benchmarks", "",
        "Written by `scripts/bench.sh` (ours: `da3 bench`, release build; peers: `scripts/bench_reference.py`:",
        "the reference depth-anything-3 0.1.1 forward in torch, and the same forward exported to ONNX",

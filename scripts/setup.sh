@@ -6,6 +6,7 @@
 #   - dora's opencv-video-capture 0.5.0 node and OpenCV 4.14 (headless), for the encoding tests
 #   - the MCAP readers of the tests (mcap, mcap-protobuf-support) from PyPI into ./.venv
 #   - oneMKL 2026.2 static libraries (mkl-static, PyPI) into ./.venv/lib, for bf16 GEMMs
+#   - oneDNN 3.2 (onednn-cpu-gomp, PyPI) into ./.venv/lib, for the linear layers' GEMMs
 #   - the Rust dependencies (cargo fetch)
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -68,6 +69,14 @@ fi
 if [ ! -f .venv/lib/libmkl_core.a ]; then
   echo "setup: installing mkl-static==2026.2.0 into .venv (oneMKL, static libraries)"
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mkl-static==2026.2.0
+fi
+
+# oneDNN 3.2 (GNU OpenMP build: needs only libgomp), for the linear layers' GEMMs (bf16 and
+# f32): nodes/da3/build.rs records .venv/lib/libdnnl.so.3 and the binaries load it at run
+# time (model/cpu/onednn.rs); without it the other kernels run.
+if [ ! -f .venv/lib/libdnnl.so.3 ]; then
+  echo "setup: installing onednn-cpu-gomp==2023.2.0 into .venv (oneDNN 3.2)"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps onednn-cpu-gomp==2023.2.0
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -9,6 +9,11 @@
 //! `scripts/setup.sh` installs the `mkl-static` wheel from PyPI), `$MKLROOT/lib`,
 //! `$CONDA_PREFIX/lib`. `DA3_MKL_DIR=none` builds without it. Nothing is downloaded here.
 //! (At run time `DA3_MKL=0` switches the linked library off: `da3::tuning::Tuning::mkl`.)
+//!
+//! oneDNN (`model/cpu/onednn.rs`) is not linked but loaded at run time; this records where
+//! its library is (`DA3_DNNL_BUILD_PATH`): `$DA3_DNNL_DIR` or the project's `.venv/lib`
+//! (`scripts/setup.sh` installs PyPI's `onednn-cpu-gomp` there). `DA3_DNNL_DIR=none`
+//! records nothing (then only `DA3_DNNL_LIB` at run time, or the loader's search path).
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +23,38 @@ fn has_mkl(dir: &Path) -> bool {
     LIBS.iter().all(|l| dir.join(format!("lib{l}.a")).is_file())
 }
 
+/// Record the path of oneDNN's library, when found, for the run-time loader.
+fn onednn(venv: &Path) {
+    println!("cargo:rerun-if-env-changed=DA3_DNNL_DIR");
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    match std::env::var("DA3_DNNL_DIR") {
+        Ok(d) if d == "none" => return,
+        Ok(d) => dirs.push(d.into()),
+        Err(_) => {}
+    }
+    dirs.push(venv.join("lib"));
+    if let Some(lib) = dirs
+        .iter()
+        .map(|d| d.join("libdnnl.so.3"))
+        .find(|f| f.is_file())
+    {
+        let lib = lib.canonicalize().unwrap_or(lib);
+        println!("cargo:rerun-if-changed={}", lib.display());
+        println!("cargo:rustc-env=DA3_DNNL_BUILD_PATH={}", lib.display());
+    } else {
+        println!(
+            "cargo:warning=oneDNN not found (run scripts/setup.sh, or set DA3_DNNL_DIR): \
+             the linear layers use the other CPU kernels"
+        );
+    }
+}
+
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(da3_mkl)");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        onednn(&manifest.join("../../.venv"));
+    }
     for v in ["DA3_MKL_DIR", "MKLROOT", "CONDA_PREFIX"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
@@ -32,7 +67,6 @@ fn main() {
     {
         return;
     }
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let venv = manifest.join("../../.venv");
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(d) = std::env::var("DA3_MKL_DIR") {

@@ -30,7 +30,7 @@ fn main() {
     let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
     let (q, k, v) = (part(0), part(1), part(2));
     let ms = best_ms(|| {
-        attention(&q, &k, &v, 0.125).unwrap();
+        attention(&q, &k, &v, 0.125, None).unwrap();
     });
     let (qc, kc, vc) = (
         qkv.get(0).unwrap(),
@@ -38,16 +38,16 @@ fn main() {
         qkv.get(2).unwrap(),
     );
     let ms_c = best_ms(|| {
-        attention(&qc, &kc, &vc, 0.125).unwrap();
+        attention(&qc, &kc, &vc, 0.125, None).unwrap();
     });
     let ms_v = best_ms(|| {
-        attention(&qc, &kc, &v, 0.125).unwrap();
+        attention(&qc, &kc, &v, 0.125, None).unwrap();
     });
     let ms_k = best_ms(|| {
-        attention(&qc, &k, &vc, 0.125).unwrap();
+        attention(&qc, &k, &vc, 0.125, None).unwrap();
     });
     let ms_q = best_ms(|| {
-        attention(&q, &kc, &vc, 0.125).unwrap();
+        attention(&q, &kc, &vc, 0.125, None).unwrap();
     });
     let gf = 4.0 * 6.0 * 3892f64 * 3892.0 * 64.0 / 1e9;
     println!(

@@ -177,16 +177,18 @@ impl Precision {
 }
 
 /// `auto` on the CPU: bf16 (half-precision GEMM weights, f32 activations) where it was
-/// measured faster than f32 (docs/benchmarks.md): AMX-BF16 with oneMKL linked, and
-/// AVX512-BF16 on AMD (Zen 4: our `vdpbf16ps` kernel retires twice the flops of its
-/// double-pumped f32 FMAs; DA3-SMALL 0.86x f32). f32 elsewhere: on Intel without AMX the
-/// dot product retires the same flops per cycle as its two FMA ports (oneMKL's bf16 GEMM
-/// measured 1.14x f32 there).
+/// measured faster than f32 (docs/benchmarks.md): AMX-BF16 with a bf16 kernel library
+/// (oneDNN or oneMKL), and AVX512-BF16 on AMD with oneDNN (Zen 4: `vdpbf16ps` retires twice
+/// the flops of its double-pumped f32 FMAs; oneDNN's bf16 GEMMs run 1.8-2x its f32 ones,
+/// DA3-SMALL about 0.75x f32 overall; oneMKL runs generic code on AMD). f32 elsewhere: on
+/// Intel without AMX the dot product retires the same flops per cycle as its two FMA ports
+/// (oneMKL's bf16 GEMM measured 1.14x f32 there).
 pub fn cpu_auto_dtype(hw: CpuBf16, amd: bool) -> DType {
-    let linked = crate::model::ops::mkl_linked();
+    let onednn = crate::model::ops::onednn_runs_bf16();
+    let mkl = crate::model::ops::mkl_linked();
     match hw {
-        CpuBf16::Amx if linked => DType::BF16,
-        CpuBf16::Avx512 if amd && linked && crate::tuning::get().bf16_dp => DType::BF16,
+        CpuBf16::Amx if onednn || mkl => DType::BF16,
+        CpuBf16::Avx512 if amd && onednn => DType::BF16,
         _ => DType::F32,
     }
 }
@@ -229,13 +231,11 @@ mod tests {
             assert_eq!(cpu_auto_dtype(CpuBf16::None, amd), DType::F32);
         }
         assert_eq!(cpu_auto_dtype(CpuBf16::Avx512, false), DType::F32);
-        let half = if crate::model::ops::mkl_linked() {
-            DType::BF16
-        } else {
-            DType::F32
-        };
-        assert_eq!(cpu_auto_dtype(CpuBf16::Amx, false), half);
-        assert_eq!(cpu_auto_dtype(CpuBf16::Avx512, true), half);
+        let dtype = |kernels: bool| if kernels { DType::BF16 } else { DType::F32 };
+        let onednn = crate::model::ops::onednn_runs_bf16();
+        let mkl = crate::model::ops::mkl_linked();
+        assert_eq!(cpu_auto_dtype(CpuBf16::Amx, false), dtype(onednn || mkl));
+        assert_eq!(cpu_auto_dtype(CpuBf16::Avx512, true), dtype(onednn));
         assert_eq!(Precision::F16.dtype(&Device::Cpu), DType::F16);
     }
 }

@@ -70,9 +70,10 @@ fn kernels_and_candle_ops_agree_in_one_process() {
         assert!(e <= 1e-4 && ref_e <= 1e-4, "{label}: {e} / {ref_e}");
     }
 
-    // Mixed precision (bf16 GEMM weights): our AVX512-BF16 kernel (where the CPU has it and
-    // no AMX), oneMKL's half GEMMs, the f32 fallback (`DA3_MKL=0`: weights widened per call)
-    // and candle's ops all within bf16's rounding of each other and of the f32 reference.
+    // Mixed precision (bf16 GEMM weights): oneDNN's kernels (where loaded), oneMKL's half
+    // GEMMs, the f32 fallback (neither: weights widened per call), oneDNN's attention
+    // products and candle's ops all within bf16's rounding of each other and of the f32
+    // reference.
     let bf16 = Da3Model::load(dir.to_str().unwrap(), &Device::Cpu, DType::BF16).expect("load");
     let half = |t: Tuning| {
         tuning::set(t);
@@ -80,13 +81,21 @@ fn kernels_and_candle_ops_agree_in_one_process() {
             .expect("bf16 forward")
             .depth
     };
-    let with_mkl = half(d);
+    let default_bf16 = half(d);
     for (label, t) in [
-        ("bf16 without oneMKL", Tuning { mkl: false, ..d }),
         (
-            "bf16 by oneMKL (no vdpbf16ps kernel)",
+            "bf16 without a half kernel (widened)",
             Tuning {
-                bf16_dp: false,
+                mkl: false,
+                dnnl: false,
+                ..d
+            },
+        ),
+        ("bf16 by oneMKL (no oneDNN)", Tuning { dnnl: false, ..d }),
+        (
+            "bf16 attention products too",
+            Tuning {
+                half_attention: true,
                 ..d
             },
         ),
@@ -99,12 +108,19 @@ fn kernels_and_candle_ops_agree_in_one_process() {
         ),
     ] {
         let other = half(t);
-        let (e, ref_e) = (max_rel_err(&other, &with_mkl), max_rel_err(&other, want));
-        println!("{label}: depth rel err {e:.2e} against bf16 as default (oneMKL linked: {}), {ref_e:.2e} against the reference", da3::model::ops::mkl_linked());
+        let (e, ref_e) = (
+            max_rel_err(&other, &default_bf16),
+            max_rel_err(&other, want),
+        );
+        println!(
+            "{label}: depth rel err {e:.2e} against bf16 as default (oneMKL linked: {}, oneDNN: {:?}), {ref_e:.2e} against the reference",
+            da3::model::ops::mkl_linked(),
+            da3::model::ops::onednn_version()
+        );
         assert!(e <= 2e-2 && ref_e <= 2e-2, "{label}: {e} / {ref_e}");
     }
-    let e = max_rel_err(&with_mkl, want);
-    println!("bf16 with oneMKL: depth rel err {e:.2e} against the reference");
+    let e = max_rel_err(&default_bf16, want);
+    println!("bf16 by default: depth rel err {e:.2e} against the reference");
     assert!(e <= 2e-2, "bf16: {e}");
     tuning::set(d);
     assert_eq!(tuning::get(), Tuning::DEFAULT);

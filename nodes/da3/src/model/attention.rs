@@ -141,7 +141,7 @@ impl Attention {
                 _ => None,
             },
         };
-        let out = ops::attention(&qkv, prep)?;
+        let out = ops::attention(&qkv, prep, self.qkv.gemm_dtype())?;
         self.proj.forward_ext(
             &out,
             LinearExt {

@@ -48,6 +48,11 @@ impl Linear {
     pub fn forward_ext(&self, x: &Tensor, ext: LinearExt<'_>) -> Result<Tensor> {
         ops::linear(x, self.inner.weight(), self.inner.bias(), ext)
     }
+
+    /// The weight's dtype: on the CPU, bf16/f16 is the mixed precision's GEMM type.
+    pub fn gemm_dtype(&self) -> DType {
+        self.inner.weight().dtype()
+    }
 }
 
 impl Module for Linear {

@@ -1,12 +1,15 @@
 //! Blocked attention: per (batch, head, query block) task, an online softmax over key
 //! blocks in base 2, never more than one `q_block × k_block` score block per thread.
 
+use std::cell::RefCell;
 use std::sync::Once;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::buffers::{f32_slice, output_buffer, sgemm, with_scratch, Mat, SyncPtr};
+use super::half::Half;
+use super::onednn::{self, untyped};
 use super::profile::timed;
 use super::simd::{exp2_sub_sum, row_max};
 use crate::tuning::Q_BLOCK_MAX;
@@ -32,6 +35,34 @@ struct AttentionOp {
     q_block: usize,
     /// Keys per block of the online softmax (the score block stays in L2).
     k_block: usize,
+    /// The two products with inputs rounded to this type, f32 accumulation, by oneDNN
+    /// (mixed precision; the softmax stays f32); `None`: f32.
+    half: Option<Half>,
+}
+
+thread_local! {
+    /// A task's half-precision operands: q block, k, v of its head, one probability block.
+    static HALF_SCRATCH: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Round the `rows × d` matrix at `src` (strides `rs`, `cs`) times `scale` to `kind`,
+/// row-major into `dst`.
+unsafe fn round_rows(
+    kind: Half,
+    src: *const f32,
+    (rs, cs): (usize, usize),
+    (rows, d): (usize, usize),
+    scale: f32,
+    dst: &mut [u16],
+) {
+    let mut row = vec![0f32; d];
+    for (r, out) in dst[..rows * d].chunks_mut(d).enumerate() {
+        let p = src.add(r * rs);
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = *p.add(j * cs) * scale;
+        }
+        kind.round_into(&row, out);
+    }
 }
 
 fn strides4(l: &Layout) -> Result<[usize; 4]> {
@@ -74,6 +105,7 @@ impl CustomOp3 for AttentionOp {
             k.as_ptr() as usize,
             v.as_ptr() as usize,
         );
+        let half = self.half.filter(|&k| onednn::runs(k.into()));
         (0..b * h * nqb).into_par_iter().for_each(|task| {
             let (bh, qb) = (task / nqb, task % nqb);
             let (bi, hi) = (bh / h, bh % h);
@@ -81,87 +113,142 @@ impl CustomOp3 for AttentionOp {
             let rows = qblk.min(n - r0);
             let kblk = self.k_block.max(16).min(nk);
             let single = kblk >= nk;
-            with_scratch(rows * kblk + 2 * rows * d, |buf| unsafe {
-                let (sc, rest) = buf.split_at_mut(rows * kblk);
-                let (oacc, qblock) = rest.split_at_mut(rows * d);
-                // The query block, copied contiguous once: the score GEMM runs ~20% slower
-                // reading it strided (q is a view of the qkv output when no norm/RoPE).
-                let qsrc = (qp as *const f32).add(bi * qs[0] + hi * qs[1] + r0 * qs[2]);
-                for (r, dst) in qblock.chunks_mut(d).enumerate() {
-                    let row = qsrc.add(r * qs[2]);
-                    for (j, v) in dst.iter_mut().enumerate() {
-                        *v = *row.add(j * qs[3]);
-                    }
+            let h16 = if half.is_some() {
+                rows * d + 2 * nk * d + rows * kblk
+            } else {
+                0
+            };
+            HALF_SCRATCH.with(|hs| {
+                let mut hs = hs.borrow_mut();
+                if hs.len() < h16 {
+                    hs.resize(h16, 0);
                 }
-                let qbase = qblock.as_ptr();
-                let kbase = (kp as *const f32).add(bi * ks[0] + hi * ks[1]);
-                let vbase = (vp as *const f32).add(bi * vs[0] + hi * vs[1]);
-                let obase = optr.get().add(bi * n * c + r0 * c + hi * d);
-                // Running max and sum per query row (online softmax over key blocks).
-                let mut mrow = [f32::NEG_INFINITY; Q_BLOCK_MAX];
-                let mut lrow = [0f32; Q_BLOCK_MAX];
-                let mut k0 = 0;
-                while k0 < nk {
-                    let kn = kblk.min(nk - k0);
-                    let sc = &mut sc[..rows * kn];
-                    // scores = log2(e) · scale · q · kᵀ   (rows × kn), kᵀ read in place; the
-                    // softmax then takes 2^(s - max), which is exp of the true scores.
-                    sgemm(
-                        (rows, kn, d),
-                        Mat::rows(sc.as_mut_ptr(), kn),
-                        false,
-                        Mat::rows(qbase, d),
-                        Mat::strided(kbase.add(k0 * ks[2]), ks[3] as isize, ks[2] as isize),
-                        self.scale * std::f32::consts::LOG2_E,
-                    );
-                    for (r, row) in sc.chunks_mut(kn).enumerate() {
-                        let m_new = mrow[r].max(row_max(row));
-                        let alpha = (mrow[r] - m_new).exp2(); // 0 on the first block
-                        lrow[r] = lrow[r] * alpha + exp2_sub_sum(row, m_new);
-                        mrow[r] = m_new;
-                        if k0 > 0 && alpha != 1.0 {
-                            for v in &mut oacc[r * d..(r + 1) * d] {
-                                *v *= alpha;
+                let (q16, rest16) =
+                    hs[..h16].split_at_mut(if half.is_some() { rows * d } else { 0 });
+                let (k16, rest16) = rest16.split_at_mut(if half.is_some() { nk * d } else { 0 });
+                let (v16, p16) = rest16.split_at_mut(if half.is_some() { nk * d } else { 0 });
+                with_scratch(rows * kblk + 2 * rows * d, |buf| unsafe {
+                    let (sc, rest) = buf.split_at_mut(rows * kblk);
+                    let (oacc, qblock) = rest.split_at_mut(rows * d);
+                    // The query block, copied contiguous once: the score GEMM runs ~20% slower
+                    // reading it strided (q is a view of the qkv output when no norm/RoPE).
+                    let qsrc = (qp as *const f32).add(bi * qs[0] + hi * qs[1] + r0 * qs[2]);
+                    for (r, dst) in qblock.chunks_mut(d).enumerate() {
+                        let row = qsrc.add(r * qs[2]);
+                        for (j, v) in dst.iter_mut().enumerate() {
+                            *v = *row.add(j * qs[3]);
+                        }
+                    }
+                    let qbase = qblock.as_ptr();
+                    let kbase = (kp as *const f32).add(bi * ks[0] + hi * ks[1]);
+                    let vbase = (vp as *const f32).add(bi * vs[0] + hi * vs[1]);
+                    let qscale = self.scale * std::f32::consts::LOG2_E;
+                    if let Some(kind) = half {
+                        // The score scale folded into q before rounding (as torch's SDPA).
+                        round_rows(kind, qbase, (d, 1), (rows, d), qscale, q16);
+                        round_rows(kind, kbase, (ks[2], ks[3]), (nk, d), 1.0, k16);
+                        round_rows(kind, vbase, (vs[2], vs[3]), (nk, d), 1.0, v16);
+                    }
+                    let obase = optr.get().add(bi * n * c + r0 * c + hi * d);
+                    // Running max and sum per query row (online softmax over key blocks).
+                    let mut mrow = [f32::NEG_INFINITY; Q_BLOCK_MAX];
+                    let mut lrow = [0f32; Q_BLOCK_MAX];
+                    let mut k0 = 0;
+                    while k0 < nk {
+                        let kn = kblk.min(nk - k0);
+                        let sc = &mut sc[..rows * kn];
+                        // scores = log2(e) · scale · q · kᵀ   (rows × kn), kᵀ read in place; the
+                        // softmax then takes 2^(s - max), which is exp of the true scores.
+                        let done = half.is_some_and(|kind| {
+                            onednn::matmul(
+                                kind.into(),
+                                (rows, kn, d),
+                                Mat::rows(sc.as_mut_ptr(), kn),
+                                false,
+                                untyped(Mat::rows(q16.as_ptr(), d)),
+                                untyped(Mat::cols(k16.as_ptr().add(k0 * d), d)),
+                            )
+                        });
+                        if !done {
+                            sgemm(
+                                (rows, kn, d),
+                                Mat::rows(sc.as_mut_ptr(), kn),
+                                false,
+                                Mat::rows(qbase, d),
+                                Mat::strided(kbase.add(k0 * ks[2]), ks[3] as isize, ks[2] as isize),
+                                qscale,
+                            );
+                        }
+                        for (r, row) in sc.chunks_mut(kn).enumerate() {
+                            let m_new = mrow[r].max(row_max(row));
+                            let alpha = (mrow[r] - m_new).exp2(); // 0 on the first block
+                            lrow[r] = lrow[r] * alpha + exp2_sub_sum(row, m_new);
+                            mrow[r] = m_new;
+                            if k0 > 0 && alpha != 1.0 {
+                                for v in &mut oacc[r * d..(r + 1) * d] {
+                                    *v *= alpha;
+                                }
+                            }
+                        }
+                        // acc (+)= p · v as accᵀ = vᵀ · pᵀ: both operands read in place (vᵀ
+                        // column-major, pᵀ with unit row stride), nothing packed. A single key
+                        // block writes straight into the output.
+                        let (o, ld) = if single {
+                            (obase, c)
+                        } else {
+                            (oacc.as_mut_ptr(), d)
+                        };
+                        let done = half.is_some_and(|kind| {
+                            let p16 = &mut p16[..rows * kn];
+                            kind.round_into(sc, p16);
+                            onednn::matmul(
+                                kind.into(),
+                                (rows, d, kn),
+                                Mat::rows(o, ld),
+                                k0 > 0,
+                                untyped(Mat::rows(p16.as_ptr(), kn)),
+                                untyped(Mat::rows(v16.as_ptr().add(k0 * d), d)),
+                            )
+                        });
+                        if !done {
+                            sgemm(
+                                (d, rows, kn),
+                                Mat::cols(o, ld),
+                                k0 > 0,
+                                Mat::strided(vbase.add(k0 * vs[2]), vs[3] as isize, vs[2] as isize),
+                                Mat::cols(sc.as_ptr(), kn),
+                                1.0,
+                            );
+                        }
+                        k0 += kn;
+                    }
+                    for r in 0..rows {
+                        let inv = 1.0 / lrow[r];
+                        let orow = std::slice::from_raw_parts_mut(obase.add(r * c), d);
+                        if single {
+                            orow.iter_mut().for_each(|v| *v *= inv);
+                        } else {
+                            for (o, a) in orow.iter_mut().zip(&oacc[r * d..(r + 1) * d]) {
+                                *o = a * inv;
                             }
                         }
                     }
-                    // acc (+)= p · v as accᵀ = vᵀ · pᵀ: both operands read in place (vᵀ
-                    // column-major, pᵀ with unit row stride), nothing packed. A single key
-                    // block writes straight into the output.
-                    let dst = if single {
-                        Mat::cols(obase, c)
-                    } else {
-                        Mat::cols(oacc.as_mut_ptr(), d)
-                    };
-                    sgemm(
-                        (d, rows, kn),
-                        dst,
-                        k0 > 0,
-                        Mat::strided(vbase.add(k0 * vs[2]), vs[3] as isize, vs[2] as isize),
-                        Mat::cols(sc.as_ptr(), kn),
-                        1.0,
-                    );
-                    k0 += kn;
-                }
-                for r in 0..rows {
-                    let inv = 1.0 / lrow[r];
-                    let orow = std::slice::from_raw_parts_mut(obase.add(r * c), d);
-                    if single {
-                        orow.iter_mut().for_each(|v| *v *= inv);
-                    } else {
-                        for (o, a) in orow.iter_mut().zip(&oacc[r * d..(r + 1) * d]) {
-                            *o = a * inv;
-                        }
-                    }
-                }
+                });
             });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
     }
 }
 
-/// Scaled dot-product attention, q/k/v (B, H, N, d) -> (B, N, H·d).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+/// Scaled dot-product attention, q/k/v (B, H, N, d) -> (B, N, H·d); with `half`, its two
+/// products take inputs rounded to that type where oneDNN runs it (mixed precision).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    half: Option<Half>,
+) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let nk = k.dim(2)?;
     let flops = 4.0 * (b * h) as f64 * (n * nk * d) as f64;
@@ -170,6 +257,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tenso
         scale,
         q_block: t.q_block,
         k_block: t.k_block,
+        half,
     };
     timed("attention", flops, || q.apply_op3_no_bwd(k, v, &op))
 }
@@ -192,7 +280,7 @@ mod tests {
             // k, v as strided views of a (B, Nk, H, d) tensor, like the qkv split
             let k = rand(&[bb, nk, 3, 16], 5).transpose(1, 2).unwrap();
             let v = rand(&[bb, nk, 3, 16], 6).transpose(1, 2).unwrap();
-            let got = attention(&q, &k, &v, 0.25).unwrap();
+            let got = attention(&q, &k, &v, 0.25, None).unwrap();
             let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * 0.25).unwrap();
             let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
             let want = p
@@ -203,6 +291,13 @@ mod tests {
                 .reshape((bb, n, 48))
                 .unwrap();
             assert!(max_rel_err(&got, &want) < 2e-6, "{bb} {n} {nk}");
+            // Mixed precision: bf16 products (where oneDNN runs them), f32 softmax.
+            let got16 = attention(&q, &k, &v, 0.25, Some(Half::Bf16)).unwrap();
+            let e = max_rel_err(&got16, &want);
+            assert!(e < 2e-2, "bf16 {bb} {n} {nk}: {e}");
+            if onednn::runs(onednn::Input::Bf16) {
+                assert!(e > 1e-6, "bf16 {bb} {n} {nk}: ran in f32 ({e})");
+            }
         }
     }
 }

@@ -61,10 +61,46 @@ fn bf16_bits(x: f32) -> u16 {
     }
 }
 
-/// Whether the half kernels apply to `weight` now: a bf16/f16 tensor, oneMKL linked and
-/// [`crate::tuning::Tuning::mkl`] on.
+/// Whether the half kernels apply to `weight` now: a bf16/f16 tensor, and oneDNN runs its
+/// type here ([`super::onednn::runs`]) or oneMKL is linked and [`crate::tuning::Tuning::mkl`] on.
 pub fn use_half_kernels(weight: &Tensor) -> bool {
-    Half::of(weight.dtype()).is_some() && super::mkl::mkl_linked() && crate::tuning::get().mkl
+    Half::of(weight.dtype()).is_some_and(|kind| {
+        super::onednn::runs(kind.into()) || (super::mkl::mkl_linked() && crate::tuning::get().mkl)
+    })
+}
+
+/// The half GEMM of [`super::mkl::gemm_xwt`] in f32 (both operands widened), for a shape no
+/// half kernel took: same products, as slow as f32 plus the widening.
+///
+/// # Safety
+/// As `super::mkl::gemm_xwt`.
+#[cfg_attr(da3_mkl, allow(dead_code))]
+pub(super) unsafe fn gemm_xwt_widened(
+    kind: Half,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ldd: usize,
+    accumulate: bool,
+    lhs: &[u16],
+    w: &[u16],
+) {
+    let widen = |h: &[u16]| -> Vec<f32> {
+        h.iter()
+            .map(|&b| match kind {
+                Half::Bf16 => half::bf16::from_bits(b).to_f32(),
+                Half::F16 => half::f16::from_bits(b).to_f32(),
+            })
+            .collect()
+    };
+    let (x, w) = (widen(&lhs[..m * k]), widen(&w[..n * k]));
+    super::buffers::sgemm(
+        (m, n, k),
+        super::buffers::Mat::rows(dst, ldd),
+        accumulate,
+        super::buffers::Mat::rows(x.as_ptr(), k),
+        super::buffers::Mat::cols(w.as_ptr(), k),
+        1.0,
+    );
 }
 
 /// Run `f` on the raw bits of a contiguous bf16/f16 CPU tensor.

@@ -7,10 +7,10 @@ use rayon::prelude::*;
 use super::buffers::{
     bias_values, chunk_len_tasks, contiguous_f32, output_buffer, sgemm, with_f32, with_scratch, Mat,
 };
-use super::dpbf16::gemm_xwt_bf16;
 use super::half::{with_half, with_rounded, Half};
 use super::mkl::{gemm_xwt, sgemm as mkl_sgemm};
 use super::norm::{row_stats, Norm};
+use super::onednn::{self, untyped};
 use super::profile::timed;
 use super::simd::gelu_inplace;
 
@@ -37,17 +37,22 @@ struct LinearOp<'a> {
     sub_rows: usize,
     /// f32 GEMMs by oneMKL ([`crate::tuning::Tuning::mkl_f32`] on an AVX-512 CPU).
     mkl_f32: bool,
-    /// bf16 GEMMs by our `vdpbf16ps` kernel ([`bf16_dp`]).
-    bf16_dp: bool,
+    /// GEMMs by oneDNN first: `(f32, half)` ([`dnnl`]).
+    dnnl: (bool, bool),
 }
 
-/// Whether bf16 weights' GEMMs go to our AVX512-BF16 kernel ([`super::dpbf16`]): asked for
-/// ([`crate::tuning::Tuning::bf16_dp`]), the CPU has the instruction and no AMX (with AMX,
-/// oneMKL's tile kernels).
-pub(super) fn bf16_dp(t: &crate::tuning::Tuning) -> bool {
-    t.bf16_dp
-        && super::dpbf16::available()
-        && crate::device::cpu_bf16() != crate::device::CpuBf16::Amx
+/// Whether the linear layers' GEMMs go to oneDNN ([`super::onednn`]), as `(f32 weights,
+/// half weights)`: asked for ([`crate::tuning::Tuning::dnnl`]) and loaded; f32 only on
+/// AVX-512 CPUs (measured faster than the `gemm` crate there, not measured on AVX2 ones).
+pub(super) fn dnnl(t: &crate::tuning::Tuning) -> (bool, bool) {
+    if !(t.dnnl && onednn::enabled()) {
+        return (false, false);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return (true, true);
+    }
+    (false, true)
 }
 
 /// Whether the linear layers' f32 GEMMs go to oneMKL: asked for and on an AVX-512 CPU, where
@@ -122,52 +127,63 @@ impl CustomOp1 for LinearOp<'_> {
                     for (si, o) in o_task.chunks_mut(sub.saturating_mul(n).max(n)).enumerate() {
                         let r0 = ci * rows + si * sub.min(rows);
                         let mr = o.len() / n;
-                        if let Some(b) = &bias {
-                            for row in o.chunks_mut(n) {
-                                row.copy_from_slice(b);
-                            }
-                        }
                         let xrows = unsafe {
                             std::slice::from_raw_parts((xp as *const f32).add(r0 * k), mr * k)
                         };
-                        let gemm_from = |lhs: &[f32], o: &mut [f32]| unsafe {
+                        // oneDNN first, the bias and GELU fused into its epilogue; the other
+                        // kernels accumulate onto the bias, then `gelu_inplace`. Returns
+                        // whether the GELU is done.
+                        let ep = onednn::Epilogue {
+                            accumulate: false,
+                            bias: bias.is_some(),
+                            gelu: self.gelu,
+                        };
+                        let fill_bias = |o: &mut [f32]| {
+                            if let Some(b) = &bias {
+                                for row in o.chunks_mut(n) {
+                                    row.copy_from_slice(b);
+                                }
+                            }
+                        };
+                        let acc = bias.is_some();
+                        let dims = (mr, n, k);
+                        let gemm_from = |lhs: &[f32], o: &mut [f32]| -> bool {
+                            let dst = Mat::rows(o.as_mut_ptr(), n);
                             match w {
-                                Weights::F32(w) => {
-                                    let dims = (mr, n, k);
-                                    let dst = Mat::rows(o.as_mut_ptr(), n);
+                                Weights::F32(w) => unsafe {
                                     let (a, b) =
                                         (Mat::rows(lhs.as_ptr(), k), Mat::cols(w.as_ptr(), k));
-                                    let acc = bias.is_some();
+                                    let (ua, ub) = (untyped(a), untyped(b));
+                                    let f32_in = onednn::Input::F32;
+                                    let b_ = bias.as_deref();
+                                    if self.dnnl.0
+                                        && onednn::matmul_ext(f32_in, dims, dst, ep, b_, ua, ub)
+                                    {
+                                        return true;
+                                    }
+                                    fill_bias(o);
                                     if !(self.mkl_f32 && mkl_sgemm(dims, dst, acc, a, b, 1.0)) {
                                         sgemm(dims, dst, acc, a, b, 1.0)
                                     }
-                                }
+                                    false
+                                },
                                 // Activations rounded to the weights' type, f32 accumulation.
-                                Weights::Half(kind, w) => with_rounded(kind, lhs, |lh| {
-                                    if self.bf16_dp && kind == Half::Bf16 {
-                                        gemm_xwt_bf16(
-                                            (mr, n, k),
-                                            o.as_mut_ptr(),
-                                            n,
-                                            bias.is_some(),
-                                            lh,
-                                            w,
-                                        )
-                                    } else {
-                                        gemm_xwt(
-                                            kind,
-                                            (mr, n, k),
-                                            o.as_mut_ptr(),
-                                            n,
-                                            bias.is_some(),
-                                            lh,
-                                            w,
-                                        )
+                                Weights::Half(kind, w) => with_rounded(kind, lhs, |lh| unsafe {
+                                    let a = untyped(Mat::rows(lh.as_ptr(), k));
+                                    let b = untyped(Mat::cols(w.as_ptr(), k));
+                                    let b_ = bias.as_deref();
+                                    if self.dnnl.1
+                                        && onednn::matmul_ext(kind.into(), dims, dst, ep, b_, a, b)
+                                    {
+                                        return true;
                                     }
+                                    fill_bias(o);
+                                    gemm_xwt(kind, dims, o.as_mut_ptr(), n, acc, lh, w);
+                                    false
                                 }),
                             }
                         };
-                        match &self.prenorm {
+                        let gelu_done = match &self.prenorm {
                             Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
                                 for (trow, xrow) in t.chunks_mut(k).zip(xrows.chunks(k)) {
                                     let (mean, inv) = row_stats(xrow, *eps);
@@ -178,8 +194,8 @@ impl CustomOp1 for LinearOp<'_> {
                                 gemm_from(t, o)
                             }),
                             None => gemm_from(xrows, o),
-                        }
-                        if self.gelu {
+                        };
+                        if self.gelu && !gelu_done {
                             gelu_inplace(o);
                         }
                         if let Some((rv, g)) = res {
@@ -250,7 +266,7 @@ pub fn linear(
             tasks: t.linear_tasks,
             sub_rows: t.linear_sub_rows,
             mkl_f32: mkl_f32(&t),
-            bf16_dp: bf16_dp(&t),
+            dnnl: dnnl(&t),
         })
     })
 }
@@ -289,7 +305,7 @@ pub fn matmul_peak_gflops() -> f64 {
             tasks: tuning.linear_tasks,
             sub_rows: tuning.linear_sub_rows,
             mkl_f32: mkl_f32(&tuning),
-            bf16_dp: bf16_dp(&tuning),
+            dnnl: dnnl(&tuning),
         })
         .is_err()
         {

@@ -67,7 +67,7 @@ pub(super) unsafe fn gemm_xwt(
         );
     }
     #[cfg(not(da3_mkl))]
-    unreachable!("half GEMM without oneMKL (use_half_kernels is false)");
+    super::half::gemm_xwt_widened(kind, (m, n, k), dst, ldd, accumulate, lhs, w);
 }
 
 /// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)` by `cblas_sgemm` when oneMKL is

@@ -19,7 +19,7 @@
 //! | `linear.rs` | fused linear layers (f32 or bf16/f16 weights), the matmul peak |
 //! | `half.rs` | mixed precision: bf16/f16 weights, activations rounded per block |
 //! | `mkl.rs` | oneMKL's GEMMs (bf16/f16 -> f32; f32 where `Tuning::mkl_f32` asks) |
-//! | `dpbf16.rs` | bf16 GEMM on AVX512-BF16 (`vdpbf16ps`), for CPUs without AMX (`Tuning::bf16_dp`) |
+//! | `onednn.rs` | oneDNN's matmul (loaded at run time): linear layers, bf16 and f32 |
 //! | `attention.rs` | blocked online-softmax attention |
 //! | `conv.rs` | im2col / by-rows convolutions and their fusions |
 //! | `winograd.rs` | Winograd F(2x2, 3x3) |
@@ -37,12 +37,12 @@ mod attention;
 mod buffers;
 mod conv;
 mod conv_transpose;
-mod dpbf16;
 mod half;
 mod linear;
 mod memory;
 mod mkl;
 mod norm;
+mod onednn;
 pub mod profile;
 mod resize;
 mod simd;
@@ -57,6 +57,7 @@ pub use linear::{linear, LinearExt};
 pub use memory::keep_freed_memory;
 pub use mkl::{mkl_linked, mkl_version};
 pub use norm::{layer_norm, norm_rope, Norm};
+pub use onednn::{runs_bf16 as onednn_runs_bf16, version as onednn_version};
 pub use resize::resize_bilinear_ac;
 pub use simd::gelu_inplace;
 pub use tokens::{add_uv_embed, conv1x1_tokens};

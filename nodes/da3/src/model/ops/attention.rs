@@ -15,7 +15,12 @@ pub struct QkPrep<'a> {
 
 /// `softmax(q·kᵀ/√d)·v` for the permuted output of a qkv projection, (3, B, H, N, d), with
 /// q and k prepared by `prep`; the result is (B, N, H·d), ready for the output projection.
-pub fn attention(qkv: &Tensor, prep: QkPrep<'_>) -> Result<Tensor> {
+/// `products`: the dtype of the network's GEMM weights; with bf16/f16 (mixed precision) and
+/// [`Tuning::half_attention`] on, the two products take inputs in that type where the CPU
+/// has a kernel for it (softmax in f32); otherwise they run in f32.
+///
+/// [`Tuning::half_attention`]: crate::tuning::Tuning::half_attention
+pub fn attention(qkv: &Tensor, prep: QkPrep<'_>, products: DType) -> Result<Tensor> {
     if !use_kernels(qkv) {
         return attention_candle(qkv, prep);
     }
@@ -32,7 +37,9 @@ pub fn attention(qkv: &Tensor, prep: QkPrep<'_>) -> Result<Tensor> {
     };
     let q = prepared(part(0)?, prep.q_norm)?;
     let k = prepared(part(1)?, prep.k_norm)?;
-    cpu::attention(&q, &k, &part(2)?, 1.0 / (hd as f32).sqrt())
+    let scale = 1.0 / (hd as f32).sqrt();
+    let half = cpu::Half::of(products).filter(|_| crate::tuning::get().half_attention);
+    cpu::attention(&q, &k, &part(2)?, scale, half)
 }
 
 /// Bound on the elements of one attention-score buffer of [`attention_candle`] (queries
@@ -123,7 +130,7 @@ mod tests {
                 rope: Some((&rope.cos, &rope.sin)),
             },
         ] {
-            let got = attention(&qkv, prep).unwrap();
+            let got = attention(&qkv, prep, DType::F32).unwrap();
             assert_eq!(got.dims(), &[b, n, h * d]);
             let e = max_rel_err(&got, &attention_candle(&qkv, prep).unwrap());
             assert!(e < 2e-6, "{e}");

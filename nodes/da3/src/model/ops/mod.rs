@@ -24,7 +24,10 @@ pub use conv::{
     conv_transpose2d_candle,
 };
 pub use cpu::profile;
-pub use cpu::{keep_freed_memory, mkl_linked, mkl_version, ConvExt, LinearExt, Norm};
+pub use cpu::{
+    keep_freed_memory, mkl_linked, mkl_version, onednn_runs_bf16, onednn_version, ConvExt,
+    LinearExt, Norm,
+};
 
 /// Whether `t` takes the f32 CPU kernels (f32, on the CPU, kernels not switched off).
 fn use_kernels(t: &Tensor) -> bool {
