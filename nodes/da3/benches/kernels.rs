@@ -1,8 +1,8 @@
 //! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
 //! best of several runs of each kernel (attention with strided and contiguous q/k/v, the
 //! DPT's most expensive 3x3 convolutions, the ViT block's linear layers with and without
-//! their fused extras, GELU alone and the matmul peak). The `DA3_*` tuning variables apply
-//! (see `da3::tuning::Tuning`).
+//! their fused extras, one of them with bf16 weights, GELU alone and the matmul peak). The
+//! `DA3_*` tuning variables apply (see `da3::tuning::Tuning`; `DA3_DNNL=0` compares oneDNN).
 
 use candle_core::{Device, Tensor};
 use da3::model::cpu::profile::matmul_peak_gflops;
@@ -78,6 +78,15 @@ fn main() {
     });
     let gf = 2.0 * 4.0 * 973.0 * 384.0 * 1536.0 / 1e9;
     println!("fc1+gelu 4v: {ms:.1} ms, {:.1} GFLOP/s", gf / ms * 1e3);
+    // mixed precision: the same layer with bf16 weights (oneDNN, else oneMKL)
+    let wb = w.to_dtype(candle_core::DType::BF16).unwrap();
+    let ms = best_ms(|| {
+        linear(&x, &wb, None, ext).unwrap();
+    });
+    println!(
+        "fc1+gelu 4v, bf16 weights: {ms:.1} ms, {:.1} GFLOP/s",
+        gf / ms * 1e3
+    );
     let ms = best_ms(|| {
         linear(&x, &w, None, LinearExt::default()).unwrap();
     });
