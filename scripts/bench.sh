@@ -215,7 +215,7 @@ for r in rows:
     for k in ("torch", "onnxruntime", "openvino"):
         if r.get(k):
             versions.setdefault(k, r[k].split("-")[0])
-    if r.get("onednn") and not str(r["onednn"]).startswith("not loaded"):
+    if str(r.get("onednn", "")).startswith("oneDNN") and "not loaded" not in r["onednn"]:
         versions.setdefault("ours' kernels", r["onednn"])
 out = ["# Benchmarks", "",
        "Written by `scripts/bench.sh` (ours: `da3 bench`, release build; peers: `scripts/bench_reference.py`:",

@@ -78,6 +78,8 @@ pub fn load_models(cfg: &Config) -> Result<Vec<Da3Model>> {
             t0.elapsed().as_secs_f64()
         );
         if device.is_cpu() {
+            let gemm = da3::model::ops::onednn_describe();
+            tracing::info!("CPU linear layers' GEMMs: {gemm}");
             cpu = Some(m.clone());
         }
         models.push(m);

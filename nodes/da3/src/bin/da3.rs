@@ -550,11 +550,7 @@ fn bench_line(a: &BenchArgs, views: usize, dtype: candle_core::DType) -> serde_j
         "threads": candle_core::utils::get_num_threads(),
         "cpu_bf16": da3::device::cpu_bf16().to_string(),
         "half_gemm": da3::model::ops::mkl_version().unwrap_or_else(|| "none (f32 fallback)".into()),
-        "onednn": match da3::model::ops::onednn_version() {
-            Ok(v) if da3::tuning::get().dnnl => v,
-            Ok(v) => format!("{v} (off: DA3_DNNL=0)"),
-            Err(e) => format!("not loaded: {e}"),
-        },
+        "onednn": da3::model::ops::onednn_describe(),
     })
 }
 

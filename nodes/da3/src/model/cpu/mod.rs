@@ -57,7 +57,9 @@ pub use linear::{linear, LinearExt};
 pub use memory::keep_freed_memory;
 pub use mkl::{mkl_linked, mkl_version};
 pub use norm::{layer_norm, norm_rope, Norm};
-pub use onednn::{runs_bf16 as onednn_runs_bf16, version as onednn_version};
+pub use onednn::{
+    describe as onednn_describe, runs_bf16 as onednn_runs_bf16, version as onednn_version,
+};
 pub use resize::resize_bilinear_ac;
 pub use simd::gelu_inplace;
 pub use tokens::{add_uv_embed, conv1x1_tokens};

@@ -263,6 +263,15 @@ pub fn version() -> Result<String, String> {
         .map_err(|e| e.clone())
 }
 
+/// What runs the linear layers' GEMMs, for logs: oneDNN's version, or why not.
+pub fn describe() -> String {
+    match version() {
+        Ok(v) if crate::tuning::get().dnnl => v,
+        Ok(v) => format!("{v} (switched off: DA3_DNNL=0)"),
+        Err(e) => format!("oneDNN not loaded ({e}): oneMKL / f32 kernels"),
+    }
+}
+
 /// Whether oneDNN's kernels run: loaded and [`crate::tuning::Tuning::dnnl`] on.
 pub fn enabled() -> bool {
     crate::tuning::get().dnnl && api().is_some()

@@ -25,8 +25,8 @@ pub use conv::{
 };
 pub use cpu::profile;
 pub use cpu::{
-    keep_freed_memory, mkl_linked, mkl_version, onednn_runs_bf16, onednn_version, ConvExt,
-    LinearExt, Norm,
+    keep_freed_memory, mkl_linked, mkl_version, onednn_describe, onednn_runs_bf16, onednn_version,
+    ConvExt, LinearExt, Norm,
 };
 
 /// Whether `t` takes the f32 CPU kernels (f32, on the CPU, kernels not switched off).
