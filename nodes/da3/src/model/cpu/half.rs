@@ -31,6 +31,14 @@ impl Half {
         }
     }
 
+    /// The value of raw bits of this type.
+    pub fn widen(self, bits: u16) -> f32 {
+        match self {
+            Half::Bf16 => half::bf16::from_bits(bits).to_f32(),
+            Half::F16 => half::f16::from_bits(bits).to_f32(),
+        }
+    }
+
     /// Round f32 values to this type (round to nearest even), as raw bits.
     pub fn round_into(self, src: &[f32], dst: &mut [u16]) {
         match self {
@@ -84,14 +92,7 @@ pub(super) unsafe fn gemm_xwt_widened(
     lhs: &[u16],
     w: &[u16],
 ) {
-    let widen = |h: &[u16]| -> Vec<f32> {
-        h.iter()
-            .map(|&b| match kind {
-                Half::Bf16 => half::bf16::from_bits(b).to_f32(),
-                Half::F16 => half::f16::from_bits(b).to_f32(),
-            })
-            .collect()
-    };
+    let widen = |h: &[u16]| -> Vec<f32> { h.iter().map(|&b| kind.widen(b)).collect() };
     let (x, w) = (widen(&lhs[..m * k]), widen(&w[..n * k]));
     super::buffers::sgemm(
         (m, n, k),
@@ -188,14 +189,8 @@ mod tests {
             let (mut xh, mut wh) = (vec![0u16; m * k], vec![0u16; n * k]);
             kind.round_into(&x, &mut xh);
             kind.round_into(&w, &mut wh);
-            let widen = |h: &[u16]| -> Vec<f64> {
-                h.iter()
-                    .map(|&b| match kind {
-                        Half::Bf16 => half::bf16::from_bits(b).to_f64(),
-                        Half::F16 => half::f16::from_bits(b).to_f64(),
-                    })
-                    .collect()
-            };
+            let widen =
+                |h: &[u16]| -> Vec<f64> { h.iter().map(|&b| kind.widen(b) as f64).collect() };
             let (xf, wf) = (widen(&xh), widen(&wh));
             let mut out = vec![1.0f32; m * (n + 3)];
             unsafe { gemm_xwt(kind, (m, n, k), out.as_mut_ptr(), n + 3, true, &xh, &wh) };

@@ -513,24 +513,11 @@ pub(super) unsafe fn matmul_ext(
             }
         }
         let nargs = if epilogue.bias { 4 } else { 3 };
-        let args = [
-            ExecArg {
-                arg: ARG_SRC,
-                memory: p.mem[0],
-            },
-            ExecArg {
-                arg: ARG_WEIGHTS,
-                memory: p.mem[1],
-            },
-            ExecArg {
-                arg: ARG_DST,
-                memory: p.mem[2],
-            },
-            ExecArg {
-                arg: ARG_BIAS,
-                memory: p.mem[3],
-            },
-        ];
+        let kinds = [ARG_SRC, ARG_WEIGHTS, ARG_DST, ARG_BIAS];
+        let args: [ExecArg; 4] = std::array::from_fn(|i| ExecArg {
+            arg: kinds[i],
+            memory: p.mem[i],
+        });
         (api.primitive_execute)(p.prim, stream, nargs, args.as_ptr()) == 0
             && (api.stream_wait)(stream) == 0
     })
@@ -541,32 +528,46 @@ mod tests {
     use super::*;
 
     fn widen(input: Input, b: u16) -> f64 {
-        match input {
-            Input::Bf16 => half::bf16::from_bits(b).to_f64(),
-            Input::F16 => half::f16::from_bits(b).to_f64(),
+        let kind = match input {
+            Input::Bf16 => super::super::half::Half::Bf16,
+            Input::F16 => super::super::half::Half::F16,
             Input::F32 => unreachable!(),
+        };
+        kind.widen(b) as f64
+    }
+
+    /// Whether the library loaded; a test is skipped where it is absent, and fails where the
+    /// build found it but it does not load.
+    fn loaded() -> bool {
+        match version() {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(
+                    BUILD_PATH.is_none(),
+                    "oneDNN found at build time but not loaded: {e}"
+                );
+                eprintln!("oneDNN not loaded ({e}): skipped");
+                false
+            }
         }
+    }
+
+    /// Seeded values of `n` elements in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        crate::testing::rand(&[n], seed)
+            .to_vec1()
+            .expect("host values")
     }
 
     /// f32 and bf16 products against f64 sums of the same (rounded) values, with strided
     /// and transposed operands and accumulation; skipped where the library is absent.
     #[test]
     fn matmul_equals_f64_products() {
-        if let Err(e) = version() {
-            assert!(
-                BUILD_PATH.is_none(),
-                "oneDNN found at build time but not loaded: {e}"
-            );
-            eprintln!("oneDNN not loaded ({e}): skipped");
+        if !loaded() {
             return;
         }
         let (m, n, k) = (37usize, 29usize, 70usize);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 89) as f32 - 44.0) * 0.021)
-            .collect();
+        let (x, w) = (values(m * k, 1), values(n * k, 2));
         let ldd = n + 3;
         for accumulate in [false, true] {
             // f32, weights as (n×k) row-major read transposed.
@@ -655,22 +656,11 @@ mod tests {
     /// The fused bias + GELU epilogue equals the product, then the bias, then our exact GELU.
     #[test]
     fn epilogue_equals_separate_bias_and_gelu() {
-        if let Err(e) = version() {
-            assert!(
-                BUILD_PATH.is_none(),
-                "oneDNN found at build time but not loaded: {e}"
-            );
-            eprintln!("oneDNN not loaded ({e}): skipped");
+        if !loaded() {
             return;
         }
         let (m, n, k) = (33usize, 40usize, 24usize);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 31) as f32 - 15.0) * 0.05)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.04)
-            .collect();
-        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 2.0).collect();
+        let (x, w, bias) = (values(m * k, 3), values(n * k, 4), values(n, 5));
         let (a, b) = (
             untyped(Mat::rows(x.as_ptr(), k)),
             untyped(Mat::cols(w.as_ptr(), k)),
