@@ -233,8 +233,9 @@ fn load() -> Result<Api, String> {
                     ..Default::default()
                 },
             };
-            if matches!(create(&api, &probe), Ok(Some(_))) {
+            if let Ok(Some(p)) = create(&api, &probe) {
                 api.runs.push(input);
+                destroy(&api, p);
             }
         }
         Ok(api)
@@ -314,6 +315,14 @@ const MAX_PRIMITIVES: usize = 2048;
 
 thread_local! {
     static STATE: RefCell<Option<ThreadState>> = const { RefCell::new(None) };
+}
+
+/// Free a primitive and its memory objects.
+unsafe fn destroy(api: &Api, p: Prim) {
+    (api.primitive_destroy)(p.prim);
+    for m in p.mem.into_iter().filter(|m| !m.is_null()) {
+        (api.memory_destroy)(m);
+    }
 }
 
 /// Build the primitive for `key`; `Ok(None)` when only a reference implementation exists.
@@ -482,10 +491,7 @@ pub(super) unsafe fn matmul_ext(
                 if state.prims.len() >= MAX_PRIMITIVES {
                     // Shapes keep changing (input sizes): start over rather than grow.
                     for p in state.prims.drain().filter_map(|(_, p)| p) {
-                        (api.primitive_destroy)(p.prim);
-                        for m in p.mem.into_iter().filter(|m| !m.is_null()) {
-                            (api.memory_destroy)(m);
-                        }
+                        destroy(api, p);
                     }
                 }
                 let p = match create(api, &key) {
