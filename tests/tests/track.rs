@@ -5,8 +5,8 @@
 //!
 //! Checked: one output per inference (each frame once, in order, with a world pose),
 //! (K+1)-view units ran, at most `K` keyframes, every frame processed or counted as
-//! dropped, p95 latency within 1.2 x the (K+1)-view inference time plus one frame interval
-//! (plus the sending, see below), RSS flat after warm-up, the
+//! dropped, p95 latency within 1.2 x the (K+1)-view inference time (its p95) plus one frame
+//! interval, RSS flat after warm-up, the
 //! viewer's trajectory growing by one centre per frame, the recording holding every output.
 //!
 //! `TRACK_SECS` (default 20) is the camera's run time; `TRACK_MODEL` another checkpoint
@@ -145,12 +145,13 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
         }
     }
 
-    // Latency: within 1.2 x one (K+1)-view inference plus one frame interval, plus the
-    // sending of the frame's outputs (`send_ms`: ~19 ms p95 here with the viewer off
-    // backpressure, see the graph; the latency met the bound without it in the runs of
-    // session 10, by 17-20 ms, too little margin for CI's shared cores). p95 against p95:
-    // they make single inferences vary by 2x. The strict form (1.2 x the p50 inference +
-    // interval) is printed beside it.
+    // Latency: p95 within 1.2 x the (K+1)-view inference time plus one frame interval, the
+    // inference time at the same percentile. Against the median it cannot hold here: on
+    // these shared 2-core machines the inference's own p95 is 1.2-1.3x its p50 (tiny
+    // checkpoint), so even a node with no wait and no sending would miss that form; it is
+    // printed beside. Measured margin of this bound (session 11, 7 runs): 17-23 ms, with the
+    // outputs' sending (`send_ms`, ~17-23 ms p95: the recorder's backpressured inputs take
+    // dora 1.1's daemon path) inside it.
     let by_views = t["infer_ms_by_views"].as_object().unwrap();
     let views = (k + 1).to_string();
     let times = by_views
@@ -160,9 +161,9 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
     let send95 = num(&t["send_ms"]["p95"]);
     let p95 = num(&last["latency_ms"]["p95"]);
     let interval = 1000.0 / FPS as f64;
-    let bound = 1.2 * infer95 + interval + send95;
+    let bound = 1.2 * infer95 + interval;
     println!(
-        "track: {views}-view inference (K+1 = {}) p50 {infer50:.1} p95 {infer95:.1} ms, send p95 {send95:.1} ms, latency p50 {} p95 {p95:.1} ms; bound {bound:.1} ms (strict 1.2 x p50 + interval: {:.1} ms); by views {}",
+        "track: {views}-view inference (K+1 = {}) p50 {infer50:.1} p95 {infer95:.1} ms, send p95 {send95:.1} ms, latency p50 {} p95 {p95:.1} ms; bound {bound:.1} ms (against the p50 inference: {:.1} ms); by views {}",
         k + 1,
         last["latency_ms"]["p50"],
         1.2 * infer50 + interval,
@@ -185,6 +186,13 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
         end.0,
         rss.iter().map(|r| r.1).fold(0.0, f64::max)
     );
+    let every = (rss.len() / 12).max(1);
+    let series: Vec<String> = rss
+        .iter()
+        .step_by(every)
+        .map(|(t, m)| format!("{t:.0}s {m:.1}"))
+        .collect();
+    println!("track: RSS series (MiB) {}", series.join(", "));
     assert!(end.1 - first.1 < 64.0, "RSS grew: {rss:?}");
 
     // The viewer's trajectory grows by one centre per frame.
