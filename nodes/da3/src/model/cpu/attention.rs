@@ -113,20 +113,17 @@ impl CustomOp3 for AttentionOp {
             let rows = qblk.min(n - r0);
             let kblk = self.k_block.max(16).min(nk);
             let single = kblk >= nk;
-            let h16 = if half.is_some() {
-                rows * d + 2 * nk * d + rows * kblk
-            } else {
-                0
-            };
+            // The half operands (empty in f32): q block, k and v of the head, probabilities.
+            let on = usize::from(half.is_some());
+            let h16 = on * (rows * d + 2 * nk * d + rows * kblk);
             HALF_SCRATCH.with(|hs| {
                 let mut hs = hs.borrow_mut();
                 if hs.len() < h16 {
                     hs.resize(h16, 0);
                 }
-                let (q16, rest16) =
-                    hs[..h16].split_at_mut(if half.is_some() { rows * d } else { 0 });
-                let (k16, rest16) = rest16.split_at_mut(if half.is_some() { nk * d } else { 0 });
-                let (v16, p16) = rest16.split_at_mut(if half.is_some() { nk * d } else { 0 });
+                let (q16, rest16) = hs[..h16].split_at_mut(on * rows * d);
+                let (k16, rest16) = rest16.split_at_mut(on * nk * d);
+                let (v16, p16) = rest16.split_at_mut(on * nk * d);
                 with_scratch(rows * kblk + 2 * rows * d, |buf| unsafe {
                     let (sc, rest) = buf.split_at_mut(rows * kblk);
                     let (oacc, qblock) = rest.split_at_mut(rows * d);

@@ -3,9 +3,10 @@
 //! attention that never holds more than one block of scores per thread, convolutions as
 //! band-wise im2col + GEMM (stride 1: by rows, one GEMM per kernel row; 3x3 with enough
 //! channels: Winograd F(2x2, 3x3)), transposed convolutions with kernel = stride as one
-//! GEMM + scatter, the DPT's token-side ops and an `align_corners` bilinear resize. All
-//! GEMMs go through the `gemm` crate (the one candle uses), single-threaded per task, with
-//! the work split over rayon's pool: one level of threading, no nesting.
+//! GEMM + scatter, the DPT's token-side ops and an `align_corners` bilinear resize. The
+//! GEMMs go through the `gemm` crate (the one candle uses), the linear layers' through
+//! oneDNN (or oneMKL) where loaded, all single-threaded per task, with the work split over
+//! rayon's pool: one level of threading, no nesting.
 //!
 //! The model does not call these directly: [`super::ops`] picks them for f32 tensors on the
 //! CPU (unless [`Tuning::cpu_kernels`] is off) and runs candle's ops otherwise. How the work
