@@ -149,7 +149,7 @@ fn camera_into_track_mode_bounded_latency_world_poses_and_flat_memory() {
     // inference time at the same percentile. Against the median it cannot hold here: on
     // these shared 2-core machines the inference's own p95 is 1.2-1.3x its p50 (tiny
     // checkpoint), so even a node with no wait and no sending would miss that form; it is
-    // printed beside. Measured margin of this bound (session 11, 7 runs): 17-23 ms, with the
+    // printed beside. Measured margin of this bound (session 11, 12 runs): 16-23 ms, with the
     // outputs' sending (`send_ms`, ~17-23 ms p95: the recorder's backpressured inputs take
     // dora 1.1's daemon path) inside it.
     let by_views = t["infer_ms_by_views"].as_object().unwrap();
