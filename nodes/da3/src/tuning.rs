@@ -60,9 +60,10 @@ pub struct Tuning {
     /// (measured faster there; AVX2-only CPUs not measured, they keep the `gemm` crate).
     pub dnnl: bool,
     /// Mixed precision's attention products (q·kᵀ and p·v) in bf16/f16 too, by oneDNN
-    /// (`DA3_HALF_ATTENTION`, default off): DA3-SMALL bf16 about 8% faster (AMD EPYC Zen 4),
-    /// but rounding the probabilities or q and k costs parity: the tiny Gaussian fixture's
-    /// rotations 3.4e-2 from the reference (1.4e-2 with f32 attention; the bound is 2e-2).
+    /// (`DA3_HALF_ATTENTION`, default off): DA3-SMALL bf16 about 8% faster at 1 view, 13% at
+    /// 4 (AMD EPYC Zen 4), but rounding the probabilities or q and k costs parity: the tiny
+    /// Gaussian fixture's rotations 3.4e-2 from the reference (1.4e-2 with f32 attention;
+    /// the bound is 2e-2).
     pub half_attention: bool,
     /// `da3 bench --profile`: one row per convolution shape instead of per kernel kind
     /// (`DA3_PROFILE_SHAPES`, default off).

@@ -41,7 +41,7 @@ struct AttentionOp {
 }
 
 thread_local! {
-    /// A task's half-precision operands: q block, k, v of its head, one probability block.
+    /// A task's half-precision operands: its q block and one probability block.
     static HALF_SCRATCH: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -106,6 +106,26 @@ impl CustomOp3 for AttentionOp {
             v.as_ptr() as usize,
         );
         let half = self.half.filter(|&k| onednn::runs(k.into()));
+        // Half precision: k and v rounded once per call, each head contiguous (nk × d), for
+        // every query block of the head to read (empty in f32).
+        let (k16_all, v16_all) = match half {
+            Some(kind) => {
+                let round_all = |base: usize, st: [usize; 4]| {
+                    let mut all = vec![0u16; b * h * nk * d];
+                    all.par_chunks_mut(nk * d)
+                        .enumerate()
+                        .for_each(|(bh, dst)| {
+                            let (bi, hi) = (bh / h, bh % h);
+                            let src = (base as *const f32).wrapping_add(bi * st[0] + hi * st[1]);
+                            // SAFETY: head (bi, hi) of a (B, H, Nk, d) tensor with strides `st`.
+                            unsafe { round_rows(kind, src, (st[2], st[3]), (nk, d), 1.0, dst) };
+                        });
+                    all
+                };
+                (round_all(kp, ks), round_all(vp, vs))
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         (0..b * h * nqb).into_par_iter().for_each(|task| {
             let (bh, qb) = (task / nqb, task % nqb);
             let (bi, hi) = (bh / h, bh % h);
@@ -113,17 +133,18 @@ impl CustomOp3 for AttentionOp {
             let rows = qblk.min(n - r0);
             let kblk = self.k_block.max(16).min(nk);
             let single = kblk >= nk;
-            // The half operands (empty in f32): q block, k and v of the head, probabilities.
+            // The half operands (empty in f32): q block, probabilities.
             let on = usize::from(half.is_some());
-            let h16 = on * (rows * d + 2 * nk * d + rows * kblk);
+            let h16 = on * (rows * d + rows * kblk);
             HALF_SCRATCH.with(|hs| {
                 let mut hs = hs.borrow_mut();
                 if hs.len() < h16 {
                     hs.resize(h16, 0);
                 }
-                let (q16, rest16) = hs[..h16].split_at_mut(on * rows * d);
-                let (k16, rest16) = rest16.split_at_mut(on * nk * d);
-                let (v16, p16) = rest16.split_at_mut(on * nk * d);
+                let (q16, p16) = hs[..h16].split_at_mut(on * rows * d);
+                let span = bh * nk * d..(bh + 1) * nk * d;
+                let k16 = k16_all.get(span.clone()).unwrap_or(&[]);
+                let v16 = v16_all.get(span).unwrap_or(&[]);
                 with_scratch(rows * kblk + 2 * rows * d, |buf| unsafe {
                     let (sc, rest) = buf.split_at_mut(rows * kblk);
                     let (oacc, qblock) = rest.split_at_mut(rows * d);
@@ -143,8 +164,6 @@ impl CustomOp3 for AttentionOp {
                     if let Some(kind) = half {
                         // The score scale folded into q before rounding (as torch's SDPA).
                         round_rows(kind, qbase, (d, 1), (rows, d), qscale, q16);
-                        round_rows(kind, kbase, (ks[2], ks[3]), (nk, d), 1.0, k16);
-                        round_rows(kind, vbase, (vs[2], vs[3]), (nk, d), 1.0, v16);
                     }
                     let obase = optr.get().add(bi * n * c + r0 * c + hi * d);
                     // Running max and sum per query row (online softmax over key blocks).
