@@ -1,6 +1,6 @@
 //! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
 //! best of several runs of each kernel (attention with strided and contiguous q/k/v, the
-//! DPT's most expensive 3x3 convolutions, the ViT block's linear layers with and without
+//! DPT's 3x3 convolutions (every stride-1 shape of one view), the ViT block's linear layers with and without
 //! their fused extras, one of them with bf16 weights, GELU alone and the matmul peak). The
 //! `DA3_*` tuning variables apply (see `da3::tuning::Tuning`; `DA3_DNNL=0` compares oneDNN).
 
@@ -54,16 +54,30 @@ fn main() {
         "attention global 4v: {ms:.1} ms, {:.1} GFLOP/s (contiguous q/k/v: {ms_c:.1} ms; only v strided {ms_v:.1}, only k {ms_k:.1}, only q {ms_q:.1})",
         gf / ms * 1e3
     );
-    // the DPT's two most expensive 3x3 convolutions at 4 views
-    for (c, h, w) in [(64usize, 108usize, 144usize), (32, 378, 504)] {
-        let x = Tensor::randn(0f32, 1.0, (4, c, h, w), &dev).unwrap();
-        let wt = Tensor::randn(0f32, 0.1, (c, c, 3, 3), &dev).unwrap();
+    // the DPT's 3x3 convolutions (DA3-SMALL at 504x378): the two most expensive at 4 views,
+    // then every stride-1 shape of one view, large maps to small
+    for (n, ci, co, h, w) in [
+        (4usize, 64usize, 64usize, 108usize, 144usize),
+        (4, 32, 32, 378, 504),
+        (1, 32, 32, 378, 504),
+        (1, 64, 32, 216, 288),
+        (1, 64, 64, 108, 144),
+        (1, 48, 64, 108, 144),
+        (1, 64, 64, 54, 72),
+        (1, 96, 64, 54, 72),
+        (1, 64, 64, 27, 36),
+        (1, 192, 64, 27, 36),
+        (1, 64, 64, 14, 18),
+        (1, 384, 64, 14, 18),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (n, ci, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.1, (co, ci, 3, 3), &dev).unwrap();
         let ms = best_ms(|| {
             conv2d(&x, &wt, None, 1, 1, ConvExt::default()).unwrap();
         });
-        let gf = 2.0 * (4 * h * w * c * c * 9) as f64 / 1e9;
+        let gf = 2.0 * (n * h * w * ci * co * 9) as f64 / 1e9;
         println!(
-            "conv3x3 {c}->{c} {h}x{w} x4: {ms:.1} ms, {:.1} GFLOP/s",
+            "conv3x3 {ci}->{co} {h}x{w} x{n}: {ms:.2} ms, {:.1} GFLOP/s",
             gf / ms * 1e3
         );
     }

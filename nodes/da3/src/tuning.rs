@@ -41,8 +41,9 @@ pub struct Tuning {
     /// Stride-1 convolutions by rows, one GEMM per kernel row (`DA3_CONV_ROWS`, default
     /// on); off: full im2col.
     pub conv_by_rows: bool,
-    /// 3x3 stride-1 convolutions with Ci + Co >= 96 by Winograd F(2x2, 3x3)
-    /// (`DA3_WINOGRAD`, default on); off: by rows.
+    /// 3x3 stride-1 convolutions by Winograd where it was measured ahead: F(4x4, 3x3) on
+    /// maps of 8192+ pixels with Ci + Co >= 64, F(2x2, 3x3) on smaller ones with Ci + Co >=
+    /// 96 (`DA3_WINOGRAD`, default on); off: by rows.
     pub winograd: bool,
     /// Let the allocator keep freed memory between frames (`DA3_KEEP_MEMORY`, default on;
     /// glibc only): read once, when the first CPU model loads.

@@ -1,7 +1,8 @@
 //! 2-D convolutions as band-wise im2col + GEMM: 1x1 stride-1 straight from the input,
 //! stride-1 taller kernels by rows (one GEMM per kernel row), others by full im2col, 3x3
-//! with enough channels by Winograd ([`super::winograd`]); input ReLU, residual add and a
-//! following ReLU + 1x1 conv fused per band.
+//! with enough channels by Winograd ([`super::winograd`]: F(4x4, 3x3) on large maps,
+//! F(2x2, 3x3) on smaller ones); input ReLU, residual add and a following ReLU + 1x1 conv
+//! fused per band.
 
 use std::borrow::Cow;
 
@@ -13,7 +14,7 @@ use super::buffers::{
     SyncPtr,
 };
 use super::profile::{profiling, timed};
-use super::winograd::{winograd_conv, WinogradConv};
+use super::winograd::{tile_for, winograd_conv, Tile, WinogradConv};
 
 pub(super) struct Conv2dOp<'a> {
     pub(super) weight: &'a Tensor, // (Co, Ci, kh, kw), contiguous
@@ -29,8 +30,9 @@ pub(super) struct Conv2dOp<'a> {
     pub(super) then_1x1: Option<(Vec<f32>, Option<Vec<f32>>)>,
     /// Stride-1 kernels taller than 1 by rows ([`row_cols`]) rather than full im2col.
     pub(super) by_rows: bool,
-    /// 3x3 stride-1 pad-1 kernels by Winograd F(2x2, 3x3) ([`winograd_conv`]).
-    pub(super) winograd: bool,
+    /// 3x3 stride-1 pad-1 kernels by Winograd with this tile ([`winograd_conv`]; chosen by
+    /// [`tile_for`]).
+    pub(super) winograd: Option<Tile>,
     /// Target floats in one im2col band (fits in L2 with the weights' panel).
     pub(super) col_band: usize,
     /// Target floats in one by-rows column band.
@@ -90,7 +92,8 @@ impl CustomOp1 for Conv2dOp<'_> {
             None => output_buffer(b * co_out * npix),
         };
         let accumulate = self.residual.is_some();
-        if self.winograd && kh == 3 && kw == 3 && st == 1 && pad == 1 && ci >= 16 && co >= 16 {
+        let fits = (kh, kw, st, pad) == (3, 3, 1, 1) && ci >= 16 && co >= 16;
+        if let Some(tile) = self.winograd.filter(|_| fits) {
             with_f32(self.weight, |w, wl| {
                 let w = &w[wl.start_offset()..wl.start_offset() + co * ci * 9];
                 winograd_conv(
@@ -110,6 +113,7 @@ impl CustomOp1 for Conv2dOp<'_> {
                             .as_ref()
                             .map(|(w2, b2)| (&w2[..], b2.as_deref())),
                     },
+                    tile,
                     &mut out,
                 );
                 Ok(())
@@ -423,9 +427,7 @@ pub fn conv2d(
             residual: ext.residual,
             then_1x1,
             by_rows: t.conv_by_rows,
-            // Measured on DA3's DPT convs: ahead from 48->64 and 64->32 channels on, behind
-            // at 32->32 (the GEMMs' depth is Ci; the transforms cost per channel).
-            winograd: t.winograd && ci + co >= 96,
+            winograd: tile_for(ci, co, ih, iw).filter(|_| t.winograd),
             col_band: t.col_band,
             row_band: t.row_band,
         })
@@ -475,7 +477,7 @@ mod tests {
                     residual: None,
                     then_1x1: None,
                     by_rows,
-                    winograd: false,
+                    winograd: None,
                     col_band: Tuning::DEFAULT.col_band,
                     row_band: Tuning::DEFAULT.row_band,
                 };

@@ -23,7 +23,7 @@
 //! | `onednn.rs` | oneDNN's matmul (loaded at run time): linear layers, bf16 and f32 |
 //! | `attention.rs` | blocked online-softmax attention |
 //! | `conv.rs` | im2col / by-rows convolutions and their fusions |
-//! | `winograd.rs` | Winograd F(2x2, 3x3) |
+//! | `winograd.rs` | Winograd F(2x2, 3x3) and F(4x4, 3x3) |
 //! | `conv_transpose.rs` | kernel = stride transposed convolutions |
 //! | `tokens.rs` | DPT token ops: 1x1 projection of token-major features, UV embedding add |
 //! | `resize.rs` | bilinear resize (align corners) |
