@@ -1,8 +1,9 @@
 //! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
 //! best of several runs of each kernel (attention with strided and contiguous q/k/v, the
-//! DPT's 3x3 convolutions (every stride-1 shape of one view), the ViT block's linear layers with and without
-//! their fused extras, one of them with bf16 weights, GELU alone and the matmul peak). The
-//! `DA3_*` tuning variables apply (see `da3::tuning::Tuning`; `DA3_DNNL=0` compares oneDNN).
+//! DPT's 3x3 convolutions: every stride-1 shape of one view, the ViT block's linear layers
+//! with and without their fused extras, one of them with bf16 weights, GELU alone and the
+//! matmul peak). The `DA3_*` tuning variables apply (see `da3::tuning::Tuning`;
+//! `DA3_DNNL=0` compares oneDNN).
 
 use candle_core::{Device, Tensor};
 use da3::model::cpu::profile::matmul_peak_gflops;
