@@ -276,11 +276,9 @@ impl CheckpointBackend {
     /// are then handed back to the kernel, so that loading does not hold the whole
     /// mapped file resident beside the copies (peak RSS: the model once, not twice).
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        let stored = self.stored(name);
-        let t = self.st.load(stored, dev)?;
-        if let Ok(view) = self.st.get(stored) {
-            release_pages(view.data());
-        }
+        let view = self.st.get(self.stored(name))?;
+        let t = candle_core::safetensors::Load::load(&view, dev)?;
+        release_pages(view.data());
         Ok(t)
     }
 }
