@@ -49,39 +49,6 @@ pub(super) struct WinogradConv<'a> {
     pub(super) then_1x1: Option<(&'a [f32], Option<&'a [f32]>)>,
 }
 
-/// Winograd F(2x2, 3x3) weights `U = G g Gᵀ`, as 16 matrices `U[ξ]` (Co × Ci, row stride
-/// 16·Ci), ξ = 4i + j: per output channel o, the 16 rows `U[ξ][o]` back to back (each
-/// channel's block written by one task, in cache).
-fn winograd_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * co * ci];
-    u.par_chunks_mut(16 * ci).enumerate().for_each(|(o, uo)| {
-        for c in 0..ci {
-            let g = &w[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
-            // t = G g (4 × 3), G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]
-            let mut t = [[0f32; 3]; 4];
-            for k in 0..3 {
-                let (g0, g1, g2) = (g[k], g[3 + k], g[6 + k]);
-                t[0][k] = g0;
-                t[1][k] = 0.5 * (g0 + g1 + g2);
-                t[2][k] = 0.5 * (g0 - g1 + g2);
-                t[3][k] = g2;
-            }
-            for (i, r) in t.iter().enumerate() {
-                let row = [
-                    r[0],
-                    0.5 * (r[0] + r[1] + r[2]),
-                    0.5 * (r[0] - r[1] + r[2]),
-                    r[2],
-                ];
-                for (j, v) in row.into_iter().enumerate() {
-                    uo[(i * 4 + j) * ci + c] = v;
-                }
-            }
-        }
-    });
-    u
-}
-
 /// 3x3 convolution, stride 1, padding 1, by Winograd with output tiles of `tile`: F(2x2,
 /// 3x3) makes each 2x2 output tile from a 4x4 input tile in 16 multiplies per (input,
 /// output) channel pair instead of 36, F(4x4, 3x3) each 4x4 tile from a 6x6 one in 36
@@ -96,35 +63,10 @@ pub(super) fn winograd_conv(
     tile: Tile,
     out: &mut [f32],
 ) {
-    let f4 = tile == Tile::F4;
-    let size = if f4 { 4 } else { 2 };
-    let th = p.h.div_ceil(size);
-    let tw = p.w.div_ceil(size);
-    let u = if f4 {
-        winograd4_weights(wt, p.co, p.ci)
-    } else {
-        winograd_weights(wt, p.co, p.ci)
-    };
-    let nband = bands(p.b, th, tw, rayon::current_num_threads());
-    let run = WinogradRun {
-        p: &p,
-        x,
-        u: &u,
-        out: SyncPtr(out.as_mut_ptr()),
-    };
-    let avx2 = simd::available();
-    (0..p.b * nband).into_par_iter().for_each(|task| {
-        let (bi, band) = (task / nband, task % nband);
-        // Tile rows split as evenly as whole rows allow.
-        let ty0 = band * th / nband;
-        let nty = (band + 1) * th / nband - ty0;
-        match (f4, avx2) {
-            (true, true) => unsafe { winograd4_band_avx2(&run, bi, ty0, nty) },
-            (true, false) => winograd4_band(&run, bi, ty0, nty),
-            (false, true) => unsafe { winograd_band_avx2(&run, bi, ty0, nty) },
-            (false, false) => winograd_band(&run, bi, ty0, nty),
-        }
-    });
+    match tile {
+        Tile::F2 => run_bands::<F2, 2, 4>(x, wt, &p, out),
+        Tile::F4 => run_bands::<F4, 4, 6>(x, wt, &p, out),
+    }
 }
 
 /// Bands per image of `th` tile rows of `tw` tiles, for `b` images on `threads` threads: up
@@ -145,199 +87,71 @@ fn bands(b: usize, th: usize, tw: usize, threads: usize) -> usize {
 struct WinogradRun<'a> {
     p: &'a WinogradConv<'a>,
     x: &'a [f32],
-    /// The transformed weights ([`winograd_weights`]).
+    /// The transformed weights ([`weights`]).
     u: &'a [f32],
     /// The output (the tasks' output rows are disjoint).
     out: SyncPtr,
 }
 
-/// [`winograd_band`] compiled for AVX2 + FMA (its loops vectorise 8 wide).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-unsafe fn winograd_band_avx2(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
-    winograd_band(run, bi, ty0, nty)
+/// One Winograd algorithm F(S×S, 3×3): output tiles of S×S pixels from input tiles of A×A,
+/// A = S + 2, as the three matrices of `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, each applied
+/// elementwise to whole rows of tiles (the loops the compiler vectorises).
+trait Algorithm<const S: usize, const A: usize> {
+    /// `G (a, b, c)ᵀ`: one column (or row) of a 3x3 kernel to A values.
+    fn g(a: f32, b: f32, c: f32) -> [f32; A];
+    /// `r = Bᵀ d` for A vectors d.
+    fn bt(d: [&[f32]; A], r: [&mut [f32]; A]);
+    /// `y = Aᵀ m` for A vectors m.
+    fn at(m: [&[f32]; A], y: [&mut [f32]; S]);
 }
 
-/// Tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `2·ty0 ..`).
-#[inline(always)]
-fn winograd_band(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
-    let WinogradRun { p, x, u, out: optr } = *run;
-    let WinogradConv { ci, co, h, w, .. } = *p;
-    let tw = w.div_ceil(2);
-    let npix = h * w;
-    let co_out = p.then_1x1.map_or(co, |(w2, _)| w2.len() / co);
-    let nt = nty * tw;
-    let (oy0, oy1) = (2 * ty0, (2 * (ty0 + nty)).min(h));
-    let np = (oy1 - oy0) * w;
-    let nrt = 2 * nty + 2; // input rows 2·ty0 - 1 .. 2·(ty0 + nty)
-    let fused = p.then_1x1.is_some();
-    let sizes = [
-        16 * ci * nt,
-        16 * co * nt,
-        nrt * 4 * tw,
-        2 * (tw + 1),
-        8 * tw,
-        if fused { co * np } else { 0 },
-    ];
-    with_scratch(sizes.iter().sum(), |buf| {
-        let (v, rest) = buf.split_at_mut(sizes[0]);
-        let (m, rest) = rest.split_at_mut(sizes[1]);
-        let (rt, rest) = rest.split_at_mut(sizes[2]);
-        let (eo, rest) = rest.split_at_mut(sizes[3]);
-        let (sbuf, ybuf) = rest.split_at_mut(sizes[4]);
-        let xb = &x[bi * ci * npix..(bi + 1) * ci * npix];
-        // Input transform.
-        for c in 0..ci {
-            let plane = &xb[c * npix..(c + 1) * npix];
-            // Row transform of each input row: for tile tx, with a, b, c, d = x[2tx-1 ..
-            // 2tx+2] = E[tx], O[tx], E[tx+1], O[tx+1] (E, O: even / odd entries of the
-            // zero-padded row): (a - c, b + c, c - b, b - d).
-            for (r, rrow) in rt.chunks_exact_mut(4 * tw).enumerate() {
-                let y = (2 * ty0 + r) as isize - 1;
-                if y < 0 || y >= h as isize {
-                    rrow.fill(0.0);
-                    continue;
-                }
-                let src = &plane[y as usize * w..(y as usize + 1) * w];
-                let (e, o) = eo.split_at_mut(tw + 1);
-                // E[t] = x[2t - 1], O[t] = x[2t]; zero outside the row (E[0], O[tw], and
-                // E[tw] when w is odd: the last pair is a single value).
-                e[0] = 0.0;
-                o[tw] = 0.0;
-                for (t, pair) in src.chunks(2).enumerate() {
-                    o[t] = pair[0];
-                    e[t + 1] = pair.get(1).copied().unwrap_or(0.0);
-                }
-                if p.relu_in {
-                    eo.iter_mut().for_each(|v| *v = v.max(0.0));
-                }
-                let (e, o) = eo.split_at(tw + 1);
-                let (r0, rr) = rrow.split_at_mut(tw);
-                let (r1, rr) = rr.split_at_mut(tw);
-                let (r2, r3) = rr.split_at_mut(tw);
-                let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &o[..tw], &o[1..=tw]);
-                for i in 0..tw {
-                    r0[i] = e0[i] - e1[i];
-                    r1[i] = o0[i] + e1[i];
-                    r2[i] = e1[i] - o0[i];
-                    r3[i] = o0[i] - o1[i];
-                }
-            }
-            // Column transform: rows 2t .. 2t+3 of the row-transformed band.
-            for t in 0..nty {
-                for j in 0..4 {
-                    let row = |k: usize| {
-                        let at = ((2 * t + k) * 4 + j) * tw;
-                        &rt[at..at + tw]
-                    };
-                    let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-                    let at = |i: usize| ((i * 4 + j) * ci + c) * nt + t * tw;
-                    let (v0, v1, v2, v3) = (at(0), at(1), at(2), at(3));
-                    for (i, d) in d0.iter().zip(d2).enumerate() {
-                        v[v0 + i] = d.0 - d.1;
-                    }
-                    let (a, rest) = v[v1..].split_at_mut(v2 - v1);
-                    let (bq, rest) = rest.split_at_mut(v3 - v2);
-                    let (a, bq, cq) = (&mut a[..tw], &mut bq[..tw], &mut rest[..tw]);
-                    for i in 0..tw {
-                        a[i] = d1[i] + d2[i];
-                        bq[i] = d2[i] - d1[i];
-                        cq[i] = d1[i] - d3[i];
-                    }
-                }
-            }
+/// F(2x2, 3x3): 16 multiplies per 4 outputs and channel pair (the direct sum: 36).
+struct F2;
+
+impl Algorithm<2, 4> for F2 {
+    /// G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+    #[inline(always)]
+    fn g(a: f32, b: f32, c: f32) -> [f32; 4] {
+        [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+    }
+
+    /// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+    #[inline(always)]
+    fn bt(d: [&[f32]; 4], r: [&mut [f32]; 4]) {
+        let [r0, r1, r2, r3] = r;
+        let n = r0.len();
+        let (d0, d1, d2, d3) = (&d[0][..n], &d[1][..n], &d[2][..n], &d[3][..n]);
+        let (r1, r2, r3) = (&mut r1[..n], &mut r2[..n], &mut r3[..n]);
+        for i in 0..n {
+            r0[i] = d0[i] - d2[i];
+            r1[i] = d1[i] + d2[i];
+            r2[i] = d2[i] - d1[i];
+            r3[i] = d1[i] - d3[i];
         }
-        // 16 GEMMs.
-        for xi in 0..16 {
-            unsafe {
-                sgemm(
-                    (co, nt, ci),
-                    Mat::rows(m.as_mut_ptr().add(xi * co * nt), nt),
-                    false,
-                    Mat::rows(u.as_ptr().add(xi * ci), 16 * ci),
-                    Mat::rows(v.as_ptr().add(xi * ci * nt), nt),
-                    1.0,
-                )
-            };
+    }
+
+    /// Aᵀ = [1 1 1 0; 0 1 -1 -1].
+    #[inline(always)]
+    fn at(m: [&[f32]; 4], y: [&mut [f32]; 2]) {
+        let [y0, y1] = y;
+        let n = y0.len();
+        let (m0, m1, m2, m3) = (&m[0][..n], &m[1][..n], &m[2][..n], &m[3][..n]);
+        let y1 = &mut y1[..n];
+        for i in 0..n {
+            y0[i] = m0[i] + m1[i] + m2[i];
+            y1[i] = m1[i] - m2[i] - m3[i];
         }
-        // Output transform, Aᵀ = [1 1 1 0; 0 1 -1 -1]: per row i of M, S_i0 = m_i0 + m_i1 +
-        // m_i2 and S_i1 = m_i1 - m_i2 - m_i3; then y_0k = S_0k + S_1k + S_2k and y_1k =
-        // S_1k - S_2k - S_3k.
-        let ob = unsafe { optr.get().add(bi * co_out * npix + oy0 * w) };
-        let (yb, ys) = if fused {
-            (ybuf.as_mut_ptr(), np)
-        } else {
-            (ob, npix)
-        };
-        let add = p.accumulate && !fused;
-        for o in 0..co {
-            let bv = p.bias.map_or(0.0, |bv| bv[o]);
-            for t in 0..nty {
-                let mm = |xi: usize| {
-                    let at = (xi * co + o) * nt + t * tw;
-                    &m[at..at + tw]
-                };
-                for i in 0..4 {
-                    let (m0, m1, m2, m3) = (mm(4 * i), mm(4 * i + 1), mm(4 * i + 2), mm(4 * i + 3));
-                    let (s0, s1) = sbuf[2 * i * tw..(2 * i + 2) * tw].split_at_mut(tw);
-                    for k in 0..tw {
-                        s0[k] = m0[k] + m1[k] + m2[k];
-                        s1[k] = m1[k] - m2[k] - m3[k];
-                    }
-                }
-                for r in 0..2 {
-                    let y = 2 * t + r;
-                    if oy0 + y >= oy1 {
-                        break;
-                    }
-                    let dst = unsafe { std::slice::from_raw_parts_mut(yb.add(o * ys + y * w), w) };
-                    let sr = |i: usize, k: usize| &sbuf[(2 * i + k) * tw..(2 * i + k + 1) * tw];
-                    // Even and odd output columns, in `rt` (free again by now).
-                    let (ye, yo) = rt[..2 * tw].split_at_mut(tw);
-                    for (k, yk) in [ye, yo].into_iter().enumerate() {
-                        let (a0, a1, a2, a3) = (sr(0, k), sr(1, k), sr(2, k), sr(3, k));
-                        if r == 0 {
-                            for i in 0..tw {
-                                yk[i] = a0[i] + a1[i] + a2[i] + bv;
-                            }
-                        } else {
-                            for i in 0..tw {
-                                yk[i] = a1[i] - a2[i] - a3[i] + bv;
-                            }
-                        }
-                    }
-                    let (ye, yo) = rt[..2 * tw].split_at(tw);
-                    let (pairs, tail) = dst.split_at_mut(w / 2 * 2);
-                    if add {
-                        for (d, (e, o)) in pairs.chunks_exact_mut(2).zip(ye.iter().zip(yo)) {
-                            d[0] += e;
-                            d[1] += o;
-                        }
-                        if let Some(d) = tail.first_mut() {
-                            *d += ye[tw - 1];
-                        }
-                    } else {
-                        for (d, (e, o)) in pairs.chunks_exact_mut(2).zip(ye.iter().zip(yo)) {
-                            d[0] = *e;
-                            d[1] = *o;
-                        }
-                        if let Some(d) = tail.first_mut() {
-                            *d = ye[tw - 1];
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(w2b2) = p.then_1x1 {
-            unsafe { relu_then_1x1(ybuf, np, w2b2, ob, npix) };
-        }
-    });
+    }
 }
 
-/// Winograd F(4x4, 3x3) weights `U = G g Gᵀ` as 36 matrices `U[ξ]` (Co × Ci, row stride
-/// 36·Ci), ξ = 6i + j, laid out as [`winograd_weights`]'s, with
-/// G = [¼ 0 0; -⅙ -⅙ -⅙; -⅙ ⅙ -⅙; 1/24 1/12 ⅙; 1/24 -1/12 ⅙; 0 0 1].
-fn winograd4_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
-    let g6 = |a: f32, b: f32, c: f32| {
+/// F(4x4, 3x3), points 0, ±1, ±2, ∞: 36 multiplies per 16 outputs and channel pair (the
+/// direct sum: 144).
+struct F4;
+
+impl Algorithm<4, 6> for F4 {
+    /// G = [¼ 0 0; -⅙ -⅙ -⅙; -⅙ ⅙ -⅙; 1/24 1/12 ⅙; 1/24 -1/12 ⅙; 0 0 1].
+    #[inline(always)]
+    fn g(a: f32, b: f32, c: f32) -> [f32; 6] {
         [
             0.25 * a,
             -(a + b + c) / 6.0,
@@ -346,84 +160,133 @@ fn winograd4_weights(w: &[f32], co: usize, ci: usize) -> Vec<f32> {
             a / 24.0 - b / 12.0 + c / 6.0,
             c,
         ]
-    };
-    let mut u = vec![0f32; 36 * co * ci];
-    u.par_chunks_mut(36 * ci).enumerate().for_each(|(o, uo)| {
-        for c in 0..ci {
-            let g = &w[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
-            // t = G g (6 × 3), column by column; then each row of t times Gᵀ.
-            let cols: [[f32; 6]; 3] = std::array::from_fn(|k| g6(g[k], g[3 + k], g[6 + k]));
-            for i in 0..6 {
-                let row = g6(cols[0][i], cols[1][i], cols[2][i]);
-                for (j, v) in row.into_iter().enumerate() {
-                    uo[(i * 6 + j) * ci + c] = v;
+    }
+
+    /// Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+    /// 0 4 0 -5 0 1].
+    #[inline(always)]
+    fn bt(d: [&[f32]; 6], r: [&mut [f32]; 6]) {
+        let [r0, r1, r2, r3, r4, r5] = r;
+        let n = r0.len();
+        let (d0, d1, d2, d3, d4, d5) = (
+            &d[0][..n],
+            &d[1][..n],
+            &d[2][..n],
+            &d[3][..n],
+            &d[4][..n],
+            &d[5][..n],
+        );
+        let (r1, r2, r3, r4, r5) = (
+            &mut r1[..n],
+            &mut r2[..n],
+            &mut r3[..n],
+            &mut r4[..n],
+            &mut r5[..n],
+        );
+        for i in 0..n {
+            let (a, b, c, e) = (d1[i], d2[i], d3[i], d4[i]);
+            let (s, t) = (e - 4.0 * b, c - 4.0 * a); // d4 - 4 d2, d3 - 4 d1
+            let (u, v) = (e - b, 2.0 * (c - a)); // d4 - d2, 2 (d3 - d1)
+            r0[i] = 4.0 * d0[i] - 5.0 * b + e;
+            r1[i] = s + t;
+            r2[i] = s - t;
+            r3[i] = u + v;
+            r4[i] = u - v;
+            r5[i] = 4.0 * a - 5.0 * c + d5[i];
+        }
+    }
+
+    /// Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+    #[inline(always)]
+    fn at(m: [&[f32]; 6], y: [&mut [f32]; 4]) {
+        let [y0, y1, y2, y3] = y;
+        let n = y0.len();
+        let (m0, m1, m2, m3, m4, m5) = (
+            &m[0][..n],
+            &m[1][..n],
+            &m[2][..n],
+            &m[3][..n],
+            &m[4][..n],
+            &m[5][..n],
+        );
+        let (y1, y2, y3) = (&mut y1[..n], &mut y2[..n], &mut y3[..n]);
+        for i in 0..n {
+            let (p, q) = (m1[i] + m2[i], m1[i] - m2[i]);
+            let (r, s) = (m3[i] + m4[i], m3[i] - m4[i]);
+            y0[i] = m0[i] + p + r;
+            y1[i] = q + 2.0 * s;
+            y2[i] = p + 4.0 * r;
+            y3[i] = q + 8.0 * s + m5[i];
+        }
+    }
+}
+
+/// The weights `U = G g Gᵀ` as A² matrices `U[ξ]` (Co × Ci, row stride A²·Ci), ξ = A·i + j:
+/// per output channel o, the A² rows `U[ξ][o]` back to back (each channel's block written
+/// by one task, in cache).
+fn weights<T: Algorithm<S, A>, const S: usize, const A: usize>(
+    w: &[f32],
+    co: usize,
+    ci: usize,
+) -> Vec<f32> {
+    let mut u = vec![0f32; A * A * co * ci];
+    u.par_chunks_mut(A * A * ci)
+        .enumerate()
+        .for_each(|(o, uo)| {
+            for c in 0..ci {
+                let g = &w[(o * ci + c) * 9..(o * ci + c) * 9 + 9];
+                // G g (A × 3) column by column, then each of its rows times Gᵀ.
+                let cols: [[f32; A]; 3] = std::array::from_fn(|k| T::g(g[k], g[3 + k], g[6 + k]));
+                for i in 0..A {
+                    let row = T::g(cols[0][i], cols[1][i], cols[2][i]);
+                    for (j, v) in row.into_iter().enumerate() {
+                        uo[(i * A + j) * ci + c] = v;
+                    }
                 }
             }
-        }
-    });
+        });
     u
 }
 
-/// `Bᵀ d` of F(4x4, 3x3) for six vectors d0..d5, elementwise into `r[0..6]`:
-/// Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
-/// 0 4 0 -5 0 1].
-#[inline(always)]
-fn bt6(d: [&[f32]; 6], r: [&mut [f32]; 6]) {
-    let [r0, r1, r2, r3, r4, r5] = r;
-    let n = r0.len();
-    let (d0, d1, d2, d3, d4, d5) = (
-        &d[0][..n],
-        &d[1][..n],
-        &d[2][..n],
-        &d[3][..n],
-        &d[4][..n],
-        &d[5][..n],
-    );
-    let (r1, r2, r3, r4, r5) = (
-        &mut r1[..n],
-        &mut r2[..n],
-        &mut r3[..n],
-        &mut r4[..n],
-        &mut r5[..n],
-    );
-    for i in 0..n {
-        let (a, b, c, e, f) = (d1[i], d2[i], d3[i], d4[i], d5[i]);
-        let s = e - 4.0 * b; // d4 - 4 d2
-        let t = c - 4.0 * a; // d3 - 4 d1
-        let u = e - b; // d4 - d2
-        let v = 2.0 * (c - a); // 2 (d3 - d1)
-        r0[i] = 4.0 * d0[i] - 5.0 * b + e;
-        r1[i] = s + t;
-        r2[i] = s - t;
-        r3[i] = u + v;
-        r4[i] = u - v;
-        r5[i] = 4.0 * a - 5.0 * c + f;
-    }
+/// All bands of one convolution with algorithm `T`.
+fn run_bands<T: Algorithm<S, A>, const S: usize, const A: usize>(
+    x: &[f32],
+    wt: &[f32],
+    p: &WinogradConv<'_>,
+    out: &mut [f32],
+) {
+    let (th, tw) = (p.h.div_ceil(S), p.w.div_ceil(S));
+    let u = weights::<T, S, A>(wt, p.co, p.ci);
+    let nband = bands(p.b, th, tw, rayon::current_num_threads());
+    let run = WinogradRun {
+        p,
+        x,
+        u: &u,
+        out: SyncPtr(out.as_mut_ptr()),
+    };
+    let avx2 = simd::available();
+    (0..p.b * nband).into_par_iter().for_each(|task| {
+        let (bi, band) = (task / nband, task % nband);
+        // Tile rows split as evenly as whole rows allow.
+        let ty0 = band * th / nband;
+        let nty = (band + 1) * th / nband - ty0;
+        if avx2 {
+            unsafe { band_avx2::<T, S, A>(&run, bi, ty0, nty) }
+        } else {
+            winograd_band::<T, S, A>(&run, bi, ty0, nty)
+        }
+    });
 }
 
-/// `Aᵀ m` of F(4x4, 3x3) for six vectors m0..m5, elementwise into `y[0..4]`:
-/// Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
-#[inline(always)]
-fn at6(m: [&[f32]; 6], y: [&mut [f32]; 4]) {
-    let [y0, y1, y2, y3] = y;
-    let n = y0.len();
-    let (m0, m1, m2, m3, m4, m5) = (
-        &m[0][..n],
-        &m[1][..n],
-        &m[2][..n],
-        &m[3][..n],
-        &m[4][..n],
-        &m[5][..n],
-    );
-    let (y1, y2, y3) = (&mut y1[..n], &mut y2[..n], &mut y3[..n]);
-    for i in 0..n {
-        let (p, q) = (m1[i] + m2[i], m1[i] - m2[i]);
-        let (r, s) = (m3[i] + m4[i], m3[i] - m4[i]);
-        y0[i] = m0[i] + p + r;
-        y1[i] = q + 2.0 * s;
-        y2[i] = p + 4.0 * r;
-        y3[i] = q + 8.0 * s + m5[i];
-    }
+/// [`winograd_band`] compiled for AVX2 + FMA (its loops vectorise 8 wide).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn band_avx2<T: Algorithm<S, A>, const S: usize, const A: usize>(
+    run: &WinogradRun<'_>,
+    bi: usize,
+    ty0: usize,
+    nty: usize,
+) {
+    winograd_band::<T, S, A>(run, bi, ty0, nty)
 }
 
 /// `N` slices of `len` floats at `start`, `start + stride`, … of `buf` (`stride >= len`).
@@ -437,119 +300,102 @@ fn rows_mut<const N: usize>(
     std::array::from_fn(|_| it.next().expect("rows within the buffer"))
 }
 
-/// [`winograd4_band`] compiled for AVX2 + FMA (its loops vectorise 8 wide).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
-unsafe fn winograd4_band_avx2(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
-    winograd4_band(run, bi, ty0, nty)
-}
-
-/// F(4x4, 3x3): tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `4·ty0 ..`). Each
-/// 4x4 output tile from a 6x6 input tile in 36 multiplies per channel pair (2.25 per output
-/// against F(2x2)'s 4 and the direct sum's 9).
+/// Tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `S·ty0 ..`).
 #[inline(always)]
-fn winograd4_band(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
+fn winograd_band<T: Algorithm<S, A>, const S: usize, const A: usize>(
+    run: &WinogradRun<'_>,
+    bi: usize,
+    ty0: usize,
+    nty: usize,
+) {
     let WinogradRun { p, x, u, out: optr } = *run;
     let WinogradConv { ci, co, h, w, .. } = *p;
-    let tw = w.div_ceil(4);
+    let tw = w.div_ceil(S);
     let npix = h * w;
     let co_out = p.then_1x1.map_or(co, |(w2, _)| w2.len() / co);
     let nt = nty * tw;
-    let (oy0, oy1) = (4 * ty0, (4 * (ty0 + nty)).min(h));
+    let (oy0, oy1) = (S * ty0, (S * (ty0 + nty)).min(h));
     let np = (oy1 - oy0) * w;
-    let nrt = 4 * nty + 2; // input rows 4·ty0 - 1 .. 4·(ty0 + nty)
+    let nrt = S * nty + 2; // input rows S·ty0 - 1 .. S·(ty0 + nty)
     let fused = p.then_1x1.is_some();
     let sizes = [
-        36 * ci * nt,
-        36 * co * nt,
-        nrt * 6 * tw,
-        4 * (tw + 2),
-        24 * tw,
+        A * A * ci * nt,
+        A * A * co * nt,
+        nrt * A * tw,
+        S * (tw + 1),
+        S * A * tw,
         if fused { co * np } else { 0 },
     ];
     with_scratch(sizes.iter().sum(), |buf| {
         let (v, rest) = buf.split_at_mut(sizes[0]);
         let (m, rest) = rest.split_at_mut(sizes[1]);
         let (rt, rest) = rest.split_at_mut(sizes[2]);
-        let (xr, rest) = rest.split_at_mut(sizes[3]);
+        let (q, rest) = rest.split_at_mut(sizes[3]);
         let (sbuf, ybuf) = rest.split_at_mut(sizes[4]);
         let xb = &x[bi * ci * npix..(bi + 1) * ci * npix];
         // Input transform.
         for c in 0..ci {
             let plane = &xb[c * npix..(c + 1) * npix];
-            // Row transform of each input row: tile tx reads the zero-padded row's
-            // entries 4tx .. 4tx+5, i.e. x[4tx-1 .. 4tx+4]: the phases P_k[tx] = xpad[4tx+k]
-            // (P_4, P_5 are P_0, P_1 one tile on).
-            for (r, rrow) in rt.chunks_exact_mut(6 * tw).enumerate() {
-                let y = (4 * ty0 + r) as isize - 1;
+            // Row transform of each input row. Tile tx reads entries S·tx .. S·tx + A - 1
+            // of the zero-padded row xpad (xpad[i] = x[i - 1]); as S phases of tw + 1
+            // entries, Q_k[t] = xpad[S·t + k], its input k is Q_(k mod S)[tx + k div S].
+            for (r, rrow) in rt.chunks_exact_mut(A * tw).enumerate() {
+                let y = (S * ty0 + r) as isize - 1;
                 if y < 0 || y >= h as isize {
                     rrow.fill(0.0);
                     continue;
                 }
                 let src = &plane[y as usize * w..(y as usize + 1) * w];
-                // xr: the four phases, tw + 1 entries each.
-                let (q0, rest) = xr.split_at_mut(tw + 2);
-                let (q1, rest) = rest.split_at_mut(tw + 2);
-                let (q2, q3) = rest.split_at_mut(tw + 2);
-                q0[0] = 0.0;
-                for (t, quad) in src.chunks(4).enumerate() {
-                    // xpad[4t + 1 ..= 4t + 4] = x[4t .. 4t + 3]
-                    let at = |k: usize| quad.get(k).copied().unwrap_or(0.0);
-                    q1[t] = at(0);
-                    q2[t] = at(1);
-                    q3[t] = at(2);
-                    q0[t + 1] = at(3);
+                // x[S·t + k] = xpad[S·t + k + 1], by whole tiles; then the last, partial
+                // one and the zeros around the row.
+                let whole = w / S;
+                for (t, tile) in src.chunks_exact(S).enumerate() {
+                    for (k, &val) in tile.iter().enumerate() {
+                        q[((k + 1) % S) * (tw + 1) + t + (k + 1) / S] = val;
+                    }
                 }
-                let full = w.div_ceil(4);
-                for q in [&mut *q1, &mut *q2, &mut *q3] {
-                    q[full..=tw].fill(0.0);
+                q[0] = 0.0;
+                for at in S * whole + 1..S * (tw + 1) {
+                    q[(at % S) * (tw + 1) + at / S] = src.get(at - 1).copied().unwrap_or(0.0);
                 }
-                q0[full + 1..=tw].fill(0.0);
                 if p.relu_in {
-                    xr.iter_mut().for_each(|v| *v = v.max(0.0));
+                    q.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
-                let (q0, rest) = xr.split_at(tw + 2);
-                let (q1, rest) = rest.split_at(tw + 2);
-                let (q2, q3) = rest.split_at(tw + 2);
-                let d = [
-                    &q0[..tw],
-                    &q1[..tw],
-                    &q2[..tw],
-                    &q3[..tw],
-                    &q0[1..=tw],
-                    &q1[1..=tw],
-                ];
-                bt6(d, rows_mut(rrow, 0, tw, tw));
+                let d = std::array::from_fn(|k| {
+                    let at = (k % S) * (tw + 1) + k / S;
+                    &q[at..at + tw]
+                });
+                T::bt(d, rows_mut(rrow, 0, tw, tw));
             }
-            // Column transform: rows 4t .. 4t+5 of the row-transformed band, per column
-            // component j, into V[6i + j].
+            // Column transform: rows S·t .. S·t + A - 1 of the row-transformed band, per
+            // column component j, into V[A·i + j].
             for t in 0..nty {
-                for j in 0..6 {
-                    let row = |k: usize| {
-                        let at = ((4 * t + k) * 6 + j) * tw;
+                for j in 0..A {
+                    let d = std::array::from_fn(|k| {
+                        let at = ((S * t + k) * A + j) * tw;
                         &rt[at..at + tw]
-                    };
-                    let d = [row(0), row(1), row(2), row(3), row(4), row(5)];
+                    });
                     let start = (j * ci + c) * nt + t * tw;
-                    bt6(d, rows_mut(v, start, 6 * ci * nt, tw));
+                    T::bt(d, rows_mut(v, start, A * ci * nt, tw));
                 }
             }
         }
-        // 36 GEMMs.
-        for xi in 0..36 {
+        // A² GEMMs.
+        for xi in 0..A * A {
             unsafe {
                 sgemm(
                     (co, nt, ci),
                     Mat::rows(m.as_mut_ptr().add(xi * co * nt), nt),
                     false,
-                    Mat::rows(u.as_ptr().add(xi * ci), 36 * ci),
+                    Mat::rows(u.as_ptr().add(xi * ci), A * A * ci),
                     Mat::rows(v.as_ptr().add(xi * ci * nt), nt),
                     1.0,
                 )
             };
         }
-        // Output transform: per column component j, S[r][j] = Aᵀ over the six rows i of
-        // M[6i + j]; then per output row r, Y = Aᵀ over the six S[r][j], the four output
-        // columns of each tile.
+        // Output transform: per column component j, S_r,j = Aᵀ over the rows i of M[A·i +
+        // j]; then per output row r, Aᵀ over the S_r,j gives the S output columns of every
+        // tile.
         let ob = unsafe { optr.get().add(bi * co_out * npix + oy0 * w) };
         let (yb, ys) = if fused {
             (ybuf.as_mut_ptr(), np)
@@ -557,55 +403,39 @@ fn winograd4_band(run: &WinogradRun<'_>, bi: usize, ty0: usize, nty: usize) {
             (ob, npix)
         };
         let add = p.accumulate && !fused;
-        let full = w / 4;
+        let full = w / S;
         for o in 0..co {
             let bv = p.bias.map_or(0.0, |bv| bv[o]);
             for t in 0..nty {
-                for j in 0..6 {
-                    let mm = |i: usize| {
-                        let at = ((6 * i + j) * co + o) * nt + t * tw;
+                for j in 0..A {
+                    let mm = std::array::from_fn(|i| {
+                        let at = ((A * i + j) * co + o) * nt + t * tw;
                         &m[at..at + tw]
-                    };
-                    at6(
-                        [mm(0), mm(1), mm(2), mm(3), mm(4), mm(5)],
-                        rows_mut(sbuf, j * tw, 6 * tw, tw),
-                    );
+                    });
+                    T::at(mm, rows_mut(sbuf, j * tw, A * tw, tw));
                 }
-                for r in 0..4 {
-                    let y = 4 * t + r;
+                for r in 0..S {
+                    let y = S * t + r;
                     if oy0 + y >= oy1 {
                         break;
                     }
                     let dst = unsafe { std::slice::from_raw_parts_mut(yb.add(o * ys + y * w), w) };
-                    let sr = |j: usize| &sbuf[(r * 6 + j) * tw..(r * 6 + j + 1) * tw];
-                    // The four output columns of every tile, in `rt` (free again by now).
-                    at6(
-                        [sr(0), sr(1), sr(2), sr(3), sr(4), sr(5)],
-                        rows_mut(rt, 0, tw, tw),
-                    );
-                    let yk = |k: usize| &rt[k * tw..(k + 1) * tw];
-                    let (y0, y1, y2, y3) = (yk(0), yk(1), yk(2), yk(3));
-                    let (quads, tail) = dst.split_at_mut(4 * full);
-                    if add {
-                        for (i, d) in quads.chunks_exact_mut(4).enumerate() {
-                            d[0] += y0[i] + bv;
-                            d[1] += y1[i] + bv;
-                            d[2] += y2[i] + bv;
-                            d[3] += y3[i] + bv;
+                    // The S output columns of every tile, in `rt` (free again by now).
+                    let sr = std::array::from_fn(|j| &sbuf[(r * A + j) * tw..(r * A + j + 1) * tw]);
+                    T::at(sr, rows_mut(rt, 0, tw, tw));
+                    let (tiles, tail) = dst.split_at_mut(S * full);
+                    for k in 0..S {
+                        let yk = &rt[k * tw..k * tw + full];
+                        let col = tiles.iter_mut().skip(k).step_by(S);
+                        if add {
+                            col.zip(yk).for_each(|(d, y)| *d += y + bv);
+                        } else {
+                            col.zip(yk).for_each(|(d, y)| *d = y + bv);
                         }
-                        for (k, d) in tail.iter_mut().enumerate() {
-                            *d += yk(k)[full] + bv;
-                        }
-                    } else {
-                        for (i, d) in quads.chunks_exact_mut(4).enumerate() {
-                            d[0] = y0[i] + bv;
-                            d[1] = y1[i] + bv;
-                            d[2] = y2[i] + bv;
-                            d[3] = y3[i] + bv;
-                        }
-                        for (k, d) in tail.iter_mut().enumerate() {
-                            *d = yk(k)[full] + bv;
-                        }
+                    }
+                    for (k, d) in tail.iter_mut().enumerate() {
+                        let y = rt[k * tw + full] + bv;
+                        *d = if add { *d + y } else { y };
                     }
                 }
             }
