@@ -7,7 +7,9 @@
 
 use candle_core::{Device, Tensor};
 use da3::model::cpu::profile::matmul_peak_gflops;
-use da3::model::cpu::{attention, conv2d, gelu_inplace, linear, ConvExt, LinearExt, Norm};
+use da3::model::cpu::{
+    attention, conv2d, gelu_inplace, layer_norm, linear, norm_rope, ConvExt, LinearExt, Norm,
+};
 
 fn best_ms(mut f: impl FnMut()) -> f64 {
     f();
@@ -54,6 +56,38 @@ fn main() {
     println!(
         "attention global 4v: {ms:.1} ms, {:.1} GFLOP/s (contiguous q/k/v: {ms_c:.1} ms; only v strided {ms_v:.1}, only k {ms_k:.1}, only q {ms_q:.1})",
         gf / ms * 1e3
+    );
+    // QK-norm + RoPE of one view's q (a strided view of the qkv output), and the
+    // LayerNorm of one view's tokens (rows 768 floats apart, as the ViT's cat-token output)
+    let qkv1 = Tensor::randn(0f32, 1.0, (1, 973, 3, 6, 64), &dev)
+        .unwrap()
+        .permute((2, 0, 3, 1, 4))
+        .unwrap();
+    let q1 = qkv1.narrow(0, 0, 1).unwrap().squeeze(0).unwrap();
+    let (nw, nb) = (
+        Tensor::ones(64, candle_core::DType::F32, &dev).unwrap(),
+        Tensor::zeros(64, candle_core::DType::F32, &dev).unwrap(),
+    );
+    let (cos, sin) = (
+        Tensor::randn(0f32, 1.0, (973, 64), &dev).unwrap(),
+        Tensor::randn(0f32, 1.0, (973, 64), &dev).unwrap(),
+    );
+    let ms = best_ms(|| {
+        norm_rope(&q1, Some(Norm::new(&nw, &nb, 1e-6)), Some((&cos, &sin))).unwrap();
+    });
+    let tok = Tensor::randn(0f32, 1.0, (1, 973, 768), &dev)
+        .unwrap()
+        .narrow(2, 384, 384)
+        .unwrap();
+    let (lw, lb) = (
+        Tensor::ones(384, candle_core::DType::F32, &dev).unwrap(),
+        Tensor::zeros(384, candle_core::DType::F32, &dev).unwrap(),
+    );
+    let ms_ln = best_ms(|| {
+        layer_norm(&tok, Norm::new(&lw, &lb, 1e-6)).unwrap();
+    });
+    println!(
+        "norm+rope 1v q (1x6x973x64): {ms:.3} ms; layer-norm 1v (973x384, rows 768 apart): {ms_ln:.3} ms"
     );
     // the DPT's 3x3 convolutions (DA3-SMALL at 504x378): the two most expensive at 4 views,
     // then every stride-1 shape of one view, large maps to small

@@ -9,7 +9,7 @@ use super::buffers::{
 };
 use super::half::{with_half, with_rounded, Half};
 use super::mkl::{gemm_xwt, sgemm as mkl_sgemm};
-use super::norm::{row_stats, Norm};
+use super::norm::{norm_rows, Norm};
 use super::onednn::{self, untyped};
 use super::profile::timed;
 use super::simd::gelu_inplace;
@@ -185,12 +185,7 @@ impl CustomOp1 for LinearOp<'_> {
                         };
                         let gelu_done = match &self.prenorm {
                             Some((nw, nb, eps)) => with_scratch(mr * k, |t| {
-                                for (trow, xrow) in t.chunks_mut(k).zip(xrows.chunks(k)) {
-                                    let (mean, inv) = row_stats(xrow, *eps);
-                                    for i in 0..k {
-                                        trow[i] = (xrow[i] - mean) * inv * nw[i] + nb[i];
-                                    }
-                                }
+                                norm_rows(xrows, k, (nw, nb, *eps), t);
                                 gemm_from(t, o)
                             }),
                             None => gemm_from(xrows, o),

@@ -2,8 +2,10 @@
 //! linear layers (pre-norm, bias, exact GELU, LayerScale + residual fused), blocked
 //! attention that never holds more than one block of scores per thread, convolutions as
 //! band-wise im2col + GEMM (stride 1: by rows, one GEMM per kernel row; 3x3 with enough
-//! channels: Winograd F(2x2, 3x3)), transposed convolutions with kernel = stride as one
-//! GEMM + scatter, the DPT's token-side ops and an `align_corners` bilinear resize. The
+//! channels: Winograd F(2x2, 3x3) or F(4x4, 3x3)), transposed convolutions with kernel =
+//! stride as one GEMM + scatter, the DPT's token-side ops and an `align_corners` bilinear
+//! resize. The element-wise loops (LayerNorm, RoPE, GELU, softmax) are compiled for AVX2 +
+//! FMA where the CPU has them (the build targets baseline x86-64). The
 //! GEMMs go through the `gemm` crate (the one candle uses), the linear layers' through
 //! oneDNN (or oneMKL) where loaded, all single-threaded per task, with the work split over
 //! rayon's pool: one level of threading, no nesting.
@@ -27,7 +29,7 @@
 //! | `conv_transpose.rs` | kernel = stride transposed convolutions |
 //! | `tokens.rs` | DPT token ops: 1x1 projection of token-major features, UV embedding add |
 //! | `resize.rs` | bilinear resize (align corners) |
-//! | `norm.rs` | LayerNorm, fused QK-norm + 2-D RoPE |
+//! | `norm.rs` | LayerNorm (also the linear layers' pre-norm), fused QK-norm + 2-D RoPE |
 //! | `profile.rs` | per-kernel timers, process CPU time |
 //! | `memory.rs` | allocator settings between frames |
 //!
