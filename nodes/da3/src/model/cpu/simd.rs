@@ -10,6 +10,17 @@ mod x86 {
         *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
+    /// 2^f on [-0.5, 0.5], Cephes' degree-6 polynomial, highest power first (Horner).
+    const EXP2_POLY: [f32; 7] = [
+        1.535_336_2e-4,
+        1.339_887_4e-3,
+        9.618_437e-3,
+        5.550_332_5e-2,
+        2.402_264_8e-1,
+        6.931_472e-1,
+        1.0,
+    ];
+
     pub fn avx512() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| is_x86_feature_detected!("avx512f"))
@@ -30,13 +41,10 @@ mod x86 {
             let x = _mm512_max_ps(x, _mm512_set1_ps(-160.0));
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
             let f = _mm512_sub_ps(x, n);
-            let mut q = _mm512_set1_ps(1.535_336_2e-4);
-            q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.339_887_4e-3));
-            q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.618_437e-3));
-            q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.550_332_5e-2));
-            q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.402_264_8e-1));
-            q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.931_472e-1));
-            let y = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.0));
+            let mut y = _mm512_set1_ps(EXP2_POLY[0]);
+            for c in &EXP2_POLY[1..] {
+                y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(*c));
+            }
             let e = _mm512_scalef_ps(y, n);
             _mm512_storeu_ps(p.add(i), e);
             acc = _mm512_add_ps(acc, e);
@@ -60,13 +68,10 @@ mod x86 {
         let x = _mm256_max_ps(x, _mm256_set1_ps(-126.0));
         let n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         let f = _mm256_sub_ps(x, n);
-        let mut p = _mm256_set1_ps(1.535_336_2e-4);
-        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339_887_4e-3));
-        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618_437e-3));
-        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550_332_5e-2));
-        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402_264_8e-1));
-        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931_472e-1));
-        let y = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+        let mut y = _mm256_set1_ps(EXP2_POLY[0]);
+        for c in &EXP2_POLY[1..] {
+            y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(*c));
+        }
         let e = _mm256_slli_epi32(
             _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
             23,
