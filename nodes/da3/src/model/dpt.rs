@@ -12,6 +12,24 @@ use super::ops::{self, resize_bilinear_ac, ConvExt};
 /// `(img_w, img_h)` give the aspect ratio of the network input.
 pub fn add_uv_pos_embed(x: &Tensor, img_w: usize, img_h: usize) -> Result<Tensor> {
     let (_, c, ph, pw) = x.dims4()?;
+    let (ex, ey) = uv_tables(c, ph, pw, img_w, img_h);
+    ops::add_uv_embed(x, &ex, &ey)
+}
+
+/// Bilinear resize (align corners) of an NCHW map to `oh × ow`, then [`add_uv_pos_embed`].
+pub fn resize_and_uv_pos_embed(
+    x: &Tensor,
+    (oh, ow): (usize, usize),
+    img_w: usize,
+    img_h: usize,
+) -> Result<Tensor> {
+    let (ex, ey) = uv_tables(x.dim(1)?, oh, ow, img_w, img_h);
+    ops::resize_bilinear_ac_uv(x, oh, ow, &ex, &ey)
+}
+
+/// The tables of [`add_uv_pos_embed`] for `c` channels on a `ph × pw` map: the first C/2
+/// channels' values along x (C/2 × pw), the others' along y (C/2 × ph).
+fn uv_tables(c: usize, ph: usize, pw: usize, img_w: usize, img_h: usize) -> (Vec<f32>, Vec<f32>) {
     let ar = img_w as f64 / img_h as f64;
     let diag = (ar * ar + 1.0).sqrt();
     let (span_x, span_y) = (ar / diag, 1.0 / diag);
@@ -44,7 +62,7 @@ pub fn add_uv_pos_embed(x: &Tensor, img_w: usize, img_h: usize) -> Result<Tensor
         }
         v
     };
-    ops::add_uv_embed(x, &embed(&xs), &embed(&ys))
+    (embed(&xs), embed(&ys))
 }
 
 #[derive(Debug, Clone)]
@@ -372,10 +390,12 @@ impl Dpt {
         let l = self.neck.forward(feats, ph, pw, h, w)?;
         let fused = self.chain.forward(&l)?;
         let fused = self.output_conv1.forward(&fused)?;
-        let mut fused = resize_bilinear_ac(&fused, ph * self.patch_size, pw * self.patch_size)?;
-        if self.pos_embed {
-            fused = add_uv_pos_embed(&fused, w, h)?;
-        }
+        let size = (ph * self.patch_size, pw * self.patch_size);
+        let fused = if self.pos_embed {
+            resize_and_uv_pos_embed(&fused, size, w, h)?
+        } else {
+            resize_bilinear_ac(&fused, size.0, size.1)?
+        };
         let logits = self.output_conv2.forward(&fused)?;
         let (depth, depth_conf) = if self.output_dim > 1 {
             let d = logits.narrow(1, 0, self.output_dim - 1)?.exp()?;

@@ -7,9 +7,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
-use super::dpt::{add_uv_pos_embed, DptNeck, FusionChain, OutConv2};
+use super::dpt::{add_uv_pos_embed, resize_and_uv_pos_embed, DptNeck, FusionChain, OutConv2};
 use super::layers::{conv2d, Conv2d};
-use super::ops::resize_bilinear_ac;
 
 /// Number of auxiliary pyramid levels in the checkpoints.
 const AUX_LEVELS: usize = 4;
@@ -106,8 +105,8 @@ impl DualDpt {
         let l = self.neck.forward(feats, ph, pw, h, w)?;
         // Depth branch.
         let main = self.output_conv1.forward(&self.main.forward(&l)?)?;
-        let main = resize_bilinear_ac(&main, ph * self.patch_size, pw * self.patch_size)?;
-        let main = add_uv_pos_embed(&main, w, h)?;
+        let size = (ph * self.patch_size, pw * self.patch_size);
+        let main = resize_and_uv_pos_embed(&main, size, w, h)?;
         let logits = self.output_conv2.forward(&main)?;
         let depth = logits.narrow(1, 0, 1)?.squeeze(1)?.exp()?;
         let depth_conf = (logits.narrow(1, 1, 1)?.squeeze(1)?.exp()? + 1.0)?;

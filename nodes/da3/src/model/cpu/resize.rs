@@ -1,14 +1,17 @@
 //! Bilinear resize (align_corners = true), separable: rows blended, then gathered along x.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::buffers::{contiguous_f32, output_buffer};
 use super::profile::timed;
 
-struct BilinearOp {
+struct BilinearOp<'a> {
     oh: usize,
     ow: usize,
+    /// A UV embedding to add to the result (tables as [`super::add_uv_embed`]'s, for the
+    /// output size): one pass over the full-resolution map instead of two.
+    uv: Option<(&'a [f32], &'a [f32])>,
 }
 
 /// Source index pairs and weights along one axis, as PyTorch computes them in f32.
@@ -29,7 +32,40 @@ fn bilinear_taps(inp: usize, out: usize) -> Vec<(usize, usize, f32, f32)> {
         .collect()
 }
 
-impl CustomOp1 for BilinearOp {
+type Taps = [(usize, usize, f32, f32)];
+
+/// What one output plane adds after the blend: nothing, one value per column (`ex` row of
+/// its channel) or one per row (`ey` row).
+#[derive(Clone, Copy)]
+enum Embed<'a> {
+    None,
+    Columns(&'a [f32]),
+    Rows(&'a [f32]),
+}
+
+/// One plane `p` (rows of `iw`) resized into `o` by the taps along y and x, plus `embed`.
+/// Separable: blend the two source rows (vectorises), then gather along x.
+fn plane(p: &[f32], iw: usize, (ty, tx): (&Taps, &Taps), embed: Embed<'_>, o: &mut [f32]) {
+    let ow = tx.len();
+    let mut tmp = vec![0f32; iw];
+    for (oy, (orow, &(y0, y1, wy0, wy1))) in o.chunks_exact_mut(ow).zip(ty).enumerate() {
+        let r0 = &p[y0 * iw..(y0 + 1) * iw];
+        let r1 = &p[y1 * iw..(y1 + 1) * iw];
+        for ((t, a), b) in tmp.iter_mut().zip(r0).zip(r1) {
+            *t = wy0 * a + wy1 * b;
+        }
+        for (d, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tx) {
+            *d = wx0 * tmp[x0] + wx1 * tmp[x1];
+        }
+        match embed {
+            Embed::None => {}
+            Embed::Columns(e) => orow.iter_mut().zip(e).for_each(|(d, e)| *d += e),
+            Embed::Rows(e) => orow.iter_mut().for_each(|d| *d += e[oy]),
+        }
+    }
+}
+
+impl CustomOp1 for BilinearOp<'_> {
     fn name(&self) -> &'static str {
         "da3-bilinear-ac"
     }
@@ -40,32 +76,39 @@ impl CustomOp1 for BilinearOp {
         let (oh, ow) = (self.oh, self.ow);
         let ty = bilinear_taps(ih, oh);
         let tx = bilinear_taps(iw, ow);
+        let half = c / 2;
+        if let Some((ex, ey)) = self.uv {
+            if c % 2 != 0 || ex.len() != half * ow || ey.len() != half * oh {
+                bail!("da3-bilinear: UV tables do not match ({c}, {oh}, {ow})");
+            }
+        }
         let mut out = output_buffer(b * c * oh * ow);
         out.par_chunks_mut(oh * ow)
             .zip(x[..b * c * ih * iw].par_chunks(ih * iw))
-            .for_each(|(o, p)| {
-                // Separable: blend the two source rows (vectorises), then gather along x.
-                let mut tmp = vec![0f32; iw];
-                for (oy, &(y0, y1, wy0, wy1)) in ty.iter().enumerate() {
-                    let r0 = &p[y0 * iw..(y0 + 1) * iw];
-                    let r1 = &p[y1 * iw..(y1 + 1) * iw];
-                    for ((t, a), b) in tmp.iter_mut().zip(r0).zip(r1) {
-                        *t = wy0 * a + wy1 * b;
-                    }
-                    let orow = &mut o[oy * ow..(oy + 1) * ow];
-                    for (d, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tx.iter()) {
-                        *d = wx0 * tmp[x0] + wx1 * tmp[x1];
-                    }
-                }
+            .enumerate()
+            .for_each(|(pi, (o, p))| {
+                let ch = pi % c;
+                let embed = match self.uv {
+                    None => Embed::None,
+                    Some((ex, _)) if ch < half => Embed::Columns(&ex[ch * ow..(ch + 1) * ow]),
+                    Some((_, ey)) => Embed::Rows(&ey[(ch - half) * oh..(ch - half + 1) * oh]),
+                };
+                plane(p, iw, (&ty, &tx), embed, o)
             });
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
     }
 }
 
-/// Bilinear resize of an NCHW map with `align_corners = true`.
-pub fn resize_bilinear_ac(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+/// Bilinear resize of an NCHW map with `align_corners = true`, then, with `uv`, the UV
+/// embedding added (tables `ex` C/2 × ow, `ey` C/2 × oh, as [`super::add_uv_embed`]'s).
+pub fn resize_bilinear_ac(
+    x: &Tensor,
+    oh: usize,
+    ow: usize,
+    uv: Option<(&[f32], &[f32])>,
+) -> Result<Tensor> {
     timed("bilinear", 0.0, || {
-        x.contiguous()?.apply_op1_no_bwd(&BilinearOp { oh, ow })
+        x.contiguous()?.apply_op1_no_bwd(&BilinearOp { oh, ow, uv })
     })
 }
 
@@ -77,7 +120,7 @@ mod tests {
     #[test]
     fn bilinear_matches_candle() {
         let x = rand(&[2, 3, 7, 9], 13);
-        let got = resize_bilinear_ac(&x, 15, 20).unwrap();
+        let got = resize_bilinear_ac(&x, 15, 20, None).unwrap();
         let want = x.upsample_bilinear2d(15, 20, true).unwrap();
         assert!(max_rel_err(&got, &want) < 1e-6);
     }

@@ -5,7 +5,7 @@
 //!
 //! | file | ops |
 //! |---|---|
-//! | `mod.rs` | [`layer_norm`], [`linear`], [`resize_bilinear_ac`], [`add_uv_embed`] |
+//! | `mod.rs` | [`layer_norm`], [`linear`], [`resize_bilinear_ac`], [`add_uv_embed`], [`resize_bilinear_ac_uv`] |
 //! | `attention.rs` | [`attention`] (QK-norm and 2-D RoPE included), [`rope_candle`] |
 //! | `conv.rs` | [`conv2d`], [`conv2d_tokens`], [`conv_transpose2d`] |
 //!
@@ -107,9 +107,25 @@ pub fn resize_bilinear_ac(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     if use_kernels(x) {
-        return cpu::resize_bilinear_ac(x, h, w);
+        return cpu::resize_bilinear_ac(x, h, w, None);
     }
     resize_bilinear_ac_candle(x, h, w)
+}
+
+/// [`resize_bilinear_ac`] then [`add_uv_embed`] (tables for the `h × w` result), in one pass
+/// over the result on the CPU path.
+pub fn resize_bilinear_ac_uv(
+    x: &Tensor,
+    h: usize,
+    w: usize,
+    ex: &[f32],
+    ey: &[f32],
+) -> Result<Tensor> {
+    let (_, _, ih, iw) = x.dims4()?;
+    if (ih, iw) != (h, w) && use_kernels(x) {
+        return cpu::resize_bilinear_ac(x, h, w, Some((ex, ey)));
+    }
+    add_uv_embed(&resize_bilinear_ac(x, h, w)?, ex, ey)
 }
 
 /// [`resize_bilinear_ac`] by candle's op (inputs made contiguous first: candle's kernel
@@ -247,5 +263,16 @@ mod tests {
             &add_uv_embed_candle(&x, &ex, &ey).unwrap(),
         );
         assert!(e < 1e-6, "uv embed {e}");
+        // both in one pass: the same values as the two ops one after the other
+        let (ex, ey): (Vec<f32>, Vec<f32>) = (
+            (0..2 * 9).map(|i| i as f32 * 0.1).collect(),
+            (0..2 * 11).map(|i| -(i as f32) * 0.2).collect(),
+        );
+        let two = add_uv_embed_candle(&resize_bilinear_ac_candle(&x, 11, 9).unwrap(), &ex, &ey);
+        let e = max_rel_err(
+            &resize_bilinear_ac_uv(&x, 11, 9, &ex, &ey).unwrap(),
+            &two.unwrap(),
+        );
+        assert!(e < 1e-6, "resize + uv embed {e}");
     }
 }
