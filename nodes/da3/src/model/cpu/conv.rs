@@ -258,6 +258,7 @@ impl CustomOp1 for Conv2dOp<'_> {
 ///
 /// # Safety
 /// `ob + o2·npix .. + np` must be valid, writable and not aliased for every `o2 < O2`.
+#[inline(always)] // into the callers' AVX2 code (the Winograd band)
 pub(super) unsafe fn relu_then_1x1(
     y: &[f32],
     np: usize,

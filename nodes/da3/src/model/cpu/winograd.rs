@@ -270,12 +270,37 @@ fn run_bands<T: Algorithm<S, A>, const S: usize, const A: usize>(
         // Tile rows split as evenly as whole rows allow.
         let ty0 = band * th / nband;
         let nty = (band + 1) * th / nband - ty0;
-        if avx2 {
-            unsafe { band_avx2::<T, S, A>(&run, bi, ty0, nty) }
-        } else {
-            winograd_band::<T, S, A>(&run, bi, ty0, nty)
-        }
+        // The scratch is taken out here, not inside the band: a closure passed to the
+        // thread-local's `with` is compiled on its own, without the AVX2 of `band_avx2`.
+        with_scratch(scratch_sizes::<S, A>(p, ty0, nty).iter().sum(), |buf| {
+            if avx2 {
+                unsafe { band_avx2::<T, S, A>(&run, bi, ty0, nty, buf) }
+            } else {
+                winograd_band::<T, S, A>(&run, bi, ty0, nty, buf)
+            }
+        })
     });
+}
+
+/// The scratch of the band of tile rows `ty0 .. ty0 + nty`, in floats: V, M, the
+/// row-transformed input rows, the row phases, the column-transformed outputs and, with the
+/// fused 1x1, the conv's output rows.
+fn scratch_sizes<const S: usize, const A: usize>(
+    p: &WinogradConv<'_>,
+    ty0: usize,
+    nty: usize,
+) -> [usize; 6] {
+    let tw = p.w.div_ceil(S);
+    let nt = nty * tw;
+    let np = ((S * (ty0 + nty)).min(p.h) - S * ty0) * p.w;
+    [
+        A * A * p.ci * nt,
+        A * A * p.co * nt,
+        (S * nty + 2) * A * tw, // input rows S·ty0 - 1 .. S·(ty0 + nty)
+        S * (tw + 1),
+        S * A * tw,
+        if p.then_1x1.is_some() { p.co * np } else { 0 },
+    ]
 }
 
 /// [`winograd_band`] compiled for AVX2 + FMA (its loops vectorise 8 wide).
@@ -285,8 +310,9 @@ unsafe fn band_avx2<T: Algorithm<S, A>, const S: usize, const A: usize>(
     bi: usize,
     ty0: usize,
     nty: usize,
+    buf: &mut [f32],
 ) {
-    winograd_band::<T, S, A>(run, bi, ty0, nty)
+    winograd_band::<T, S, A>(run, bi, ty0, nty, buf)
 }
 
 /// `N` slices of `len` floats at `start`, `start + stride`, … of `buf` (`stride >= len`).
@@ -300,13 +326,15 @@ fn rows_mut<const N: usize>(
     std::array::from_fn(|_| it.next().expect("rows within the buffer"))
 }
 
-/// Tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `S·ty0 ..`).
+/// Tile rows `ty0 .. ty0 + nty` of image `bi` (output rows `S·ty0 ..`), in `buf`
+/// ([`scratch_sizes`]).
 #[inline(always)]
 fn winograd_band<T: Algorithm<S, A>, const S: usize, const A: usize>(
     run: &WinogradRun<'_>,
     bi: usize,
     ty0: usize,
     nty: usize,
+    buf: &mut [f32],
 ) {
     let WinogradRun { p, x, u, out: optr } = *run;
     let WinogradConv { ci, co, h, w, .. } = *p;
@@ -316,134 +344,124 @@ fn winograd_band<T: Algorithm<S, A>, const S: usize, const A: usize>(
     let nt = nty * tw;
     let (oy0, oy1) = (S * ty0, (S * (ty0 + nty)).min(h));
     let np = (oy1 - oy0) * w;
-    let nrt = S * nty + 2; // input rows S·ty0 - 1 .. S·(ty0 + nty)
     let fused = p.then_1x1.is_some();
-    let sizes = [
-        A * A * ci * nt,
-        A * A * co * nt,
-        nrt * A * tw,
-        S * (tw + 1),
-        S * A * tw,
-        if fused { co * np } else { 0 },
-    ];
-    with_scratch(sizes.iter().sum(), |buf| {
-        let (v, rest) = buf.split_at_mut(sizes[0]);
-        let (m, rest) = rest.split_at_mut(sizes[1]);
-        let (rt, rest) = rest.split_at_mut(sizes[2]);
-        let (q, rest) = rest.split_at_mut(sizes[3]);
-        let (sbuf, ybuf) = rest.split_at_mut(sizes[4]);
-        let xb = &x[bi * ci * npix..(bi + 1) * ci * npix];
-        // Input transform.
-        for c in 0..ci {
-            let plane = &xb[c * npix..(c + 1) * npix];
-            // Row transform of each input row. Tile tx reads entries S·tx .. S·tx + A - 1
-            // of the zero-padded row xpad (xpad[i] = x[i - 1]); as S phases of tw + 1
-            // entries, Q_k[t] = xpad[S·t + k], its input k is Q_(k mod S)[tx + k div S].
-            for (r, rrow) in rt.chunks_exact_mut(A * tw).enumerate() {
-                let y = (S * ty0 + r) as isize - 1;
-                if y < 0 || y >= h as isize {
-                    rrow.fill(0.0);
-                    continue;
+    let sizes = scratch_sizes::<S, A>(p, ty0, nty);
+    let (v, rest) = buf.split_at_mut(sizes[0]);
+    let (m, rest) = rest.split_at_mut(sizes[1]);
+    let (rt, rest) = rest.split_at_mut(sizes[2]);
+    let (q, rest) = rest.split_at_mut(sizes[3]);
+    let (sbuf, ybuf) = rest.split_at_mut(sizes[4]);
+    let xb = &x[bi * ci * npix..(bi + 1) * ci * npix];
+    // Input transform.
+    for c in 0..ci {
+        let plane = &xb[c * npix..(c + 1) * npix];
+        // Row transform of each input row. Tile tx reads entries S·tx .. S·tx + A - 1
+        // of the zero-padded row xpad (xpad[i] = x[i - 1]); as S phases of tw + 1
+        // entries, Q_k[t] = xpad[S·t + k], its input k is Q_(k mod S)[tx + k div S].
+        for (r, rrow) in rt.chunks_exact_mut(A * tw).enumerate() {
+            let y = (S * ty0 + r) as isize - 1;
+            if y < 0 || y >= h as isize {
+                rrow.fill(0.0);
+                continue;
+            }
+            let src = &plane[y as usize * w..(y as usize + 1) * w];
+            // x[S·t + k] = xpad[S·t + k + 1], by whole tiles; then the last, partial
+            // one and the zeros around the row.
+            let whole = w / S;
+            for (t, tile) in src.chunks_exact(S).enumerate() {
+                for (k, &val) in tile.iter().enumerate() {
+                    q[((k + 1) % S) * (tw + 1) + t + (k + 1) / S] = val;
                 }
-                let src = &plane[y as usize * w..(y as usize + 1) * w];
-                // x[S·t + k] = xpad[S·t + k + 1], by whole tiles; then the last, partial
-                // one and the zeros around the row.
-                let whole = w / S;
-                for (t, tile) in src.chunks_exact(S).enumerate() {
-                    for (k, &val) in tile.iter().enumerate() {
-                        q[((k + 1) % S) * (tw + 1) + t + (k + 1) / S] = val;
-                    }
-                }
-                q[0] = 0.0;
-                for at in S * whole + 1..S * (tw + 1) {
-                    q[(at % S) * (tw + 1) + at / S] = src.get(at - 1).copied().unwrap_or(0.0);
-                }
-                if p.relu_in {
-                    q.iter_mut().for_each(|v| *v = v.max(0.0));
-                }
+            }
+            q[0] = 0.0;
+            for at in S * whole + 1..S * (tw + 1) {
+                q[(at % S) * (tw + 1) + at / S] = src.get(at - 1).copied().unwrap_or(0.0);
+            }
+            if p.relu_in {
+                q.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            let d = std::array::from_fn(|k| {
+                let at = (k % S) * (tw + 1) + k / S;
+                &q[at..at + tw]
+            });
+            T::bt(d, rows_mut(rrow, 0, tw, tw));
+        }
+        // Column transform: rows S·t .. S·t + A - 1 of the row-transformed band, per
+        // column component j, into V[A·i + j].
+        for t in 0..nty {
+            for j in 0..A {
                 let d = std::array::from_fn(|k| {
-                    let at = (k % S) * (tw + 1) + k / S;
-                    &q[at..at + tw]
+                    let at = ((S * t + k) * A + j) * tw;
+                    &rt[at..at + tw]
                 });
-                T::bt(d, rows_mut(rrow, 0, tw, tw));
-            }
-            // Column transform: rows S·t .. S·t + A - 1 of the row-transformed band, per
-            // column component j, into V[A·i + j].
-            for t in 0..nty {
-                for j in 0..A {
-                    let d = std::array::from_fn(|k| {
-                        let at = ((S * t + k) * A + j) * tw;
-                        &rt[at..at + tw]
-                    });
-                    let start = (j * ci + c) * nt + t * tw;
-                    T::bt(d, rows_mut(v, start, A * ci * nt, tw));
-                }
+                let start = (j * ci + c) * nt + t * tw;
+                T::bt(d, rows_mut(v, start, A * ci * nt, tw));
             }
         }
-        // A² GEMMs.
-        for xi in 0..A * A {
-            unsafe {
-                sgemm(
-                    (co, nt, ci),
-                    Mat::rows(m.as_mut_ptr().add(xi * co * nt), nt),
-                    false,
-                    Mat::rows(u.as_ptr().add(xi * ci), A * A * ci),
-                    Mat::rows(v.as_ptr().add(xi * ci * nt), nt),
-                    1.0,
-                )
-            };
-        }
-        // Output transform: per column component j, S_r,j = Aᵀ over the rows i of M[A·i +
-        // j]; then per output row r, Aᵀ over the S_r,j gives the S output columns of every
-        // tile.
-        let ob = unsafe { optr.get().add(bi * co_out * npix + oy0 * w) };
-        let (yb, ys) = if fused {
-            (ybuf.as_mut_ptr(), np)
-        } else {
-            (ob, npix)
+    }
+    // A² GEMMs.
+    for xi in 0..A * A {
+        unsafe {
+            sgemm(
+                (co, nt, ci),
+                Mat::rows(m.as_mut_ptr().add(xi * co * nt), nt),
+                false,
+                Mat::rows(u.as_ptr().add(xi * ci), A * A * ci),
+                Mat::rows(v.as_ptr().add(xi * ci * nt), nt),
+                1.0,
+            )
         };
-        let add = p.accumulate && !fused;
-        let full = w / S;
-        for o in 0..co {
-            let bv = p.bias.map_or(0.0, |bv| bv[o]);
-            for t in 0..nty {
-                for j in 0..A {
-                    let mm = std::array::from_fn(|i| {
-                        let at = ((A * i + j) * co + o) * nt + t * tw;
-                        &m[at..at + tw]
-                    });
-                    T::at(mm, rows_mut(sbuf, j * tw, A * tw, tw));
+    }
+    // Output transform: per column component j, S_r,j = Aᵀ over the rows i of M[A·i +
+    // j]; then per output row r, Aᵀ over the S_r,j gives the S output columns of every
+    // tile.
+    let ob = unsafe { optr.get().add(bi * co_out * npix + oy0 * w) };
+    let (yb, ys) = if fused {
+        (ybuf.as_mut_ptr(), np)
+    } else {
+        (ob, npix)
+    };
+    let add = p.accumulate && !fused;
+    let full = w / S;
+    for o in 0..co {
+        let bv = p.bias.map_or(0.0, |bv| bv[o]);
+        for t in 0..nty {
+            for j in 0..A {
+                let mm = std::array::from_fn(|i| {
+                    let at = ((A * i + j) * co + o) * nt + t * tw;
+                    &m[at..at + tw]
+                });
+                T::at(mm, rows_mut(sbuf, j * tw, A * tw, tw));
+            }
+            for r in 0..S {
+                let y = S * t + r;
+                if oy0 + y >= oy1 {
+                    break;
                 }
-                for r in 0..S {
-                    let y = S * t + r;
-                    if oy0 + y >= oy1 {
-                        break;
+                let dst = unsafe { std::slice::from_raw_parts_mut(yb.add(o * ys + y * w), w) };
+                // The S output columns of every tile, in `rt` (free again by now).
+                let sr = std::array::from_fn(|j| &sbuf[(r * A + j) * tw..(r * A + j + 1) * tw]);
+                T::at(sr, rows_mut(rt, 0, tw, tw));
+                let (tiles, tail) = dst.split_at_mut(S * full);
+                for k in 0..S {
+                    let yk = &rt[k * tw..k * tw + full];
+                    let col = tiles.iter_mut().skip(k).step_by(S);
+                    if add {
+                        col.zip(yk).for_each(|(d, y)| *d += y + bv);
+                    } else {
+                        col.zip(yk).for_each(|(d, y)| *d = y + bv);
                     }
-                    let dst = unsafe { std::slice::from_raw_parts_mut(yb.add(o * ys + y * w), w) };
-                    // The S output columns of every tile, in `rt` (free again by now).
-                    let sr = std::array::from_fn(|j| &sbuf[(r * A + j) * tw..(r * A + j + 1) * tw]);
-                    T::at(sr, rows_mut(rt, 0, tw, tw));
-                    let (tiles, tail) = dst.split_at_mut(S * full);
-                    for k in 0..S {
-                        let yk = &rt[k * tw..k * tw + full];
-                        let col = tiles.iter_mut().skip(k).step_by(S);
-                        if add {
-                            col.zip(yk).for_each(|(d, y)| *d += y + bv);
-                        } else {
-                            col.zip(yk).for_each(|(d, y)| *d = y + bv);
-                        }
-                    }
-                    for (k, d) in tail.iter_mut().enumerate() {
-                        let y = rt[k * tw + full] + bv;
-                        *d = if add { *d + y } else { y };
-                    }
+                }
+                for (k, d) in tail.iter_mut().enumerate() {
+                    let y = rt[k * tw + full] + bv;
+                    *d = if add { *d + y } else { y };
                 }
             }
         }
-        if let Some(w2b2) = p.then_1x1 {
-            unsafe { relu_then_1x1(ybuf, np, w2b2, ob, npix) };
-        }
-    });
+    }
+    if let Some(w2b2) = p.then_1x1 {
+        unsafe { relu_then_1x1(ybuf, np, w2b2, ob, npix) };
+    }
 }
 
 #[cfg(test)]
