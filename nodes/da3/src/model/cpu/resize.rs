@@ -1,17 +1,18 @@
 //! Bilinear resize (align_corners = true), separable: rows blended, then gathered along x.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::buffers::{contiguous_f32, output_buffer};
 use super::profile::timed;
+use super::tokens::{PlaneEmbed, UvTables};
 
 struct BilinearOp<'a> {
     oh: usize,
     ow: usize,
-    /// A UV embedding to add to the result (tables as [`super::add_uv_embed`]'s, for the
-    /// output size): one pass over the full-resolution map instead of two.
-    uv: Option<(&'a [f32], &'a [f32])>,
+    /// A UV embedding to add to the result (tables for the output size): one pass over the
+    /// full-resolution map instead of two.
+    uv: Option<UvTables<'a>>,
 }
 
 /// Source index pairs and weights along one axis, as PyTorch computes them in f32.
@@ -34,18 +35,15 @@ fn bilinear_taps(inp: usize, out: usize) -> Vec<(usize, usize, f32, f32)> {
 
 type Taps = [(usize, usize, f32, f32)];
 
-/// What one output plane adds after the blend: nothing, one value per column (`ex` row of
-/// its channel) or one per row (`ey` row).
-#[derive(Clone, Copy)]
-enum Embed<'a> {
-    None,
-    Columns(&'a [f32]),
-    Rows(&'a [f32]),
-}
-
 /// One plane `p` (rows of `iw`) resized into `o` by the taps along y and x, plus `embed`.
 /// Separable: blend the two source rows (vectorises), then gather along x.
-fn plane(p: &[f32], iw: usize, (ty, tx): (&Taps, &Taps), embed: Embed<'_>, o: &mut [f32]) {
+fn plane(
+    p: &[f32],
+    iw: usize,
+    (ty, tx): (&Taps, &Taps),
+    embed: Option<PlaneEmbed<'_>>,
+    o: &mut [f32],
+) {
     let ow = tx.len();
     let mut tmp = vec![0f32; iw];
     for (oy, (orow, &(y0, y1, wy0, wy1))) in o.chunks_exact_mut(ow).zip(ty).enumerate() {
@@ -57,10 +55,8 @@ fn plane(p: &[f32], iw: usize, (ty, tx): (&Taps, &Taps), embed: Embed<'_>, o: &m
         for (d, &(x0, x1, wx0, wx1)) in orow.iter_mut().zip(tx) {
             *d = wx0 * tmp[x0] + wx1 * tmp[x1];
         }
-        match embed {
-            Embed::None => {}
-            Embed::Columns(e) => orow.iter_mut().zip(e).for_each(|(d, e)| *d += e),
-            Embed::Rows(e) => orow.iter_mut().for_each(|d| *d += e[oy]),
+        if let Some(e) = embed {
+            e.add_to_row(oy, orow);
         }
     }
 }
@@ -76,23 +72,15 @@ impl CustomOp1 for BilinearOp<'_> {
         let (oh, ow) = (self.oh, self.ow);
         let ty = bilinear_taps(ih, oh);
         let tx = bilinear_taps(iw, ow);
-        let half = c / 2;
-        if let Some((ex, ey)) = self.uv {
-            if c % 2 != 0 || ex.len() != half * ow || ey.len() != half * oh {
-                bail!("da3-bilinear: UV tables do not match ({c}, {oh}, {ow})");
-            }
+        if let Some(uv) = &self.uv {
+            uv.check("da3-bilinear", (c, oh, ow))?;
         }
         let mut out = output_buffer(b * c * oh * ow);
         out.par_chunks_mut(oh * ow)
             .zip(x[..b * c * ih * iw].par_chunks(ih * iw))
             .enumerate()
             .for_each(|(pi, (o, p))| {
-                let ch = pi % c;
-                let embed = match self.uv {
-                    None => Embed::None,
-                    Some((ex, _)) if ch < half => Embed::Columns(&ex[ch * ow..(ch + 1) * ow]),
-                    Some((_, ey)) => Embed::Rows(&ey[(ch - half) * oh..(ch - half + 1) * oh]),
-                };
+                let embed = self.uv.map(|uv| uv.plane(pi % c, (c, oh, ow)));
                 plane(p, iw, (&ty, &tx), embed, o)
             });
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
@@ -108,6 +96,7 @@ pub fn resize_bilinear_ac(
     uv: Option<(&[f32], &[f32])>,
 ) -> Result<Tensor> {
     timed("bilinear", 0.0, || {
+        let uv = uv.map(|(ex, ey)| UvTables { ex, ey });
         x.contiguous()?.apply_op1_no_bwd(&BilinearOp { oh, ow, uv })
     })
 }

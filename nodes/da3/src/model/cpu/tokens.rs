@@ -101,10 +101,54 @@ pub fn conv1x1_tokens(
     })
 }
 
-struct UvEmbedOp<'a> {
-    ex: &'a [f32], // (C/2, W): channel k < C/2 adds ex[k][x]
-    ey: &'a [f32], // (C/2, H): channel C/2 + k adds ey[k][y]
+/// The UV embedding's tables for a (C, H, W) map: channel k < C/2 adds `ex[k][x]` (`ex`:
+/// C/2 × W), channel C/2 + k adds `ey[k][y]` (`ey`: C/2 × H).
+#[derive(Clone, Copy)]
+pub(super) struct UvTables<'a> {
+    pub(super) ex: &'a [f32],
+    pub(super) ey: &'a [f32],
 }
+
+/// What the UV embedding adds to one channel's plane: a value per column or one per row.
+#[derive(Clone, Copy)]
+pub(super) enum PlaneEmbed<'a> {
+    Columns(&'a [f32]),
+    Rows(&'a [f32]),
+}
+
+impl<'a> UvTables<'a> {
+    /// An error unless the tables fit a map of `c` channels, `h x w` (`op` names the caller).
+    pub(super) fn check(&self, op: &str, (c, h, w): (usize, usize, usize)) -> Result<()> {
+        let half = c / 2;
+        if c % 2 != 0 || self.ex.len() != half * w || self.ey.len() != half * h {
+            bail!("{op}: UV tables do not match ({c}, {h}, {w})");
+        }
+        Ok(())
+    }
+
+    /// What channel `ch` of a (`c`, `h`, `w`) map adds ([`UvTables::check`] first).
+    pub(super) fn plane(&self, ch: usize, (c, h, w): (usize, usize, usize)) -> PlaneEmbed<'a> {
+        let half = c / 2;
+        if ch < half {
+            PlaneEmbed::Columns(&self.ex[ch * w..(ch + 1) * w])
+        } else {
+            PlaneEmbed::Rows(&self.ey[(ch - half) * h..(ch - half + 1) * h])
+        }
+    }
+}
+
+impl PlaneEmbed<'_> {
+    /// Add the embedding to row `y` of the plane.
+    #[inline]
+    pub(super) fn add_to_row(self, y: usize, row: &mut [f32]) {
+        match self {
+            PlaneEmbed::Columns(e) => row.iter_mut().zip(e).for_each(|(d, e)| *d += e),
+            PlaneEmbed::Rows(e) => row.iter_mut().for_each(|d| *d += e[y]),
+        }
+    }
+}
+
+struct UvEmbedOp<'a>(UvTables<'a>);
 
 impl CustomOp1 for UvEmbedOp<'_> {
     fn name(&self) -> &'static str {
@@ -114,28 +158,16 @@ impl CustomOp1 for UvEmbedOp<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32("da3-uv-embed", s, l)?;
         let (b, c, h, w) = l.shape().dims4()?;
-        let half = c / 2;
-        if c % 2 != 0 || self.ex.len() != half * w || self.ey.len() != half * h {
-            bail!("da3-uv-embed: tables do not match ({c}, {h}, {w})");
-        }
+        self.0.check("da3-uv-embed", (c, h, w))?;
         let mut out = output_buffer(b * c * h * w);
         out.par_chunks_mut(h * w)
             .zip(x[..b * c * h * w].par_chunks(h * w))
             .enumerate()
             .for_each(|(plane, (o, xi))| {
-                let ch = plane % c;
+                let embed = self.0.plane(plane % c, (c, h, w));
                 for (y, (orow, xrow)) in o.chunks_mut(w).zip(xi.chunks(w)).enumerate() {
-                    if ch < half {
-                        let e = &self.ex[ch * w..(ch + 1) * w];
-                        for ((d, v), ev) in orow.iter_mut().zip(xrow).zip(e) {
-                            *d = v + ev;
-                        }
-                    } else {
-                        let ev = self.ey[(ch - half) * h + y];
-                        for (d, v) in orow.iter_mut().zip(xrow) {
-                            *d = v + ev;
-                        }
-                    }
+                    orow.copy_from_slice(xrow);
+                    embed.add_to_row(y, orow);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -146,7 +178,8 @@ impl CustomOp1 for UvEmbedOp<'_> {
 /// the others along y (`ey`: C/2 × H).
 pub fn add_uv_embed(x: &Tensor, ex: &[f32], ey: &[f32]) -> Result<Tensor> {
     timed("uv-embed", 0.0, || {
-        x.contiguous()?.apply_op1_no_bwd(&UvEmbedOp { ex, ey })
+        x.contiguous()?
+            .apply_op1_no_bwd(&UvEmbedOp(UvTables { ex, ey }))
     })
 }
 
