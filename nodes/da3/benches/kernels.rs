@@ -1,14 +1,15 @@
 //! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
 //! best of several runs of each kernel (attention with strided and contiguous q/k/v, the
 //! DPT's 3x3 convolutions: every stride-1 shape of one view, the ViT block's linear layers
-//! with and without their fused extras, one of them with bf16 weights, GELU alone and the
-//! matmul peak). The `DA3_*` tuning variables apply (see `da3::tuning::Tuning`;
-//! `DA3_DNNL=0` compares oneDNN).
+//! with and without their fused extras (f32 weights in the model's layout, one also in the
+//! checkpoint's), one of them with bf16 weights, GELU alone and the matmul peak). The
+//! `DA3_*` tuning variables apply (see `da3::tuning::Tuning`; `DA3_DNNL=0` compares oneDNN).
 
 use candle_core::{Device, Tensor};
 use da3::model::cpu::profile::matmul_peak_gflops;
 use da3::model::cpu::{
-    attention, conv2d, gelu_inplace, layer_norm, linear, norm_rope, ConvExt, LinearExt, Norm,
+    attention, conv2d, gelu_inplace, layer_norm, linear, linear_weight_layout, norm_rope, ConvExt,
+    LinearExt, Norm,
 };
 
 fn best_ms(mut f: impl FnMut()) -> f64 {
@@ -117,7 +118,10 @@ fn main() {
         );
     }
     let x = Tensor::randn(0f32, 1.0, (4, 973, 384), &dev).unwrap();
-    let w = Tensor::randn(0f32, 0.1, (1536, 384), &dev).unwrap();
+    // f32 weights in the layout the model keeps them in (a view of the transpose), and as
+    // the checkpoint stores them
+    let w_rows = Tensor::randn(0f32, 0.1, (1536, 384), &dev).unwrap();
+    let w = linear_weight_layout(&w_rows).unwrap();
     let ext = LinearExt {
         gelu: true,
         ..Default::default()
@@ -126,9 +130,15 @@ fn main() {
         linear(&x, &w, None, ext).unwrap();
     });
     let gf = 2.0 * 4.0 * 973.0 * 384.0 * 1536.0 / 1e9;
-    println!("fc1+gelu 4v: {ms:.1} ms, {:.1} GFLOP/s", gf / ms * 1e3);
+    let ms_rows = best_ms(|| {
+        linear(&x, &w_rows, None, ext).unwrap();
+    });
+    println!(
+        "fc1+gelu 4v: {ms:.1} ms, {:.1} GFLOP/s (checkpoint's (out, in) rows: {ms_rows:.1} ms)",
+        gf / ms * 1e3
+    );
     // mixed precision: the same layer with bf16 weights (oneDNN, else oneMKL)
-    let wb = w.to_dtype(candle_core::DType::BF16).unwrap();
+    let wb = w_rows.to_dtype(candle_core::DType::BF16).unwrap();
     let ms = best_ms(|| {
         linear(&x, &wb, None, ext).unwrap();
     });
@@ -143,7 +153,7 @@ fn main() {
     // the block's other linears, with and without their fused extras
     let nw = Tensor::randn(0f32, 1.0, 384, &dev).unwrap();
     let nb = Tensor::randn(0f32, 1.0, 384, &dev).unwrap();
-    let wq = Tensor::randn(0f32, 0.1, (1152, 384), &dev).unwrap();
+    let wq = linear_weight_layout(&Tensor::randn(0f32, 0.1, (1152, 384), &dev).unwrap()).unwrap();
     let bq = Tensor::randn(0f32, 0.1, 1152, &dev).unwrap();
     let gf = 2.0 * 4.0 * 973.0 * 384.0 * 1152.0 / 1e9;
     let plain = best_ms(|| {
@@ -162,7 +172,7 @@ fn main() {
         gf / normed * 1e3
     );
     let h = Tensor::randn(0f32, 1.0, (4, 973, 1536), &dev).unwrap();
-    let w2 = Tensor::randn(0f32, 0.1, (384, 1536), &dev).unwrap();
+    let w2 = linear_weight_layout(&Tensor::randn(0f32, 0.1, (384, 1536), &dev).unwrap()).unwrap();
     let gamma = Tensor::randn(0f32, 0.1, 384, &dev).unwrap();
     let plain = best_ms(|| {
         linear(&h, &w2, Some(&nb), LinearExt::default()).unwrap();

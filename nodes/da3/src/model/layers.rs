@@ -62,9 +62,10 @@ impl Module for Linear {
 }
 
 /// A linear layer: the weight in the builder's dtype (on the CPU with bf16/f16 that is the
-/// mixed precision's half-precision GEMM weight), the bias in the activations' dtype.
+/// mixed precision's half-precision GEMM weight; f32 there in the CPU kernels' layout,
+/// [`ops::linear_weight`]), the bias in the activations' dtype.
 pub fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((o, i), "weight")?;
+    let weight = ops::linear_weight(vb.get((o, i), "weight")?)?;
     let bias = act_vb(vb).get(o, "bias")?;
     Ok(Linear {
         inner: candle_nn::Linear::new(weight, Some(bias)),

@@ -19,7 +19,7 @@
 //! |---|---|
 //! | `buffers.rs` | host views, output / scratch buffers, the typed `sgemm` call, task split |
 //! | `simd.rs` | AVX2 2^x, max and exact-erf GELU |
-//! | `linear.rs` | fused linear layers (f32 or bf16/f16 weights), the matmul peak |
+//! | `linear.rs` | fused linear layers (f32 or bf16/f16 weights), the f32 weights' layout, the matmul peak |
 //! | `half.rs` | mixed precision: bf16/f16 weights, activations rounded per block |
 //! | `mkl.rs` | oneMKL's GEMMs (bf16/f16 -> f32; f32 where `Tuning::mkl_f32` asks) |
 //! | `onednn.rs` | oneDNN's matmul (loaded at run time): linear layers, bf16 and f32 |
@@ -56,7 +56,7 @@ pub use attention::attention;
 pub use conv::{conv2d, ConvExt};
 pub use conv_transpose::conv_transpose2d_k_eq_s;
 pub use half::{use_half_kernels, Half};
-pub use linear::{linear, LinearExt};
+pub use linear::{linear, weight_layout as linear_weight_layout, LinearExt};
 pub use memory::keep_freed_memory;
 pub use mkl::{mkl_linked, mkl_version};
 pub use norm::{layer_norm, norm_rope, Norm};

@@ -56,6 +56,16 @@ pub fn layer_norm_candle(x: &Tensor, norm: Norm<'_>) -> Result<Tensor> {
         .to_dtype(dtype)
 }
 
+/// A linear layer's weight `(out, in)` as the layer keeps it: f32 on the CPU in the layout
+/// the CPU kernels read fastest (a strided view, [`cpu::linear_weight_layout`]), as loaded
+/// otherwise.
+pub fn linear_weight(weight: Tensor) -> Result<Tensor> {
+    if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+        return cpu::linear_weight_layout(&weight);
+    }
+    Ok(weight)
+}
+
 /// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)` over the last dim (`weight` (out, in)).
 pub fn linear(
     x: &Tensor,
