@@ -6,7 +6,11 @@
 //! EPYC Zen 4): bf16 205-230 GFLOP/s per core, f32 100-115 (the `gemm` crate ~98). With the
 //! bias and the exact GELU fused into its epilogue, DA3-SMALL's linear layers run at 330-390
 //! GFLOP/s in bf16 on two cores, where the `vdpbf16ps` kernel of our own that this replaced
-//! ran them at 240-270 and oneMKL runs generic code on AMD (docs/benchmarks.md).
+//! ran them at 240-270 and oneMKL runs generic code on AMD (docs/benchmarks.md). f32 weights
+//! come as plain `k×n` rows with a padded stride ([`super::linear::weight_layout`]), which
+//! it reads in place: given the checkpoint's `(n, k)` rows it copied the whole weight into
+//! its own layout on every call. bf16 weights still take that copy (its `vdpbf16ps` layout
+//! interleaves pairs of rows).
 //!
 //! The library is loaded at run time (`dlopen`), not linked: `scripts/setup.sh` installs
 //! PyPI's `onednn-cpu-gomp` wheel (oneDNN 3.2, GNU OpenMP threading, no other dependency
