@@ -2,10 +2,12 @@
 //! reduces in f32 whatever the run dtype, linear / conv layers with the checkpoint names.
 //! Their forwards are [`super::ops`] calls (the fused CPU kernels where they apply).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use super::ops::{self, ConvExt, LinearExt, Norm};
+use super::ops::{self, ConvExt, LinearExt, Norm, PackedWeight};
 
 /// `nn.LayerNorm` over the last dim. Statistics are always computed in f32 (candle's CPU
 /// reductions accumulate in the storage type for bf16/f16).
@@ -41,11 +43,17 @@ impl LayerNorm {
 #[derive(Debug, Clone)]
 pub struct Linear {
     inner: candle_nn::Linear,
+    /// The half-precision weight also in oneDNN's layout ([`ops::pack_linear_weight`]).
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
     /// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)` ([`ops::linear`]).
     pub fn forward_ext(&self, x: &Tensor, ext: LinearExt<'_>) -> Result<Tensor> {
+        let ext = LinearExt {
+            packed: self.packed.as_deref(),
+            ..ext
+        };
         ops::linear(x, self.inner.weight(), self.inner.bias(), ext)
     }
 
@@ -62,13 +70,16 @@ impl Module for Linear {
 }
 
 /// A linear layer: the weight in the builder's dtype (on the CPU with bf16/f16 that is the
-/// mixed precision's half-precision GEMM weight; f32 there in the CPU kernels' layout,
+/// mixed precision's half-precision GEMM weight, kept also in oneDNN's layout where oneDNN
+/// runs it, [`ops::pack_linear_weight`]; f32 there in the CPU kernels' layout,
 /// [`ops::linear_weight`]), the bias in the activations' dtype.
 pub fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = ops::linear_weight(vb.get((o, i), "weight")?)?;
     let bias = act_vb(vb).get(o, "bias")?;
+    let packed = ops::pack_linear_weight(&weight)?.map(Arc::new);
     Ok(Linear {
         inner: candle_nn::Linear::new(weight, Some(bias)),
+        packed,
     })
 }
 

@@ -10,7 +10,7 @@ use super::buffers::{
 use super::half::{with_half, with_rounded, Half};
 use super::mkl::{gemm_xwt, sgemm as mkl_sgemm};
 use super::norm::{norm_rows, Norm};
-use super::onednn::{self, untyped};
+use super::onednn::{self, untyped, Rhs};
 use super::profile::timed;
 use super::simd::gelu_inplace;
 
@@ -77,6 +77,8 @@ struct LinearOp<'a> {
     tasks: usize,
     /// Rows per fused sub-block ([`crate::tuning::Tuning::linear_sub_rows`]).
     sub_rows: usize,
+    /// Half weights in oneDNN's layout ([`LinearExt::packed`]).
+    packed: Option<&'a PackedWeight>,
     /// f32 GEMMs by oneMKL ([`crate::tuning::Tuning::mkl_f32`] on an AVX-512 CPU).
     mkl_f32: bool,
     /// GEMMs by oneDNN first: `(f32, half)` ([`dnnl`]).
@@ -203,7 +205,15 @@ impl CustomOp1 for LinearOp<'_> {
                                     let f32_in = onednn::Input::F32;
                                     let b_ = bias.as_deref();
                                     if self.dnnl.0
-                                        && onednn::matmul_ext(f32_in, dims, dst, ep, b_, ua, ub)
+                                        && onednn::matmul_ext(
+                                            f32_in,
+                                            dims,
+                                            dst,
+                                            ep,
+                                            b_,
+                                            ua,
+                                            Rhs::Strided(ub),
+                                        )
                                     {
                                         return true;
                                     }
@@ -218,8 +228,12 @@ impl CustomOp1 for LinearOp<'_> {
                                     let a = untyped(Mat::rows(lh.as_ptr(), k));
                                     let b = untyped(Mat::cols(w.as_ptr(), k));
                                     let b_ = bias.as_deref();
+                                    let mm = |rhs| {
+                                        onednn::matmul_ext(kind.into(), dims, dst, ep, b_, a, rhs)
+                                    };
+                                    let packed = self.packed.map(|p| Rhs::Packed(&p.0));
                                     if self.dnnl.1
-                                        && onednn::matmul_ext(kind.into(), dims, dst, ep, b_, a, b)
+                                        && (packed.is_some_and(mm) || mm(Rhs::Strided(b)))
                                     {
                                         return true;
                                     }
@@ -288,6 +302,39 @@ pub struct LinearExt<'a> {
     pub gelu: bool,
     /// `res + gamma ⊙ y` (residual with LayerScale).
     pub residual: Option<(&'a Tensor, &'a Tensor)>,
+    /// The same weight, bf16/f16, in oneDNN's layout ([`pack_weight`]): read where oneDNN
+    /// runs the GEMM, instead of its per-call copy.
+    pub packed: Option<&'a PackedWeight>,
+}
+
+/// A linear layer's half-precision (mixed precision) weight, reordered once into the layout
+/// oneDNN's matmul reads in place. Given the `(out, in)` rows, oneDNN copies the whole
+/// weight into that layout on every call (for `vdpbf16ps` and AMX the copy also interleaves
+/// pairs of rows, so no plain layout avoids it). Kept beside the rows, which the other
+/// kernels read: the layer's half weights take twice their size.
+pub struct PackedWeight(onednn::Packed);
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `w` `(out, in)`, bf16/f16 on the CPU, packed for oneDNN ([`PackedWeight`]) where oneDNN
+/// runs that type here; `None` for other weights, or without oneDNN.
+pub fn pack_weight(w: &Tensor) -> Result<Option<PackedWeight>> {
+    let Some(kind) = Half::of(w.dtype()) else {
+        return Ok(None);
+    };
+    if !w.device().is_cpu() || !onednn::runs(kind.into()) {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    with_half(w, |kind, bits| {
+        // SAFETY: `bits` holds the (n, k) rows, read as k×n with unit row stride.
+        let rows = untyped(Mat::cols(bits.as_ptr(), k));
+        Ok(unsafe { onednn::pack(kind.into(), n, k, rows) }.map(PackedWeight))
+    })
 }
 
 /// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)` over the last dim.
@@ -323,6 +370,7 @@ pub fn linear(
             sub_rows: t.linear_sub_rows,
             mkl_f32: mkl_f32(&t),
             dnnl: dnnl(&t),
+            packed: ext.packed,
         })
     })
 }
@@ -363,6 +411,7 @@ pub fn matmul_peak_gflops() -> f64 {
             sub_rows: tuning.linear_sub_rows,
             mkl_f32: mkl_f32(&tuning),
             dnnl: dnnl(&tuning),
+            packed: None,
         })
         .is_err()
         {
@@ -466,6 +515,7 @@ mod tests {
                     sub_rows: 16,
                     mkl_f32,
                     dnnl,
+                    packed: None,
                 };
                 let got = x.apply_op1_no_bwd(&op).unwrap();
                 let e = max_rel_err(&got, &want);
@@ -481,5 +531,37 @@ mod tests {
         let x = rand(&[37, 24], 34);
         let e = linear(&x, &w, None, LinearExt::default()).unwrap_err();
         assert!(format!("{e}").contains("no unit stride"), "{e}");
+    }
+
+    #[test]
+    fn packed_half_weights_are_what_onednn_reads() {
+        let bf16 = |t: Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
+        let x = rand(&[2, 37, 40], 40);
+        let b = rand(&[64], 41);
+        let (w, w2) = (bf16(rand(&[64, 40], 42)), bf16(rand(&[64, 40], 43)));
+        let Some(p2) = pack_weight(&w2).unwrap() else {
+            // Nothing to pack where oneDNN does not run bf16 (no AVX512-BF16 / AMX here).
+            assert!(!onednn::runs(onednn::Input::Bf16));
+            return;
+        };
+        assert!(
+            pack_weight(&rand(&[64, 40], 44)).unwrap().is_none(),
+            "f32 is not packed"
+        );
+        let ext = |p| LinearExt {
+            packed: p,
+            ..Default::default()
+        };
+        let want2 = linear(&x, &w2, Some(&b), ext(None)).unwrap();
+        // Given beside `w`, the packed `w2` is what the GEMM reads: it replaces the rows.
+        let got = linear(&x, &w, Some(&b), ext(Some(&p2))).unwrap();
+        let e = max_rel_err(&got, &want2);
+        assert!(e < 1e-6, "packed weights not read as packed: {e}");
+        let want = linear(&x, &w, Some(&b), ext(None)).unwrap();
+        assert!(max_rel_err(&want, &want2) > 1e-2);
+        // A packed weight of another shape is not read: the rows are.
+        let p3 = pack_weight(&bf16(rand(&[32, 40], 45))).unwrap();
+        let got = linear(&x, &w, Some(&b), ext(p3.as_ref())).unwrap();
+        assert!(max_rel_err(&got, &want) < 1e-6);
     }
 }

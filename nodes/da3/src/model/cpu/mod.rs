@@ -56,7 +56,10 @@ pub use attention::attention;
 pub use conv::{conv2d, ConvExt};
 pub use conv_transpose::conv_transpose2d_k_eq_s;
 pub use half::{use_half_kernels, Half};
-pub use linear::{linear, weight_layout as linear_weight_layout, LinearExt};
+pub use linear::{
+    linear, pack_weight as pack_linear_weight, weight_layout as linear_weight_layout, LinearExt,
+    PackedWeight,
+};
 pub use memory::keep_freed_memory;
 pub use mkl::{mkl_linked, mkl_version};
 pub use norm::{layer_norm, norm_rope, Norm};

@@ -9,8 +9,9 @@
 //! ran them at 240-270 and oneMKL runs generic code on AMD (docs/benchmarks.md). f32 weights
 //! come as plain `k×n` rows with a padded stride ([`super::linear::weight_layout`]), which
 //! it reads in place: given the checkpoint's `(n, k)` rows it copied the whole weight into
-//! its own layout on every call. bf16 weights still take that copy (its `vdpbf16ps` layout
-//! interleaves pairs of rows).
+//! its own layout on every call. For bf16/f16 no plain layout avoids the copy (the
+//! `vdpbf16ps` / AMX layout interleaves pairs of rows): those weights are reordered once at
+//! load into the layout its matmul picks ([`pack`], [`Packed`]).
 //!
 //! The library is loaded at run time (`dlopen`), not linked: `scripts/setup.sh` installs
 //! PyPI's `onednn-cpu-gomp` wheel (oneDNN 3.2, GNU OpenMP threading, no other dependency
@@ -90,6 +91,10 @@ const ARG_SRC: c_int = 1;
 const ARG_DST: c_int = 17;
 const ARG_WEIGHTS: c_int = 33;
 const ARG_BIAS: c_int = 41;
+const ARG_FROM: c_int = 1;
+const ARG_TO: c_int = 17;
+const FORMAT_TAG_ANY: c_int = 1;
+const QUERY_WEIGHTS_MD: c_int = 131;
 const ELTWISE_GELU_ERF: c_int = 0x31;
 
 /// What a matmul does to its product before storing it (fused into the kernel's epilogue).
@@ -111,7 +116,14 @@ struct Api {
     stream_create: unsafe extern "C" fn(*mut Handle, Handle, u32) -> Status,
     md_create_with_strides:
         unsafe extern "C" fn(*mut Handle, c_int, *const Dims, c_int, *const Dims) -> Status,
+    md_create_with_tag:
+        unsafe extern "C" fn(*mut Handle, c_int, *const Dims, c_int, c_int) -> Status,
+    md_clone: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
+    md_get_size: unsafe extern "C" fn(Handle) -> usize,
     md_destroy: unsafe extern "C" fn(Handle) -> Status,
+    pd_query_md: unsafe extern "C" fn(Handle, c_int, c_int) -> Handle,
+    reorder_pd_create:
+        unsafe extern "C" fn(*mut Handle, Handle, Handle, Handle, Handle, Handle) -> Status,
     attr_create: unsafe extern "C" fn(*mut Handle) -> Status,
     attr_destroy: unsafe extern "C" fn(Handle) -> Status,
     attr_set_post_ops: unsafe extern "C" fn(Handle, Handle) -> Status,
@@ -207,7 +219,12 @@ fn load() -> Result<Api, String> {
             version: format!("oneDNN {}.{}.{}", v.major, v.minor, v.patch),
             stream_create: sym(lib, "dnnl_stream_create")?,
             md_create_with_strides: sym(lib, "dnnl_memory_desc_create_with_strides")?,
+            md_create_with_tag: sym(lib, "dnnl_memory_desc_create_with_tag")?,
+            md_clone: sym(lib, "dnnl_memory_desc_clone")?,
+            md_get_size: sym(lib, "dnnl_memory_desc_get_size")?,
             md_destroy: sym(lib, "dnnl_memory_desc_destroy")?,
+            pd_query_md: sym(lib, "dnnl_primitive_desc_query_md")?,
+            reorder_pd_create: sym(lib, "dnnl_reorder_primitive_desc_create")?,
             attr_create: sym(lib, "dnnl_primitive_attr_create")?,
             attr_destroy: sym(lib, "dnnl_primitive_attr_destroy")?,
             attr_set_post_ops: sym(lib, "dnnl_primitive_attr_set_post_ops")?,
@@ -232,6 +249,7 @@ fn load() -> Result<Api, String> {
                 input,
                 dims: (64, 64, 64),
                 strides: [(64, 1), (1, 64), (64, 1)],
+                packed: false,
                 epilogue: Epilogue {
                     accumulate: true,
                     ..Default::default()
@@ -304,7 +322,10 @@ struct Prim {
 struct Key {
     input: Input,
     dims: (usize, usize, usize),
+    /// Of src, weights, dst; the weights' are unused when `packed`.
     strides: [(isize, isize); 3],
+    /// The weights in the layout of [`packed_md`] ([`Packed`]).
+    packed: bool,
     epilogue: Epilogue,
 }
 
@@ -357,7 +378,17 @@ unsafe fn create(api: &Api, key: &Key) -> Result<Option<Prim>, String> {
     };
     let [sd, ws, dd] = key.strides;
     let src = md(m, k, sd, dt)?;
-    let wei = md(k, n, ws, dt)?;
+    let wei = if key.packed {
+        match packed_md(api, key.input, n, k)? {
+            Some(w) => w,
+            None => {
+                (api.md_destroy)(src);
+                return Ok(None);
+            }
+        }
+    } else {
+        md(k, n, ws, dt)?
+    };
     let dst = md(m, n, dd, 3)?;
     let ep = key.epilogue;
     let bias = if ep.bias {
@@ -420,6 +451,242 @@ unsafe fn create(api: &Api, key: &Key) -> Result<Option<Prim>, String> {
     result
 }
 
+/// Rows of the matmul that picks the packed weights' layout ([`packed_md`]). The layout
+/// depends on the weights' shape, type and the CPU, not on the row count: every primitive
+/// that reads packed weights is built with the layout this one chose.
+const PACK_ROWS: usize = 256;
+
+/// The layout oneDNN's matmul reads `k×n` weights of type `input` in without copying them
+/// per call (blocked over n and k), as a new memory desc (the caller destroys it);
+/// `Ok(None)` when its matmul here has only reference code for these types.
+unsafe fn packed_md(api: &Api, input: Input, n: usize, k: usize) -> Result<Option<Handle>, String> {
+    let dt = input.dnnl();
+    let engine = api.engine as Handle;
+    let dims = |rows: usize, cols: usize| {
+        let mut d: Dims = [0; 12];
+        d[0] = rows as i64;
+        d[1] = cols as i64;
+        d
+    };
+    let mut mds: [Handle; 3] = [std::ptr::null_mut(); 3];
+    let parts = [
+        (dims(PACK_ROWS, k), dt, [k as i64, 1]),
+        (dims(k, n), dt, [0, 0]),
+        (dims(PACK_ROWS, n), 3, [n as i64, 1]),
+    ];
+    let mut ok = true;
+    for (h, (d, t, st)) in mds.iter_mut().zip(parts) {
+        let s = if st[0] == 0 {
+            (api.md_create_with_tag)(h, 2, &d, t, FORMAT_TAG_ANY)
+        } else {
+            let mut sd: Dims = [0; 12];
+            sd[0] = st[0];
+            sd[1] = st[1];
+            (api.md_create_with_strides)(h, 2, &d, t, &sd)
+        };
+        ok &= s == 0;
+    }
+    let mut out = Err("oneDNN packed weights: memory desc".to_string());
+    if ok {
+        let mut pd: Handle = std::ptr::null_mut();
+        let null = std::ptr::null_mut();
+        out = Ok(None);
+        if (api.matmul_pd_create)(&mut pd, engine, mds[0], mds[1], null, mds[2], null) == 0 {
+            let mut info: *const c_char = std::ptr::null();
+            let info_ptr = (&mut info as *mut *const c_char).cast();
+            let optimised = (api.pd_query)(pd, QUERY_IMPL_INFO_STR, 0, info_ptr) == 0
+                && !info.is_null()
+                && !CStr::from_ptr(info).to_bytes().starts_with(b"ref");
+            let w = (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0);
+            if optimised && !w.is_null() {
+                let mut c: Handle = std::ptr::null_mut();
+                out = if (api.md_clone)(&mut c, w) == 0 {
+                    Ok(Some(c))
+                } else {
+                    Err("oneDNN packed weights: clone".to_string())
+                };
+            }
+            (api.pd_destroy)(pd);
+        }
+    }
+    for h in mds.into_iter().filter(|h| !h.is_null()) {
+        (api.md_destroy)(h);
+    }
+    out
+}
+
+/// A linear layer's weights reordered once into the layout oneDNN's matmul reads in place
+/// ([`packed_md`]): its matmul then skips the copy of the whole weight that it makes on
+/// every call for weights in their stored (transposed) layout. Built at load ([`pack`]),
+/// held by the layer (`linear::PackedWeight`).
+pub(super) struct Packed {
+    input: Input,
+    n: usize,
+    k: usize,
+    buf: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `buf` is owned, written once in `pack`, then only read.
+unsafe impl Send for Packed {}
+unsafe impl Sync for Packed {}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `pack` with this layout.
+        unsafe { std::alloc::dealloc(self.buf, self.layout) }
+    }
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Packed({:?} {}x{}, {} bytes)",
+            self.input,
+            self.k,
+            self.n,
+            self.layout.size()
+        )
+    }
+}
+
+/// `w` (`k×n`, any strides, of type `input`) in oneDNN's packed layout, or `None` where
+/// oneDNN is not loaded or off, or has only reference code for the type (the caller keeps
+/// the stored weights).
+///
+/// # Safety
+/// `w` must be valid for its strides over `k×n` elements of type `input`.
+pub(super) unsafe fn pack(
+    input: Input,
+    n: usize,
+    k: usize,
+    w: Mat<*const c_void>,
+) -> Option<Packed> {
+    if n == 0 || k == 0 || !crate::tuning::get().dnnl {
+        return None;
+    }
+    let api = api()?;
+    let packed = match packed_md(api, input, n, k) {
+        Ok(Some(md)) => md,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!("{e}; the weights stay in their stored layout");
+            return None;
+        }
+    };
+    let size = (api.md_get_size)(packed);
+    let engine = api.engine as Handle;
+    let mut d: Dims = [0; 12];
+    d[0] = k as i64;
+    d[1] = n as i64;
+    let mut st: Dims = [0; 12];
+    st[0] = w.rs as i64;
+    st[1] = w.cs as i64;
+    let mut src: Handle = std::ptr::null_mut();
+    let mut result = None;
+    let layout = std::alloc::Layout::from_size_align(size.max(64), 64).ok();
+    if let (Some(layout), 0) = (
+        layout,
+        (api.md_create_with_strides)(&mut src, 2, &d, input.dnnl(), &st),
+    ) {
+        let buf = std::alloc::alloc(layout);
+        let mut pd: Handle = std::ptr::null_mut();
+        let null = std::ptr::null_mut();
+        let mut prim: Handle = std::ptr::null_mut();
+        let mut mems: [Handle; 2] = [std::ptr::null_mut(); 2];
+        let done = !buf.is_null()
+            && (api.reorder_pd_create)(&mut pd, src, engine, packed, engine, null) == 0
+            && (api.primitive_create)(&mut prim, pd) == 0
+            && (api.memory_create)(&mut mems[0], src, engine, w.ptr as *mut c_void) == 0
+            && (api.memory_create)(&mut mems[1], packed, engine, buf.cast()) == 0
+            && with_stream(api, |stream| {
+                let args = [
+                    ExecArg {
+                        arg: ARG_FROM,
+                        memory: mems[0],
+                    },
+                    ExecArg {
+                        arg: ARG_TO,
+                        memory: mems[1],
+                    },
+                ];
+                (api.primitive_execute)(prim, stream, 2, args.as_ptr()) == 0
+                    && (api.stream_wait)(stream) == 0
+            });
+        for m in mems.into_iter().filter(|m| !m.is_null()) {
+            (api.memory_destroy)(m);
+        }
+        if !prim.is_null() {
+            (api.primitive_destroy)(prim);
+        }
+        if !pd.is_null() {
+            (api.pd_destroy)(pd);
+        }
+        if done {
+            result = Some(Packed {
+                input,
+                n,
+                k,
+                buf,
+                layout,
+            });
+        } else if !buf.is_null() {
+            std::alloc::dealloc(buf, layout);
+        }
+    }
+    if !src.is_null() {
+        (api.md_destroy)(src);
+    }
+    (api.md_destroy)(packed);
+    result
+}
+
+/// The right-hand operand of a matmul: strided, or packed weights ([`Packed`]).
+#[derive(Clone, Copy)]
+pub(super) enum Rhs<'a> {
+    Strided(Mat<*const c_void>),
+    Packed(&'a Packed),
+}
+
+/// Run `f` with this thread's stream (created, with the thread's OpenMP count set to 1,
+/// on its first call); false when the stream cannot be made.
+fn with_stream(api: &Api, f: impl FnOnce(Handle) -> bool) -> bool {
+    STATE.with(|st| {
+        let stream = {
+            let mut st = st.borrow_mut();
+            match st.as_ref() {
+                Some(s) => s.stream,
+                None => {
+                    let Some(s) = new_state(api) else {
+                        return false;
+                    };
+                    let stream = s.stream;
+                    *st = Some(s);
+                    stream
+                }
+            }
+        };
+        f(stream)
+    })
+}
+
+/// A thread's oneDNN state: its stream, no primitives yet.
+fn new_state(api: &Api) -> Option<ThreadState> {
+    // SAFETY: plain oneDNN / OpenMP calls on this thread.
+    unsafe {
+        (api.omp_set_num_threads)(1);
+        let mut stream: Handle = std::ptr::null_mut();
+        if (api.stream_create)(&mut stream, api.engine as Handle, STREAM_IN_ORDER) != 0 {
+            return None;
+        }
+        Some(ThreadState {
+            stream,
+            prims: HashMap::new(),
+        })
+    }
+}
+
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, inputs of type `input` (bf16/f16 as raw
 /// bits), f32 accumulation and output, on the calling thread only. Returns false, having
 /// done nothing, when oneDNN is not loaded or off, or has no optimised kernel for these
@@ -440,7 +707,7 @@ pub(super) unsafe fn matmul(
         accumulate,
         ..Default::default()
     };
-    matmul_ext(input, dims, dst, ep, None, lhs, rhs)
+    matmul_ext(input, dims, dst, ep, None, lhs, Rhs::Strided(rhs))
 }
 
 /// [`matmul`] with an epilogue: `dst = [gelu]([dst +] lhs · rhs [+ bias])`, `bias` (n
@@ -455,8 +722,17 @@ pub(super) unsafe fn matmul_ext(
     epilogue: Epilogue,
     bias: Option<&[f32]>,
     lhs: Mat<*const c_void>,
-    rhs: Mat<*const c_void>,
+    rhs: Rhs<'_>,
 ) -> bool {
+    let (rhs_ptr, rhs_strides, packed) = match rhs {
+        Rhs::Strided(r) => (r.ptr, (r.rs, r.cs), false),
+        Rhs::Packed(p) => {
+            if (p.input, p.n, p.k) != (input, n, k) {
+                return false;
+            }
+            (p.buf as *const c_void, (0, 0), true)
+        }
+    };
     if epilogue.bias != bias.is_some_and(|b| b.len() >= n) {
         return false;
     }
@@ -469,21 +745,17 @@ pub(super) unsafe fn matmul_ext(
     let key = Key {
         input,
         dims: (m, n, k),
-        strides: [(lhs.rs, lhs.cs), (rhs.rs, rhs.cs), (dst.rs, dst.cs)],
+        strides: [(lhs.rs, lhs.cs), rhs_strides, (dst.rs, dst.cs)],
+        packed,
         epilogue,
     };
     STATE.with(|st| {
         let mut st = st.borrow_mut();
         if st.is_none() {
-            (api.omp_set_num_threads)(1);
-            let mut stream: Handle = std::ptr::null_mut();
-            if (api.stream_create)(&mut stream, api.engine as Handle, STREAM_IN_ORDER) != 0 {
+            let Some(s) = new_state(api) else {
                 return false;
-            }
-            *st = Some(ThreadState {
-                stream,
-                prims: HashMap::new(),
-            });
+            };
+            *st = Some(s);
         }
         let Some(state) = st.as_mut() else {
             return false;
@@ -514,7 +786,7 @@ pub(super) unsafe fn matmul_ext(
         let bias_ptr = bias.map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut c_void);
         for (mem, ptr) in p.mem.iter().zip([
             lhs.ptr as *mut c_void,
-            rhs.ptr as *mut c_void,
+            rhs_ptr as *mut c_void,
             dst.ptr as *mut c_void,
             bias_ptr,
         ]) {
@@ -697,12 +969,32 @@ mod tests {
             gelu: true,
         };
         let dst = Mat::rows(got.as_mut_ptr(), n);
-        assert!(unsafe { matmul_ext(Input::F32, (m, n, k), dst, ep, Some(&bias), a, b) });
+        assert!(unsafe {
+            matmul_ext(
+                Input::F32,
+                (m, n, k),
+                dst,
+                ep,
+                Some(&bias),
+                a,
+                Rhs::Strided(b),
+            )
+        });
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{i}: {g} vs {w}");
         }
         // A bias promised but not given (or too short) is declined, not read.
-        assert!(!unsafe { matmul_ext(Input::F32, (m, n, k), dst, ep, None, a, b) });
-        assert!(!unsafe { matmul_ext(Input::F32, (m, n, k), dst, ep, Some(&bias[..3]), a, b) });
+        assert!(!unsafe { matmul_ext(Input::F32, (m, n, k), dst, ep, None, a, Rhs::Strided(b)) });
+        assert!(!unsafe {
+            matmul_ext(
+                Input::F32,
+                (m, n, k),
+                dst,
+                ep,
+                Some(&bias[..3]),
+                a,
+                Rhs::Strided(b),
+            )
+        });
     }
 }

@@ -26,7 +26,7 @@ pub use conv::{
 pub use cpu::profile;
 pub use cpu::{
     keep_freed_memory, mkl_linked, mkl_version, onednn_describe, onednn_runs_bf16, onednn_version,
-    ConvExt, LinearExt, Norm,
+    ConvExt, LinearExt, Norm, PackedWeight,
 };
 
 /// Whether `t` takes the f32 CPU kernels (f32, on the CPU, kernels not switched off).
@@ -64,6 +64,13 @@ pub fn linear_weight(weight: Tensor) -> Result<Tensor> {
         return cpu::linear_weight_layout(&weight);
     }
     Ok(weight)
+}
+
+/// A linear layer's half-precision weight (CPU mixed precision) in oneDNN's own layout, for
+/// the layer to keep beside it and hand over in [`LinearExt::packed`]; `None` where oneDNN
+/// does not run the weight's type here, and for every other weight.
+pub fn pack_linear_weight(weight: &Tensor) -> Result<Option<PackedWeight>> {
+    cpu::pack_linear_weight(weight)
 }
 
 /// `[res + gamma ⊙] [gelu](norm?(x) · Wᵀ + b)` over the last dim (`weight` (out, in)).
@@ -216,15 +223,21 @@ mod tests {
         for dtype in [DType::BF16, DType::F16] {
             let wh = w.to_dtype(dtype).unwrap();
             let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
-            for (gelu, prenorm, residual) in [
-                (false, false, false),
-                (true, true, false),
-                (false, true, true),
+            // The weight as stored, and also packed for oneDNN where it runs the type.
+            let packed = pack_linear_weight(&wh).unwrap();
+            for (gelu, prenorm, residual, packed) in [
+                (false, false, false, None),
+                (true, true, false, None),
+                (false, true, true, None),
+                (false, false, false, packed.as_ref()),
+                (true, true, false, packed.as_ref()),
+                (false, true, true, packed.as_ref()),
             ] {
                 let ext = LinearExt {
                     prenorm: prenorm.then_some(norm),
                     gelu,
                     residual: residual.then_some((&res, &g)),
+                    packed,
                 };
                 let got = linear(&x, &wh, Some(&b), ext).unwrap();
                 assert_eq!(got.dtype(), DType::F32);
@@ -247,9 +260,10 @@ mod tests {
                 } else {
                     1e-2
                 };
+                let packed = packed.is_some();
                 assert!(
                     e < tol,
-                    "{dtype:?} gelu {gelu} norm {prenorm} res {residual}: {e}"
+                    "{dtype:?} gelu {gelu} norm {prenorm} res {residual} packed {packed}: {e}"
                 );
                 let f32_out = linear_candle(&x, &w, Some(&b), ext).unwrap();
                 let e = max_rel_err(&got, &f32_out);
