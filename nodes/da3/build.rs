@@ -10,7 +10,7 @@
 //! `$CONDA_PREFIX/lib`. `DA3_MKL_DIR=none` builds without it. Nothing is downloaded here.
 //! (At run time `DA3_MKL=0` switches the linked library off: `da3::tuning::Tuning::mkl`.)
 //!
-//! oneDNN (`model/cpu/onednn.rs`) is not linked but loaded at run time; this records where
+//! oneDNN (`model/cpu/onednn/`) is not linked but loaded at run time; this records where
 //! its library is (`DA3_DNNL_BUILD_PATH`): `$DA3_DNNL_DIR` or the project's `.venv/lib`
 //! (`scripts/setup.sh` installs PyPI's `onednn-cpu-gomp` there). `DA3_DNNL_DIR=none`
 //! records nothing (then only `DA3_DNNL_LIB` at run time, or the loader's search path).

@@ -59,7 +59,7 @@ pub struct Tuning {
     /// oneMKL: measured faster there, not measured on AVX2-only CPUs).
     pub mkl_f32: bool,
     /// The linear layers' GEMMs by oneDNN's matmul where the library loads (`DA3_DNNL`,
-    /// default on; `model/cpu/onednn.rs`): bf16 weights on every CPU, f32 on AVX-512 CPUs
+    /// default on; `model/cpu/onednn/`): bf16 weights on every CPU, f32 on AVX-512 CPUs
     /// (measured faster there; AVX2-only CPUs not measured, they keep the `gemm` crate).
     pub dnnl: bool,
     /// Mixed precision's attention products (q·kᵀ and p·v) in bf16/f16 too, by oneDNN
