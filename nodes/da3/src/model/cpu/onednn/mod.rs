@@ -92,12 +92,11 @@ struct Version {
 const ENGINE_CPU: c_int = 1;
 const STREAM_IN_ORDER: u32 = 1;
 const QUERY_IMPL_INFO_STR: c_int = 8;
+// Also a reorder's `DNNL_ARG_FROM` and `DNNL_ARG_TO`.
 const ARG_SRC: c_int = 1;
 const ARG_DST: c_int = 17;
 const ARG_WEIGHTS: c_int = 33;
 const ARG_BIAS: c_int = 41;
-const ARG_FROM: c_int = 1;
-const ARG_TO: c_int = 17;
 const FORMAT_TAG_ANY: c_int = 1;
 const QUERY_WEIGHTS_MD: c_int = 131;
 const ELTWISE_GELU_ERF: c_int = 0x31;

@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_void, CStr};
 
 use super::{
-    api, with_stream, Api, Dims, ExecArg, Handle, Input, ARG_FROM, ARG_TO, FORMAT_TAG_ANY,
+    api, with_stream, Api, Dims, ExecArg, Handle, Input, ARG_DST, ARG_SRC, FORMAT_TAG_ANY,
     QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
 };
 use crate::model::cpu::buffers::Mat;
@@ -166,11 +166,11 @@ pub(in crate::model::cpu) unsafe fn pack(
             && with_stream(api, |stream| {
                 let args = [
                     ExecArg {
-                        arg: ARG_FROM,
+                        arg: ARG_SRC,
                         memory: mems[0],
                     },
                     ExecArg {
-                        arg: ARG_TO,
+                        arg: ARG_DST,
                         memory: mems[1],
                     },
                 ];
