@@ -354,6 +354,43 @@ unsafe fn destroy(api: &Api, p: Prim) {
     }
 }
 
+/// A 2-D memory desc of `rows × cols` values of type `dt`, with strides `(row, column)`, or
+/// `None`: the layout left to the primitive (`format_tag::any`). The caller destroys it.
+unsafe fn md_2d(
+    api: &Api,
+    (rows, cols): (usize, usize),
+    dt: c_int,
+    strides: Option<(isize, isize)>,
+) -> Result<Handle, String> {
+    let mut d: Dims = [0; 12];
+    d[0] = rows as i64;
+    d[1] = cols as i64;
+    let mut h: Handle = std::ptr::null_mut();
+    let s = match strides {
+        Some((rs, cs)) => {
+            let mut st: Dims = [0; 12];
+            st[0] = rs as i64;
+            st[1] = cs as i64;
+            (api.md_create_with_strides)(&mut h, 2, &d, dt, &st)
+        }
+        None => (api.md_create_with_tag)(&mut h, 2, &d, dt, FORMAT_TAG_ANY),
+    };
+    if s == 0 {
+        Ok(h)
+    } else {
+        Err(format!("oneDNN memory desc: status {s}"))
+    }
+}
+
+/// Whether the primitive desc `pd` runs optimised code, not oneDNN's reference code.
+unsafe fn optimised(api: &Api, pd: Handle) -> bool {
+    let mut info: *const c_char = std::ptr::null();
+    let info_ptr = (&mut info as *mut *const c_char).cast();
+    (api.pd_query)(pd, QUERY_IMPL_INFO_STR, 0, info_ptr) == 0
+        && !info.is_null()
+        && !CStr::from_ptr(info).to_bytes().starts_with(b"ref")
+}
+
 /// Build the primitive for `key`; `Ok(None)` when only a reference implementation exists.
 unsafe fn create(api: &Api, key: &Key) -> Result<Option<Prim>, String> {
     let (m, n, k) = key.dims;
@@ -366,19 +403,8 @@ unsafe fn create(api: &Api, key: &Key) -> Result<Option<Prim>, String> {
             Err(format!("oneDNN {what}: status {s}"))
         }
     };
-    let md = |rows: usize, cols: usize, (rs, cs): (isize, isize), dt: c_int| {
-        let mut d: Dims = [0; 12];
-        let mut s: Dims = [0; 12];
-        d[0] = rows as i64;
-        d[1] = cols as i64;
-        s[0] = rs as i64;
-        s[1] = cs as i64;
-        let mut h: Handle = std::ptr::null_mut();
-        ck(
-            (api.md_create_with_strides)(&mut h, 2, &d, dt, &s),
-            "memory desc",
-        )
-        .map(|_| h)
+    let md = |rows: usize, cols: usize, strides: (isize, isize), dt: c_int| {
+        md_2d(api, (rows, cols), dt, Some(strides))
     };
     let [sd, ws, dd] = key.strides;
     let src = md(m, k, sd, dt)?;
@@ -421,16 +447,7 @@ unsafe fn create(api: &Api, key: &Key) -> Result<Option<Prim>, String> {
     let result = if s != 0 {
         Ok(None) // unimplemented for these types / layouts here
     } else {
-        let mut info: *const c_char = std::ptr::null();
-        let reference = (api.pd_query)(
-            pd,
-            QUERY_IMPL_INFO_STR,
-            0,
-            (&mut info as *mut *const c_char).cast(),
-        ) != 0
-            || info.is_null()
-            || CStr::from_ptr(info).to_bytes().starts_with(b"ref");
-        let r = if reference {
+        let r = if !optimised(api, pd) {
             Ok(None)
         } else {
             let mut prim: Handle = std::ptr::null_mut();

@@ -1,11 +1,11 @@
 //! Weights reordered once into the layout oneDNN's matmul reads in place ([`Packed`]):
 //! its matmul otherwise copies the whole weight into that layout on every call.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::c_void;
 
 use super::{
-    api, with_stream, Api, Dims, ExecArg, Handle, Input, ARG_DST, ARG_SRC, FORMAT_TAG_ANY,
-    QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
+    api, md_2d, optimised, with_stream, Api, ExecArg, Handle, Input, ARG_DST, ARG_SRC,
+    QUERY_WEIGHTS_MD,
 };
 use crate::model::cpu::buffers::Mat;
 
@@ -25,43 +25,22 @@ pub(super) unsafe fn packed_md(
 ) -> Result<Option<Handle>, String> {
     let dt = input.dnnl();
     let engine = api.engine as Handle;
-    let dims = |rows: usize, cols: usize| {
-        let mut d: Dims = [0; 12];
-        d[0] = rows as i64;
-        d[1] = cols as i64;
-        d
-    };
-    let mut mds: [Handle; 3] = [std::ptr::null_mut(); 3];
     let parts = [
-        (dims(PACK_ROWS, k), dt, [k as i64, 1]),
-        (dims(k, n), dt, [0, 0]),
-        (dims(PACK_ROWS, n), 3, [n as i64, 1]),
+        ((PACK_ROWS, k), dt, Some((k as isize, 1))),
+        ((k, n), dt, None),
+        ((PACK_ROWS, n), 3, Some((n as isize, 1))),
     ];
-    let mut ok = true;
-    for (h, (d, t, st)) in mds.iter_mut().zip(parts) {
-        let s = if st[0] == 0 {
-            (api.md_create_with_tag)(h, 2, &d, t, FORMAT_TAG_ANY)
-        } else {
-            let mut sd: Dims = [0; 12];
-            sd[0] = st[0];
-            sd[1] = st[1];
-            (api.md_create_with_strides)(h, 2, &d, t, &sd)
-        };
-        ok &= s == 0;
-    }
-    let mut out = Err("oneDNN packed weights: memory desc".to_string());
-    if ok {
+    let mds: Vec<Result<Handle, String>> = parts
+        .into_iter()
+        .map(|(dims, t, st)| md_2d(api, dims, t, st))
+        .collect();
+    let mut out = Ok(None);
+    if let [Ok(src), Ok(wei), Ok(dst)] = mds[..] {
         let mut pd: Handle = std::ptr::null_mut();
         let null = std::ptr::null_mut();
-        out = Ok(None);
-        if (api.matmul_pd_create)(&mut pd, engine, mds[0], mds[1], null, mds[2], null) == 0 {
-            let mut info: *const c_char = std::ptr::null();
-            let info_ptr = (&mut info as *mut *const c_char).cast();
-            let optimised = (api.pd_query)(pd, QUERY_IMPL_INFO_STR, 0, info_ptr) == 0
-                && !info.is_null()
-                && !CStr::from_ptr(info).to_bytes().starts_with(b"ref");
+        if (api.matmul_pd_create)(&mut pd, engine, src, wei, null, dst, null) == 0 {
             let w = (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0);
-            if optimised && !w.is_null() {
+            if optimised(api, pd) && !w.is_null() {
                 let mut c: Handle = std::ptr::null_mut();
                 out = if (api.md_clone)(&mut c, w) == 0 {
                     Ok(Some(c))
@@ -72,8 +51,13 @@ pub(super) unsafe fn packed_md(
             (api.pd_destroy)(pd);
         }
     }
-    for h in mds.into_iter().filter(|h| !h.is_null()) {
-        (api.md_destroy)(h);
+    for m in mds {
+        match m {
+            Ok(h) => {
+                (api.md_destroy)(h);
+            }
+            Err(e) => out = Err(e),
+        }
     }
     out
 }
@@ -140,19 +124,11 @@ pub(in crate::model::cpu) unsafe fn pack(
     };
     let size = (api.md_get_size)(packed);
     let engine = api.engine as Handle;
-    let mut d: Dims = [0; 12];
-    d[0] = k as i64;
-    d[1] = n as i64;
-    let mut st: Dims = [0; 12];
-    st[0] = w.rs as i64;
-    st[1] = w.cs as i64;
-    let mut src: Handle = std::ptr::null_mut();
+    let src = md_2d(api, (k, n), input.dnnl(), Some((w.rs, w.cs)));
     let mut result = None;
     let layout = std::alloc::Layout::from_size_align(size.max(64), 64).ok();
-    if let (Some(layout), 0) = (
-        layout,
-        (api.md_create_with_strides)(&mut src, 2, &d, input.dnnl(), &st),
-    ) {
+    if let (Some(layout), Ok(src)) = (layout, &src) {
+        let src = *src;
         let buf = std::alloc::alloc(layout);
         let mut pd: Handle = std::ptr::null_mut();
         let null = std::ptr::null_mut();
@@ -198,7 +174,7 @@ pub(in crate::model::cpu) unsafe fn pack(
             std::alloc::dealloc(buf, layout);
         }
     }
-    if !src.is_null() {
+    if let Ok(src) = src {
         (api.md_destroy)(src);
     }
     (api.md_destroy)(packed);
