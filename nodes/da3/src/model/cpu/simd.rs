@@ -5,9 +5,9 @@
 mod x86 {
     use std::arch::x86_64::*;
 
+    // (std caches what the CPU reports: each check is a load and a bit test)
     pub fn available() -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
 
     /// 2^f on [-0.5, 0.5], Cephes' degree-6 polynomial, highest power first (Horner).
@@ -22,8 +22,7 @@ mod x86 {
     ];
 
     pub fn avx512() -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| is_x86_feature_detected!("avx512f"))
+        is_x86_feature_detected!("avx512f")
     }
 
     /// [`exp2_sub_sum`] in 16 lanes (AVX-512F): the same polynomial, 2^n applied by
