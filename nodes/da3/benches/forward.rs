@@ -28,7 +28,7 @@ fn da3_small_cpu_timing() {
         let x = Tensor::randn(0f32, 1.0, (1, s, 3, h, w), &dev).unwrap();
         let t0 = std::time::Instant::now();
         let (feats, _) = bb
-            .forward(&x, None, RefViewStrategy::default(), &[])
+            .forward(&x, None, RefViewStrategy::default(), &[], true)
             .unwrap();
         let t1 = std::time::Instant::now();
         let f: Vec<Tensor> = feats

@@ -97,19 +97,22 @@ impl Attention {
 
     /// x: (B, N, C).
     pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
-        self.forward_impl(x, None, rope, None)
+        self.forward_impl(x, None, rope, None, true)
     }
 
     /// `x + gamma ⊙ attention(norm(x))`: a pre-norm block's attention branch with its
     /// residual, the norm and the residual fused into the projections on the CPU path.
+    /// `half_attention`: with half-precision weights (mixed precision), q·kᵀ and p·v may
+    /// take inputs in that type too ([`ops::attention`]); `false` keeps them f32.
     pub fn forward_block(
         &self,
         x: &Tensor,
         norm: &LayerNorm,
         rope: Option<&Rope2d>,
         gamma: &Tensor,
+        half_attention: bool,
     ) -> Result<Tensor> {
-        self.forward_impl(x, Some(norm), rope, Some((x, gamma)))
+        self.forward_impl(x, Some(norm), rope, Some((x, gamma)), half_attention)
     }
 
     fn forward_impl(
@@ -118,6 +121,7 @@ impl Attention {
         prenorm: Option<&LayerNorm>,
         rope: Option<&Rope2d>,
         residual: Option<(&Tensor, &Tensor)>,
+        half_attention: bool,
     ) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let h = self.num_heads;
@@ -141,7 +145,12 @@ impl Attention {
                 _ => None,
             },
         };
-        let out = ops::attention(&qkv, prep, self.qkv.gemm_dtype())?;
+        let products = if half_attention {
+            self.qkv.gemm_dtype()
+        } else {
+            DType::F32
+        };
+        let out = ops::attention(&qkv, prep, products)?;
         self.proj.forward_ext(
             &out,
             LinearExt {

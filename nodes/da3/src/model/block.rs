@@ -43,9 +43,17 @@ impl Block {
         })
     }
 
-    /// x: (B, N, C).
-    pub fn forward(&self, x: &Tensor, rope: Option<&Rope2d>) -> Result<Tensor> {
-        let x = self.attn.forward_block(x, &self.norm1, rope, &self.ls1)?;
+    /// x: (B, N, C). `half_attention`: the attention's two products may take the weights'
+    /// half type (mixed precision, see [`Attention::forward_block`]).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope2d>,
+        half_attention: bool,
+    ) -> Result<Tensor> {
+        let x = self
+            .attn
+            .forward_block(x, &self.norm1, rope, &self.ls1, half_attention)?;
         self.mlp.forward_block(&x, &self.norm2, &self.ls2)
     }
 }

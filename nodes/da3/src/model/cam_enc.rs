@@ -67,7 +67,7 @@ impl CameraEnc {
         let pe = Tensor::from_vec(pe, (b, s, 9), extrinsics.device())?;
         let mut x = self.token_norm.forward(&self.pose_branch.forward(&pe)?)?;
         for blk in &self.trunk {
-            x = blk.forward(&x, None)?;
+            x = blk.forward(&x, None, false)?; // f32 weights: f32 throughout
         }
         self.trunk_norm.forward(&x)?.to_dtype(dtype)
     }

@@ -121,11 +121,16 @@ impl Da3Net {
             }
             _ => None,
         };
+        // Mixed precision rounds the attention's products too, but not when Gaussians are
+        // inferred: their rotations are normalised raw quaternions, whose error grows as the
+        // raw norm shrinks (tiny-gs: 3.4e-2 with bf16 attention at a Gaussian whose raw norm
+        // is 1/9 of the median, 1.7e-2 with f32 attention; every other output <= 7e-3).
         let (layers, aux) = self.backbone.forward(
             x,
             cam_token.as_ref(),
             opts.ref_view_strategy,
             &opts.export_feat_layers,
+            !opts.infer_gs,
         )?;
         let feats = layers
             .iter()

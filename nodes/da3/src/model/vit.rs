@@ -273,13 +273,15 @@ impl DinoVisionTransformer {
     /// Run the backbone. `x`: (B, S, 3, H, W); `cam_token`: (B, S, C) from the camera encoder.
     /// Returns one [`LayerOutput`] per out layer, views in the input order, and the outputs of
     /// the `export` blocks (auxiliary features: normed, camera token dropped, (B, S, h, w, C),
-    /// views in the backbone's order as the reference returns them).
+    /// views in the backbone's order as the reference returns them). `half_attention`: with
+    /// half-precision weights the attention's products may round their inputs too.
     pub fn forward(
         &self,
         x: &Tensor,
         cam_token: Option<&Tensor>,
         strategy: RefViewStrategy,
         export: &[usize],
+        half_attention: bool,
     ) -> Result<(Vec<LayerOutput>, AuxFeatures)> {
         let (b, s, _, hh, ww) = x.dims5()?;
         let p = self.cfg.patch_size;
@@ -335,7 +337,7 @@ impl DinoVisionTransformer {
                     None
                 };
                 x = blk
-                    .forward(&x.reshape((b, s * t, c))?, rope)?
+                    .forward(&x.reshape((b, s * t, c))?, rope, half_attention)?
                     .reshape((b, s, t, c))?;
             } else {
                 let rope = if rope_on {
@@ -344,7 +346,7 @@ impl DinoVisionTransformer {
                     None
                 };
                 x = blk
-                    .forward(&x.reshape((b * s, t, c))?, rope)?
+                    .forward(&x.reshape((b * s, t, c))?, rope, half_attention)?
                     .reshape((b, s, t, c))?;
                 local_x = Some(x.clone());
             }

@@ -15,9 +15,10 @@ pub struct QkPrep<'a> {
 
 /// `softmax(q·kᵀ/√d)·v` for the permuted output of a qkv projection, (3, B, H, N, d), with
 /// q and k prepared by `prep`; the result is (B, N, H·d), ready for the output projection.
-/// `products`: the dtype of the network's GEMM weights; with bf16/f16 (mixed precision) and
-/// [`Tuning::half_attention`] on, the two products take inputs in that type where the CPU
-/// has a kernel for it (softmax in f32); otherwise they run in f32.
+/// `products`: the type the two products may take, the network's GEMM weight dtype (or f32
+/// to keep them f32); with bf16/f16 (mixed precision) and [`Tuning::half_attention`] on
+/// (the default), they take inputs in that type where the CPU has a kernel for it (softmax
+/// in f32); otherwise they run in f32.
 ///
 /// [`Tuning::half_attention`]: crate::tuning::Tuning::half_attention
 pub fn attention(qkv: &Tensor, prep: QkPrep<'_>, products: DType) -> Result<Tensor> {
