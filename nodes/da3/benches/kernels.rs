@@ -1,5 +1,6 @@
 //! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
-//! best of several runs of each kernel (attention with strided and contiguous q/k/v, the
+//! best of several runs of each kernel (attention with strided and contiguous q/k/v, and
+//! with bf16 products, the
 //! DPT's 3x3 convolutions: every stride-1 shape of one view, the ViT block's linear layers
 //! with and without their fused extras (f32 weights in the model's layout, one also in the
 //! checkpoint's), one of them with bf16 weights, GELU alone and the matmul peak). The
@@ -9,7 +10,7 @@ use candle_core::{Device, Tensor};
 use da3::model::cpu::profile::matmul_peak_gflops;
 use da3::model::cpu::{
     attention, conv2d, gelu_inplace, layer_norm, linear, linear_weight_layout, norm_rope, ConvExt,
-    LinearExt, Norm,
+    Half, LinearExt, Norm,
 };
 
 fn best_ms(mut f: impl FnMut()) -> f64 {
@@ -57,6 +58,14 @@ fn main() {
     println!(
         "attention global 4v: {ms:.1} ms, {:.1} GFLOP/s (contiguous q/k/v: {ms_c:.1} ms; only v strided {ms_v:.1}, only k {ms_k:.1}, only q {ms_q:.1})",
         gf / ms * 1e3
+    );
+    // Mixed precision: the two products with bf16 inputs (by oneDNN where it runs bf16)
+    let ms_h = best_ms(|| {
+        attention(&q, &k, &v, 0.125, Some(Half::Bf16)).unwrap();
+    });
+    println!(
+        "attention global 4v, bf16 products: {ms_h:.1} ms, {:.1} GFLOP/s",
+        gf / ms_h * 1e3
     );
     // QK-norm + RoPE of one view's q (a strided view of the qkv output), and the
     // LayerNorm of one view's tokens (rows 768 floats apart, as the ViT's cat-token output)

@@ -11,7 +11,7 @@ use super::buffers::{f32_slice, output_buffer, sgemm, with_scratch, Mat, SyncPtr
 use super::half::Half;
 use super::onednn::{self, untyped};
 use super::profile::timed;
-use super::simd::{exp2_sub_sum, row_max};
+use super::simd::{exp2_sub_bf16_sum, exp2_sub_sum, row_max};
 use crate::tuning::Q_BLOCK_MAX;
 
 /// Let the GEMM read a column-major lhs in place for output blocks up to 64·NR columns
@@ -149,22 +149,27 @@ impl CustomOp3 for AttentionOp {
                     let (sc, rest) = buf.split_at_mut(rows * kblk);
                     let (oacc, qblock) = rest.split_at_mut(rows * d);
                     // The query block, copied contiguous once: the score GEMM runs ~20% slower
-                    // reading it strided (q is a view of the qkv output when no norm/RoPE).
+                    // reading it strided (q is a view of the qkv output when no norm/RoPE);
+                    // with half products, rounded straight from q with the score scale
+                    // folded in (as torch's SDPA).
                     let qsrc = (qp as *const f32).add(bi * qs[0] + hi * qs[1] + r0 * qs[2]);
-                    for (r, dst) in qblock.chunks_mut(d).enumerate() {
-                        let row = qsrc.add(r * qs[2]);
-                        for (j, v) in dst.iter_mut().enumerate() {
-                            *v = *row.add(j * qs[3]);
+                    let qscale = self.scale * std::f32::consts::LOG2_E;
+                    match half {
+                        Some(kind) => {
+                            round_rows(kind, qsrc, (qs[2], qs[3]), (rows, d), qscale, q16)
+                        }
+                        None => {
+                            for (r, dst) in qblock.chunks_mut(d).enumerate() {
+                                let row = qsrc.add(r * qs[2]);
+                                for (j, v) in dst.iter_mut().enumerate() {
+                                    *v = *row.add(j * qs[3]);
+                                }
+                            }
                         }
                     }
                     let qbase = qblock.as_ptr();
                     let kbase = (kp as *const f32).add(bi * ks[0] + hi * ks[1]);
                     let vbase = (vp as *const f32).add(bi * vs[0] + hi * vs[1]);
-                    let qscale = self.scale * std::f32::consts::LOG2_E;
-                    if let Some(kind) = half {
-                        // The score scale folded into q before rounding (as torch's SDPA).
-                        round_rows(kind, qbase, (d, 1), (rows, d), qscale, q16);
-                    }
                     let obase = optr.get().add(bi * n * c + r0 * c + hi * d);
                     // Running max and sum per query row (online softmax over key blocks).
                     let mut mrow = [f32::NEG_INFINITY; Q_BLOCK_MAX];
@@ -195,10 +200,18 @@ impl CustomOp3 for AttentionOp {
                                 qscale,
                             );
                         }
+                        // The probabilities: f32 in place, or (bf16 products) rounded into
+                        // `p16` in the same pass, summing the rounded values.
+                        let p16 = &mut p16[..on * rows * kn];
                         for (r, row) in sc.chunks_mut(kn).enumerate() {
                             let m_new = mrow[r].max(row_max(row));
                             let alpha = (mrow[r] - m_new).exp2(); // 0 on the first block
-                            lrow[r] = lrow[r] * alpha + exp2_sub_sum(row, m_new);
+                            let sum = if half == Some(Half::Bf16) {
+                                exp2_sub_bf16_sum(row, m_new, &mut p16[r * kn..(r + 1) * kn])
+                            } else {
+                                exp2_sub_sum(row, m_new)
+                            };
+                            lrow[r] = lrow[r] * alpha + sum;
                             mrow[r] = m_new;
                             if k0 > 0 && alpha != 1.0 {
                                 for v in &mut oacc[r * d..(r + 1) * d] {
@@ -215,8 +228,9 @@ impl CustomOp3 for AttentionOp {
                             (oacc.as_mut_ptr(), d)
                         };
                         let done = half.is_some_and(|kind| {
-                            let p16 = &mut p16[..rows * kn];
-                            kind.round_into(sc, p16);
+                            if kind != Half::Bf16 {
+                                kind.round_into(sc, p16);
+                            }
                             onednn::matmul(
                                 kind.into(),
                                 (rows, d, kn),

@@ -14,6 +14,8 @@ use std::cell::RefCell;
 
 use candle_core::{bail, DType, Result, Storage, Tensor};
 
+use super::simd::round_bf16;
+
 /// The storage type of half-precision weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Half {
@@ -42,30 +44,13 @@ impl Half {
     /// Round f32 values to this type (round to nearest even), as raw bits.
     pub fn round_into(self, src: &[f32], dst: &mut [u16]) {
         match self {
-            Half::Bf16 => {
-                for (d, &x) in dst.iter_mut().zip(src) {
-                    *d = bf16_bits(x);
-                }
-            }
+            Half::Bf16 => round_bf16(src, dst),
             Half::F16 => {
                 for (d, &x) in dst.iter_mut().zip(src) {
                     *d = half::f16::from_f32(x).to_bits();
                 }
             }
         }
-    }
-}
-
-/// f32 -> bf16 bits, round to nearest even (NaN stays NaN); branch-free so the loop
-/// vectorises.
-#[inline]
-fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-    if x.is_nan() {
-        0x7fc0
-    } else {
-        rounded
     }
 }
 

@@ -1,5 +1,7 @@
 //! Vectorised exp / erf (AVX2 + FMA when the CPU has them, scalar otherwise): the
-//! softmax's 2^x (16 lanes where the CPU has AVX-512F) and the exact-erf GELU.
+//! softmax's 2^x (16 lanes where the CPU has AVX-512F) and the exact-erf GELU; f32 -> bf16
+//! rounding (16 lanes with AVX-512F), also fused into the softmax's 2^x for the mixed
+//! precision's probabilities.
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -25,9 +27,23 @@ mod x86 {
         is_x86_feature_detected!("avx512f")
     }
 
-    /// [`exp2_sub_sum`] in 16 lanes (AVX-512F): the same polynomial, 2^n applied by
+    /// 2^x in 16 lanes (AVX-512F), x ≤ 0: the polynomial of [`exp2_neg8`], 2^n applied by
     /// `vscalefps` (one instruction instead of four, and values below 2^-126 go to denormals
     /// and 0 instead of being held at 2^-126).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp2_neg16(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-160.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let f = _mm512_sub_ps(x, n);
+        let mut y = _mm512_set1_ps(EXP2_POLY[0]);
+        for c in &EXP2_POLY[1..] {
+            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(*c));
+        }
+        _mm512_scalef_ps(y, n)
+    }
+
+    /// [`exp2_sub_sum`] in 16 lanes (AVX-512F).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn exp2_sub_sum16(v: &mut [f32], max: f32) -> f32 {
         let n16 = v.len() / 16 * 16;
@@ -36,15 +52,7 @@ mod x86 {
         let p = v.as_mut_ptr();
         let mut i = 0;
         while i < n16 {
-            let x = _mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m);
-            let x = _mm512_max_ps(x, _mm512_set1_ps(-160.0));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
-            let f = _mm512_sub_ps(x, n);
-            let mut y = _mm512_set1_ps(EXP2_POLY[0]);
-            for c in &EXP2_POLY[1..] {
-                y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(*c));
-            }
-            let e = _mm512_scalef_ps(y, n);
+            let e = exp2_neg16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
             _mm512_storeu_ps(p.add(i), e);
             acc = _mm512_add_ps(acc, e);
             i += 16;
@@ -56,6 +64,79 @@ mod x86 {
         }
         s
     }
+
+    /// 16 values rounded to bf16 (nearest even, NaN stays NaN, as [`super::bf16_bits`]):
+    /// the bits, and the rounded values as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bf16_round16(x: __m512) -> (__m256i, __m512) {
+        let b = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+        let r = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let hi = _mm512_mask_mov_epi32(_mm512_srli_epi32::<16>(r), nan, _mm512_set1_epi32(0x7fc0));
+        (
+            _mm512_cvtepi32_epi16(hi),
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)),
+        )
+    }
+
+    /// [`bf16_round16`] by AVX512-BF16's `vcvtneps2bf16` (the same rounding, NaN stays
+    /// NaN), the rounded values back as f32 by widening and shifting the bits.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn bf16_round16_ne(x: __m512) -> (__m256i, __m512) {
+        let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
+        let wide = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits));
+        (bits, _mm512_castsi512_ps(wide))
+    }
+
+    pub fn avx512_bf16() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// The two bf16 kernels, stamped out for a target-feature set and its 16-lane rounding.
+    macro_rules! bf16_kernels {
+        ($features:literal, $round16:ident, $round_name:ident, $exp_name:ident) => {
+            /// [`super::round_bf16`] for the first `len / 16 * 16` values; returns that count.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $round_name(src: &[f32], dst: &mut [u16]) -> usize {
+                let n16 = src.len().min(dst.len()) / 16 * 16;
+                let mut i = 0;
+                while i < n16 {
+                    let (bits, _) = $round16(_mm512_loadu_ps(src.as_ptr().add(i)));
+                    _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), bits);
+                    i += 16;
+                }
+                n16
+            }
+
+            /// [`super::exp2_sub_bf16_sum`] for the first `len / 16 * 16` values: their
+            /// sum, and that count.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $exp_name(v: &[f32], max: f32, dst: &mut [u16]) -> (f32, usize) {
+                let n16 = v.len().min(dst.len()) / 16 * 16;
+                let m = _mm512_set1_ps(max);
+                let mut acc = _mm512_setzero_ps();
+                let mut i = 0;
+                while i < n16 {
+                    let e = exp2_neg16(_mm512_sub_ps(_mm512_loadu_ps(v.as_ptr().add(i)), m));
+                    let (bits, rounded) = $round16(e);
+                    _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), bits);
+                    acc = _mm512_add_ps(acc, rounded);
+                    i += 16;
+                }
+                (_mm512_reduce_add_ps(acc), n16)
+            }
+        };
+    }
+    bf16_kernels!("avx512f", bf16_round16, round_bf16_16, exp2_sub_bf16_sum16);
+    bf16_kernels!(
+        "avx512f,avx512bf16",
+        bf16_round16_ne,
+        round_bf16_16_ne,
+        exp2_sub_bf16_sum16_ne
+    );
 
     /// 2^x for 8 lanes, x ≤ 0 (the softmax's shifted scores and GELU's -z²): n = round(x),
     /// 2^(x-n) by Cephes' degree-6 polynomial on [-0.5, 0.5] (relative error ≤ 2e-7),
@@ -176,6 +257,17 @@ mod x86 {
     pub unsafe fn exp2_sub_sum16(_: &mut [f32], _: f32) -> f32 {
         unreachable!()
     }
+    pub fn avx512_bf16() -> bool {
+        false
+    }
+    pub unsafe fn round_bf16_16(_: &[f32], _: &mut [u16]) -> usize {
+        unreachable!()
+    }
+    pub unsafe fn exp2_sub_bf16_sum16(_: &[f32], _: f32, _: &mut [u16]) -> (f32, usize) {
+        unreachable!()
+    }
+    pub use exp2_sub_bf16_sum16 as exp2_sub_bf16_sum16_ne;
+    pub use round_bf16_16 as round_bf16_16_ne;
     pub unsafe fn max(_: &[f32]) -> f32 {
         unreachable!()
     }
@@ -224,6 +316,53 @@ pub(super) fn exp2_sub_sum(v: &mut [f32], m: f32) -> f32 {
         }
         s
     }
+}
+
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN); branch-free so the loop
+/// vectorises.
+#[inline]
+pub(super) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        0x7fc0
+    } else {
+        rounded
+    }
+}
+
+/// `dst[i]` = `src[i]` rounded to bf16 ([`bf16_bits`]), 16 at a time with AVX-512F.
+pub(super) fn round_bf16(src: &[f32], dst: &mut [u16]) {
+    let done = if x86::avx512_bf16() {
+        unsafe { x86::round_bf16_16_ne(src, dst) }
+    } else if x86::avx512() {
+        unsafe { x86::round_bf16_16(src, dst) }
+    } else {
+        0
+    };
+    for (d, &x) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = bf16_bits(x);
+    }
+}
+
+/// The mixed precision's probabilities: `dst = bf16(2^(v - m))` (`m` ≥ every `v`), in one
+/// pass with AVX-512F; returns the sum of the rounded values (the weights `dst` applies,
+/// so they sum to exactly what the softmax divides by). `v` may be overwritten.
+pub(super) fn exp2_sub_bf16_sum(v: &mut [f32], m: f32, dst: &mut [u16]) -> f32 {
+    let (mut s, done) = if x86::avx512_bf16() {
+        unsafe { x86::exp2_sub_bf16_sum16_ne(v, m, dst) }
+    } else if x86::avx512() {
+        unsafe { x86::exp2_sub_bf16_sum16(v, m, dst) }
+    } else {
+        (0.0, 0)
+    };
+    let rest = &mut v[done..];
+    exp2_sub_sum(rest, m);
+    for (d, &x) in dst[done..].iter_mut().zip(rest.iter()) {
+        *d = bf16_bits(x);
+        s += f32::from_bits(u32::from(*d) << 16);
+    }
+    s
 }
 
 /// Exact-erf GELU in place.
@@ -294,6 +433,72 @@ mod tests {
                 "gelu({x})={y} want {want}"
             );
         }
+    }
+
+    /// The bf16 rounding kernels (integer arithmetic with AVX-512F, `vcvtneps2bf16` with
+    /// AVX512-BF16, whichever the CPU has) give the scalar rounding's bits: ties to even,
+    /// NaN, infinities, denormals, and a tail past the last 16 values.
+    #[test]
+    fn bf16_rounding_kernels_match_the_scalar_rounding() {
+        let mut xs: Vec<f32> = (0..4000)
+            .map(|i| ((i as f32) * 0.731).sin() * 10f32.powi(i % 9 - 4))
+            .collect();
+        xs.extend([
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.0e-40,
+            f32::MAX,
+            f32::from_bits(0x3f80_8000), // a tie, even below: rounds down
+            f32::from_bits(0x3f81_8000), // a tie, odd below: rounds up
+            f32::from_bits(0x3f80_8001),
+        ]);
+        let want: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
+        let mut kernels: Vec<(&str, unsafe fn(&[f32], &mut [u16]) -> usize)> = Vec::new();
+        if x86::avx512() {
+            kernels.push(("avx512f", x86::round_bf16_16));
+        }
+        if x86::avx512_bf16() {
+            kernels.push(("avx512bf16", x86::round_bf16_16_ne));
+        }
+        let nan_ok =
+            |g: u16, w: u16| g == w || (g & 0x7f80 == 0x7f80 && g & 0x7f != 0 && w == 0x7fc0);
+        for (name, k) in kernels {
+            let mut got = vec![0u16; xs.len()];
+            let done = unsafe { k(&xs, &mut got) };
+            assert_eq!(done, xs.len() / 16 * 16, "{name}");
+            for i in 0..done {
+                assert!(
+                    nan_ok(got[i], want[i]),
+                    "{name}: {} -> {:#x}, want {:#x}",
+                    xs[i],
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+        let mut got = vec![0u16; xs.len()];
+        round_bf16(&xs, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(nan_ok(*g, *w), "{} -> {g:#x}, want {w:#x}", xs[i]);
+        }
+        // Probabilities: bf16(2^(x - m)) and the sum of the rounded values, 37 per row (two
+        // 16-lane steps and a tail).
+        let row: Vec<f32> = (0..37).map(|i| -((i * 7 % 37) as f32) * 0.37).collect();
+        let mut v = row.clone();
+        let mut bits = vec![0u16; row.len()];
+        let s = exp2_sub_bf16_sum(&mut v, 0.5, &mut bits);
+        let mut sum = 0f64;
+        for (x, b) in row.iter().zip(&bits) {
+            let e = ((*x as f64) - 0.5).exp2();
+            let r = f32::from_bits(u32::from(*b) << 16) as f64;
+            assert!((r - e).abs() <= e / 256.0, "2^{x} -> {r}, want {e}");
+            sum += r;
+        }
+        assert!(((s as f64) - sum).abs() <= 1e-6 * sum, "{s} vs {sum}");
     }
 
     /// erf by its Taylor / continued-fraction-free series, f64, for the test only.
