@@ -457,7 +457,8 @@ mod tests {
             f32::from_bits(0x3f80_8001),
         ]);
         let want: Vec<u16> = xs.iter().map(|&x| bf16_bits(x)).collect();
-        let mut kernels: Vec<(&str, unsafe fn(&[f32], &mut [u16]) -> usize)> = Vec::new();
+        type Round = unsafe fn(&[f32], &mut [u16]) -> usize;
+        let mut kernels: Vec<(&str, Round)> = Vec::new();
         if x86::avx512() {
             kernels.push(("avx512f", x86::round_bf16_16));
         }
