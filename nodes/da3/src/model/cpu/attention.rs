@@ -57,11 +57,24 @@ unsafe fn round_rows(
 ) {
     let mut row = vec![0f32; d];
     for (r, out) in dst[..rows * d].chunks_mut(d).enumerate() {
-        let p = src.add(r * rs);
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = *p.add(j * cs) * scale;
-        }
+        copy_row(src.add(r * rs), cs, scale, &mut row);
         kind.round_into(&row, out);
+    }
+}
+
+/// `dst[j] = scale · src[j · cs]`; a plain slice loop (vectorised) when `cs` is 1, as for q
+/// after the norm / RoPE and for the rows of the qkv output.
+#[inline]
+unsafe fn copy_row(src: *const f32, cs: usize, scale: f32, dst: &mut [f32]) {
+    if cs == 1 {
+        let s = std::slice::from_raw_parts(src, dst.len());
+        for (v, x) in dst.iter_mut().zip(s) {
+            *v = x * scale;
+        }
+    } else {
+        for (j, v) in dst.iter_mut().enumerate() {
+            *v = *src.add(j * cs) * scale;
+        }
     }
 }
 
@@ -160,10 +173,7 @@ impl CustomOp3 for AttentionOp {
                         }
                         None => {
                             for (r, dst) in qblock.chunks_mut(d).enumerate() {
-                                let row = qsrc.add(r * qs[2]);
-                                for (j, v) in dst.iter_mut().enumerate() {
-                                    *v = *row.add(j * qs[3]);
-                                }
+                                copy_row(qsrc.add(r * qs[2]), qs[3], 1.0, dst);
                             }
                         }
                     }
