@@ -180,7 +180,7 @@ impl Precision {
 /// measured faster than f32 (docs/benchmarks.md): AMX-BF16 with a bf16 kernel library
 /// (oneDNN or oneMKL), and AVX512-BF16 on AMD with oneDNN (Zen 4: `vdpbf16ps` retires twice
 /// the flops of its double-pumped f32 FMAs; oneDNN's bf16 GEMMs run 1.8-2x its f32 ones,
-/// DA3-SMALL about 0.8x f32 overall; oneMKL runs generic code on AMD). f32 elsewhere: on
+/// DA3-SMALL about 0.65x f32 overall; oneMKL runs generic code on AMD). f32 elsewhere: on
 /// Intel without AMX the dot product retires the same flops per cycle as its two FMA ports
 /// (oneMKL's bf16 GEMM measured 1.14x f32 there).
 pub fn cpu_auto_dtype(hw: CpuBf16, amd: bool) -> DType {
