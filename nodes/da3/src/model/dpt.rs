@@ -5,7 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
-use super::layers::{conv2d, conv2d_no_bias, conv_transpose2d, Conv2d, ConvTranspose2d, LayerNorm};
+use super::layers::{
+    conv2d, conv2d_no_bias, conv_transpose2d, projection1x1, Conv2d, ConvTranspose2d, LayerNorm,
+};
 use super::ops::{self, resize_bilinear_ac, ConvExt};
 
 /// Sin-cos embedding of a normalised UV grid, scaled by 0.1, added to an NCHW map.
@@ -172,7 +174,15 @@ pub struct DptNeck {
 }
 
 impl DptNeck {
-    pub fn new(cfg: &HeadConfig, with_norm: bool, pos_embed: bool, vb: VarBuilder) -> Result<Self> {
+    /// `half_projects`: with mixed precision, the 1x1 projections of the backbone's tokens
+    /// take half-precision weights ([`projection1x1`]), else f32 as the other convolutions.
+    pub fn new(
+        cfg: &HeadConfig,
+        with_norm: bool,
+        pos_embed: bool,
+        half_projects: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let oc = cfg.out_channels;
         let norm = if with_norm {
             Some(LayerNorm::new(cfg.dim_in, 1e-5, vb.pp("norm"))?)
@@ -180,7 +190,14 @@ impl DptNeck {
             None
         };
         let projects = (0..4)
-            .map(|i| conv2d(cfg.dim_in, oc[i], 1, 1, 0, vb.pp("projects").pp(i)))
+            .map(|i| {
+                let vb = vb.pp("projects").pp(i);
+                if half_projects {
+                    projection1x1(cfg.dim_in, oc[i], vb)
+                } else {
+                    conv2d(cfg.dim_in, oc[i], 1, 1, 0, vb)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         let rl = vb.pp("resize_layers");
         let resize = vec![
@@ -356,7 +373,7 @@ impl Dpt {
         vb: VarBuilder,
     ) -> Result<Self> {
         let f = cfg.features;
-        let neck = DptNeck::new(cfg, false, pos_embed, vb.clone())?;
+        let neck = DptNeck::new(cfg, false, pos_embed, true, vb.clone())?;
         let sc = vb.pp("scratch");
         let chain = FusionChain::new(f, "", &sc)?;
         let output_conv1 = conv2d(f, f / 2, 3, 1, 1, sc.pp("output_conv1"))?;

@@ -65,7 +65,7 @@ pub struct DualDpt {
 impl DualDpt {
     pub fn new(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
         let f = cfg.features;
-        let neck = DptNeck::new(cfg, true, true, vb.clone())?;
+        let neck = DptNeck::new(cfg, true, true, true, vb.clone())?;
         let sc = vb.pp("scratch");
         let main = FusionChain::new(f, "", &sc)?;
         let aux = FusionChain::new(f, "_aux", &sc)?;

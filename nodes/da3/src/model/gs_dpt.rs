@@ -39,7 +39,9 @@ impl GsDpt {
         if cfg.output_dim < 2 {
             candle_core::bail!("GS head: output_dim {} < 2", cfg.output_dim);
         }
-        let neck = DptNeck::new(cfg, false, true, vb.clone())?;
+        // f32 projections: the Gaussians' rotations are normalised raw quaternions, too
+        // sensitive for bf16 inputs here (tiny-gs: 3.3e-2 from the reference, bound 2e-2).
+        let neck = DptNeck::new(cfg, false, true, false, vb.clone())?;
         let sc = vb.pp("scratch");
         let chain = FusionChain::new(f, "", &sc)?;
         let output_conv1 = conv2d(f, f / 2, 3, 1, 1, sc.pp("output_conv1"))?;

@@ -187,6 +187,18 @@ pub fn conv2d(
     )
 }
 
+/// A 1x1 projection of token features (`(o, i, 1, 1)` weight and a bias): on the CPU with
+/// mixed precision the weight stays in the half type, as a linear layer's (the bias f32;
+/// [`ops::conv2d_tokens`] runs it by oneDNN where it has a kernel for the type), elsewhere
+/// as [`conv2d`].
+pub fn projection1x1(i: usize, o: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let weight = vb.get((o, i, 1, 1), "weight")?;
+    let bias = act_vb(vb).get(o, "bias")?;
+    Ok(Conv2d {
+        inner: candle_nn::Conv2d::new(weight, Some(bias), Conv2dConfig::default()),
+    })
+}
+
 pub fn conv2d_no_bias(
     i: usize,
     o: usize,

@@ -118,13 +118,27 @@ thread_local! {
 
 /// Run `f` with `src` rounded to `kind` in a thread-local buffer (reused across calls).
 pub(super) fn with_rounded<R>(kind: Half, src: &[f32], f: impl FnOnce(&[u16]) -> R) -> R {
+    with_rounded_rows(kind, src, (1, src.len(), src.len()), f)
+}
+
+/// [`with_rounded`] of `rows` rows of `cols` values, `stride` apart in `src`: the rounded
+/// rows packed (`rows · cols` values).
+pub(super) fn with_rounded_rows<R>(
+    kind: Half,
+    src: &[f32],
+    (rows, cols, stride): (usize, usize, usize),
+    f: impl FnOnce(&[u16]) -> R,
+) -> R {
+    let len = rows * cols;
     SCRATCH16.with(|s| {
         let mut v = s.borrow_mut();
-        if v.len() < src.len() {
-            v.resize(src.len(), 0);
+        if v.len() < len {
+            v.resize(len, 0);
         }
-        kind.round_into(src, &mut v[..src.len()]);
-        f(&v[..src.len()])
+        for (r, dst) in v[..len].chunks_mut(cols.max(1)).enumerate() {
+            kind.round_into(&src[r * stride..r * stride + cols], dst);
+        }
+        f(&v[..len])
     })
 }
 

@@ -1,17 +1,21 @@
 //! The DPT head's token-side ops: the 1x1 projection read straight from token-major
 //! features, and the UV position-embedding add.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::buffers::{
     bias_values, chunk_len, contiguous_f32, f32_slice, output_buffer, sgemm, with_f32, Mat, SyncPtr,
 };
+use super::half::{with_half, with_rounded_rows, Half};
+use super::onednn::{self, untyped};
 use super::profile::timed;
 
 /// 1x1 convolution of a token-major input: (B, N, C) tokens (rows may be strided) to an
 /// (B, O, h, w) map with N = h·w, without transposing the tokens first (the GEMM reads
-/// them in place as a column-major operand).
+/// them in place as a column-major operand). With a bf16/f16 weight (mixed precision) and
+/// oneDNN running that type, each band of tokens is rounded to it and the product taken by
+/// oneDNN (f32 accumulation); a half weight without that kernel is widened to f32.
 struct TokensConv1x1Op<'a> {
     weight: &'a Tensor, // (O, C, 1, 1)
     bias: Option<&'a Tensor>,
@@ -51,7 +55,47 @@ impl CustomOp1 for TokensConv1x1Op<'_> {
         let band = chunk_len(n, 64);
         let nband = n.div_ceil(band);
         let xp = x.as_ptr() as usize;
-        let w_c = self.weight.contiguous()?;
+        // The band's output rows start as the bias (the GEMM then accumulates).
+        let fill_bias = |ob: *mut f32, np: usize| {
+            if let Some(bv) = &bias {
+                for (oc, bval) in bv.iter().enumerate() {
+                    unsafe { std::slice::from_raw_parts_mut(ob.add(oc * n), np) }.fill(*bval);
+                }
+            }
+        };
+        let half = Half::of(self.weight.dtype()).filter(|&k| onednn::runs(k.into()));
+        if let Some(kind) = half {
+            let declined = std::sync::atomic::AtomicBool::new(false);
+            with_half(self.weight, |_, w16| {
+                (0..b * nband).into_par_iter().for_each(|task| {
+                    let (bi, bj) = (task / nband, task % nband);
+                    let p0 = bj * band;
+                    let np = band.min(n - p0);
+                    let ob = unsafe { optr.get().add(bi * o * n + p0) };
+                    fill_bias(ob, np);
+                    let src = &x[bi * st[0] + p0 * st[1]..];
+                    let done = with_rounded_rows(kind, src, (np, c, st[1]), |x16| unsafe {
+                        onednn::matmul(
+                            kind.into(),
+                            (o, np, c),
+                            Mat::rows(ob, n),
+                            bias.is_some(),
+                            untyped(Mat::rows(w16.as_ptr(), c)),
+                            untyped(Mat::cols(x16.as_ptr(), c)),
+                        )
+                    });
+                    if !done {
+                        declined.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                Ok(())
+            })?;
+            if !declined.into_inner() {
+                return Ok((CpuStorage::F32(out), Shape::from((b, o, self.h, self.w))));
+            }
+            // oneDNN declined a band (no optimised kernel): every band again in f32 below.
+        }
+        let w_c = self.weight.to_dtype(DType::F32)?.contiguous()?;
         with_f32(&w_c, |w, wl| {
             let wp = w[wl.start_offset()..].as_ptr() as usize;
             (0..b * nband).into_par_iter().for_each(|task| {
@@ -59,11 +103,7 @@ impl CustomOp1 for TokensConv1x1Op<'_> {
                 let p0 = bj * band;
                 let np = band.min(n - p0);
                 let ob = unsafe { optr.get().add(bi * o * n + p0) };
-                if let Some(bv) = &bias {
-                    for (oc, bval) in bv.iter().enumerate() {
-                        unsafe { std::slice::from_raw_parts_mut(ob.add(oc * n), np) }.fill(*bval);
-                    }
-                }
+                fill_bias(ob, np);
                 unsafe {
                     sgemm(
                         (o, np, c),
@@ -206,5 +246,38 @@ mod tests {
             .unwrap();
         let want = conv2d(&nchw, &wt, Some(&b), 1, 0, ConvExt::default()).unwrap();
         assert!(max_rel_err(&got, &want) < 1e-6);
+
+        // Half weights (mixed precision): where oneDNN runs bf16, the products of the
+        // rounded tokens and weights (f32 sums), else the widened weights; strided token
+        // rows, and more tokens than one band.
+        let t = rand(&[2, 1 + 150, 24], 43);
+        let x = t.narrow(1, 1, 150).unwrap();
+        let wt = rand(&[9, 24, 1, 1], 44);
+        let b = rand(&[9], 45);
+        let w16 = wt.to_dtype(DType::BF16).unwrap();
+        let got = conv1x1_tokens(&x, &w16, Some(&b), 10, 15).unwrap();
+        let bf = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let ran = onednn::runs(onednn::Input::Bf16);
+        let xr = if ran { bf(&x) } else { x.clone() };
+        let nchw = xr
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((2, 24, 10, 15))
+            .unwrap();
+        let want = conv2d(&nchw, &bf(&wt), Some(&b), 1, 0, ConvExt::default()).unwrap();
+        let e = max_rel_err(&got, &want);
+        assert!(e < 1e-5, "bf16 weights (oneDNN bf16: {ran}): {e}");
+        if ran {
+            // the tokens were rounded (not the widened-weight path)
+            let unrounded = conv1x1_tokens(&x, &bf(&wt), Some(&b), 10, 15).unwrap();
+            assert!(max_rel_err(&got, &unrounded) > 1e-5);
+        }
     }
 }

@@ -65,7 +65,15 @@ pub fn conv2d_tokens(
     if use_kernels(x) && pointwise {
         return cpu::conv1x1_tokens(x, weight, bias, h, w);
     }
-    conv2d(&tokens_map(x, h, w)?, weight, bias, cfg, ConvExt::default())
+    // (a projection's half weights, `layers::projection1x1`, in the activations' type here)
+    let weight = weight.to_dtype(x.dtype())?;
+    conv2d(
+        &tokens_map(x, h, w)?,
+        &weight,
+        bias,
+        cfg,
+        ConvExt::default(),
+    )
 }
 
 /// [`conv2d_tokens`] by candle's ops (transposed to NCHW first).
@@ -76,7 +84,14 @@ pub fn conv2d_tokens_candle(
     cfg: &Conv2dConfig,
     (h, w): (usize, usize),
 ) -> Result<Tensor> {
-    conv2d_candle(&tokens_map(x, h, w)?, weight, bias, cfg, ConvExt::default())
+    let weight = weight.to_dtype(x.dtype())?;
+    conv2d_candle(
+        &tokens_map(x, h, w)?,
+        &weight,
+        bias,
+        cfg,
+        ConvExt::default(),
+    )
 }
 
 /// (B, h·w, C) tokens as a contiguous (B, C, h, w) map.
