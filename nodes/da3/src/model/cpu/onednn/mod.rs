@@ -554,6 +554,10 @@ pub(super) unsafe fn matmul_ext(
     lhs: Mat<*const c_void>,
     rhs: Rhs<'_>,
 ) -> bool {
+    #[cfg(test)]
+    if DECLINE.with(|d| d.get()) {
+        return false;
+    }
     let (rhs_ptr, rhs_strides, packed) = match rhs {
         Rhs::Strided(r) => (r.ptr, (r.rs, r.cs), false),
         Rhs::Packed(p) => {
@@ -633,6 +637,18 @@ pub(super) unsafe fn matmul_ext(
         (api.primitive_execute)(p.prim, stream, nargs, args.as_ptr()) == 0
             && (api.stream_wait)(stream) == 0
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    static DECLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests: make every matmul on this thread decline, as where oneDNN has no optimised kernel
+/// for a shape (the callers' fallbacks then run).
+#[cfg(test)]
+pub(super) fn decline_on_this_thread(on: bool) {
+    DECLINE.with(|d| d.set(on));
 }
 
 #[cfg(test)]
