@@ -55,24 +55,27 @@ impl CustomOp1 for TokensConv1x1Op<'_> {
         let band = chunk_len(n, 64);
         let nband = n.div_ceil(band);
         let xp = x.as_ptr() as usize;
-        // The band's output rows start as the bias (the GEMM then accumulates).
-        let fill_bias = |ob: *mut f32, np: usize| {
-            if let Some(bv) = &bias {
-                for (oc, bval) in bv.iter().enumerate() {
-                    unsafe { std::slice::from_raw_parts_mut(ob.add(oc * n), np) }.fill(*bval);
+        // Every band of `np` tokens from `p0` of image `bi`, in parallel: its output rows
+        // (at `ob`, `n` apart) start as the bias, then `gemm(bi, p0, np, ob)` accumulates.
+        let bands = |gemm: &(dyn Fn(usize, usize, usize, *mut f32) + Sync)| {
+            (0..b * nband).into_par_iter().for_each(|task| {
+                let (bi, bj) = (task / nband, task % nband);
+                let p0 = bj * band;
+                let np = band.min(n - p0);
+                let ob = unsafe { optr.get().add(bi * o * n + p0) };
+                if let Some(bv) = &bias {
+                    for (oc, bval) in bv.iter().enumerate() {
+                        unsafe { std::slice::from_raw_parts_mut(ob.add(oc * n), np) }.fill(*bval);
+                    }
                 }
-            }
+                gemm(bi, p0, np, ob);
+            })
         };
         let half = Half::of(self.weight.dtype()).filter(|&k| onednn::runs(k.into()));
         if let Some(kind) = half {
             let declined = std::sync::atomic::AtomicBool::new(false);
             with_half(self.weight, |_, w16| {
-                (0..b * nband).into_par_iter().for_each(|task| {
-                    let (bi, bj) = (task / nband, task % nband);
-                    let p0 = bj * band;
-                    let np = band.min(n - p0);
-                    let ob = unsafe { optr.get().add(bi * o * n + p0) };
-                    fill_bias(ob, np);
+                bands(&|bi, p0, np, ob| {
                     let src = &x[bi * st[0] + p0 * st[1]..];
                     let done = with_rounded_rows(kind, src, (np, c, st[1]), |x16| unsafe {
                         onednn::matmul(
@@ -98,12 +101,7 @@ impl CustomOp1 for TokensConv1x1Op<'_> {
         let w_c = self.weight.to_dtype(DType::F32)?.contiguous()?;
         with_f32(&w_c, |w, wl| {
             let wp = w[wl.start_offset()..].as_ptr() as usize;
-            (0..b * nband).into_par_iter().for_each(|task| {
-                let (bi, bj) = (task / nband, task % nband);
-                let p0 = bj * band;
-                let np = band.min(n - p0);
-                let ob = unsafe { optr.get().add(bi * o * n + p0) };
-                fill_bias(ob, np);
+            bands(&|bi, p0, np, ob| {
                 unsafe {
                     sgemm(
                         (o, np, c),
@@ -229,6 +227,17 @@ mod tests {
     use crate::model::cpu::{conv2d, ConvExt};
     use crate::testing::{max_rel_err, rand};
 
+    /// (B, N, C) tokens as the (B, C, h, w) map they stand for.
+    fn nchw(x: &Tensor, (h, w): (usize, usize)) -> Tensor {
+        let (b, _, c) = x.dims3().unwrap();
+        x.transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((b, c, h, w))
+            .unwrap()
+    }
+
     #[test]
     fn tokens_conv1x1_matches_transpose_then_conv() {
         // tokens as a narrowed view (skip token 0), like the backbone outputs
@@ -237,14 +246,7 @@ mod tests {
         let wt = rand(&[7, 10, 1, 1], 41);
         let b = rand(&[7], 42);
         let got = conv1x1_tokens(&x, &wt, Some(&b), 3, 4).unwrap();
-        let nchw = x
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((2, 10, 3, 4))
-            .unwrap();
-        let want = conv2d(&nchw, &wt, Some(&b), 1, 0, ConvExt::default()).unwrap();
+        let want = conv2d(&nchw(&x, (3, 4)), &wt, Some(&b), 1, 0, ConvExt::default()).unwrap();
         assert!(max_rel_err(&got, &want) < 1e-6);
 
         // Half weights (mixed precision): where oneDNN runs bf16, the products of the
@@ -264,14 +266,15 @@ mod tests {
         };
         let ran = onednn::runs(onednn::Input::Bf16);
         let xr = if ran { bf(&x) } else { x.clone() };
-        let nchw = xr
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((2, 24, 10, 15))
-            .unwrap();
-        let want = conv2d(&nchw, &bf(&wt), Some(&b), 1, 0, ConvExt::default()).unwrap();
+        let want = conv2d(
+            &nchw(&xr, (10, 15)),
+            &bf(&wt),
+            Some(&b),
+            1,
+            0,
+            ConvExt::default(),
+        )
+        .unwrap();
         let e = max_rel_err(&got, &want);
         assert!(e < 1e-5, "bf16 weights (oneDNN bf16: {ran}): {e}");
         if ran {

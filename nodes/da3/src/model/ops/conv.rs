@@ -65,15 +65,14 @@ pub fn conv2d_tokens(
     if use_kernels(x) && pointwise {
         return cpu::conv1x1_tokens(x, weight, bias, h, w);
     }
-    // (a projection's half weights, `layers::projection1x1`, in the activations' type here)
-    let weight = weight.to_dtype(x.dtype())?;
-    conv2d(
-        &tokens_map(x, h, w)?,
-        &weight,
-        bias,
-        cfg,
-        ConvExt::default(),
-    )
+    let (map, weight) = as_map(x, weight, (h, w))?;
+    conv2d(&map, &weight, bias, cfg, ConvExt::default())
+}
+
+/// The tokens as a (B, C, h, w) map, and the weight in their dtype (a projection's half
+/// weights, `layers::projection1x1`, outside the CPU kernels).
+fn as_map(x: &Tensor, weight: &Tensor, (h, w): (usize, usize)) -> Result<(Tensor, Tensor)> {
+    Ok((tokens_map(x, h, w)?, weight.to_dtype(x.dtype())?))
 }
 
 /// [`conv2d_tokens`] by candle's ops (transposed to NCHW first).
@@ -84,14 +83,8 @@ pub fn conv2d_tokens_candle(
     cfg: &Conv2dConfig,
     (h, w): (usize, usize),
 ) -> Result<Tensor> {
-    let weight = weight.to_dtype(x.dtype())?;
-    conv2d_candle(
-        &tokens_map(x, h, w)?,
-        &weight,
-        bias,
-        cfg,
-        ConvExt::default(),
-    )
+    let (map, weight) = as_map(x, weight, (h, w))?;
+    conv2d_candle(&map, &weight, bias, cfg, ConvExt::default())
 }
 
 /// (B, h·w, C) tokens as a contiguous (B, C, h, w) map.
