@@ -42,7 +42,7 @@ impl Half {
     }
 
     /// Round f32 values to this type (round to nearest even), as raw bits (bf16:
-    /// [`super::simd::round_bf16`], where f32 denormals may become zero).
+    /// `simd::round_bf16`, where f32 denormals may become zero).
     pub fn round_into(self, src: &[f32], dst: &mut [u16]) {
         match self {
             Half::Bf16 => round_bf16(src, dst),
