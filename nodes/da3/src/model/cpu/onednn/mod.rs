@@ -479,25 +479,15 @@ pub(super) enum Rhs<'a> {
     Packed(&'a Packed),
 }
 
-/// Run `f` with this thread's stream (created, with the thread's OpenMP count set to 1,
-/// on its first call); false when the stream cannot be made.
-fn with_stream(api: &Api, f: impl FnOnce(Handle) -> bool) -> bool {
+/// Run `f` with this thread's state: its stream and primitives (made, with the thread's
+/// OpenMP count set to 1, on its first call); false when the stream cannot be made.
+fn with_state(api: &Api, f: impl FnOnce(&mut ThreadState) -> bool) -> bool {
     STATE.with(|st| {
-        let stream = {
-            let mut st = st.borrow_mut();
-            match st.as_ref() {
-                Some(s) => s.stream,
-                None => {
-                    let Some(s) = new_state(api) else {
-                        return false;
-                    };
-                    let stream = s.stream;
-                    *st = Some(s);
-                    stream
-                }
-            }
-        };
-        f(stream)
+        let mut st = st.borrow_mut();
+        if st.is_none() {
+            *st = new_state(api);
+        }
+        st.as_mut().is_some_and(f)
     })
 }
 
@@ -583,17 +573,7 @@ pub(super) unsafe fn matmul_ext(
         packed,
         epilogue,
     };
-    STATE.with(|st| {
-        let mut st = st.borrow_mut();
-        if st.is_none() {
-            let Some(s) = new_state(api) else {
-                return false;
-            };
-            *st = Some(s);
-        }
-        let Some(state) = st.as_mut() else {
-            return false;
-        };
+    with_state(api, |state| {
         let stream = state.stream;
         let entry = match state.prims.get(&key) {
             Some(e) => e,

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 
 use super::{
-    api, md_2d, optimised, with_stream, Api, ExecArg, Handle, Input, ARG_DST, ARG_SRC,
+    api, md_2d, optimised, with_state, Api, ExecArg, Handle, Input, ARG_DST, ARG_SRC,
     QUERY_WEIGHTS_MD,
 };
 use crate::model::cpu::buffers::Mat;
@@ -139,7 +139,8 @@ pub(in crate::model::cpu) unsafe fn pack(
             && (api.primitive_create)(&mut prim, pd) == 0
             && (api.memory_create)(&mut mems[0], src, engine, w.ptr as *mut c_void) == 0
             && (api.memory_create)(&mut mems[1], packed, engine, buf.cast()) == 0
-            && with_stream(api, |stream| {
+            && with_state(api, |state| {
+                let stream = state.stream;
                 let args = [
                     ExecArg {
                         arg: ARG_SRC,
