@@ -119,6 +119,9 @@ impl CustomOp3 for AttentionOp {
             v.as_ptr() as usize,
         );
         let half = self.half.filter(|&k| onednn::runs(k.into()));
+        // bf16 probabilities are rounded in the softmax's 2^x pass (`p16`; the f32 scores
+        // then stay scores), other half types from the f32 probabilities after it.
+        let fused_bf16 = half == Some(Half::Bf16);
         // Half precision: k and v rounded once per call, each head contiguous (nk × d), for
         // every query block of the head to read (empty in f32).
         let (k16_all, v16_all) = match half {
@@ -221,7 +224,7 @@ impl CustomOp3 for AttentionOp {
                         for (r, row) in sc.chunks_mut(kn).enumerate() {
                             let m_new = mrow[r].max(row_max(row));
                             let alpha = (mrow[r] - m_new).exp2(); // 0 on the first block
-                            let sum = if half == Some(Half::Bf16) {
+                            let sum = if fused_bf16 {
                                 exp2_sub_bf16_sum(row, m_new, &mut p16[r * kn..(r + 1) * kn])
                             } else {
                                 exp2_sub_sum(row, m_new)
@@ -243,7 +246,7 @@ impl CustomOp3 for AttentionOp {
                             (oacc.as_mut_ptr(), d)
                         };
                         let done = half.is_some_and(|kind| {
-                            if kind != Half::Bf16 {
+                            if !fused_bf16 {
                                 kind.round_into(sc, p16);
                             }
                             onednn::matmul(
@@ -256,10 +259,10 @@ impl CustomOp3 for AttentionOp {
                             )
                         });
                         if !done {
-                            if half == Some(Half::Bf16) {
-                                // (oneDNN declined: the rounded probabilities are in `p16`)
+                            if fused_bf16 {
+                                // (oneDNN declined: the probabilities are only in `p16`)
                                 for (s, &b) in sc.iter_mut().zip(p16.iter()) {
-                                    *s = f32::from_bits(u32::from(b) << 16);
+                                    *s = Half::Bf16.widen(b);
                                 }
                             }
                             sgemm(
