@@ -9,6 +9,7 @@ OpenVINO on the reference exported to ONNX.
   python scripts/bench_reference.py --checkpoint DIR --views 4 --threads 2 --mode api
   python scripts/bench_reference.py --checkpoint DIR --views 1 --export-onnx FILE   # export + check against torch
   python scripts/bench_reference.py --onnx FILE --views 1 --threads 2 --runtime ov-bf16
+  python scripts/bench_reference.py --onnx FILE --views 1 --runtime ov-bf16 --profile   # per-node ms
 
 --mode forward: the network called directly in f32 under inference_mode (what
 our `da3 bench` times). --mode api: the reference's own `inference()` on
@@ -22,6 +23,10 @@ same forward (`model(x, export_feat_layers=[])`) traced at one fixed input shape
 (1, views, 3, H, W), checked against torch through ONNX Runtime (the run fails
 above 1e-4 max relative error of the depth). They do not import torch, so that
 their peak RSS is their own; their input is seeded numpy noise of the same range.
+
+--profile (ov-f32, ov-bf16): OpenVINO's own per-node timings (PERF_COUNT) of
+--iters forwards, by node type and the slowest nodes with their kernels, to
+set beside `da3 bench --profile` (instead of the timed runs).
 
 --lockstep WAIT,SIGNAL (forward mode): take turns with `da3 bench --lockstep
 SIGNAL,WAIT` over two named pipes, one forward per turn, so that each timed run
@@ -226,6 +231,48 @@ def load_runtime(a):
     return (lambda: req.infer({0: x})), info
 
 
+def ov_profile(a):
+    """--profile: OpenVINO's own per-node timings (`PERF_COUNT`) of --iters forwards after the
+    warm-up, as a JSON line: ms per forward by node type, and the slowest nodes with the
+    kernel that ran each. Not one of the timed runs (a second compiled model, counters on;
+    they cost little: DA3-SMALL 1 view bf16 counted 211 ms, timed 208)."""
+    import collections
+
+    import numpy as np
+    import openvino as ov
+
+    if not a.onnx or not os.path.exists(a.onnx):
+        sys.exit(f"--profile needs --onnx FILE (written by --export-onnx): {a.onnx}")
+    x = (np.random.default_rng(0).random((1, a.views, 3, a.height, a.width), dtype=np.float32) * 4 - 2)
+    compiled = ov.Core().compile_model(a.onnx, "CPU", {
+        "INFERENCE_NUM_THREADS": a.threads,
+        "INFERENCE_PRECISION_HINT": a.runtime.split("-")[1],
+        "PERFORMANCE_HINT": "LATENCY",
+        "PERF_COUNT": "YES",
+    })
+    req = compiled.create_infer_request()
+    for _ in range(a.warmup):
+        req.infer({0: x})
+    by_type, by_node = collections.Counter(), collections.Counter()
+    wall = 0.0
+    for _ in range(a.iters):
+        t = time.perf_counter()
+        req.infer({0: x})
+        wall += (time.perf_counter() - t) * 1e3 / a.iters
+        for p in req.profiling_info:
+            if p.status == p.Status.EXECUTED:
+                ms = p.real_time.total_seconds() * 1e3 / a.iters
+                by_type[p.node_type] += ms
+                by_node[(p.node_type, p.exec_type, p.node_name)] += ms
+    print(json.dumps({
+        "impl": IMPL[a.runtime], "model": a.onnx, "views": a.views, "threads": a.threads,
+        "openvino": ov.get_version(), "forward_ms_counted": wall,
+        "ms_by_node_type": {k: round(v, 3) for k, v in by_type.most_common()},
+        "slowest_nodes": [{"type": t, "kernel": e, "node": n, "ms": round(v, 3)}
+                          for (t, e, n), v in by_node.most_common(40)],
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--make-checkpoint", nargs=2, metavar=("VARIANT", "DIR"))
@@ -244,6 +291,8 @@ def main():
     ap.add_argument("--export-onnx", metavar="FILE",
                     help="export the forward of --checkpoint at --views/--height/--width to FILE, check it, exit")
     ap.add_argument("--lockstep", help="WAIT,SIGNAL named pipes (forward mode)")
+    ap.add_argument("--profile", action="store_true",
+                    help="ov-f32|ov-bf16: OpenVINO's per-node timings instead of the timed runs")
     a = ap.parse_args()
     if a.make_checkpoint:
         make_checkpoint(*a.make_checkpoint)
@@ -253,6 +302,11 @@ def main():
             sys.exit("--checkpoint DIR is required")
     if a.export_onnx:
         export_onnx(a)
+        return
+    if a.profile:
+        if not a.runtime.startswith("ov-") or a.lockstep:
+            sys.exit("--profile is for --runtime ov-f32|ov-bf16, without --lockstep")
+        ov_profile(a)
         return
     if a.mode == "api" and a.runtime != "torch":
         sys.exit("--mode api is the reference's own API (--runtime torch)")
