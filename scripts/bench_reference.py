@@ -202,15 +202,7 @@ def load_runtime(a):
 
     import openvino as ov
 
-    precision = a.runtime.split("-")[1]
-    core = ov.Core()
-    # Precision set explicitly either way: OpenVINO runs bf16 by default on CPUs with
-    # bf16 support (AVX512-BF16, AMX), even for an f32 model.
-    compiled = core.compile_model(core.read_model(a.onnx), "CPU", {
-        "INFERENCE_NUM_THREADS": a.threads,
-        "INFERENCE_PRECISION_HINT": precision,
-        "PERFORMANCE_HINT": "LATENCY",
-    })
+    compiled = ov_compile(a)
     req = compiled.create_infer_request()
     # What it actually executes: the compiled precision hint and, from the runtime (exec)
     # graph, how many nodes run in each precision, all and the GEMM-heavy ones.
@@ -231,11 +223,26 @@ def load_runtime(a):
     return (lambda: req.infer({0: x})), info
 
 
+def ov_compile(a, **extra):
+    """The --onnx file compiled by OpenVINO for the CPU, --runtime's precision, --threads."""
+    import openvino as ov
+
+    # Precision set explicitly either way: OpenVINO runs bf16 by default on CPUs with
+    # bf16 support (AVX512-BF16, AMX), even for an f32 model.
+    core = ov.Core()
+    return core.compile_model(core.read_model(a.onnx), "CPU", {
+        "INFERENCE_NUM_THREADS": a.threads,
+        "INFERENCE_PRECISION_HINT": a.runtime.split("-")[1],
+        "PERFORMANCE_HINT": "LATENCY",
+        **extra,
+    })
+
+
 def ov_profile(a):
     """--profile: OpenVINO's own per-node timings (`PERF_COUNT`) of --iters forwards after the
     warm-up, as a JSON line: ms per forward by node type, and the slowest nodes with the
-    kernel that ran each. Not one of the timed runs (a second compiled model, counters on;
-    they cost little: DA3-SMALL 1 view bf16 counted 211 ms, timed 208)."""
+    kernel that ran each. Instead of the timed runs (the counters cost little: DA3-SMALL 1
+    view bf16 counted 211 ms, timed 208)."""
     import collections
 
     import numpy as np
@@ -244,13 +251,7 @@ def ov_profile(a):
     if not a.onnx or not os.path.exists(a.onnx):
         sys.exit(f"--profile needs --onnx FILE (written by --export-onnx): {a.onnx}")
     x = (np.random.default_rng(0).random((1, a.views, 3, a.height, a.width), dtype=np.float32) * 4 - 2)
-    compiled = ov.Core().compile_model(a.onnx, "CPU", {
-        "INFERENCE_NUM_THREADS": a.threads,
-        "INFERENCE_PRECISION_HINT": a.runtime.split("-")[1],
-        "PERFORMANCE_HINT": "LATENCY",
-        "PERF_COUNT": "YES",
-    })
-    req = compiled.create_infer_request()
+    req = ov_compile(a, PERF_COUNT="YES").create_infer_request()
     for _ in range(a.warmup):
         req.infer({0: x})
     by_type, by_node = collections.Counter(), collections.Counter()
