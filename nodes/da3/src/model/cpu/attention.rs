@@ -353,11 +353,7 @@ mod tests {
                 assert!(e > 1e-6, "bf16 {bb} {n} {nk}: ran in f32 ({e})");
                 // oneDNN declining both products (no optimised kernel for a shape): the
                 // scores from the copied q block, the probabilities widened from bf16.
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(2)
-                    .start_handler(|_| onednn::decline_on_this_thread(true))
-                    .build()
-                    .unwrap();
+                let pool = onednn::declining_pool();
                 let got_fb = pool.install(|| attention(&q, &k, &v, 0.25, Some(Half::Bf16)));
                 let e = max_rel_err(&got_fb.unwrap(), &want);
                 assert!(e < 2e-2, "bf16 declined {bb} {n} {nk}: {e}");

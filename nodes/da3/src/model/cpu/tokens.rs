@@ -282,11 +282,7 @@ mod tests {
             let unrounded = conv1x1_tokens(&x, &bf(&wt), Some(&b), 10, 15).unwrap();
             assert!(max_rel_err(&got, &unrounded) > 1e-5);
             // oneDNN declining a band: every band again with the widened weights
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .start_handler(|_| onednn::decline_on_this_thread(true))
-                .build()
-                .unwrap();
+            let pool = onednn::declining_pool();
             let declined = pool
                 .install(|| conv1x1_tokens(&x, &w16, Some(&b), 10, 15))
                 .unwrap();

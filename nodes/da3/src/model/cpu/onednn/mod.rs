@@ -624,11 +624,15 @@ thread_local! {
     static DECLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Tests: make every matmul on this thread decline, as where oneDNN has no optimised kernel
-/// for a shape (the callers' fallbacks then run).
+/// Tests: a pool of 2 threads on which every matmul declines, as where oneDNN has no
+/// optimised kernel for a shape (the callers' fallbacks then run).
 #[cfg(test)]
-pub(super) fn decline_on_this_thread(on: bool) {
-    DECLINE.with(|d| d.set(on));
+pub(super) fn declining_pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .start_handler(|_| DECLINE.with(|d| d.set(true)))
+        .build()
+        .expect("a thread pool")
 }
 
 #[cfg(test)]
