@@ -185,12 +185,7 @@ def load_runtime(a):
 
         return infer, {"torch": torch.__version__}
 
-    import numpy as np
-
-    if not a.onnx or not os.path.exists(a.onnx):
-        sys.exit(f"--runtime {a.runtime} needs --onnx FILE (written by --export-onnx): {a.onnx}")
-    # Same range as the torch input ([-2, 2), like ImageNet-normalised pixels), numpy's noise.
-    x = (np.random.default_rng(0).random((1, a.views, 3, a.height, a.width), dtype=np.float32) * 4 - 2)
+    x = onnx_input(a)
     if a.runtime == "ort":
         import onnxruntime as ort
 
@@ -223,6 +218,17 @@ def load_runtime(a):
     return (lambda: req.infer({0: x})), info
 
 
+def onnx_input(a):
+    """The input of the ONNX peers, after checking that --onnx exists: seeded numpy noise in
+    the torch input's range ([-2, 2), like ImageNet-normalised pixels)."""
+    import numpy as np
+
+    if not a.onnx or not os.path.exists(a.onnx):
+        what = "--profile" if a.profile else f"--runtime {a.runtime}"
+        sys.exit(f"{what} needs --onnx FILE (written by --export-onnx): {a.onnx}")
+    return (np.random.default_rng(0).random((1, a.views, 3, a.height, a.width), dtype=np.float32) * 4 - 2)
+
+
 def ov_compile(a, **extra):
     """The --onnx file compiled by OpenVINO for the CPU, --runtime's precision, --threads."""
     import openvino as ov
@@ -245,12 +251,9 @@ def ov_profile(a):
     view bf16 counted 211 ms, timed 208)."""
     import collections
 
-    import numpy as np
     import openvino as ov
 
-    if not a.onnx or not os.path.exists(a.onnx):
-        sys.exit(f"--profile needs --onnx FILE (written by --export-onnx): {a.onnx}")
-    x = (np.random.default_rng(0).random((1, a.views, 3, a.height, a.width), dtype=np.float32) * 4 - 2)
+    x = onnx_input(a)
     req = ov_compile(a, PERF_COUNT="YES").create_infer_request()
     for _ in range(a.warmup):
         req.infer({0: x})
