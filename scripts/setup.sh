@@ -12,6 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A full disk shows up later as long pip or linker tracebacks: say it first. The Python
+# tools take about 2.5 GiB in ./.venv, a cold debug build several GiB more.
+free_gib=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "${free_gib:-0}" -lt 10 ]; then
+  echo "setup: warning: only ${free_gib} GiB free here; a fresh setup and a cold build need around 10 GiB." >&2
+  echo "setup: warning: the build folder (\$CARGO_TARGET_DIR, else target/) and ~/.cache/dora-da3/bench are safe to delete." >&2
+fi
+
 DEB_PKGS=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
           libswscale-dev libavfilter-dev libavdevice-dev libv4l-dev ffmpeg python3-venv)
 missing=()
