@@ -6,7 +6,8 @@ use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
 use super::layers::{
-    conv2d, conv2d_no_bias, conv_transpose2d, projection1x1, Conv2d, ConvTranspose2d, LayerNorm,
+    conv2d, conv2d_mixed, conv2d_no_bias, conv_transpose2d, projection1x1, Conv2d, ConvTranspose2d,
+    LayerNorm,
 };
 use super::ops::{self, resize_bilinear_ac, ConvExt};
 
@@ -18,15 +19,19 @@ pub fn add_uv_pos_embed(x: &Tensor, img_w: usize, img_h: usize) -> Result<Tensor
     ops::add_uv_embed(x, &ex, &ey)
 }
 
-/// Bilinear resize (align corners) of an NCHW map to `oh × ow`, then [`add_uv_pos_embed`].
-pub fn resize_and_uv_pos_embed(
+/// `heads` on `x` resized (bilinear, align corners) to `(oh, ow)` [then
+/// [`add_uv_pos_embed`] for an `(img_w, img_h)` input]: one output per head.
+pub fn upsampled_heads(
     x: &Tensor,
     (oh, ow): (usize, usize),
-    img_w: usize,
-    img_h: usize,
-) -> Result<Tensor> {
-    let (ex, ey) = uv_tables(x.dim(1)?, oh, ow, img_w, img_h);
-    ops::resize_bilinear_ac_uv(x, oh, ow, &ex, &ey)
+    uv_img: Option<(usize, usize)>,
+    heads: &[&OutConv2],
+) -> Result<Vec<Tensor>> {
+    let c = x.dim(1)?;
+    let tables = uv_img.map(|(img_w, img_h)| uv_tables(c, oh, ow, img_w, img_h));
+    let heads = heads.iter().map(|h| h.head()).collect::<Result<Vec<_>>>()?;
+    let uv = tables.as_ref().map(|(ex, ey)| (&ex[..], &ey[..]));
+    ops::upsampled_heads(x, (oh, ow), uv, &heads)
 }
 
 /// The tables of [`add_uv_pos_embed`] for `c` channels on a `ph × pw` map: the first C/2
@@ -301,7 +306,28 @@ pub struct OutConv2 {
 
 impl OutConv2 {
     pub fn new(cin: usize, mid: usize, cout: usize, with_ln: bool, vb: VarBuilder) -> Result<Self> {
-        let conv0 = conv2d(cin, mid, 3, 1, 1, vb.pp(0))?;
+        Self::build(cin, mid, cout, with_ln, false, vb)
+    }
+
+    /// Without LayerNorm, the 3x3 in the mixed precision's half type where a kernel takes it
+    /// ([`conv2d_mixed`]): the depth and sky heads (within 2e-2 of the reference, tested).
+    pub fn mixed(cin: usize, mid: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        Self::build(cin, mid, cout, false, true, vb)
+    }
+
+    fn build(
+        cin: usize,
+        mid: usize,
+        cout: usize,
+        with_ln: bool,
+        mixed: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let conv0 = if mixed {
+            conv2d_mixed(cin, mid, 3, 1, 1, vb.pp(0))?
+        } else {
+            conv2d(cin, mid, 3, 1, 1, vb.pp(0))?
+        };
         let (ln, last_idx) = if with_ln {
             (Some(LayerNorm::new(mid, 1e-5, vb.pp(2))?), 5)
         } else {
@@ -311,6 +337,25 @@ impl OutConv2 {
             conv0,
             ln,
             conv_last: conv2d(mid, cout, 1, 1, 0, vb.pp(last_idx))?,
+        })
+    }
+}
+
+impl OutConv2 {
+    /// The head as [`ops::upsampled_heads`] takes it (not for the LayerNorm form).
+    fn head(&self) -> Result<ops::ConvHead<'_>> {
+        let Some(bias) = self.conv0.bias() else {
+            candle_core::bail!("output head: its 3x3 has no bias");
+        };
+        if self.ln.is_some() {
+            candle_core::bail!("output head: the LayerNorm form is not an upsampled head");
+        }
+        Ok(ops::ConvHead {
+            conv: self.conv0.weight(),
+            bias,
+            last: self.conv_last.weight(),
+            last_bias: self.conv_last.bias(),
+            half: self.conv0.half(),
         })
     }
 }
@@ -377,6 +422,8 @@ impl Dpt {
         let sc = vb.pp("scratch");
         let chain = FusionChain::new(f, "", &sc)?;
         let output_conv1 = conv2d(f, f / 2, 3, 1, 1, sc.pp("output_conv1"))?;
+        // f32 heads: in bf16 their 3x3 took the tiny mono fixture's depth to 1.9e-2 of the
+        // reference (bound 2e-2; 2.9e-3 in f32), the any-view models' to 6e-3 (DualDpt).
         let output_conv2 = OutConv2::new(f / 2, 32, cfg.output_dim, false, sc.pp("output_conv2"))?;
         let sky_output_conv2 = if sky {
             Some(OutConv2::new(
@@ -408,12 +455,13 @@ impl Dpt {
         let fused = self.chain.forward(&l)?;
         let fused = self.output_conv1.forward(&fused)?;
         let size = (ph * self.patch_size, pw * self.patch_size);
-        let fused = if self.pos_embed {
-            resize_and_uv_pos_embed(&fused, size, w, h)?
-        } else {
-            resize_bilinear_ac(&fused, size.0, size.1)?
+        let mut heads = vec![&self.output_conv2];
+        heads.extend(&self.sky_output_conv2);
+        let uv = self.pos_embed.then_some((w, h));
+        let mut outs = upsampled_heads(&fused, size, uv, &heads)?.into_iter();
+        let (Some(logits), sky_logits) = (outs.next(), outs.next()) else {
+            candle_core::bail!("DPT head: no depth output");
         };
-        let logits = self.output_conv2.forward(&fused)?;
         let (depth, depth_conf) = if self.output_dim > 1 {
             let d = logits.narrow(1, 0, self.output_dim - 1)?.exp()?;
             let d = if self.output_dim == 2 {
@@ -430,8 +478,8 @@ impl Dpt {
         } else {
             (logits.squeeze(1)?.exp()?, None)
         };
-        let sky = match &self.sky_output_conv2 {
-            Some(s) => Some(s.forward(&fused)?.squeeze(1)?.relu()?),
+        let sky = match sky_logits {
+            Some(s) => Some(s.squeeze(1)?.relu()?),
             None => None,
         };
         Ok(DptOutput {

@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
-use super::dpt::{add_uv_pos_embed, resize_and_uv_pos_embed, DptNeck, FusionChain, OutConv2};
+use super::dpt::{add_uv_pos_embed, upsampled_heads, DptNeck, FusionChain, OutConv2};
 use super::layers::{conv2d, Conv2d};
 
 /// Number of auxiliary pyramid levels in the checkpoints.
@@ -70,7 +70,7 @@ impl DualDpt {
         let main = FusionChain::new(f, "", &sc)?;
         let aux = FusionChain::new(f, "_aux", &sc)?;
         let output_conv1 = conv2d(f, f / 2, 3, 1, 1, sc.pp("output_conv1"))?;
-        let output_conv2 = OutConv2::new(f / 2, 32, cfg.output_dim, false, sc.pp("output_conv2"))?;
+        let output_conv2 = OutConv2::mixed(f / 2, 32, cfg.output_dim, sc.pp("output_conv2"))?;
         let o1 = sc.pp("output_conv1_aux");
         let o2 = sc.pp("output_conv2_aux");
         // Unused levels: load to validate names/shapes, then drop.
@@ -106,8 +106,10 @@ impl DualDpt {
         // Depth branch.
         let main = self.output_conv1.forward(&self.main.forward(&l)?)?;
         let size = (ph * self.patch_size, pw * self.patch_size);
-        let main = resize_and_uv_pos_embed(&main, size, w, h)?;
-        let logits = self.output_conv2.forward(&main)?;
+        let mut outs = upsampled_heads(&main, size, Some((w, h)), &[&self.output_conv2])?;
+        let Some(logits) = outs.pop() else {
+            candle_core::bail!("DualDPT head: no depth output");
+        };
         let depth = logits.narrow(1, 0, 1)?.squeeze(1)?.exp()?;
         let depth_conf = (logits.narrow(1, 1, 1)?.squeeze(1)?.exp()? + 1.0)?;
         if !with_ray {

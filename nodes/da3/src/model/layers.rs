@@ -7,7 +7,8 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use super::ops::{self, ConvExt, LinearExt, Norm, PackedWeight};
+use super::cpu::Half;
+use super::ops::{self, ConvExt, HalfConv, LinearExt, Norm, PackedWeight};
 
 /// `nn.LayerNorm` over the last dim. Statistics are always computed in f32 (candle's CPU
 /// reductions accumulate in the storage type for bf16/f16).
@@ -100,10 +101,12 @@ fn conv_vb(vb: VarBuilder) -> VarBuilder {
     act_vb(vb)
 }
 
-/// A 2-D convolution layer; on the CPU its weights are f32 whatever the precision.
+/// A 2-D convolution layer; on the CPU its weights are f32 whatever the precision (a
+/// [`conv2d_mixed`] layer's are also rounded to bf16 where its kernel runs that type).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
+    half: Option<Arc<HalfConv>>,
 }
 
 impl Conv2d {
@@ -121,7 +124,7 @@ impl Conv2d {
         } else {
             candle_nn::conv2d_no_bias(i, o, k, cfg, vb)?
         };
-        Ok(Self { inner })
+        Ok(Self { inner, half: None })
     }
 }
 
@@ -131,6 +134,10 @@ impl Conv2d {
     }
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()
+    }
+    /// Set for a [`conv2d_mixed`] layer in a bf16 run on the CPU.
+    pub fn half(&self) -> Option<&HalfConv> {
+        self.half.as_deref()
     }
 
     /// `[1x1(relu(·))] (conv(relu?(x)) + residual?)` ([`ops::conv2d`]).
@@ -187,6 +194,27 @@ pub fn conv2d(
     )
 }
 
+/// [`conv2d`] that runs in the mixed precision's half type where a kernel takes it (on the
+/// CPU with a bf16 builder: oneDNN's bf16 convolution, [`ops::upsampled_heads`]); f32
+/// weights are kept for the other paths.
+pub fn conv2d_mixed(
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let half = match Half::of(vb.dtype()) {
+        Some(kind) if vb.device().is_cpu() => HalfConv::new(kind).map(Arc::new),
+        _ => None,
+    };
+    Ok(Conv2d {
+        half,
+        ..conv2d(i, o, k, stride, padding, vb)?
+    })
+}
+
 /// A 1x1 projection of token features (`(o, i, 1, 1)` weight and a bias): on the CPU with
 /// mixed precision the weight stays in the half type, as a linear layer's (the bias f32;
 /// [`ops::conv2d_tokens`] runs it by oneDNN where it has a kernel for the type), elsewhere
@@ -196,6 +224,7 @@ pub fn projection1x1(i: usize, o: usize, vb: VarBuilder) -> Result<Conv2d> {
     let bias = act_vb(vb).get(o, "bias")?;
     Ok(Conv2d {
         inner: candle_nn::Conv2d::new(weight, Some(bias), Conv2dConfig::default()),
+        half: None,
     })
 }
 

@@ -29,6 +29,7 @@
 //! | `conv_transpose.rs` | kernel = stride transposed convolutions |
 //! | `tokens.rs` | DPT token ops: 1x1 projection of token-major features, UV embedding add |
 //! | `resize.rs` | bilinear resize (align corners) |
+//! | `head.rs` | the DPT's full-resolution output heads in bf16 (upsample + oneDNN's channels-last convolution) |
 //! | `norm.rs` | LayerNorm (also the linear layers' pre-norm), fused QK-norm + 2-D RoPE |
 //! | `profile.rs` | per-kernel timers, process CPU time |
 //! | `memory.rs` | allocator settings between frames |
@@ -41,6 +42,7 @@ mod buffers;
 mod conv;
 mod conv_transpose;
 mod half;
+mod head;
 mod linear;
 mod memory;
 mod mkl;
@@ -56,6 +58,7 @@ pub use attention::attention;
 pub use conv::{conv2d, ConvExt};
 pub use conv_transpose::conv_transpose2d_k_eq_s;
 pub use half::{use_half_kernels, Half};
+pub use head::{upsampled_heads, ConvHead, HalfConv};
 pub use linear::{
     linear, pack_weight as pack_linear_weight, weight_layout as linear_weight_layout, LinearExt,
     PackedWeight,

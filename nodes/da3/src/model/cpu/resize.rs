@@ -15,8 +15,11 @@ struct BilinearOp<'a> {
     uv: Option<UvTables<'a>>,
 }
 
+/// One output index's two source indices and their weights.
+pub(super) type Taps = (usize, usize, f32, f32);
+
 /// Source index pairs and weights along one axis, as PyTorch computes them in f32.
-fn bilinear_taps(inp: usize, out: usize) -> Vec<(usize, usize, f32, f32)> {
+pub(super) fn bilinear_taps(inp: usize, out: usize) -> Vec<Taps> {
     let scale = if out > 1 {
         (inp - 1) as f32 / (out - 1) as f32
     } else {
@@ -33,14 +36,12 @@ fn bilinear_taps(inp: usize, out: usize) -> Vec<(usize, usize, f32, f32)> {
         .collect()
 }
 
-type Taps = [(usize, usize, f32, f32)];
-
 /// One plane `p` (rows of `iw`) resized into `o` by the taps along y and x, plus `embed`.
 /// Separable: blend the two source rows (vectorises), then gather along x.
 fn plane(
     p: &[f32],
     iw: usize,
-    (ty, tx): (&Taps, &Taps),
+    (ty, tx): (&[Taps], &[Taps]),
     embed: Option<PlaneEmbed<'_>>,
     o: &mut [f32],
 ) {

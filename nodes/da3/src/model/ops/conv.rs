@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
 
-use super::{cpu, use_kernels, ConvExt};
+use super::{cpu, use_kernels, ConvExt, ConvHead};
 
 /// `[1x1(relu(·))] (conv(relu?(x)) + residual?)` of an NCHW map (`weight` (Co, Ci, kh, kw)).
 pub fn conv2d(
@@ -49,6 +49,42 @@ pub fn conv2d_candle(
         }
         None => Ok(y),
     }
+}
+
+/// The DPT's output heads on one map: `x` upsampled (bilinear, align corners) to `size`
+/// [+ the UV embedding of tables `uv`, as [`super::add_uv_embed`]'s], then per head
+/// `last(relu(conv(·) + bias)) + last_bias`, `conv` a same-padded stride-1 3x3. On the CPU,
+/// heads whose convolution runs in bf16 ([`ConvHead::half`]) take oneDNN's channels-last
+/// kernel band by band; the others upsample once and run [`conv2d`] with the 1x1 fused.
+pub fn upsampled_heads(
+    x: &Tensor,
+    (h, w): (usize, usize),
+    uv: Option<(&[f32], &[f32])>,
+    heads: &[ConvHead<'_>],
+) -> Result<Vec<Tensor>> {
+    if use_kernels(x) {
+        if let Some(outs) = cpu::upsampled_heads(x, (h, w), uv, heads)? {
+            return Ok(outs);
+        }
+    }
+    let up = match uv {
+        Some((ex, ey)) => super::resize_bilinear_ac_uv(x, h, w, ex, ey)?,
+        None => super::resize_bilinear_ac(x, h, w)?,
+    };
+    let same = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    heads
+        .iter()
+        .map(|hd| {
+            let ext = ConvExt {
+                then_1x1: Some((hd.last, hd.last_bias)),
+                ..Default::default()
+            };
+            conv2d(&up, hd.conv, Some(hd.bias), &same, ext)
+        })
+        .collect()
 }
 
 /// Convolution of (B, h·w, C) tokens seen as a (B, C, h, w) map. A 1x1 stride-1 kernel

@@ -32,8 +32,10 @@ use std::sync::OnceLock;
 
 use super::buffers::Mat;
 
+mod conv;
 mod pack;
 
+pub(super) use conv::{conv_bf16_nhwc, ConvBand};
 use pack::packed_md;
 pub(super) use pack::{pack, Packed};
 
@@ -137,6 +139,7 @@ struct Api {
     post_ops_destroy: unsafe extern "C" fn(Handle) -> Status,
     matmul_pd_create:
         unsafe extern "C" fn(*mut Handle, Handle, Handle, Handle, Handle, Handle, Handle) -> Status,
+    conv_pd_create: conv::PdCreate,
     pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
     pd_destroy: unsafe extern "C" fn(Handle) -> Status,
     primitive_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
@@ -237,6 +240,7 @@ fn load() -> Result<Api, String> {
             post_ops_append_eltwise: sym(lib, "dnnl_post_ops_append_eltwise")?,
             post_ops_destroy: sym(lib, "dnnl_post_ops_destroy")?,
             matmul_pd_create: sym(lib, "dnnl_matmul_primitive_desc_create")?,
+            conv_pd_create: sym(lib, "dnnl_convolution_forward_primitive_desc_create")?,
             pd_query: sym(lib, "dnnl_primitive_desc_query")?,
             pd_destroy: sym(lib, "dnnl_primitive_desc_destroy")?,
             primitive_create: sym(lib, "dnnl_primitive_create")?,
@@ -337,6 +341,8 @@ struct ThreadState {
     stream: Handle,
     /// `None`: oneDNN offered only its reference code for this key (declined).
     prims: HashMap<Key, Option<Prim>>,
+    /// The convolutions' ([`conv`]), with their weights reordered in.
+    convs: HashMap<conv::Key, Option<Prim>>,
 }
 
 /// Primitives one thread keeps (a DA3-GIANT forward needs a few hundred).
@@ -503,6 +509,7 @@ fn new_state(api: &Api) -> Option<ThreadState> {
         Some(ThreadState {
             stream,
             prims: HashMap::new(),
+            convs: HashMap::new(),
         })
     }
 }

@@ -1,0 +1,330 @@
+//! oneDNN's convolution: bf16 inputs and weights, f32 accumulation and output, channels last
+//! (NHWC), stride 1, one band of output rows per call. On CPUs with AVX512-BF16 its
+//! `brgconv` kernels run `vdpbf16ps`, on Xeons with AMX the AMX tiles; channels last is the
+//! layout those kernels read (channels-first bf16 has only its im2col + GEMM code, which
+//! measured slower than our f32 Winograd, docs/benchmarks.md, session 16).
+//!
+//! The caller passes the layer's f32 weights (`co × ci × k × k`, as the checkpoint stores
+//! them) with every call; each thread reorders them once into the layout the primitive
+//! picked, when it builds the primitive for a band shape, and keeps both (a layer's band
+//! shapes are few: first, middle and last band). Keys name the layer by a number of its own
+//! ([`super::super::head::HalfConv`]), never by an address that a later model could reuse.
+
+use std::collections::hash_map::Entry;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use super::{
+    api, destroy, with_state, Api, Dims, ExecArg, Handle, Prim, Status, ARG_BIAS, ARG_DST, ARG_SRC,
+    ARG_WEIGHTS, FORMAT_TAG_ANY, MAX_PRIMITIVES, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
+};
+
+/// `dnnl_convolution_forward_primitive_desc_create`.
+pub(super) type PdCreate = unsafe extern "C" fn(
+    *mut Handle,
+    Handle,
+    c_int,
+    c_int,
+    Handle,
+    Handle,
+    Handle,
+    Handle,
+    *const Dims,
+    *const Dims,
+    *const Dims,
+    *const Dims,
+    Handle,
+) -> Status;
+
+const FORWARD_INFERENCE: c_int = 96;
+const CONVOLUTION_DIRECT: c_int = 1;
+const ELTWISE_RELU: c_int = 0x20;
+const BF16: c_int = 2;
+const F32: c_int = 3;
+/// `DNNL_MEMORY_ALLOCATE`: the library allocates the memory object's buffer.
+const ALLOCATE: *mut c_void = usize::MAX as *mut c_void;
+
+/// One call's shape: a band of an NHWC map convolved with a square kernel, stride 1.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(in crate::model::cpu) struct ConvBand {
+    /// Input channels, output channels, kernel size.
+    pub(in crate::model::cpu) ci: usize,
+    pub(in crate::model::cpu) co: usize,
+    pub(in crate::model::cpu) k: usize,
+    /// Rows and columns of the input band (its halo rows included).
+    pub(in crate::model::cpu) rows: usize,
+    pub(in crate::model::cpu) cols: usize,
+    /// Zero padding: top, bottom, and left = right.
+    pub(in crate::model::cpu) pad: (usize, usize, usize),
+    /// ReLU of the output (after the bias).
+    pub(in crate::model::cpu) relu: bool,
+}
+
+impl ConvBand {
+    /// Output rows of the band.
+    pub(in crate::model::cpu) fn out_rows(&self) -> usize {
+        (self.rows + self.pad.0 + self.pad.1 + 1).saturating_sub(self.k)
+    }
+
+    /// Output columns.
+    pub(in crate::model::cpu) fn out_cols(&self) -> usize {
+        (self.cols + 2 * self.pad.2 + 1).saturating_sub(self.k)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    layer: u64,
+    band: ConvBand,
+}
+
+/// A 4-D (1, c, h, w) memory desc with NHWC strides (the caller destroys it).
+unsafe fn md_nhwc(api: &Api, (c, h, w): (usize, usize, usize), dt: c_int) -> Option<Handle> {
+    let mut d: Dims = [0; 12];
+    let mut st: Dims = [0; 12];
+    d[..4].copy_from_slice(&[1, c as i64, h as i64, w as i64]);
+    st[..4].copy_from_slice(&[(h * w * c) as i64, 1, (w * c) as i64, c as i64]);
+    let mut m: Handle = std::ptr::null_mut();
+    ((api.md_create_with_strides)(&mut m, 4, &d, dt, &st) == 0).then_some(m)
+}
+
+/// The implementation oneDNN picked for `pd` ("brgconv:avx512_core_bf16", ...).
+unsafe fn impl_name(api: &Api, pd: Handle) -> String {
+    let mut info: *const c_char = std::ptr::null();
+    let ok = (api.pd_query)(
+        pd,
+        QUERY_IMPL_INFO_STR,
+        0,
+        (&mut info as *mut *const c_char).cast(),
+    );
+    if ok == 0 && !info.is_null() {
+        CStr::from_ptr(info).to_string_lossy().into_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// Build the primitive for `band` and reorder `weight` (f32, co × ci × k × k) into it;
+/// `Ok(None)` where oneDNN has no JIT kernel for it here (its reference code, or its im2col
+/// + GEMM one, would be slower than the f32 kernels).
+unsafe fn create(
+    api: &Api,
+    stream: Handle,
+    band: &ConvBand,
+    weight: &[f32],
+) -> Result<Option<Prim>, String> {
+    let engine = api.engine as Handle;
+    let (ci, co, k) = (band.ci, band.co, band.k);
+    let mut mds: Vec<Handle> = Vec::new();
+    let result = (|| {
+        let src = md_nhwc(api, (ci, band.rows, band.cols), BF16).ok_or("src desc")?;
+        mds.push(src);
+        let dst = md_nhwc(api, (co, band.out_rows(), band.out_cols()), F32).ok_or("dst desc")?;
+        mds.push(dst);
+        let mut wd: Dims = [0; 12];
+        wd[..4].copy_from_slice(&[co as i64, ci as i64, k as i64, k as i64]);
+        let mut wei: Handle = std::ptr::null_mut();
+        if (api.md_create_with_tag)(&mut wei, 4, &wd, BF16, FORMAT_TAG_ANY) != 0 {
+            return Err("weights desc".to_string());
+        }
+        mds.push(wei);
+        let mut user: Handle = std::ptr::null_mut();
+        let mut us: Dims = [0; 12];
+        us[..4].copy_from_slice(&[(ci * k * k) as i64, (k * k) as i64, k as i64, 1]);
+        if (api.md_create_with_strides)(&mut user, 4, &wd, F32, &us) != 0 {
+            return Err("user weights desc".to_string());
+        }
+        mds.push(user);
+        let mut bias: Handle = std::ptr::null_mut();
+        let (mut bd, mut bs): (Dims, Dims) = ([0; 12], [0; 12]);
+        bd[0] = co as i64;
+        bs[0] = 1;
+        if (api.md_create_with_strides)(&mut bias, 1, &bd, F32, &bs) != 0 {
+            return Err("bias desc".to_string());
+        }
+        mds.push(bias);
+        let mut attr: Handle = std::ptr::null_mut();
+        if (api.attr_create)(&mut attr) != 0 {
+            return Err("attr".to_string());
+        }
+        if band.relu {
+            let mut po: Handle = std::ptr::null_mut();
+            let ok = (api.post_ops_create)(&mut po) == 0
+                && (api.post_ops_append_eltwise)(po, ELTWISE_RELU, 0.0, 0.0) == 0
+                && (api.attr_set_post_ops)(attr, po) == 0;
+            if !po.is_null() {
+                (api.post_ops_destroy)(po);
+            }
+            if !ok {
+                (api.attr_destroy)(attr);
+                return Err("relu post-op".to_string());
+            }
+        }
+        let dims2 = |a: usize, b: usize| {
+            let mut d: Dims = [0; 12];
+            d[0] = a as i64;
+            d[1] = b as i64;
+            d
+        };
+        let (strides, dilates) = (dims2(1, 1), dims2(0, 0));
+        let (pl, pr) = (dims2(band.pad.0, band.pad.2), dims2(band.pad.1, band.pad.2));
+        let mut pd: Handle = std::ptr::null_mut();
+        let s = (api.conv_pd_create)(
+            &mut pd,
+            engine,
+            FORWARD_INFERENCE,
+            CONVOLUTION_DIRECT,
+            src,
+            wei,
+            bias,
+            dst,
+            &strides,
+            &dilates,
+            &pl,
+            &pr,
+            attr,
+        );
+        (api.attr_destroy)(attr);
+        if s != 0 {
+            return Ok(None);
+        }
+        let name = impl_name(api, pd);
+        if !(name.starts_with("brg") || name.starts_with("jit")) {
+            tracing::debug!("oneDNN bf16 convolution {band:?}: {name}, declined");
+            (api.pd_destroy)(pd);
+            return Ok(None);
+        }
+        let mut prim: Handle = std::ptr::null_mut();
+        let mut mem: [Handle; 4] = [std::ptr::null_mut(); 4];
+        let packed = (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0);
+        let mut ok = !packed.is_null()
+            && (api.primitive_create)(&mut prim, pd) == 0
+            && (api.memory_create)(&mut mem[0], src, engine, std::ptr::null_mut()) == 0
+            && (api.memory_create)(&mut mem[1], packed, engine, ALLOCATE) == 0
+            && (api.memory_create)(&mut mem[2], dst, engine, std::ptr::null_mut()) == 0
+            && (api.memory_create)(&mut mem[3], bias, engine, std::ptr::null_mut()) == 0;
+        if ok {
+            ok = reorder(api, stream, user, weight.as_ptr(), packed, mem[1]);
+        }
+        (api.pd_destroy)(pd);
+        let p = Prim { prim, mem };
+        if ok {
+            Ok(Some(p))
+        } else {
+            if !p.prim.is_null() {
+                destroy(api, p);
+            }
+            Err("oneDNN bf16 convolution: primitive or weights".to_string())
+        }
+    })();
+    for m in mds {
+        (api.md_destroy)(m);
+    }
+    result
+}
+
+/// Reorder the f32 weights at `from` (desc `user`) into the memory `to` (desc `packed`).
+unsafe fn reorder(
+    api: &Api,
+    stream: Handle,
+    user: Handle,
+    from: *const f32,
+    packed: Handle,
+    to: Handle,
+) -> bool {
+    let engine = api.engine as Handle;
+    let null = std::ptr::null_mut();
+    let (mut pd, mut prim, mut src): (Handle, Handle, Handle) = (null, null, null);
+    let ok = (api.reorder_pd_create)(&mut pd, user, engine, packed, engine, null) == 0
+        && (api.primitive_create)(&mut prim, pd) == 0
+        && (api.memory_create)(&mut src, user, engine, from as *mut c_void) == 0
+        && {
+            let args = [
+                ExecArg {
+                    arg: ARG_SRC,
+                    memory: src,
+                },
+                ExecArg {
+                    arg: ARG_DST,
+                    memory: to,
+                },
+            ];
+            (api.primitive_execute)(prim, stream, 2, args.as_ptr()) == 0
+                && (api.stream_wait)(stream) == 0
+        };
+    if !src.is_null() {
+        (api.memory_destroy)(src);
+    }
+    if !prim.is_null() {
+        (api.primitive_destroy)(prim);
+    }
+    if !pd.is_null() {
+        (api.pd_destroy)(pd);
+    }
+    ok
+}
+
+/// `dst = [relu](conv(src, weight) + bias)` for one band on the calling thread: `src` bf16
+/// bits, NHWC, `band.rows × band.cols × ci`; `dst` f32, NHWC, out_rows × out_cols × co;
+/// `weight` f32 (co, ci, k, k); `bias` co values; `layer` names the weights (the same
+/// number always with the same values). False, having done nothing, where oneDNN is not
+/// loaded or off, or has no JIT kernel for this here (the caller's other kernel runs).
+///
+/// # Safety
+/// `src` and `dst` valid for the sizes above, not overlapping.
+pub(in crate::model::cpu) unsafe fn conv_bf16_nhwc(
+    layer: u64,
+    band: &ConvBand,
+    weight: &[f32],
+    bias: &[f32],
+    src: *const u16,
+    dst: *mut f32,
+) -> bool {
+    let (ci, co, k) = (band.ci, band.co, band.k);
+    if weight.len() != co * ci * k * k || bias.len() != co || band.out_rows() == 0 {
+        return false;
+    }
+    if band.out_cols() == 0 || !crate::tuning::get().dnnl {
+        return false;
+    }
+    let Some(api) = api() else {
+        return false;
+    };
+    let key = Key { layer, band: *band };
+    with_state(api, |state| {
+        let stream = state.stream;
+        if state.convs.len() >= MAX_PRIMITIVES && !state.convs.contains_key(&key) {
+            for p in state.convs.drain().filter_map(|(_, p)| p) {
+                destroy(api, p);
+            }
+        }
+        let entry = match state.convs.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(match create(api, stream, band, weight) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("{e}; this convolution runs in f32");
+                    None
+                }
+            }),
+        };
+        let Some(p) = entry else {
+            return false;
+        };
+        for (i, ptr) in [
+            (0, src as *mut c_void),
+            (2, dst as *mut c_void),
+            (3, bias.as_ptr() as *mut c_void),
+        ] {
+            if (api.memory_set_data_handle)(p.mem[i], ptr) != 0 {
+                return false;
+            }
+        }
+        let kinds = [ARG_SRC, ARG_WEIGHTS, ARG_DST, ARG_BIAS];
+        let args: [ExecArg; 4] = std::array::from_fn(|i| ExecArg {
+            arg: kinds[i],
+            memory: p.mem[i],
+        });
+        (api.primitive_execute)(p.prim, stream, 4, args.as_ptr()) == 0
+            && (api.stream_wait)(stream) == 0
+    })
+}
