@@ -328,3 +328,90 @@ pub(in crate::model::cpu) unsafe fn conv_bf16_nhwc(
             && (api.stream_wait)(stream) == 0
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{loaded, values};
+    use super::*;
+    use crate::model::cpu::half::Half;
+
+    /// Each band shape (first, middle, last, whole map) with and without the ReLU, against
+    /// f64 sums of the same bf16-rounded inputs and weights; a CPU where oneDNN has no JIT
+    /// bf16 convolution must decline.
+    #[test]
+    fn conv_bands_equal_f64_sums() {
+        if !loaded() {
+            return;
+        }
+        let (ci, co, k, cols) = (16usize, 24usize, 3usize, 11usize);
+        let round = |v: &[f32]| -> Vec<f32> {
+            let mut b = vec![0u16; v.len()];
+            Half::Bf16.round_into(v, &mut b);
+            b.iter().map(|&x| Half::Bf16.widen(x)).collect()
+        };
+        let w = values(co * ci * k * k, 31);
+        let bias = values(co, 32);
+        let wr = round(&w);
+        for (rows, pad, relu) in [
+            (6usize, (1usize, 0usize, 1usize), false),
+            (7, (0, 0, 1), true),
+            (6, (0, 1, 1), false),
+            (5, (1, 1, 1), true),
+        ] {
+            let band = ConvBand {
+                ci,
+                co,
+                k,
+                rows,
+                cols,
+                pad,
+                relu,
+            };
+            let x = values(rows * cols * ci, 33 + rows as u64);
+            let mut xb = vec![0u16; x.len()];
+            Half::Bf16.round_into(&x, &mut xb);
+            let xr: Vec<f32> = xb.iter().map(|&b| Half::Bf16.widen(b)).collect();
+            let (oh, ow) = (band.out_rows(), band.out_cols());
+            let mut out = vec![f32::NAN; oh * ow * co];
+            // SAFETY: sizes as documented.
+            let ok = unsafe { conv_bf16_nhwc(7, &band, &w, &bias, xb.as_ptr(), out.as_mut_ptr()) };
+            if !ok {
+                assert!(
+                    !super::super::runs_bf16(),
+                    "bf16 matmul runs here, bf16 conv declined"
+                );
+                eprintln!("no JIT bf16 convolution here: declined");
+                return;
+            }
+            for y in 0..oh {
+                for x0 in 0..ow {
+                    for o in 0..co {
+                        let mut s = bias[o] as f64;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (y + ky) as isize - pad.0 as isize;
+                                let ix = (x0 + kx) as isize - pad.2 as isize;
+                                if iy < 0 || ix < 0 || iy >= rows as isize || ix >= cols as isize {
+                                    continue;
+                                }
+                                for c in 0..ci {
+                                    let xv = xr[(iy as usize * cols + ix as usize) * ci + c];
+                                    let wv = wr[((o * ci + c) * k + ky) * k + kx];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        if relu {
+                            s = s.max(0.0);
+                        }
+                        let got = out[(y * ow + x0) * co + o] as f64;
+                        assert!(
+                            (got - s).abs() < 1e-4,
+                            "{band:?} ({y},{x0},{o}): {got} vs {s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

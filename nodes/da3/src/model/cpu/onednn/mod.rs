@@ -657,7 +657,7 @@ mod tests {
 
     /// Whether the library loaded; a test is skipped where it is absent, and fails where the
     /// build found it but it does not load.
-    fn loaded() -> bool {
+    pub(super) fn loaded() -> bool {
         match version() {
             Ok(_) => true,
             Err(e) => {
@@ -672,7 +672,7 @@ mod tests {
     }
 
     /// Seeded values of `n` elements in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         crate::testing::rand(&[n], seed)
             .to_vec1()
             .expect("host values")
