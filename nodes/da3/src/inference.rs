@@ -1,6 +1,6 @@
 //! The reference API's `inference()` around the network, as its steps: [`prepare`]
 //! (preprocessing, input-camera normalisation), [`forward`], [`package`] (the exported
-//! [`Prediction`]) and [`align`] (outputs to the input cameras, Umeyama scale); [`infer`] runs
+//! [`Prediction`]) and [`align()`] (outputs to the input cameras, Umeyama scale); [`infer`] runs
 //! them in turn. The CLI and the DA3 node both go through these steps.
 
 use candle_core::{DType, Device, Tensor};
@@ -167,14 +167,14 @@ fn mats_tensor<const R: usize, const C: usize>(
     Ok(Tensor::from_vec(flat, (1, m.len(), R, C), device)?)
 }
 
-/// What [`prepare`] hands to [`forward`] and [`align`].
+/// What [`prepare`] hands to [`forward`] and [`align()`].
 #[derive(Debug)]
 pub struct Prepared {
     /// The preprocessed views (input intrinsics, when given, rescaled to them).
     pub batch: PreprocessedBatch,
     /// The forward options, with the normalised input cameras of a pose-conditioned run.
     pub forward: ForwardOptions,
-    /// The input world-to-camera matrices, when given (the cameras [`align`] brings the
+    /// The input world-to-camera matrices, when given (the cameras [`align()`] brings the
     /// outputs to).
     pub cameras: Option<Vec<Mat4<f32>>>,
 }
@@ -328,7 +328,7 @@ pub fn to_metres(model: &Da3Model, prepared: &Prepared, prediction: &mut Predict
 }
 
 /// The reference `inference()` for the npz exports: [`prepare`], [`forward`], [`package`],
-/// [`align`]. Input `extrinsics` are world-to-camera (4x4, or 3x4 padded), input
+/// [`align()`]. Input `extrinsics` are world-to-camera (4x4, or 3x4 padded), input
 /// `intrinsics` in the input images' pixels.
 pub fn infer(
     model: &Da3Model,

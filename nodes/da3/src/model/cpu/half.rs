@@ -56,7 +56,7 @@ impl Half {
 }
 
 /// Whether the half kernels apply to `weight` now: a bf16/f16 tensor, and oneDNN runs its
-/// type here ([`super::onednn::runs`]) or oneMKL is linked and [`crate::tuning::Tuning::mkl`] on.
+/// type here (`onednn::runs`) or oneMKL is linked and [`crate::tuning::Tuning::mkl`] on.
 pub fn use_half_kernels(weight: &Tensor) -> bool {
     Half::of(weight.dtype()).is_some_and(|kind| {
         super::onednn::runs(kind.into()) || (super::mkl::mkl_linked() && crate::tuning::get().mkl)

@@ -30,7 +30,7 @@ enum Weights<'a> {
 const WEIGHT_ROW_PAD: usize = 16;
 
 /// An f32 linear weight `(out, in)` in the layout the linear layers read fastest here: the
-/// transpose, `in` rows of `out` values (padded by [`WEIGHT_ROW_PAD`]), returned as the same
+/// transpose, `in` rows of `out` values (padded by `WEIGHT_ROW_PAD`), returned as the same
 /// `(out, in)` tensor, a strided view of that buffer (every op reads it as before).
 ///
 /// oneDNN's matmul reads these rows in place; given the checkpoint's `(out, in)` rows it

@@ -1,4 +1,4 @@
-//! Per-kernel timing for `da3 bench --profile`: each kernel call goes through [`timed`],
+//! Per-kernel timing for `da3 bench --profile`: each kernel call goes through `timed`,
 //! which records nothing unless [`set_profiling`]`(true)` was called.
 
 use std::borrow::Cow;

@@ -48,7 +48,7 @@ pub fn attention(qkv: &Tensor, prep: QkPrep<'_>, products: DType) -> Result<Tens
 const MAX_SCORE_ELEMS: usize = 1 << 26;
 
 /// [`attention`] by candle's ops: full score matrices (in query chunks of at most
-/// [`MAX_SCORE_ELEMS`] scores), softmax reduced in f32.
+/// `MAX_SCORE_ELEMS` scores), softmax reduced in f32.
 pub fn attention_candle(qkv: &Tensor, prep: QkPrep<'_>) -> Result<Tensor> {
     let (_, b, h, n, hd) = qkv.dims5()?;
     let mut q = qkv.get(0)?.contiguous()?;

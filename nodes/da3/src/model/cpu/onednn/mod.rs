@@ -308,7 +308,7 @@ pub fn enabled() -> bool {
     crate::tuning::get().dnnl && api().is_some()
 }
 
-/// Whether oneDNN runs bf16 GEMMs here with an optimised kernel ([`runs`]).
+/// Whether oneDNN runs bf16 GEMMs here with an optimised kernel (`runs`).
 pub fn runs_bf16() -> bool {
     runs(Input::Bf16)
 }
