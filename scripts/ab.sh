@@ -47,8 +47,15 @@ pb=$!
 lockstep_finish ab "$tmp/a" "$pa" "$pb" || exit 1
 python3 - "$tmp/A" "$tmp/B" "$1" "$2" <<'PY'
 import json, os, statistics, sys
-a, b = (json.loads([l for l in open(p) if l.startswith("{")][-1])["times_ms"] for p in sys.argv[1:3])
+ja, jb = (json.loads([l for l in open(p) if l.startswith("{")][-1]) for p in sys.argv[1:3])
+a, b = ja["times_ms"], jb["times_ms"]
 r = [x / y for x, y in zip(a, b)]
+# What each side's kernels were: a build that lost oneDNN or oneMKL (its build script ran
+# where .venv/lib was missing) still runs, only on the fallback kernels.
+for name, j in (("A", ja), ("B", jb)):
+    print(f"{name}: {j.get('dtype')}, {j.get('onednn')}; half GEMMs: {j.get('half_gemm', '-')[:40]}")
+if (ja.get("onednn"), ja.get("half_gemm")) != (jb.get("onednn"), jb.get("half_gemm")):
+    print("ab: warning: A and B ran different kernel libraries (above)", file=sys.stderr)
 print(f"A ({sys.argv[3] or 'as is'} {os.environ.get('A_ARGS', '')}): {[round(x) for x in a]} ms, median {statistics.median(a):.0f}")
 print(f"B ({sys.argv[4] or 'as is'} {os.environ.get('B_ARGS', '')}): {[round(x) for x in b]} ms, median {statistics.median(b):.0f}")
 print(f"A/B per turn: median {statistics.median(r):.3f}, range {min(r):.3f}-{max(r):.3f}")

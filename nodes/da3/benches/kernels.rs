@@ -1,7 +1,8 @@
 //! Kernel timings on DA3-SMALL shapes: `cargo bench -p da3 --bench kernels`. Prints the
 //! best of several runs of each kernel (attention with strided and contiguous q/k/v, and
 //! with bf16 products, the
-//! DPT's 3x3 convolutions: every stride-1 shape of one view, the ViT block's linear layers
+//! DPT's 3x3 convolutions: every stride-1 shape of one view, the any-view depth head in f32
+//! and bf16, the ViT block's linear layers
 //! with and without their fused extras (f32 weights in the model's layout, one also in the
 //! checkpoint's), one of them with bf16 weights, GELU alone and the matmul peak). The
 //! `DA3_*` tuning variables apply (see `da3::tuning::Tuning`; `DA3_DNNL=0` compares oneDNN).
@@ -9,8 +10,8 @@
 use candle_core::{Device, Tensor};
 use da3::model::cpu::profile::matmul_peak_gflops;
 use da3::model::cpu::{
-    attention, conv2d, gelu_inplace, layer_norm, linear, linear_weight_layout, norm_rope, ConvExt,
-    Half, LinearExt, Norm,
+    attention, conv2d, gelu_inplace, layer_norm, linear, linear_weight_layout, norm_rope,
+    resize_bilinear_ac, upsampled_heads, ConvExt, ConvHead, Half, HalfConv, LinearExt, Norm,
 };
 
 fn best_ms(mut f: impl FnMut()) -> f64 {
@@ -126,6 +127,47 @@ fn main() {
             gf / ms * 1e3
         );
     }
+    // the any-view depth head (DA3-SMALL, one view): 216x288 upsampled to 378x504 + UV
+    // embedding, 3x3 32->32 + ReLU, 1x1 32->2; f32 (resize, then the conv with its 1x1
+    // fused) and bf16 (oneDNN's channels-last convolution, band by band)
+    let x = Tensor::randn(0f32, 1.0, (1, 32, 216, 288), &dev).unwrap();
+    let (w0, b0) = (
+        Tensor::randn(0f32, 0.1, (32, 32, 3, 3), &dev).unwrap(),
+        Tensor::randn(0f32, 0.1, 32, &dev).unwrap(),
+    );
+    let (w1, b1) = (
+        Tensor::randn(0f32, 0.1, (2, 32, 1, 1), &dev).unwrap(),
+        Tensor::randn(0f32, 0.1, 2, &dev).unwrap(),
+    );
+    let (ex, ey) = (vec![0.01f32; 16 * 504], vec![0.02f32; 16 * 378]);
+    let f32_ms = best_ms(|| {
+        let up = resize_bilinear_ac(&x, 378, 504, Some((&ex, &ey))).unwrap();
+        let ext = ConvExt {
+            then_1x1: Some((&w1, Some(&b1))),
+            ..Default::default()
+        };
+        conv2d(&up, &w0, Some(&b0), 1, 1, ext).unwrap();
+    });
+    let half = HalfConv::new(Half::Bf16);
+    let head = ConvHead {
+        conv: &w0,
+        bias: &b0,
+        last: &w1,
+        last_bias: Some(&b1),
+        half: half.as_ref(),
+    };
+    let mut ran = true;
+    let bf16_ms = best_ms(|| {
+        ran = upsampled_heads(&x, (378, 504), Some((&ex, &ey)), &[head])
+            .unwrap()
+            .is_some();
+    });
+    let bf16 = if ran {
+        format!("{bf16_ms:.2} ms")
+    } else {
+        "declined (no oneDNN bf16 convolution here)".into()
+    };
+    println!("depth head 1v (upsample + 3x3 + 1x1): f32 {f32_ms:.2} ms, bf16 {bf16}");
     let x = Tensor::randn(0f32, 1.0, (4, 973, 384), &dev).unwrap();
     // f32 weights in the layout the model keeps them in (a view of the transpose), and as
     // the checkpoint stores them

@@ -6,8 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::config::HeadConfig;
 use super::layers::{
-    conv2d, conv2d_mixed, conv2d_no_bias, conv_transpose2d, projection1x1, Conv2d, ConvTranspose2d,
-    LayerNorm,
+    conv2d, conv2d_no_bias, conv_transpose2d, projection1x1, Conv2d, ConvTranspose2d, LayerNorm,
 };
 use super::ops::{self, resize_bilinear_ac, ConvExt};
 
@@ -310,7 +309,7 @@ impl OutConv2 {
     }
 
     /// Without LayerNorm, the 3x3 in the mixed precision's half type where a kernel takes it
-    /// ([`conv2d_mixed`]): the any-view models' depth head (full DA3-SMALL in bf16: depth
+    /// ([`Conv2d::mixed`]): the any-view models' depth head (full DA3-SMALL in bf16: depth
     /// within 1.2e-2 of the reference, 5e-3 with this 3x3 in f32; bound 2e-2, tested).
     pub fn mixed(cin: usize, mid: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Self::build(cin, mid, cout, false, true, vb)
@@ -324,11 +323,8 @@ impl OutConv2 {
         mixed: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let conv0 = if mixed {
-            conv2d_mixed(cin, mid, 3, 1, 1, vb.pp(0))?
-        } else {
-            conv2d(cin, mid, 3, 1, 1, vb.pp(0))?
-        };
+        let conv0 = conv2d(cin, mid, 3, 1, 1, vb.pp(0))?;
+        let conv0 = if mixed { conv0.mixed(&vb) } else { conv0 };
         let (ln, last_idx) = if with_ln {
             (Some(LayerNorm::new(mid, 1e-5, vb.pp(2))?), 5)
         } else {

@@ -102,7 +102,7 @@ fn conv_vb(vb: VarBuilder) -> VarBuilder {
 }
 
 /// A 2-D convolution layer; on the CPU its weights are f32 whatever the precision (a
-/// [`conv2d_mixed`] layer's are also rounded to bf16 where its kernel runs that type).
+/// [`Conv2d::mixed`] layer's are also rounded to bf16 where its kernel runs that type).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
@@ -135,9 +135,20 @@ impl Conv2d {
     pub fn bias(&self) -> Option<&Tensor> {
         self.inner.bias()
     }
-    /// Set for a [`conv2d_mixed`] layer in a bf16 run on the CPU.
+    /// Set for a [`Conv2d::mixed`] layer in a bf16 run on the CPU.
     pub fn half(&self) -> Option<&HalfConv> {
         self.half.as_deref()
+    }
+
+    /// This layer, run in the mixed precision's half type where a kernel takes it (on the
+    /// CPU with a bf16 builder `vb`: oneDNN's bf16 convolution, [`ops::upsampled_heads`]);
+    /// the f32 weights stay for the other paths.
+    pub fn mixed(self, vb: &VarBuilder) -> Self {
+        let half = match Half::of(vb.dtype()) {
+            Some(kind) if vb.device().is_cpu() => HalfConv::new(kind).map(Arc::new),
+            _ => None,
+        };
+        Self { half, ..self }
     }
 
     /// `[1x1(relu(·))] (conv(relu?(x)) + residual?)` ([`ops::conv2d`]).
@@ -192,27 +203,6 @@ pub fn conv2d(
         true,
         vb,
     )
-}
-
-/// [`conv2d`] that runs in the mixed precision's half type where a kernel takes it (on the
-/// CPU with a bf16 builder: oneDNN's bf16 convolution, [`ops::upsampled_heads`]); f32
-/// weights are kept for the other paths.
-pub fn conv2d_mixed(
-    i: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-    vb: VarBuilder,
-) -> Result<Conv2d> {
-    let half = match Half::of(vb.dtype()) {
-        Some(kind) if vb.device().is_cpu() => HalfConv::new(kind).map(Arc::new),
-        _ => None,
-    };
-    Ok(Conv2d {
-        half,
-        ..conv2d(i, o, k, stride, padding, vb)?
-    })
 }
 
 /// A 1x1 projection of token features (`(o, i, 1, 1)` weight and a bias): on the CPU with
