@@ -7,7 +7,6 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use super::cpu::Half;
 use super::ops::{self, ConvExt, HalfConv, LinearExt, Norm, PackedWeight};
 
 /// `nn.LayerNorm` over the last dim. Statistics are always computed in f32 (candle's CPU
@@ -144,10 +143,7 @@ impl Conv2d {
     /// CPU with a bf16 builder `vb`: oneDNN's bf16 convolution, [`ops::upsampled_heads`]);
     /// the f32 weights stay for the other paths.
     pub fn mixed(self, vb: &VarBuilder) -> Self {
-        let half = match Half::of(vb.dtype()) {
-            Some(kind) if vb.device().is_cpu() => HalfConv::new(kind).map(Arc::new),
-            _ => None,
-        };
+        let half = ops::half_conv(vb.dtype(), vb.device()).map(Arc::new);
         Self { half, ..self }
     }
 

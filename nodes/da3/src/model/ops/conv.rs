@@ -1,9 +1,9 @@
 //! Convolutions: 2-D (with the DPT's fusions), from token-major features, transposed.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
 
-use super::{cpu, use_kernels, ConvExt, ConvHead};
+use super::{cpu, use_kernels, ConvExt, ConvHead, HalfConv};
 
 /// `[1x1(relu(·))] (conv(relu?(x)) + residual?)` of an NCHW map (`weight` (Co, Ci, kh, kw)).
 pub fn conv2d(
@@ -49,6 +49,14 @@ pub fn conv2d_candle(
         }
         None => Ok(y),
     }
+}
+
+/// The name of a convolution layer that runs in the mixed precision's half type where a
+/// kernel takes it ([`upsampled_heads`]), for weights of `dtype` on `device`: on the CPU for
+/// bf16; `None` otherwise (f32, f16, GPU), where the layer runs as any other.
+pub fn half_conv(dtype: DType, device: &Device) -> Option<HalfConv> {
+    let kind = cpu::Half::of(dtype)?;
+    device.is_cpu().then(|| HalfConv::new(kind)).flatten()
 }
 
 /// The DPT's output heads on one map: `x` upsampled (bilinear, align corners) to `size`

@@ -21,7 +21,7 @@ use super::cpu;
 pub use attention::{attention, attention_candle, rope_candle, QkPrep};
 pub use conv::{
     conv2d, conv2d_candle, conv2d_tokens, conv2d_tokens_candle, conv_transpose2d,
-    conv_transpose2d_candle, upsampled_heads,
+    conv_transpose2d_candle, half_conv, upsampled_heads,
 };
 pub use cpu::profile;
 pub use cpu::{
