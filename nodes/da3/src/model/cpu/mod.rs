@@ -22,7 +22,7 @@
 //! | `linear.rs` | fused linear layers (f32 or bf16/f16 weights), the f32 weights' layout, the matmul peak |
 //! | `half.rs` | mixed precision: bf16/f16 weights, activations rounded per block |
 //! | `mkl.rs` | oneMKL's GEMMs (bf16/f16 -> f32; f32 where `Tuning::mkl_f32` asks) |
-//! | `onednn/` | oneDNN's matmul (loaded at run time): linear layers, bf16 and f32; `pack.rs`: weights reordered once into its layout |
+//! | `onednn/` | oneDNN's matmul (loaded at run time): linear layers, bf16 and f32; `pack.rs`: weights reordered once into its layout; `conv.rs`: its bf16 channels-last convolution |
 //! | `attention.rs` | blocked online-softmax attention |
 //! | `conv.rs` | im2col / by-rows convolutions and their fusions |
 //! | `winograd.rs` | Winograd F(2x2, 3x3) and F(4x4, 3x3) |
