@@ -14,8 +14,8 @@ use std::collections::hash_map::Entry;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 use super::{
-    api, destroy, with_state, Api, Dims, ExecArg, Handle, Prim, Status, ARG_BIAS, ARG_DST, ARG_SRC,
-    ARG_WEIGHTS, FORMAT_TAG_ANY, MAX_PRIMITIVES, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
+    api, destroy, reorder, with_state, Api, Dims, ExecArg, Handle, Prim, Status, ARG_BIAS, ARG_DST,
+    ARG_SRC, ARG_WEIGHTS, FORMAT_TAG_ANY, MAX_PRIMITIVES, QUERY_IMPL_INFO_STR, QUERY_WEIGHTS_MD,
 };
 
 /// `dnnl_convolution_forward_primitive_desc_create`.
@@ -203,7 +203,12 @@ unsafe fn create(
             && (api.memory_create)(&mut mem[2], dst, engine, std::ptr::null_mut()) == 0
             && (api.memory_create)(&mut mem[3], bias, engine, std::ptr::null_mut()) == 0;
         if ok {
-            ok = reorder(api, stream, user, weight.as_ptr(), packed, mem[1]);
+            ok = reorder(
+                api,
+                stream,
+                (user, weight.as_ptr().cast()),
+                (packed, mem[1]),
+            );
         }
         (api.pd_destroy)(pd);
         let p = Prim { prim, mem };
@@ -220,47 +225,6 @@ unsafe fn create(
         (api.md_destroy)(m);
     }
     result
-}
-
-/// Reorder the f32 weights at `from` (desc `user`) into the memory `to` (desc `packed`).
-unsafe fn reorder(
-    api: &Api,
-    stream: Handle,
-    user: Handle,
-    from: *const f32,
-    packed: Handle,
-    to: Handle,
-) -> bool {
-    let engine = api.engine as Handle;
-    let null = std::ptr::null_mut();
-    let (mut pd, mut prim, mut src): (Handle, Handle, Handle) = (null, null, null);
-    let ok = (api.reorder_pd_create)(&mut pd, user, engine, packed, engine, null) == 0
-        && (api.primitive_create)(&mut prim, pd) == 0
-        && (api.memory_create)(&mut src, user, engine, from as *mut c_void) == 0
-        && {
-            let args = [
-                ExecArg {
-                    arg: ARG_SRC,
-                    memory: src,
-                },
-                ExecArg {
-                    arg: ARG_DST,
-                    memory: to,
-                },
-            ];
-            (api.primitive_execute)(prim, stream, 2, args.as_ptr()) == 0
-                && (api.stream_wait)(stream) == 0
-        };
-    if !src.is_null() {
-        (api.memory_destroy)(src);
-    }
-    if !prim.is_null() {
-        (api.primitive_destroy)(prim);
-    }
-    if !pd.is_null() {
-        (api.pd_destroy)(pd);
-    }
-    ok
 }
 
 /// `dst = [relu](conv(src, weight) + bias)` for one band on the calling thread: `src` bf16

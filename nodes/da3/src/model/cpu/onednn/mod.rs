@@ -479,6 +479,46 @@ unsafe fn create(api: &Api, key: &Key) -> Result<Option<Prim>, String> {
     result
 }
 
+/// Reorder the values at `from` (desc `from_md`) into the memory object `to` (desc
+/// `to_md`) on `stream`: weights into the layout a primitive reads ([`pack`], [`conv`]).
+unsafe fn reorder(
+    api: &Api,
+    stream: Handle,
+    (from_md, from): (Handle, *const c_void),
+    (to_md, to): (Handle, Handle),
+) -> bool {
+    let engine = api.engine as Handle;
+    let null = std::ptr::null_mut();
+    let (mut pd, mut prim, mut src): (Handle, Handle, Handle) = (null, null, null);
+    let ok = (api.reorder_pd_create)(&mut pd, from_md, engine, to_md, engine, null) == 0
+        && (api.primitive_create)(&mut prim, pd) == 0
+        && (api.memory_create)(&mut src, from_md, engine, from as *mut c_void) == 0
+        && {
+            let args = [
+                ExecArg {
+                    arg: ARG_SRC,
+                    memory: src,
+                },
+                ExecArg {
+                    arg: ARG_DST,
+                    memory: to,
+                },
+            ];
+            (api.primitive_execute)(prim, stream, 2, args.as_ptr()) == 0
+                && (api.stream_wait)(stream) == 0
+        };
+    if !src.is_null() {
+        (api.memory_destroy)(src);
+    }
+    if !prim.is_null() {
+        (api.primitive_destroy)(prim);
+    }
+    if !pd.is_null() {
+        (api.pd_destroy)(pd);
+    }
+    ok
+}
+
 /// The right-hand operand of a matmul: strided, or packed weights ([`Packed`]).
 #[derive(Clone, Copy)]
 pub(super) enum Rhs<'a> {

@@ -3,10 +3,7 @@
 
 use std::ffi::c_void;
 
-use super::{
-    api, md_2d, optimised, with_state, Api, ExecArg, Handle, Input, ARG_DST, ARG_SRC,
-    QUERY_WEIGHTS_MD,
-};
+use super::{api, md_2d, optimised, reorder, with_state, Api, Handle, Input, QUERY_WEIGHTS_MD};
 use crate::model::cpu::buffers::Mat;
 
 /// Rows of the matmul that picks the packed weights' layout ([`packed_md`]). The layout
@@ -130,38 +127,14 @@ pub(in crate::model::cpu) unsafe fn pack(
     if let (Some(layout), Ok(src)) = (layout, &src) {
         let src = *src;
         let buf = std::alloc::alloc(layout);
-        let mut pd: Handle = std::ptr::null_mut();
-        let null = std::ptr::null_mut();
-        let mut prim: Handle = std::ptr::null_mut();
-        let mut mems: [Handle; 2] = [std::ptr::null_mut(); 2];
+        let mut dst: Handle = std::ptr::null_mut();
         let done = !buf.is_null()
-            && (api.reorder_pd_create)(&mut pd, src, engine, packed, engine, null) == 0
-            && (api.primitive_create)(&mut prim, pd) == 0
-            && (api.memory_create)(&mut mems[0], src, engine, w.ptr as *mut c_void) == 0
-            && (api.memory_create)(&mut mems[1], packed, engine, buf.cast()) == 0
+            && (api.memory_create)(&mut dst, packed, engine, buf.cast()) == 0
             && with_state(api, |state| {
-                let stream = state.stream;
-                let args = [
-                    ExecArg {
-                        arg: ARG_SRC,
-                        memory: mems[0],
-                    },
-                    ExecArg {
-                        arg: ARG_DST,
-                        memory: mems[1],
-                    },
-                ];
-                (api.primitive_execute)(prim, stream, 2, args.as_ptr()) == 0
-                    && (api.stream_wait)(stream) == 0
+                reorder(api, state.stream, (src, w.ptr), (packed, dst))
             });
-        for m in mems.into_iter().filter(|m| !m.is_null()) {
-            (api.memory_destroy)(m);
-        }
-        if !prim.is_null() {
-            (api.primitive_destroy)(prim);
-        }
-        if !pd.is_null() {
-            (api.pd_destroy)(pd);
+        if !dst.is_null() {
+            (api.memory_destroy)(dst);
         }
         if done {
             result = Some(Packed {
