@@ -2,6 +2,13 @@
 
 use candle_core::{DType, Device, Tensor};
 
+/// `t` rounded to bf16 and back to f32: the values a bf16 kernel reads.
+pub fn bf16_rounded(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16)
+        .and_then(|r| r.to_dtype(DType::F32))
+        .expect("bf16 round trip")
+}
+
 /// Largest absolute difference `max |a - b|`, computed in f64 (any dtypes; `a` and `b` must
 /// have the same shape).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

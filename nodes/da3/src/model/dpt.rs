@@ -8,7 +8,7 @@ use super::config::HeadConfig;
 use super::layers::{
     conv2d, conv2d_no_bias, conv_transpose2d, projection1x1, Conv2d, ConvTranspose2d, LayerNorm,
 };
-use super::ops::{self, resize_bilinear_ac, ConvExt};
+use super::ops::{self, resize_bilinear_ac, ConvExt, FusionLayers, HalfLayer};
 
 /// Sin-cos embedding of a normalised UV grid, scaled by 0.1, added to an NCHW map.
 /// `(img_w, img_h)` give the aspect ratio of the network input.
@@ -31,6 +31,30 @@ pub fn upsampled_heads(
     let heads = heads.iter().map(|h| h.head()).collect::<Result<Vec<_>>>()?;
     let uv = tables.as_ref().map(|(ex, ey)| (&ex[..], &ey[..]));
     ops::upsampled_heads(x, (oh, ow), uv, &heads)
+}
+
+/// The depth branch's decoder: `heads` ([`upsampled_heads`]) on `conv1(chain(levels))`. One
+/// op where a kernel runs it whole (mixed precision on the CPU, [`ops::fusion_heads`]),
+/// else layer by layer.
+pub fn decoder_heads(
+    chain: &FusionChain,
+    conv1: &Conv2d,
+    levels: &[Tensor],
+    (oh, ow): (usize, usize),
+    uv_img: Option<(usize, usize)>,
+    heads: &[&OutConv2],
+) -> Result<Vec<Tensor>> {
+    let c = conv1.weight().dim(0)?;
+    let tables = uv_img.map(|(img_w, img_h)| uv_tables(c, oh, ow, img_w, img_h));
+    let uv = tables.as_ref().map(|(ex, ey)| (&ex[..], &ey[..]));
+    let hs = heads.iter().map(|h| h.head()).collect::<Result<Vec<_>>>()?;
+    let blocks = chain.layers();
+    let whole = ops::fusion_heads(levels, &blocks, conv1.half_layer(), (oh, ow), uv, &hs)?;
+    if let Some(outs) = whole {
+        return Ok(outs);
+    }
+    let x = conv1.forward(&chain.forward(levels)?)?;
+    ops::upsampled_heads(&x, (oh, ow), uv, &hs)
 }
 
 /// The tables of [`add_uv_pos_embed`] for `c` channels on a `ph × pw` map: the first C/2
@@ -87,6 +111,18 @@ impl ResidualConvUnit {
 }
 
 impl ResidualConvUnit {
+    /// Both convolutions in the mixed precision's half type where a kernel takes them.
+    fn mixed(self, vb: &VarBuilder) -> Self {
+        Self {
+            conv1: self.conv1.mixed(vb),
+            conv2: self.conv2.mixed(vb),
+        }
+    }
+
+    fn layers(&self) -> [HalfLayer<'_>; 2] {
+        [self.conv1.half_layer(), self.conv2.half_layer()]
+    }
+
     /// `conv2(relu(conv1(relu(x)))) + x [+ extra]`, ReLUs and adds fused into the convs on
     /// the CPU path.
     pub fn forward_plus(&self, x: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
@@ -135,6 +171,22 @@ impl FusionBlock {
             res2: ResidualConvUnit::new(f, vb.pp("resConfUnit2"))?,
             out_conv: conv2d(f, f, 1, 1, 0, vb.pp("out_conv"))?,
         })
+    }
+
+    fn mixed(self, vb: &VarBuilder) -> Self {
+        Self {
+            res1: self.res1.map(|r| r.mixed(vb)),
+            res2: self.res2.mixed(vb),
+            out_conv: self.out_conv,
+        }
+    }
+
+    fn layers(&self) -> FusionLayers<'_> {
+        FusionLayers {
+            res1: self.res1.as_ref().map(|r| r.layers()),
+            res2: self.res2.layers(),
+            out_conv: (self.out_conv.weight(), self.out_conv.bias()),
+        }
     }
 
     /// Merge `lateral` (if any), refine, 1x1 conv, upsample to `size` (default 2x).
@@ -282,6 +334,19 @@ impl FusionChain {
         Ok(Self { blocks })
     }
 
+    /// The chain with its 3x3 convolutions in the mixed precision's half type where a
+    /// kernel takes them ([`decoder_heads`]); builder `vb` as [`Conv2d::mixed`]'s.
+    pub fn mixed(self, vb: &VarBuilder) -> Self {
+        Self {
+            blocks: self.blocks.into_iter().map(|b| b.mixed(vb)).collect(),
+        }
+    }
+
+    /// The blocks' layers, refinenet1 first.
+    fn layers(&self) -> Vec<FusionLayers<'_>> {
+        self.blocks.iter().map(|b| b.layers()).collect()
+    }
+
     /// Top-down fusion of the adapted maps [l1, l2, l3, l4]; returns the finest-level output.
     pub fn forward(&self, l: &[Tensor]) -> Result<Tensor> {
         let size = |t: &Tensor| -> Result<(usize, usize)> {
@@ -309,8 +374,9 @@ impl OutConv2 {
     }
 
     /// Without LayerNorm, the 3x3 in the mixed precision's half type where a kernel takes it
-    /// ([`Conv2d::mixed`]): the any-view models' depth head (full DA3-SMALL in bf16: depth
-    /// within 1.2e-2 of the reference, 5e-3 with this 3x3 in f32; bound 2e-2, tested).
+    /// ([`Conv2d::mixed`]): the any-view models' depth head (full DA3-SMALL in bf16, with the
+    /// decoder before it in bf16 too: depth within 1.04e-2 of the reference, 5e-3 with
+    /// every convolution in f32; bound 2e-2, tested).
     pub fn mixed(cin: usize, mid: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Self::build(cin, mid, cout, false, true, vb)
     }

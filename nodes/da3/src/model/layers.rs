@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use super::ops::{self, ConvExt, HalfConv, LinearExt, Norm, PackedWeight};
+use super::ops::{self, ConvExt, HalfConv, HalfLayer, LinearExt, Norm, PackedWeight};
 
 /// `nn.LayerNorm` over the last dim. Statistics are always computed in f32 (candle's CPU
 /// reductions accumulate in the storage type for bf16/f16).
@@ -137,6 +137,15 @@ impl Conv2d {
     /// Set for a [`Conv2d::mixed`] layer in a bf16 run on the CPU.
     pub fn half(&self) -> Option<&HalfConv> {
         self.half.as_deref()
+    }
+
+    /// The layer as the mixed-precision kernels take it ([`ops::fusion_heads`]).
+    pub fn half_layer(&self) -> HalfLayer<'_> {
+        HalfLayer {
+            weight: self.inner.weight(),
+            bias: self.inner.bias(),
+            half: self.half(),
+        }
     }
 
     /// This layer, run in the mixed precision's half type where a kernel takes it (on the

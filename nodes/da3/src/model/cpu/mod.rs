@@ -30,6 +30,7 @@
 //! | `tokens.rs` | DPT token ops: 1x1 projection of token-major features, UV embedding add |
 //! | `resize.rs` | bilinear resize (align corners) |
 //! | `head.rs` | the DPT's full-resolution output heads in bf16 (upsample + oneDNN's channels-last convolution) |
+//! | `decoder.rs` | the any-view DPT's depth decoder in bf16, channels last from the adapted maps to the heads |
 //! | `norm.rs` | LayerNorm (also the linear layers' pre-norm), fused QK-norm + 2-D RoPE |
 //! | `profile.rs` | per-kernel timers, process CPU time |
 //! | `memory.rs` | allocator settings between frames |
@@ -41,6 +42,7 @@ mod attention;
 mod buffers;
 mod conv;
 mod conv_transpose;
+mod decoder;
 mod half;
 mod head;
 mod linear;
@@ -57,6 +59,7 @@ mod winograd;
 pub use attention::attention;
 pub use conv::{conv2d, ConvExt};
 pub use conv_transpose::conv_transpose2d_k_eq_s;
+pub use decoder::{fusion_heads, FusionLayers, HalfLayer};
 pub use half::{use_half_kernels, Half};
 pub use head::{upsampled_heads, ConvHead, HalfConv};
 pub use linear::{

@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::{contiguous_f32, output_buffer};
+use super::buffers::{contiguous_f32, output_buffer, with_scratch};
 use super::profile::timed;
 use super::tokens::{PlaneEmbed, UvTables};
 
@@ -34,6 +34,53 @@ pub(super) fn bilinear_taps(inp: usize, out: usize) -> Vec<Taps> {
             (i0, i1, 1.0 - l1, l1)
         })
         .collect()
+}
+
+/// Output row of a channels-last map `xt` (rows of `iw × c`) resized: source rows by the
+/// taps `ty` along y (blended into `tmp`, `iw × c` values), then each output pixel's `c`
+/// channels by its taps along x, into `row` (`ow × c` values, `ow` = `tx.len()`). The same
+/// sums in the same order as [`plane`]'s.
+pub(super) fn row_channels_last(
+    xt: &[f32],
+    (c, iw): (usize, usize),
+    (y0, y1, wy0, wy1): Taps,
+    tx: &[Taps],
+    tmp: &mut [f32],
+    row: &mut [f32],
+) {
+    let (a, b) = (&xt[y0 * iw * c..][..iw * c], &xt[y1 * iw * c..][..iw * c]);
+    for ((t, a), b) in tmp.iter_mut().zip(a).zip(b) {
+        *t = wy0 * a + wy1 * b;
+    }
+    for (r, &(x0, x1, wx0, wx1)) in row.chunks_exact_mut(c).zip(tx) {
+        let (a, b) = (&tmp[x0 * c..(x0 + 1) * c], &tmp[x1 * c..(x1 + 1) * c]);
+        for ((r, a), b) in r.iter_mut().zip(a).zip(b) {
+            *r = wx0 * a + wx1 * b;
+        }
+    }
+}
+
+/// A channels-last map (B, ih, iw, C) resized to (B, oh, ow, C), bilinear with aligned
+/// corners (as [`resize_bilinear_ac`] does channels first).
+pub(super) fn resize_channels_last(
+    xt: &[f32],
+    (b, c, ih, iw): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let (ty, tx) = (bilinear_taps(ih, oh), bilinear_taps(iw, ow));
+    let mut out = output_buffer(b * oh * ow * c);
+    timed("bilinear", 0.0, || {
+        out.par_chunks_mut(ow * c)
+            .enumerate()
+            .for_each(|(vy, row)| {
+                let (v, y) = (vy / oh, vy % oh);
+                let src = &xt[v * ih * iw * c..(v + 1) * ih * iw * c];
+                with_scratch(iw * c, |tmp| {
+                    row_channels_last(src, (c, iw), ty[y], &tx, tmp, row);
+                });
+            });
+    });
+    out
 }
 
 /// One plane `p` (rows of `iw`) resized into `o` by the taps along y and x, plus `embed`.

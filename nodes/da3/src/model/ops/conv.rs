@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
 
-use super::{cpu, use_kernels, ConvExt, ConvHead, HalfConv};
+use super::{cpu, use_kernels, ConvExt, ConvHead, FusionLayers, HalfConv, HalfLayer};
 
 /// `[1x1(relu(·))] (conv(relu?(x)) + residual?)` of an NCHW map (`weight` (Co, Ci, kh, kw)).
 pub fn conv2d(
@@ -93,6 +93,26 @@ pub fn upsampled_heads(
             conv2d(&up, hd.conv, Some(hd.bias), &same, ext)
         })
         .collect()
+}
+
+/// The any-view DPT's depth decoder in one op, where a kernel runs it whole: `levels` (the
+/// four adapted maps, finest first) fused top-down by `blocks` (refinenet1..4, each
+/// block's output resized to the next finer level, refinenet1's to twice its size), then
+/// `conv1` and the output `heads` as [`upsampled_heads`] runs them. On the CPU with mixed
+/// precision (every layer with its bf16 form, [`half_conv`]) oneDNN's channels-last bf16
+/// kernels run it; `Ok(None)` otherwise, and the caller runs the layers one by one.
+pub fn fusion_heads(
+    levels: &[Tensor],
+    blocks: &[FusionLayers<'_>],
+    conv1: HalfLayer<'_>,
+    out: (usize, usize),
+    uv: Option<(&[f32], &[f32])>,
+    heads: &[ConvHead<'_>],
+) -> Result<Option<Vec<Tensor>>> {
+    match levels.first() {
+        Some(l) if use_kernels(l) => cpu::fusion_heads(levels, blocks, conv1, out, uv, heads),
+        _ => Ok(None),
+    }
 }
 
 /// Convolution of (B, h·w, C) tokens seen as a (B, C, h, w) map. A 1x1 stride-1 kernel

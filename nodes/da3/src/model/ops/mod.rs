@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `mod.rs` | [`layer_norm`], [`linear`], [`resize_bilinear_ac`], [`add_uv_embed`], [`resize_bilinear_ac_uv`] |
 //! | `attention.rs` | [`attention`] (QK-norm and 2-D RoPE included), [`rope_candle`] |
-//! | `conv.rs` | [`conv2d`], [`conv2d_tokens`], [`conv_transpose2d`], [`upsampled_heads`] |
+//! | `conv.rs` | [`conv2d`], [`conv2d_tokens`], [`conv_transpose2d`], [`upsampled_heads`], [`fusion_heads`] |
 //!
 //! [`Tuning::cpu_kernels`]: crate::tuning::Tuning::cpu_kernels
 
@@ -21,12 +21,12 @@ use super::cpu;
 pub use attention::{attention, attention_candle, rope_candle, QkPrep};
 pub use conv::{
     conv2d, conv2d_candle, conv2d_tokens, conv2d_tokens_candle, conv_transpose2d,
-    conv_transpose2d_candle, half_conv, upsampled_heads,
+    conv_transpose2d_candle, fusion_heads, half_conv, upsampled_heads,
 };
 pub use cpu::profile;
 pub use cpu::{
     keep_freed_memory, mkl_linked, mkl_version, onednn_describe, onednn_runs_bf16, onednn_version,
-    ConvExt, ConvHead, HalfConv, LinearExt, Norm, PackedWeight,
+    ConvExt, ConvHead, FusionLayers, HalfConv, HalfLayer, LinearExt, Norm, PackedWeight,
 };
 
 /// Whether `t` takes the f32 CPU kernels (f32, on the CPU, kernels not switched off).

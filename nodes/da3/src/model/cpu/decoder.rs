@@ -1,0 +1,517 @@
+//! The DPT's top-down decoder in bf16, channels last: the fusion blocks (refinenet4..1),
+//! `output_conv1` and the output heads ([`super::head`]) of the any-view models' depth
+//! branch, for mixed precision.
+//!
+//! oneDNN's bf16 convolution reads channels last, and converting each map to that layout
+//! and back around every convolution costs about what bf16 saves on a CPU without AMX
+//! (docs/benchmarks.md, sessions 16 and 18). Here the four adapted maps are made channels
+//! last once, every map after them stays channels last (f32 between the convolutions,
+//! rounded to bf16 band by band as each 3x3 reads it), and the heads read the last one as
+//! it is: no conversion back. Residual sums, the 1x1 `out_conv`s and the resizes stay in
+//! f32, as in the f32 path.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{bail, Result, Tensor};
+use rayon::prelude::*;
+
+use super::buffers::{
+    bias_values, channels_last, chunk_len, output_buffer, sgemm, with_f32, Mat, SyncPtr,
+};
+use super::half::Half;
+use super::head::{heads_channels_last, ConvHead, HalfConv};
+use super::onednn::{conv_bf16_nhwc, ConvBand};
+use super::profile::timed;
+use super::resize::resize_channels_last;
+
+/// A 3x3 stride-1 same-padded convolution layer: f32 weights (co, ci, 3, 3), bias, and its
+/// name for oneDNN's caches where it runs in bf16 ([`HalfConv`]; else the f32 path runs).
+#[derive(Clone, Copy)]
+pub struct HalfLayer<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub half: Option<&'a HalfConv>,
+}
+
+/// One fusion block: `y = x [+ res1(lateral)]`, `z = res2(y)`, then `out_conv` (1x1) and
+/// the resize. Each residual unit is `conv2(relu(conv1(relu(·)))) + ·`.
+#[derive(Clone, Copy)]
+pub struct FusionLayers<'a> {
+    /// `[conv1, conv2]` of the unit that refines the lateral map (not in refinenet4).
+    pub res1: Option<[HalfLayer<'a>; 2]>,
+    pub res2: [HalfLayer<'a>; 2],
+    /// (c, c, 1, 1) and its bias.
+    pub out_conv: (&'a Tensor, Option<&'a Tensor>),
+}
+
+/// Output rows per task of a convolution. At 108x144 and 64 channels oneDNN's bf16 kernel
+/// ran 2.8-2.9 ms with 8 or 16 rows and 3.3 with 32 (AMD Zen 4, 2 threads).
+const BAND: usize = 8;
+
+/// A layer's host values.
+struct Layer {
+    id: u64,
+    ci: usize,
+    co: usize,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Layer {
+    /// `None` where the layer has no bf16 form.
+    fn new(l: &HalfLayer<'_>) -> Result<Option<Layer>> {
+        let Some(half) = l.half else {
+            return Ok(None);
+        };
+        let (co, ci, kh, kw) = l.weight.dims4()?;
+        if (kh, kw) != (3, 3) {
+            bail!("da3-dpt-decoder: a {kh}x{kw} kernel where a 3x3 one is expected");
+        }
+        Ok(Some(Layer {
+            id: half.id(),
+            ci,
+            co,
+            w: l.weight.flatten_all()?.to_vec1()?,
+            b: bias_values(l.bias)?.unwrap_or_else(|| vec![0.0; co]),
+        }))
+    }
+}
+
+thread_local! {
+    /// A task's input band in bf16, and one f32 row for the ReLU before rounding.
+    static BAND_BUFS: RefCell<(Vec<u16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A channels-last map: (B, h, w, C) values.
+struct Map {
+    v: Vec<f32>,
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Map {
+    fn from_nchw(t: &Tensor) -> Result<Map> {
+        let (b, c, h, w) = t.dims4()?;
+        let t = t.contiguous()?;
+        let v = timed("channels-last", 0.0, || {
+            with_f32(&t, |xs, l| {
+                Ok(channels_last(&xs[l.start_offset()..], (b, c, h, w)))
+            })
+        })?;
+        Ok(Map { v, b, c, h, w })
+    }
+}
+
+/// `[relu](conv(relu?(x)) + bias) + Σ residuals` of a channels-last map, the 3x3 in bf16
+/// by oneDNN (f32 sums), band by band; `None` where oneDNN declined.
+fn conv3x3(
+    layer: &Layer,
+    x: &Map,
+    (relu_in, relu_out): (bool, bool),
+    residuals: &[&Map],
+) -> Result<Option<Map>> {
+    let (b, h, w) = (x.b, x.h, x.w);
+    let (ci, co) = (layer.ci, layer.co);
+    if x.c != ci
+        || residuals
+            .iter()
+            .any(|r| (r.b, r.h, r.w, r.c) != (b, h, w, co))
+    {
+        bail!(
+            "da3-dpt-decoder: a {ci}->{co} convolution on a {}-channel map",
+            x.c
+        );
+    }
+    let flops = 2.0 * (b * h * w * ci * co * 9) as f64;
+    let mut y = output_buffer(b * h * w * co);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let declined = AtomicBool::new(false);
+    let bands = h.div_ceil(BAND);
+    timed("conv-bf16", flops, || {
+        (0..b * bands).into_par_iter().for_each(|task| {
+            let (v, r0) = (task / bands, (task % bands) * BAND);
+            if declined.load(Ordering::Relaxed) {
+                return;
+            }
+            let r1 = (r0 + BAND).min(h);
+            // Input rows r0-1 ..= r1 where they exist (padding 1).
+            let (s0, s1) = (r0.saturating_sub(1), (r1 + 1).min(h));
+            let rows = &x.v[(v * h + s0) * w * ci..(v * h + s1) * w * ci];
+            BAND_BUFS.with(|bufs| {
+                let (src, tmp) = &mut *bufs.borrow_mut();
+                src.resize(rows.len().max(src.len()), 0);
+                tmp.resize((w * ci).max(tmp.len()), 0.0);
+                let src = &mut src[..rows.len()];
+                for (s, d) in rows.chunks_exact(w * ci).zip(src.chunks_exact_mut(w * ci)) {
+                    if relu_in {
+                        let t = &mut tmp[..w * ci];
+                        for (t, s) in t.iter_mut().zip(s) {
+                            *t = s.max(0.0);
+                        }
+                        Half::Bf16.round_into(t, d);
+                    } else {
+                        Half::Bf16.round_into(s, d);
+                    }
+                }
+                let band = ConvBand {
+                    ci,
+                    co,
+                    k: 3,
+                    rows: s1 - s0,
+                    cols: w,
+                    pad: (usize::from(r0 == 0), usize::from(r1 == h), 1),
+                    relu: relu_out,
+                };
+                debug_assert_eq!(band.out_rows(), r1 - r0);
+                let at = (v * h + r0) * w * co;
+                let n = (r1 - r0) * w * co;
+                // SAFETY: `src` holds the band's rows × w × ci values; rows r0..r1 of view
+                // v (n values from `at`) are this task's alone.
+                let done = unsafe {
+                    conv_bf16_nhwc(
+                        layer.id,
+                        &band,
+                        &layer.w,
+                        &layer.b,
+                        src.as_ptr(),
+                        yp.get().add(at),
+                    )
+                };
+                if !done {
+                    declined.store(true, Ordering::Relaxed);
+                    return;
+                }
+                // SAFETY: as above.
+                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(at), n) };
+                for r in residuals {
+                    for (o, a) in out.iter_mut().zip(&r.v[at..at + n]) {
+                        *o += a;
+                    }
+                }
+            });
+        })
+    });
+    Ok((!declined.into_inner()).then_some(Map { v: y, c: co, ..*x }))
+}
+
+/// `out_conv`, a 1x1 convolution in f32, of a channels-last map: one GEMM per band of
+/// pixels, (pixels × c) · Wᵀ + bias.
+fn conv1x1(x: &Map, (weight, bias): (&Tensor, Option<&Tensor>)) -> Result<Map> {
+    let (co, ci, _, _) = weight.dims4()?;
+    if ci != x.c || weight.dims()[2..] != [1, 1] {
+        bail!(
+            "da3-dpt-decoder: 1x1 weights {:?} for {} channels",
+            weight.dims(),
+            x.c
+        );
+    }
+    let w = weight.flatten_all()?.to_vec1::<f32>()?;
+    let bias = bias_values(bias)?;
+    let p = x.b * x.h * x.w;
+    let mut y = output_buffer(p * co);
+    let rows = chunk_len(p, 64);
+    timed("conv1x1", 2.0 * (p * ci * co) as f64, || {
+        y.par_chunks_mut(rows * co)
+            .zip(x.v.par_chunks(rows * ci))
+            .for_each(|(o, xs)| {
+                let m = xs.len() / ci;
+                if let Some(b) = &bias {
+                    for row in o.chunks_exact_mut(co) {
+                        row.copy_from_slice(b);
+                    }
+                }
+                // SAFETY: `o` is m × co, `xs` m × ci, `w` co × ci (read as ci × co columns).
+                unsafe {
+                    sgemm(
+                        (m, co, ci),
+                        Mat::rows(o.as_mut_ptr(), co),
+                        bias.is_some(),
+                        Mat::rows(xs.as_ptr(), ci),
+                        Mat::cols(w.as_ptr(), ci),
+                        1.0,
+                    )
+                }
+            })
+    });
+    Ok(Map { v: y, c: co, ..*x })
+}
+
+/// The any-view DPT's depth decoder with mixed precision: `levels` (the four adapted maps,
+/// (B, C, h_i, w_i), finest first) fused top-down by `blocks` (refinenet1..4), each block's
+/// output resized to the next finer level's size (refinenet1's to twice its own), then
+/// `conv1` (`output_conv1`) and the output `heads` as [`super::upsampled_heads`] runs them.
+/// The same sums as the f32 path with every 3x3's input and weights rounded to bf16.
+/// `Ok(None)` where a layer has no bf16 form or oneDNN declined (the caller runs the f32
+/// path; nothing is returned half done).
+pub fn fusion_heads(
+    levels: &[Tensor],
+    blocks: &[FusionLayers<'_>],
+    conv1: HalfLayer<'_>,
+    out: (usize, usize),
+    uv: Option<(&[f32], &[f32])>,
+    heads: &[ConvHead<'_>],
+) -> Result<Option<Vec<Tensor>>> {
+    if levels.len() != 4 || blocks.len() != 4 {
+        bail!(
+            "da3-dpt-decoder: 4 levels and 4 blocks, got {} and {}",
+            levels.len(),
+            blocks.len()
+        );
+    }
+    if heads.iter().any(|h| h.half.is_none()) {
+        return Ok(None);
+    }
+    let layer = |l: &HalfLayer<'_>| Layer::new(l);
+    let mut units = Vec::with_capacity(4);
+    for blk in blocks {
+        let res1 = match &blk.res1 {
+            Some([a, b]) => match (layer(a)?, layer(b)?) {
+                (Some(a), Some(b)) => Some([a, b]),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        let (Some(a), Some(b)) = (layer(&blk.res2[0])?, layer(&blk.res2[1])?) else {
+            return Ok(None);
+        };
+        units.push((res1, [a, b]));
+    }
+    let Some(conv1) = layer(&conv1)? else {
+        return Ok(None);
+    };
+    let lv = levels
+        .iter()
+        .map(Map::from_nchw)
+        .collect::<Result<Vec<_>>>()?;
+    let mut x: Option<Map> = None;
+    for k in (0..4).rev() {
+        let (res1, [c1, c2]) = &units[k];
+        let l = &lv[k];
+        // y = x + res1(l), or l itself at the coarsest level
+        let y = match (res1, &x) {
+            (Some([r1, r2]), Some(x)) => {
+                let Some(t) = conv3x3(r1, l, (true, true), &[])? else {
+                    return Ok(None);
+                };
+                let Some(y) = conv3x3(r2, &t, (false, false), &[l, x])? else {
+                    return Ok(None);
+                };
+                y
+            }
+            (None, None) => Map {
+                v: l.v.clone(),
+                ..*l
+            },
+            _ => bail!(
+                "da3-dpt-decoder: refinenet{} without its lateral unit",
+                k + 1
+            ),
+        };
+        let Some(t) = conv3x3(c1, &y, (true, true), &[])? else {
+            return Ok(None);
+        };
+        let Some(z) = conv3x3(c2, &t, (false, false), &[&y])? else {
+            return Ok(None);
+        };
+        // 1x1 first, then the resize (both linear per channel, equal up to rounding: as
+        // the f32 path's `FusionBlock::forward`).
+        let o = conv1x1(&z, blocks[k].out_conv)?;
+        let (th, tw) = match k {
+            0 => (2 * o.h, 2 * o.w),
+            _ => (lv[k - 1].h, lv[k - 1].w),
+        };
+        let v = resize_channels_last(&o.v, (o.b, o.c, o.h, o.w), (th, tw));
+        x = Some(Map {
+            v,
+            h: th,
+            w: tw,
+            ..o
+        });
+    }
+    let Some(x) = x else {
+        bail!("da3-dpt-decoder: no levels");
+    };
+    let Some(m) = conv3x3(&conv1, &x, (false, false), &[])? else {
+        return Ok(None);
+    };
+    let dev = levels[0].device();
+    heads_channels_last(m.v, (m.b, m.c, m.h, m.w), out, uv, heads, dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cpu::{conv2d, resize_bilinear_ac, upsampled_heads, ConvExt};
+    use crate::testing::{bf16_rounded as bf16, max_rel_err, rand};
+
+    /// Random layer weights, scaled so that the maps stay of order one through the chain.
+    fn weights(shape: &[usize], seed: u64) -> Tensor {
+        (rand(shape, seed) * 0.15).unwrap()
+    }
+
+    /// A 3x3 layer's owned weights and its bf16 name.
+    struct Owned {
+        w: Tensor,
+        b: Tensor,
+        half: Option<HalfConv>,
+    }
+
+    impl Owned {
+        fn new(ci: usize, co: usize, seed: u64) -> Owned {
+            Owned {
+                w: weights(&[co, ci, 3, 3], seed),
+                b: weights(&[co], seed + 1),
+                half: HalfConv::new(Half::Bf16),
+            }
+        }
+        fn layer(&self) -> HalfLayer<'_> {
+            HalfLayer {
+                weight: &self.w,
+                bias: Some(&self.b),
+                half: self.half.as_ref(),
+            }
+        }
+        /// The layer by the f32 kernels on bf16-rounded inputs and weights: `[relu](conv(
+        /// relu?(x))) + Σ residuals`, the sums the decoder computes (in another order).
+        fn rounded(
+            &self,
+            x: &Tensor,
+            (relu_in, relu_out): (bool, bool),
+            res: &[&Tensor],
+        ) -> Tensor {
+            let x = if relu_in {
+                x.relu().unwrap()
+            } else {
+                x.clone()
+            };
+            let y = conv2d(
+                &bf16(&x),
+                &bf16(&self.w),
+                Some(&self.b),
+                1,
+                1,
+                ConvExt::default(),
+            )
+            .unwrap();
+            let mut y = if relu_out { y.relu().unwrap() } else { y };
+            for r in res {
+                y = (y + *r).unwrap();
+            }
+            y
+        }
+    }
+
+    /// Two views, four levels down to 2x2, 8 channels, every block and a head with the UV
+    /// embedding: against the same network by the f32 kernels on the values the decoder
+    /// rounds (equal up to the order of the sums, and the odd bf16 rounding that order
+    /// flips), and against plain f32 within bf16's error. A layer without its bf16 form
+    /// leaves the whole decoder to the caller; a CPU without oneDNN's bf16 convolution
+    /// must decline, not guess.
+    #[test]
+    fn decoder_matches_f32_kernels_on_rounded_values() {
+        let (c, b) = (8usize, 2usize);
+        let sizes = [(12usize, 10usize), (6, 5), (3, 3), (2, 2)];
+        let levels: Vec<Tensor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(h, w))| rand(&[b, c, h, w], 40 + i as u64))
+            .collect();
+        let units: Vec<[Owned; 4]> = (0..4u64)
+            .map(|i| std::array::from_fn(|j| Owned::new(c, c, 100 + 10 * i + 2 * j as u64)))
+            .collect();
+        let outs: Vec<(Tensor, Tensor)> = (0..4u64)
+            .map(|i| (weights(&[c, c, 1, 1], 200 + i), weights(&[c], 210 + i)))
+            .collect();
+        let blocks: Vec<FusionLayers<'_>> = (0..4)
+            .map(|i| FusionLayers {
+                res1: (i < 3).then(|| [units[i][0].layer(), units[i][1].layer()]),
+                res2: [units[i][2].layer(), units[i][3].layer()],
+                out_conv: (&outs[i].0, Some(&outs[i].1)),
+            })
+            .collect();
+        let conv1 = Owned::new(c, c / 2, 300);
+        let (mid, (oh, ow)) = (6usize, (30usize, 26usize));
+        let head_half = HalfConv::new(Half::Bf16);
+        let (hw, hb) = (weights(&[mid, c / 2, 3, 3], 310), weights(&[mid], 311));
+        let (lw, lb) = (weights(&[2, mid, 1, 1], 312), weights(&[2], 313));
+        let heads = [ConvHead {
+            conv: &hw,
+            bias: &hb,
+            last: &lw,
+            last_bias: Some(&lb),
+            half: head_half.as_ref(),
+        }];
+        let ex = rand(&[c / 4 * ow], 320).to_vec1::<f32>().unwrap();
+        let ey = rand(&[c / 4 * oh], 321).to_vec1::<f32>().unwrap();
+        let uv = Some((&ex[..], &ey[..]));
+        let got = fusion_heads(&levels, &blocks, conv1.layer(), (oh, ow), uv, &heads).unwrap();
+        let Some(got) = got else {
+            assert!(
+                !super::super::onednn::runs_bf16(),
+                "oneDNN runs bf16 matmuls here but the decoder declined"
+            );
+            eprintln!("no oneDNN bf16 convolution here: declined (the f32 path runs)");
+            return;
+        };
+        // The same network on the values the decoder rounds, and in plain f32.
+        for rounded in [true, false] {
+            let conv = |o: &Owned, x: &Tensor, relus: (bool, bool), res: &[&Tensor]| {
+                if rounded {
+                    return o.rounded(x, relus, res);
+                }
+                let x = if relus.0 {
+                    x.relu().unwrap()
+                } else {
+                    x.clone()
+                };
+                let y = conv2d(&x, &o.w, Some(&o.b), 1, 1, ConvExt::default()).unwrap();
+                let mut y = if relus.1 { y.relu().unwrap() } else { y };
+                for r in res {
+                    y = (y + *r).unwrap();
+                }
+                y
+            };
+            let mut x: Option<Tensor> = None;
+            for k in (0..4).rev() {
+                let u = &units[k];
+                let l = &levels[k];
+                let y = match &x {
+                    Some(x) => {
+                        let t = conv(&u[0], l, (true, true), &[]);
+                        conv(&u[1], &t, (false, false), &[l, x])
+                    }
+                    None => l.clone(),
+                };
+                let t = conv(&u[2], &y, (true, true), &[]);
+                let z = conv(&u[3], &t, (false, false), &[&y]);
+                let o = conv2d(&z, &outs[k].0, Some(&outs[k].1), 1, 0, ConvExt::default());
+                let (th, tw) = if k == 0 { (24, 20) } else { sizes[k - 1] };
+                x = Some(resize_bilinear_ac(&o.unwrap(), th, tw, None).unwrap());
+            }
+            let m = conv(&conv1, &x.unwrap(), (false, false), &[]);
+            let want = if rounded {
+                upsampled_heads(&m, (oh, ow), uv, &heads).unwrap().unwrap()
+            } else {
+                let up = resize_bilinear_ac(&m, oh, ow, uv).unwrap();
+                let ext = ConvExt {
+                    then_1x1: Some((&lw, Some(&lb))),
+                    ..Default::default()
+                };
+                vec![conv2d(&up, &hw, Some(&hb), 1, 1, ext).unwrap()]
+            };
+            assert_eq!(got[0].dims(), &[b, 2, oh, ow]);
+            let e = max_rel_err(&got[0], &want[0]);
+            eprintln!("rounded {rounded}: {e:.1e}");
+            let bound = if rounded { 1e-3 } else { 2e-2 };
+            assert!(e < bound, "rounded {rounded}: {e}");
+        }
+        // One layer without its bf16 form: the caller's path.
+        let mut partial = blocks.clone();
+        partial[2].res2[1].half = None;
+        let none = fusion_heads(&levels, &partial, conv1.layer(), (oh, ow), uv, &heads).unwrap();
+        assert!(none.is_none());
+    }
+}
