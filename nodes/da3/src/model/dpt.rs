@@ -33,28 +33,32 @@ pub fn upsampled_heads(
     ops::upsampled_heads(x, (oh, ow), uv, &heads)
 }
 
-/// The depth branch's decoder: `heads` ([`upsampled_heads`]) on `conv1(chain(levels))`. One
-/// op where a kernel runs it whole (mixed precision on the CPU, [`ops::fusion_heads`]),
-/// else layer by layer.
+/// The depth branch's decoder: `heads` ([`upsampled_heads`]) on
+/// `conv1(chain(neck.adapt(resized)))`, `resized` from [`DptNeck::forward_resized`]. One op
+/// where a kernel runs it whole (mixed precision on the CPU, [`ops::fusion_heads`]), else
+/// layer by layer; the adapted maps come back when that path made them (the other branch
+/// of a dual head reads them too).
 pub fn decoder_heads(
-    chain: &FusionChain,
-    conv1: &Conv2d,
-    levels: &[Tensor],
+    (neck, chain, conv1): (&DptNeck, &FusionChain, &Conv2d),
+    resized: &[Tensor],
     (oh, ow): (usize, usize),
     uv_img: Option<(usize, usize)>,
     heads: &[&OutConv2],
-) -> Result<Vec<Tensor>> {
+) -> Result<(Vec<Tensor>, Option<Vec<Tensor>>)> {
     let c = conv1.weight().dim(0)?;
     let tables = uv_img.map(|(img_w, img_h)| uv_tables(c, oh, ow, img_w, img_h));
     let uv = tables.as_ref().map(|(ex, ey)| (&ex[..], &ey[..]));
     let hs = heads.iter().map(|h| h.head()).collect::<Result<Vec<_>>>()?;
+    let adapters: Vec<HalfLayer<'_>> = neck.layer_rn.iter().map(|c| c.half_layer()).collect();
     let blocks = chain.layers();
-    let whole = ops::fusion_heads(levels, &blocks, conv1.half_layer(), (oh, ow), uv, &hs)?;
+    let conv1_half = conv1.half_layer();
+    let whole = ops::fusion_heads(resized, &adapters, &blocks, conv1_half, (oh, ow), uv, &hs)?;
     if let Some(outs) = whole {
-        return Ok(outs);
+        return Ok((outs, None));
     }
-    let x = conv1.forward(&chain.forward(levels)?)?;
-    ops::upsampled_heads(&x, (oh, ow), uv, &hs)
+    let l = neck.adapt(resized)?;
+    let x = conv1.forward(&chain.forward(&l)?)?;
+    Ok((ops::upsampled_heads(&x, (oh, ow), uv, &hs)?, Some(l)))
 }
 
 /// The tables of [`add_uv_pos_embed`] for `c` channels on a `ph × pw` map: the first C/2
@@ -283,8 +287,38 @@ impl DptNeck {
         })
     }
 
+    /// The `layer*_rn` adapters in the mixed precision's half type where a kernel takes
+    /// them ([`decoder_heads`]); builder `vb` as [`Conv2d::mixed`]'s.
+    pub fn mixed_adapters(self, vb: &VarBuilder) -> Self {
+        Self {
+            layer_rn: self.layer_rn.into_iter().map(|c| c.mixed(vb)).collect(),
+            ..self
+        }
+    }
+
     /// `feats`: 4 tensors (BS, N, C). Returns the 4 adapted maps (after `layer*_rn`).
     pub fn forward(
+        &self,
+        feats: &[Tensor],
+        ph: usize,
+        pw: usize,
+        img_h: usize,
+        img_w: usize,
+    ) -> Result<Vec<Tensor>> {
+        self.adapt(&self.forward_resized(feats, ph, pw, img_h, img_w)?)
+    }
+
+    /// The `layer*_rn` adapters on the maps of [`DptNeck::forward_resized`].
+    pub fn adapt(&self, resized: &[Tensor]) -> Result<Vec<Tensor>> {
+        resized
+            .iter()
+            .zip(&self.layer_rn)
+            .map(|(x, c)| c.forward(x))
+            .collect()
+    }
+
+    /// [`DptNeck::forward`] up to the adapters: the 4 projected, resized maps.
+    pub fn forward_resized(
         &self,
         feats: &[Tensor],
         ph: usize,
@@ -308,7 +342,7 @@ impl DptNeck {
                 Resize::Identity => x,
                 Resize::Down(c) => c.forward(&x)?,
             };
-            out.push(self.layer_rn[i].forward(&x)?);
+            out.push(x);
         }
         Ok(out)
     }

@@ -65,8 +65,8 @@ pub struct DualDpt {
 impl DualDpt {
     pub fn new(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
         let f = cfg.features;
-        let neck = DptNeck::new(cfg, true, true, true, vb.clone())?;
         let sc = vb.pp("scratch");
+        let neck = DptNeck::new(cfg, true, true, true, vb.clone())?.mixed_adapters(&sc);
         // The depth branch's decoder with mixed precision in bf16 on the CPU (full DA3-SMALL
         // depth within 1.04e-2 of the reference; bound 2e-2, tested); the ray branch in f32.
         let main = FusionChain::new(f, "", &sc)?.mixed(&sc);
@@ -104,18 +104,12 @@ impl DualDpt {
         with_ray: bool,
     ) -> Result<DualDptOutput> {
         let (ph, pw) = (h / self.patch_size, w / self.patch_size);
-        let l = self.neck.forward(feats, ph, pw, h, w)?;
+        let resized = self.neck.forward_resized(feats, ph, pw, h, w)?;
         // Depth branch.
         let size = (ph * self.patch_size, pw * self.patch_size);
+        let layers = (&self.neck, &self.main, &self.output_conv1);
         let heads = [&self.output_conv2];
-        let mut outs = decoder_heads(
-            &self.main,
-            &self.output_conv1,
-            &l,
-            size,
-            Some((w, h)),
-            &heads,
-        )?;
+        let (mut outs, adapted) = decoder_heads(layers, &resized, size, Some((w, h)), &heads)?;
         let Some(logits) = outs.pop() else {
             candle_core::bail!("DualDPT head: no depth output");
         };
@@ -129,7 +123,11 @@ impl DualDpt {
                 ray_conf: None,
             });
         }
-        // Ray branch (last level only).
+        // Ray branch (last level only), in f32: the adapted maps as the f32 path made them.
+        let l = match adapted {
+            Some(l) => l,
+            None => self.neck.adapt(&resized)?,
+        };
         let aux = self.aux_out1.forward(&self.aux.forward(&l)?)?;
         let aux = add_uv_pos_embed(&aux, w, h)?;
         let alog = self.aux_out2.forward(&aux)?.permute((0, 2, 3, 1))?; // (BS, h, w, 7)

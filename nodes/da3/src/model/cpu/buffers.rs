@@ -156,21 +156,33 @@ pub(super) fn chunk_len_tasks(n: usize, min: usize, per_thread: usize) -> usize 
 }
 
 /// (B, C, h, w) values channels last, (B, h, w, C); one row of one view per task.
-pub(super) fn channels_last(xs: &[f32], (b, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+pub(super) fn channels_last(xs: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
+    let (b, c, h, w) = dims;
     let mut xt = output_buffer(b * c * h * w);
-    xt.par_chunks_mut(w * c).enumerate().for_each(|(vy, dst)| {
-        let (v, y) = (vy / h, vy % h);
-        let at = |ch: usize| ((v * c + ch) * h + y) * w;
-        // 8 pixels at a time: short runs read from each channel's row, whole cache lines
-        // written (1.6x faster than a channel at a time).
-        for x0 in (0..w).step_by(8) {
-            let n = (w - x0).min(8);
-            for ch in 0..c {
-                for (i, s) in xs[at(ch) + x0..][..n].iter().enumerate() {
-                    dst[(x0 + i) * c + ch] = *s;
-                }
+    xt.par_chunks_mut(w * c)
+        .enumerate()
+        .for_each(|(vy, dst)| channels_last_row(xs, dims, vy, dst));
+    xt
+}
+
+/// Row `vy` (view `vy / h`, row `vy % h`) of (B, C, h, w) values channels last into `dst`
+/// (`w × C` values).
+pub(super) fn channels_last_row(
+    xs: &[f32],
+    (_, c, h, w): (usize, usize, usize, usize),
+    vy: usize,
+    dst: &mut [f32],
+) {
+    let (v, y) = (vy / h, vy % h);
+    let at = |ch: usize| ((v * c + ch) * h + y) * w;
+    // 8 pixels at a time: short runs read from each channel's row, whole cache lines
+    // written (1.6x faster than a channel at a time).
+    for x0 in (0..w).step_by(8) {
+        let n = (w - x0).min(8);
+        for ch in 0..c {
+            for (i, s) in xs[at(ch) + x0..][..n].iter().enumerate() {
+                dst[(x0 + i) * c + ch] = *s;
             }
         }
-    });
-    xt
+    }
 }

@@ -17,7 +17,8 @@ use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
 use super::buffers::{
-    bias_values, channels_last, chunk_len, output_buffer, sgemm, with_f32, Mat, SyncPtr,
+    bias_values, channels_last_row, chunk_len, output_buffer, sgemm, with_f32, with_scratch, Mat,
+    SyncPtr,
 };
 use super::half::Half;
 use super::head::{heads_channels_last, ConvHead, HalfConv};
@@ -92,38 +93,70 @@ struct Map {
     w: usize,
 }
 
-impl Map {
-    fn from_nchw(t: &Tensor) -> Result<Map> {
+/// A channels-last map in bf16 (bits): (B, h, w, C).
+struct Map16 {
+    v: Vec<u16>,
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Map16 {
+    /// An NCHW f32 map channels last and rounded to bf16, a row at a time.
+    fn from_nchw(t: &Tensor) -> Result<Map16> {
         let (b, c, h, w) = t.dims4()?;
         let t = t.contiguous()?;
-        let v = timed("channels-last", 0.0, || {
+        let mut v = vec![0u16; b * h * w * c];
+        timed("channels-last", 0.0, || {
             with_f32(&t, |xs, l| {
-                Ok(channels_last(&xs[l.start_offset()..], (b, c, h, w)))
+                let xs = &xs[l.start_offset()..];
+                v.par_chunks_mut(w * c).enumerate().for_each(|(vy, dst)| {
+                    with_scratch(w * c, |row| {
+                        channels_last_row(xs, (b, c, h, w), vy, row);
+                        Half::Bf16.round_into(row, dst);
+                    })
+                });
+                Ok(())
             })
         })?;
-        Ok(Map { v, b, c, h, w })
+        Ok(Map16 { v, b, c, h, w })
     }
 }
 
-/// `[relu](conv(relu?(x)) + bias) + Σ residuals` of a channels-last map, the 3x3 in bf16
-/// by oneDNN (f32 sums), band by band; `None` where oneDNN declined.
-fn conv3x3(
-    layer: &Layer,
-    x: &Map,
-    (relu_in, relu_out): (bool, bool),
-    residuals: &[&Map],
-) -> Result<Option<Map>> {
-    let (b, h, w) = (x.b, x.h, x.w);
+/// A convolution's input: an f32 map rounded (after the ReLU, if asked) band by band as it
+/// is read, or a map already in bf16, read in place.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    F32 { map: &'a Map, relu: bool },
+    Bf16(&'a Map16),
+}
+
+impl<'a> Src<'a> {
+    fn f32(map: &'a Map, relu: bool) -> Src<'a> {
+        Src::F32 { map, relu }
+    }
+
+    /// (B, C, h, w).
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        match self {
+            Src::F32 { map: m, .. } => (m.b, m.c, m.h, m.w),
+            Src::Bf16(m) => (m.b, m.c, m.h, m.w),
+        }
+    }
+}
+
+/// `[relu](conv(x) + bias) + Σ residuals` of a channels-last map, the 3x3 in bf16 by
+/// oneDNN (f32 sums), band by band; `None` where oneDNN declined.
+fn conv3x3(layer: &Layer, x: Src<'_>, relu_out: bool, residuals: &[&Map]) -> Result<Option<Map>> {
+    let (b, xc, h, w) = x.dims();
     let (ci, co) = (layer.ci, layer.co);
-    if x.c != ci
+    if xc != ci
         || residuals
             .iter()
             .any(|r| (r.b, r.h, r.w, r.c) != (b, h, w, co))
     {
-        bail!(
-            "da3-dpt-decoder: a {ci}->{co} convolution on a {}-channel map",
-            x.c
-        );
+        bail!("da3-dpt-decoder: a {ci}->{co} convolution on a {xc}-channel map");
     }
     let flops = 2.0 * (b * h * w * ci * co * 9) as f64;
     let mut y = output_buffer(b * h * w * co);
@@ -139,23 +172,31 @@ fn conv3x3(
             let r1 = (r0 + BAND).min(h);
             // Input rows r0-1 ..= r1 where they exist (padding 1).
             let (s0, s1) = (r0.saturating_sub(1), (r1 + 1).min(h));
-            let rows = &x.v[(v * h + s0) * w * ci..(v * h + s1) * w * ci];
+            let span = (v * h + s0) * w * ci..(v * h + s1) * w * ci;
             BAND_BUFS.with(|bufs| {
-                let (src, tmp) = &mut *bufs.borrow_mut();
-                src.resize(rows.len().max(src.len()), 0);
-                tmp.resize((w * ci).max(tmp.len()), 0.0);
-                let src = &mut src[..rows.len()];
-                for (s, d) in rows.chunks_exact(w * ci).zip(src.chunks_exact_mut(w * ci)) {
-                    if relu_in {
-                        let t = &mut tmp[..w * ci];
-                        for (t, s) in t.iter_mut().zip(s) {
-                            *t = s.max(0.0);
+                let (buf, tmp) = &mut *bufs.borrow_mut();
+                let src: &[u16] = match x {
+                    Src::Bf16(m) => &m.v[span],
+                    Src::F32 { map, relu } => {
+                        let rows = &map.v[span];
+                        buf.resize(rows.len().max(buf.len()), 0);
+                        tmp.resize((w * ci).max(tmp.len()), 0.0);
+                        let src = &mut buf[..rows.len()];
+                        let pairs = rows.chunks_exact(w * ci).zip(src.chunks_exact_mut(w * ci));
+                        for (s, d) in pairs {
+                            if relu {
+                                let t = &mut tmp[..w * ci];
+                                for (t, s) in t.iter_mut().zip(s) {
+                                    *t = s.max(0.0);
+                                }
+                                Half::Bf16.round_into(t, d);
+                            } else {
+                                Half::Bf16.round_into(s, d);
+                            }
                         }
-                        Half::Bf16.round_into(t, d);
-                    } else {
-                        Half::Bf16.round_into(s, d);
+                        src
                     }
-                }
+                };
                 let band = ConvBand {
                     ci,
                     co,
@@ -194,7 +235,13 @@ fn conv3x3(
             });
         })
     });
-    Ok((!declined.into_inner()).then_some(Map { v: y, c: co, ..*x }))
+    Ok((!declined.into_inner()).then_some(Map {
+        v: y,
+        b,
+        c: co,
+        h,
+        w,
+    }))
 }
 
 /// `out_conv`, a 1x1 convolution in f32, of a channels-last map: one GEMM per band of
@@ -239,8 +286,9 @@ fn conv1x1(x: &Map, (weight, bias): (&Tensor, Option<&Tensor>)) -> Result<Map> {
     Ok(Map { v: y, c: co, ..*x })
 }
 
-/// The any-view DPT's depth decoder with mixed precision: `levels` (the four adapted maps,
-/// (B, C, h_i, w_i), finest first) fused top-down by `blocks` (refinenet1..4), each block's
+/// The any-view DPT's depth decoder with mixed precision: `levels` (the neck's four resized
+/// maps, (B, C_i, h_i, w_i), finest first) through their `adapters` (the `layer*_rn` 3x3s,
+/// to the decoder's C channels), fused top-down by `blocks` (refinenet1..4), each block's
 /// output resized to the next finer level's size (refinenet1's to twice its own), then
 /// `conv1` (`output_conv1`) and the output `heads` as [`super::upsampled_heads`] runs them.
 /// The same sums as the f32 path with every 3x3's input and weights rounded to bf16.
@@ -248,60 +296,74 @@ fn conv1x1(x: &Map, (weight, bias): (&Tensor, Option<&Tensor>)) -> Result<Map> {
 /// path; nothing is returned half done).
 pub fn fusion_heads(
     levels: &[Tensor],
+    adapters: &[HalfLayer<'_>],
     blocks: &[FusionLayers<'_>],
     conv1: HalfLayer<'_>,
     out: (usize, usize),
     uv: Option<(&[f32], &[f32])>,
     heads: &[ConvHead<'_>],
 ) -> Result<Option<Vec<Tensor>>> {
-    if levels.len() != 4 || blocks.len() != 4 {
+    if levels.len() != 4 || adapters.len() != 4 || blocks.len() != 4 {
         bail!(
-            "da3-dpt-decoder: 4 levels and 4 blocks, got {} and {}",
+            "da3-dpt-decoder: 4 levels, adapters and blocks, got {}, {} and {}",
             levels.len(),
+            adapters.len(),
             blocks.len()
         );
     }
     if heads.iter().any(|h| h.half.is_none()) {
         return Ok(None);
     }
-    let layer = |l: &HalfLayer<'_>| Layer::new(l);
+    // Every layer's host values, or the caller's path if one has no bf16 form.
+    let mut layers = Vec::with_capacity(4 * 5 + 1);
+    let all = adapters
+        .iter()
+        .chain(
+            blocks
+                .iter()
+                .flat_map(|b| b.res1.iter().flatten().chain(&b.res2)),
+        )
+        .chain(std::iter::once(&conv1));
+    for l in all {
+        match Layer::new(l)? {
+            Some(l) => layers.push(l),
+            None => return Ok(None),
+        }
+    }
+    let (adapt, mut rest) = layers.split_at(4);
     let mut units = Vec::with_capacity(4);
     for blk in blocks {
-        let res1 = match &blk.res1 {
-            Some([a, b]) => match (layer(a)?, layer(b)?) {
-                (Some(a), Some(b)) => Some([a, b]),
-                _ => return Ok(None),
-            },
-            None => None,
-        };
-        let (Some(a), Some(b)) = (layer(&blk.res2[0])?, layer(&blk.res2[1])?) else {
+        let n1 = if blk.res1.is_some() { 2 } else { 0 };
+        let (res1, tail) = rest.split_at(n1);
+        let (res2, tail) = tail.split_at(2);
+        units.push((res1, res2));
+        rest = tail;
+    }
+    let conv1 = &rest[0];
+    // The adapted maps, channels last.
+    let mut lv = Vec::with_capacity(4);
+    for (t, a) in levels.iter().zip(adapt) {
+        let Some(l) = conv3x3(a, Src::Bf16(&Map16::from_nchw(t)?), false, &[])? else {
             return Ok(None);
         };
-        units.push((res1, [a, b]));
+        lv.push(l);
     }
-    let Some(conv1) = layer(&conv1)? else {
-        return Ok(None);
-    };
-    let lv = levels
-        .iter()
-        .map(Map::from_nchw)
-        .collect::<Result<Vec<_>>>()?;
     let mut x: Option<Map> = None;
     for k in (0..4).rev() {
-        let (res1, [c1, c2]) = &units[k];
+        let (res1, res2) = units[k];
         let l = &lv[k];
         // y = x + res1(l), or l itself at the coarsest level
         let y = match (res1, &x) {
-            (Some([r1, r2]), Some(x)) => {
-                let Some(t) = conv3x3(r1, l, (true, true), &[])? else {
+            ([r1, r2], Some(x)) => {
+                let Some(t) = conv3x3(r1, Src::f32(l, true), true, &[])? else {
                     return Ok(None);
                 };
-                let Some(y) = conv3x3(r2, &t, (false, false), &[l, x])? else {
+                let Some(y) = conv3x3(r2, Src::f32(&t, false), false, &[l, x])? else {
                     return Ok(None);
                 };
                 y
             }
-            (None, None) => Map {
+            ([], None) => Map {
                 v: l.v.clone(),
                 ..*l
             },
@@ -310,10 +372,10 @@ pub fn fusion_heads(
                 k + 1
             ),
         };
-        let Some(t) = conv3x3(c1, &y, (true, true), &[])? else {
+        let Some(t) = conv3x3(&res2[0], Src::f32(&y, true), true, &[])? else {
             return Ok(None);
         };
-        let Some(z) = conv3x3(c2, &t, (false, false), &[&y])? else {
+        let Some(z) = conv3x3(&res2[1], Src::f32(&t, false), false, &[&y])? else {
             return Ok(None);
         };
         // 1x1 first, then the resize (both linear per channel, equal up to rounding: as
@@ -334,7 +396,7 @@ pub fn fusion_heads(
     let Some(x) = x else {
         bail!("da3-dpt-decoder: no levels");
     };
-    let Some(m) = conv3x3(&conv1, &x, (false, false), &[])? else {
+    let Some(m) = conv3x3(conv1, Src::f32(&x, false), false, &[])? else {
         return Ok(None);
     };
     let dev = levels[0].device();
@@ -355,7 +417,7 @@ mod tests {
     /// A 3x3 layer's owned weights and its bf16 name.
     struct Owned {
         w: Tensor,
-        b: Tensor,
+        b: Option<Tensor>,
         half: Option<HalfConv>,
     }
 
@@ -363,14 +425,21 @@ mod tests {
         fn new(ci: usize, co: usize, seed: u64) -> Owned {
             Owned {
                 w: weights(&[co, ci, 3, 3], seed),
-                b: weights(&[co], seed + 1),
+                b: Some(weights(&[co], seed + 1)),
                 half: HalfConv::new(Half::Bf16),
+            }
+        }
+        /// Without a bias, as the `layer*_rn` adapters.
+        fn no_bias(ci: usize, co: usize, seed: u64) -> Owned {
+            Owned {
+                b: None,
+                ..Owned::new(ci, co, seed)
             }
         }
         fn layer(&self) -> HalfLayer<'_> {
             HalfLayer {
                 weight: &self.w,
-                bias: Some(&self.b),
+                bias: self.b.as_ref(),
                 half: self.half.as_ref(),
             }
         }
@@ -390,7 +459,7 @@ mod tests {
             let y = conv2d(
                 &bf16(&x),
                 &bf16(&self.w),
-                Some(&self.b),
+                self.b.as_ref(),
                 1,
                 1,
                 ConvExt::default(),
@@ -404,21 +473,27 @@ mod tests {
         }
     }
 
-    /// Two views, four levels down to 2x2, 8 channels, every block and a head with the UV
-    /// embedding: against the same network by the f32 kernels on the values the decoder
-    /// rounds (equal up to the order of the sums, and the odd bf16 rounding that order
-    /// flips), and against plain f32 within bf16's error. A layer without its bf16 form
-    /// leaves the whole decoder to the caller; a CPU without oneDNN's bf16 convolution
-    /// must decline, not guess.
+    /// Two views, four levels down to 2x2 (4-12 channels, adapted to 8), every block and a
+    /// head with the UV embedding: against the same network by the f32 kernels on the
+    /// values the decoder rounds (equal up to the order of the sums, and the odd bf16
+    /// rounding that order flips), and against plain f32 within bf16's error. A layer
+    /// without its bf16 form leaves the whole decoder to the caller; a CPU without oneDNN's
+    /// bf16 convolution must decline, not guess.
     #[test]
     fn decoder_matches_f32_kernels_on_rounded_values() {
         let (c, b) = (8usize, 2usize);
         let sizes = [(12usize, 10usize), (6, 5), (3, 3), (2, 2)];
+        let chans = [4usize, 6, 10, 12];
         let levels: Vec<Tensor> = sizes
             .iter()
+            .zip(chans)
             .enumerate()
-            .map(|(i, &(h, w))| rand(&[b, c, h, w], 40 + i as u64))
+            .map(|(i, (&(h, w), ci))| rand(&[b, ci, h, w], 40 + i as u64))
             .collect();
+        let adapt: Vec<Owned> = (0..4)
+            .map(|i| Owned::no_bias(chans[i], c, 50 + i as u64))
+            .collect();
+        let adapters: Vec<HalfLayer<'_>> = adapt.iter().map(|a| a.layer()).collect();
         let units: Vec<[Owned; 4]> = (0..4u64)
             .map(|i| std::array::from_fn(|j| Owned::new(c, c, 100 + 10 * i + 2 * j as u64)))
             .collect();
@@ -447,7 +522,16 @@ mod tests {
         let ex = rand(&[c / 4 * ow], 320).to_vec1::<f32>().unwrap();
         let ey = rand(&[c / 4 * oh], 321).to_vec1::<f32>().unwrap();
         let uv = Some((&ex[..], &ey[..]));
-        let got = fusion_heads(&levels, &blocks, conv1.layer(), (oh, ow), uv, &heads).unwrap();
+        let got = fusion_heads(
+            &levels,
+            &adapters,
+            &blocks,
+            conv1.layer(),
+            (oh, ow),
+            uv,
+            &heads,
+        )
+        .unwrap();
         let Some(got) = got else {
             assert!(
                 !super::super::onednn::runs_bf16(),
@@ -467,7 +551,7 @@ mod tests {
                 } else {
                     x.clone()
                 };
-                let y = conv2d(&x, &o.w, Some(&o.b), 1, 1, ConvExt::default()).unwrap();
+                let y = conv2d(&x, &o.w, o.b.as_ref(), 1, 1, ConvExt::default()).unwrap();
                 let mut y = if relus.1 { y.relu().unwrap() } else { y };
                 for r in res {
                     y = (y + *r).unwrap();
@@ -477,7 +561,7 @@ mod tests {
             let mut x: Option<Tensor> = None;
             for k in (0..4).rev() {
                 let u = &units[k];
-                let l = &levels[k];
+                let l = &conv(&adapt[k], &levels[k], (false, false), &[]);
                 let y = match &x {
                     Some(x) => {
                         let t = conv(&u[0], l, (true, true), &[]);
@@ -511,7 +595,16 @@ mod tests {
         // One layer without its bf16 form: the caller's path.
         let mut partial = blocks.clone();
         partial[2].res2[1].half = None;
-        let none = fusion_heads(&levels, &partial, conv1.layer(), (oh, ow), uv, &heads).unwrap();
+        let none = fusion_heads(
+            &levels,
+            &adapters,
+            &partial,
+            conv1.layer(),
+            (oh, ow),
+            uv,
+            &heads,
+        )
+        .unwrap();
         assert!(none.is_none());
     }
 }

@@ -96,13 +96,15 @@ pub fn upsampled_heads(
 }
 
 /// The any-view DPT's depth decoder in one op, where a kernel runs it whole: `levels` (the
-/// four adapted maps, finest first) fused top-down by `blocks` (refinenet1..4, each
-/// block's output resized to the next finer level, refinenet1's to twice its size), then
+/// neck's four resized maps, finest first) through their `adapters` (the `layer*_rn`
+/// 3x3s), fused top-down by `blocks` (refinenet1..4, each block's output resized to the
+/// next finer level, refinenet1's to twice its size), then
 /// `conv1` and the output `heads` as [`upsampled_heads`] runs them. On the CPU with mixed
 /// precision (every layer with its bf16 form, [`half_conv`]) oneDNN's channels-last bf16
 /// kernels run it; `Ok(None)` otherwise, and the caller runs the layers one by one.
 pub fn fusion_heads(
     levels: &[Tensor],
+    adapters: &[HalfLayer<'_>],
     blocks: &[FusionLayers<'_>],
     conv1: HalfLayer<'_>,
     out: (usize, usize),
@@ -110,7 +112,9 @@ pub fn fusion_heads(
     heads: &[ConvHead<'_>],
 ) -> Result<Option<Vec<Tensor>>> {
     match levels.first() {
-        Some(l) if use_kernels(l) => cpu::fusion_heads(levels, blocks, conv1, out, uv, heads),
+        Some(l) if use_kernels(l) => {
+            cpu::fusion_heads(levels, adapters, blocks, conv1, out, uv, heads)
+        }
         _ => Ok(None),
     }
 }
