@@ -289,7 +289,7 @@ for (m, v), c in sorted(conf.items()):
         if r:
             mixed.append(f"| {m} | {v} | {p} | {r['median_ms']:.0f} | " + (f"{base:.0f} | {r['median_ms']/base:.2f}" if base else "- | -") + f" | {r['peak_rss_mib']:.0f} |")
 if mixed:
-    out += ["", "Mixed precision on this CPU (ours; bf16/f16 weights of the linear layers and the DPT's token projections, f32 activations; their GEMMs and the attention's two products through oneDNN where it runs the type (bf16 on CPUs with AVX512-BF16 or AMX), else oneMKL (the attention then f32); the any-view models' depth decoder (the 3x3s of the fusion blocks, `output_conv1` and the full-resolution head) in oneDNN's channels-last bf16 convolution where it has one; parity within 2e-2 of the reference on every fixture output is tested in `nodes/da3/tests/parity.rs`):", "",
+    out += ["", "Mixed precision on this CPU (ours; bf16/f16 weights of the linear layers and the DPT's token projections, f32 activations; their GEMMs and the attention's two products through oneDNN where it runs the type (bf16 on CPUs with AVX512-BF16 or AMX), else oneMKL (the attention then f32); the any-view models' depth decoder (the 3x3s of the neck's adapters, the fusion blocks, `output_conv1` and the full-resolution head) in oneDNN's channels-last bf16 convolution where it has one; parity within 2e-2 of the reference on every fixture output is tested in `nodes/da3/tests/parity.rs`):", "",
             "| model | views | dtype | ms | f32 ms | vs f32 | RSS MiB |", "|---|---|---|---|---|---|---|"] + mixed
 memo = {}
 for r in rows:

@@ -409,7 +409,7 @@ impl OutConv2 {
 
     /// Without LayerNorm, the 3x3 in the mixed precision's half type where a kernel takes it
     /// ([`Conv2d::mixed`]): the any-view models' depth head (full DA3-SMALL in bf16, with the
-    /// decoder before it in bf16 too: depth within 1.04e-2 of the reference, 5e-3 with
+    /// decoder before it in bf16 too: depth within 1.02e-2 of the reference, 5e-3 with
     /// every convolution in f32; bound 2e-2, tested).
     pub fn mixed(cin: usize, mid: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Self::build(cin, mid, cout, false, true, vb)

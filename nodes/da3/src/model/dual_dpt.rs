@@ -66,9 +66,10 @@ impl DualDpt {
     pub fn new(cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
         let f = cfg.features;
         let sc = vb.pp("scratch");
+        // The depth branch's decoder (the neck's adapters on) with mixed precision in bf16 on
+        // the CPU (full DA3-SMALL depth within 1.02e-2 of the reference; bound 2e-2, tested);
+        // the ray branch in f32.
         let neck = DptNeck::new(cfg, true, true, true, vb.clone())?.mixed_adapters(&sc);
-        // The depth branch's decoder with mixed precision in bf16 on the CPU (full DA3-SMALL
-        // depth within 1.04e-2 of the reference; bound 2e-2, tested); the ray branch in f32.
         let main = FusionChain::new(f, "", &sc)?.mixed(&sc);
         let aux = FusionChain::new(f, "_aux", &sc)?;
         let output_conv1 = conv2d(f, f / 2, 3, 1, 1, sc.pp("output_conv1"))?.mixed(&sc);
