@@ -149,7 +149,8 @@ impl Conv2d {
     }
 
     /// This layer, run in the mixed precision's half type where a kernel takes it (on the
-    /// CPU with a bf16 builder `vb`: oneDNN's bf16 convolution, [`ops::upsampled_heads`]);
+    /// CPU with a bf16 builder `vb`: oneDNN's bf16 convolution, [`ops::upsampled_heads`],
+    /// [`ops::fusion_heads`]);
     /// the f32 weights stay for the other paths.
     pub fn mixed(self, vb: &VarBuilder) -> Self {
         let half = ops::half_conv(vb.dtype(), vb.device()).map(Arc::new);

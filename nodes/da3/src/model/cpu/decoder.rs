@@ -1,14 +1,14 @@
-//! The DPT's top-down decoder in bf16, channels last: the fusion blocks (refinenet4..1),
-//! `output_conv1` and the output heads ([`super::head`]) of the any-view models' depth
-//! branch, for mixed precision.
+//! The DPT's top-down decoder in bf16, channels last: the neck's `layer*_rn` adapters, the
+//! fusion blocks (refinenet4..1), `output_conv1` and the output heads ([`super::head`]) of
+//! the any-view models' depth branch, for mixed precision.
 //!
 //! oneDNN's bf16 convolution reads channels last, and converting each map to that layout
 //! and back around every convolution costs about what bf16 saves on a CPU without AMX
-//! (docs/benchmarks.md, sessions 16 and 18). Here the four adapted maps are made channels
-//! last once, every map after them stays channels last (f32 between the convolutions,
-//! rounded to bf16 band by band as each 3x3 reads it), and the heads read the last one as
-//! it is: no conversion back. Residual sums, the 1x1 `out_conv`s and the resizes stay in
-//! f32, as in the f32 path.
+//! (docs/benchmarks.md, sessions 16 and 18). Here the neck's four resized maps are made
+//! channels last and bf16 once, every map after them stays channels last (f32 between the
+//! convolutions, rounded to bf16 band by band as each 3x3 reads it), and the heads read the
+//! last one as it is: no conversion back. Residual sums, the 1x1 `out_conv`s and the
+//! resizes stay in f32, as in the f32 path.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +46,12 @@ pub struct FusionLayers<'a> {
     pub out_conv: (&'a Tensor, Option<&'a Tensor>),
 }
 
-/// Output rows per task of a convolution. At 108x144 and 64 channels oneDNN's bf16 kernel
-/// ran 2.8-2.9 ms with 8 or 16 rows and 3.3 with 32 (AMD Zen 4, 2 threads).
+/// Output rows per task of a convolution. oneDNN's bf16 kernel alone, 2 threads, AMD Zen 4:
+/// 64->64 at 108x144 2.79 / 2.87 / 3.32 ms with 8 / 16 / 32 rows, 128->128 10.5 / 11.3 /
+/// 13.1; with the rounding of the input rows (the halo rounded twice) the decoder's
+/// convolutions took 84-86 ms with 8 rows against 87-88 with 16 (DA3-BASE, 1 view). Small
+/// maps (14 rows at DA3-SMALL's coarsest level) also need several bands to use both
+/// threads.
 const BAND: usize = 8;
 
 /// A layer's host values.

@@ -98,10 +98,10 @@ pub fn upsampled_heads(
 /// The any-view DPT's depth decoder in one op, where a kernel runs it whole: `levels` (the
 /// neck's four resized maps, finest first) through their `adapters` (the `layer*_rn`
 /// 3x3s), fused top-down by `blocks` (refinenet1..4, each block's output resized to the
-/// next finer level, refinenet1's to twice its size), then
-/// `conv1` and the output `heads` as [`upsampled_heads`] runs them. On the CPU with mixed
-/// precision (every layer with its bf16 form, [`half_conv`]) oneDNN's channels-last bf16
-/// kernels run it; `Ok(None)` otherwise, and the caller runs the layers one by one.
+/// next finer level, refinenet1's to twice its size), then `conv1` and the output `heads`
+/// as [`upsampled_heads`] runs them. On the CPU with mixed precision (every layer with its
+/// bf16 form, [`half_conv`]) oneDNN's channels-last bf16 kernels run it; `Ok(None)`
+/// otherwise, and the caller runs the layers one by one.
 pub fn fusion_heads(
     levels: &[Tensor],
     adapters: &[HalfLayer<'_>],
