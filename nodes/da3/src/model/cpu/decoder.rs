@@ -174,8 +174,7 @@ fn conv3x3(layer: &Layer, x: Src<'_>, relu_out: bool, residuals: &[&Map]) -> Res
                 return;
             }
             let r1 = (r0 + BAND).min(h);
-            // Input rows r0-1 ..= r1 where they exist (padding 1).
-            let (s0, s1) = (r0.saturating_sub(1), (r1 + 1).min(h));
+            let ((s0, s1), band) = ConvBand::same_3x3((ci, co), (r0, r1), (h, w), relu_out);
             let span = (v * h + s0) * w * ci..(v * h + s1) * w * ci;
             BAND_BUFS.with(|bufs| {
                 let (buf, tmp) = &mut *bufs.borrow_mut();
@@ -201,16 +200,6 @@ fn conv3x3(layer: &Layer, x: Src<'_>, relu_out: bool, residuals: &[&Map]) -> Res
                         src
                     }
                 };
-                let band = ConvBand {
-                    ci,
-                    co,
-                    k: 3,
-                    rows: s1 - s0,
-                    cols: w,
-                    pad: (usize::from(r0 == 0), usize::from(r1 == h), 1),
-                    relu: relu_out,
-                };
-                debug_assert_eq!(band.out_rows(), r1 - r0);
                 let at = (v * h + r0) * w * co;
                 let n = (r1 - r0) * w * co;
                 // SAFETY: `src` holds the band's rows × w × ci values; rows r0..r1 of view

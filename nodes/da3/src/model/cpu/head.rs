@@ -302,16 +302,7 @@ unsafe fn band(
     let (s0, s1) = (r0.saturating_sub(1), (r1 + 1).min(oh));
     upsample_rows(map, v, (s0, s1), sc);
     for (h, out) in hosts.iter().zip(outs) {
-        let shape = ConvBand {
-            ci: c,
-            co: h.mid,
-            k: 3,
-            rows: s1 - s0,
-            cols: ow,
-            pad: (usize::from(r0 == 0), usize::from(r1 == oh), 1),
-            relu: true,
-        };
-        debug_assert_eq!(shape.out_rows(), r1 - r0);
+        let (_, shape) = ConvBand::same_3x3((c, h.mid), (r0, r1), (oh, ow), true);
         let hid = sized(&mut sc.hid, (r1 - r0) * ow * h.mid);
         // `sc.src` holds rows × cols × ci bf16 values (upsample_rows), `hid` out_rows ×
         // out_cols × mid f32 ones.

@@ -60,6 +60,28 @@ pub(in crate::model::cpu) struct ConvBand {
 }
 
 impl ConvBand {
+    /// The band of a same-padded 3x3 that makes output rows `r0..r1` of an `h × w` map:
+    /// its input rows `(s0, s1)` (the halo rows that exist) and its shape.
+    pub(in crate::model::cpu) fn same_3x3(
+        (ci, co): (usize, usize),
+        (r0, r1): (usize, usize),
+        (h, w): (usize, usize),
+        relu: bool,
+    ) -> ((usize, usize), ConvBand) {
+        let (s0, s1) = (r0.saturating_sub(1), (r1 + 1).min(h));
+        let band = ConvBand {
+            ci,
+            co,
+            k: 3,
+            rows: s1 - s0,
+            cols: w,
+            pad: (usize::from(r0 == 0), usize::from(r1 == h), 1),
+            relu,
+        };
+        debug_assert_eq!(band.out_rows(), r1 - r0);
+        ((s0, s1), band)
+    }
+
     /// Output rows of the band.
     pub(in crate::model::cpu) fn out_rows(&self) -> usize {
         (self.rows + self.pad.0 + self.pad.1 + 1).saturating_sub(self.k)
