@@ -22,7 +22,7 @@ use super::buffers::{
 };
 use super::half::Half;
 use super::head::{heads_channels_last, ConvHead, HalfConv};
-use super::onednn::{conv_bf16_nhwc, ConvBand};
+use super::onednn::{conv_bf16_nhwc, conv_bf16_nhwc_to_bf16, ConvBand};
 use super::profile::timed;
 use super::resize::resize_channels_last;
 
@@ -150,21 +150,20 @@ impl<'a> Src<'a> {
     }
 }
 
-/// `[relu](conv(x) + bias) + Σ residuals` of a channels-last map, the 3x3 in bf16 by
-/// oneDNN (f32 sums), band by band; `None` where oneDNN declined.
-fn conv3x3(layer: &Layer, x: Src<'_>, relu_out: bool, residuals: &[&Map]) -> Result<Option<Map>> {
+/// A band task's writer: `(at, band, src)` runs the band's convolution on `src` (its input
+/// rows in bf16) into the output from value `at`; false where oneDNN declined.
+type BandFn<'a> = dyn Fn(usize, &ConvBand, *const u16) -> bool + Sync + 'a;
+
+/// A same-padded 3x3 (`layer`) over `x`, band by band in parallel: each task gets its
+/// input rows in bf16 (rounded from f32, after the ReLU if asked, or read in place) and
+/// hands them to `run`. False where oneDNN declined.
+fn conv_bands(layer: &Layer, x: Src<'_>, relu_out: bool, run: &BandFn<'_>) -> Result<bool> {
     let (b, xc, h, w) = x.dims();
     let (ci, co) = (layer.ci, layer.co);
-    if xc != ci
-        || residuals
-            .iter()
-            .any(|r| (r.b, r.h, r.w, r.c) != (b, h, w, co))
-    {
+    if xc != ci {
         bail!("da3-dpt-decoder: a {ci}->{co} convolution on a {xc}-channel map");
     }
     let flops = 2.0 * (b * h * w * ci * co * 9) as f64;
-    let mut y = output_buffer(b * h * w * co);
-    let yp = SyncPtr(y.as_mut_ptr());
     let declined = AtomicBool::new(false);
     let bands = h.div_ceil(BAND);
     timed("conv-bf16", flops, || {
@@ -200,41 +199,87 @@ fn conv3x3(layer: &Layer, x: Src<'_>, relu_out: bool, residuals: &[&Map]) -> Res
                         src
                     }
                 };
-                let at = (v * h + r0) * w * co;
-                let n = (r1 - r0) * w * co;
-                // SAFETY: `src` holds the band's rows × w × ci values; rows r0..r1 of view
-                // v (n values from `at`) are this task's alone.
-                let done = unsafe {
-                    conv_bf16_nhwc(
-                        layer.id,
-                        &band,
-                        &layer.w,
-                        &layer.b,
-                        src.as_ptr(),
-                        yp.get().add(at),
-                    )
-                };
-                if !done {
+                if !run((v * h + r0) * w * co, &band, src.as_ptr()) {
                     declined.store(true, Ordering::Relaxed);
-                    return;
-                }
-                // SAFETY: as above.
-                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(at), n) };
-                for r in residuals {
-                    for (o, a) in out.iter_mut().zip(&r.v[at..at + n]) {
-                        *o += a;
-                    }
                 }
             });
         })
     });
-    Ok((!declined.into_inner()).then_some(Map {
+    Ok(!declined.into_inner())
+}
+
+/// `[relu](conv(x) + bias) + Σ residuals` of a channels-last map, the 3x3 in bf16 by
+/// oneDNN (f32 sums and output); `None` where oneDNN declined.
+fn conv3x3(layer: &Layer, x: Src<'_>, relu_out: bool, residuals: &[&Map]) -> Result<Option<Map>> {
+    let (b, _, h, w) = x.dims();
+    let co = layer.co;
+    if residuals
+        .iter()
+        .any(|r| (r.b, r.h, r.w, r.c) != (b, h, w, co))
+    {
+        bail!("da3-dpt-decoder: residuals do not match a {co}-channel output");
+    }
+    let mut y = output_buffer(b * h * w * co);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let run = |at: usize, band: &ConvBand, src: *const u16| {
+        let n = band.out_rows() * w * co;
+        // SAFETY: `src` holds the band's input rows; its n output values from `at` are
+        // this task's alone.
+        unsafe {
+            let dst = yp.get().add(at);
+            if !conv_bf16_nhwc(layer.id, band, &layer.w, &layer.b, src, dst) {
+                return false;
+            }
+            let out = std::slice::from_raw_parts_mut(dst, n);
+            for r in residuals {
+                for (o, a) in out.iter_mut().zip(&r.v[at..at + n]) {
+                    *o += a;
+                }
+            }
+        }
+        true
+    };
+    let done = conv_bands(layer, x, relu_out, &run)?;
+    Ok(done.then_some(Map {
         v: y,
         b,
         c: co,
         h,
         w,
     }))
+}
+
+/// [`conv3x3`] with its output in bf16, rounded by oneDNN: for a map only another 3x3
+/// reads (the residual units' inner convolutions).
+fn conv3x3_bf16_out(layer: &Layer, x: Src<'_>, relu_out: bool) -> Result<Option<Map16>> {
+    let (b, _, h, w) = x.dims();
+    let co = layer.co;
+    let mut y = vec![0u16; b * h * w * co];
+    let yp = Ptr16(y.as_mut_ptr());
+    let run = |at: usize, band: &ConvBand, src: *const u16| {
+        // SAFETY: as in `conv3x3`.
+        unsafe { conv_bf16_nhwc_to_bf16(layer.id, band, &layer.w, &layer.b, src, yp.at(at)) }
+    };
+    let done = conv_bands(layer, x, relu_out, &run)?;
+    Ok(done.then_some(Map16 {
+        v: y,
+        b,
+        c: co,
+        h,
+        w,
+    }))
+}
+
+/// A bf16 output that band tasks write in disjoint parts.
+struct Ptr16(*mut u16);
+// SAFETY: the tasks write disjoint ranges.
+unsafe impl Sync for Ptr16 {}
+
+impl Ptr16 {
+    /// The pointer `at` values on.
+    fn at(&self, at: usize) -> *mut u16 {
+        self.0.wrapping_add(at)
+    }
 }
 
 /// `out_conv`, a 1x1 convolution in f32, of a channels-last map: one GEMM per band of
@@ -348,10 +393,10 @@ pub fn fusion_heads(
         // y = x + res1(l), or l itself at the coarsest level
         let y = match (res1, &x) {
             ([r1, r2], Some(x)) => {
-                let Some(t) = conv3x3(r1, Src::f32(l, true), true, &[])? else {
+                let Some(t) = conv3x3_bf16_out(r1, Src::f32(l, true), true)? else {
                     return Ok(None);
                 };
-                let Some(y) = conv3x3(r2, Src::f32(&t, false), false, &[l, x])? else {
+                let Some(y) = conv3x3(r2, Src::Bf16(&t), false, &[l, x])? else {
                     return Ok(None);
                 };
                 y
@@ -365,10 +410,10 @@ pub fn fusion_heads(
                 k + 1
             ),
         };
-        let Some(t) = conv3x3(&res2[0], Src::f32(&y, true), true, &[])? else {
+        let Some(t) = conv3x3_bf16_out(&res2[0], Src::f32(&y, true), true)? else {
             return Ok(None);
         };
-        let Some(z) = conv3x3(&res2[1], Src::f32(&t, false), false, &[&y])? else {
+        let Some(z) = conv3x3(&res2[1], Src::Bf16(&t), false, &[&y])? else {
             return Ok(None);
         };
         // 1x1 first, then the resize (both linear per channel, equal up to rounding: as

@@ -57,6 +57,8 @@ pub(in crate::model::cpu) struct ConvBand {
     pub(in crate::model::cpu) pad: (usize, usize, usize),
     /// ReLU of the output (after the bias).
     pub(in crate::model::cpu) relu: bool,
+    /// The output in bf16 (bits) rather than f32: set by [`conv_bf16_nhwc_to_bf16`].
+    bf16_out: bool,
 }
 
 impl ConvBand {
@@ -77,6 +79,7 @@ impl ConvBand {
             cols: w,
             pad: (usize::from(r0 == 0), usize::from(r1 == h), 1),
             relu,
+            bf16_out: false,
         };
         debug_assert_eq!(band.out_rows(), r1 - r0);
         ((s0, s1), band)
@@ -140,7 +143,9 @@ unsafe fn create(
     let result = (|| {
         let src = md_nhwc(api, (ci, band.rows, band.cols), BF16).ok_or("src desc")?;
         mds.push(src);
-        let dst = md_nhwc(api, (co, band.out_rows(), band.out_cols()), F32).ok_or("dst desc")?;
+        let dst_type = if band.bf16_out { BF16 } else { F32 };
+        let dst = md_nhwc(api, (co, band.out_rows(), band.out_cols()), dst_type);
+        let dst = dst.ok_or("dst desc")?;
         mds.push(dst);
         let mut wd: Dims = [0; 12];
         wd[..4].copy_from_slice(&[co as i64, ci as i64, k as i64, k as i64]);
@@ -265,6 +270,41 @@ pub(in crate::model::cpu) unsafe fn conv_bf16_nhwc(
     src: *const u16,
     dst: *mut f32,
 ) -> bool {
+    let band = ConvBand {
+        bf16_out: false,
+        ..*band
+    };
+    run(layer, &band, (weight, bias), src, dst.cast())
+}
+
+/// [`conv_bf16_nhwc`] with the output rounded to bf16 (bits) by oneDNN: for a map whose
+/// only reader is another bf16 convolution.
+///
+/// # Safety
+/// As [`conv_bf16_nhwc`], `dst` holding out_rows × out_cols × co bf16 values.
+pub(in crate::model::cpu) unsafe fn conv_bf16_nhwc_to_bf16(
+    layer: u64,
+    band: &ConvBand,
+    weight: &[f32],
+    bias: &[f32],
+    src: *const u16,
+    dst: *mut u16,
+) -> bool {
+    let band = ConvBand {
+        bf16_out: true,
+        ..*band
+    };
+    run(layer, &band, (weight, bias), src, dst.cast())
+}
+
+/// Both of the above; `dst` of the type `band.bf16_out` says.
+unsafe fn run(
+    layer: u64,
+    band: &ConvBand,
+    (weight, bias): (&[f32], &[f32]),
+    src: *const u16,
+    dst: *mut c_void,
+) -> bool {
     let (ci, co, k) = (band.ci, band.co, band.k);
     if weight.len() != co * ci * k * k || bias.len() != co || band.out_rows() == 0 {
         return false;
@@ -298,7 +338,7 @@ pub(in crate::model::cpu) unsafe fn conv_bf16_nhwc(
         };
         for (i, ptr) in [
             (0, src as *mut c_void),
-            (2, dst as *mut c_void),
+            (2, dst),
             (3, bias.as_ptr() as *mut c_void),
         ] {
             if (api.memory_set_data_handle)(p.mem[i], ptr) != 0 {
@@ -352,6 +392,7 @@ mod tests {
                 cols,
                 pad,
                 relu,
+                bf16_out: false,
             };
             let x = values(rows * cols * ci, 33 + rows as u64);
             let mut xb = vec![0u16; x.len()];
@@ -397,6 +438,21 @@ mod tests {
                         );
                     }
                 }
+            }
+            // The same band with a bf16 output: the f32 results rounded (within one bf16
+            // step, where oneDNN's sums for that primitive round differently).
+            let mut out16 = vec![0u16; oh * ow * co];
+            // SAFETY: sizes as documented.
+            let ok = unsafe {
+                conv_bf16_nhwc_to_bf16(7, &band, &w, &bias, xb.as_ptr(), out16.as_mut_ptr())
+            };
+            assert!(ok, "{band:?}: bf16 output declined where f32 output ran");
+            for (i, (&g, &f)) in out16.iter().zip(&out).enumerate() {
+                let g = Half::Bf16.widen(g);
+                assert!(
+                    (g - f).abs() <= f.abs() / 128.0 + 1e-6,
+                    "{band:?} [{i}]: bf16 {g} vs f32 {f}"
+                );
             }
         }
     }

@@ -36,7 +36,7 @@ use super::buffers::Mat;
 mod conv;
 mod pack;
 
-pub(super) use conv::{conv_bf16_nhwc, ConvBand};
+pub(super) use conv::{conv_bf16_nhwc, conv_bf16_nhwc_to_bf16, ConvBand};
 use pack::packed_md;
 pub(super) use pack::{pack, Packed};
 
