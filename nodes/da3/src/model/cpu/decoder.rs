@@ -10,7 +10,6 @@
 //! last one as it is: no conversion back. Residual sums, the 1x1 `out_conv`s and the
 //! resizes stay in f32, as in the f32 path.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{bail, Result, Tensor};
@@ -20,7 +19,7 @@ use super::buffers::{
     bias_values, channels_last_row, chunk_len, output_buffer, sgemm, with_f32, with_scratch, Mat,
     SyncPtr,
 };
-use super::half::Half;
+use super::half::{with_rounded_relu, Half};
 use super::head::{heads_channels_last, ConvHead, HalfConv};
 use super::onednn::{conv_bf16_nhwc, conv_bf16_nhwc_to_bf16, ConvBand};
 use super::profile::timed;
@@ -83,28 +82,16 @@ impl Layer {
     }
 }
 
-thread_local! {
-    /// A task's input band in bf16, and one f32 row for the ReLU before rounding.
-    static BAND_BUFS: RefCell<(Vec<u16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// A channels-last map: (B, h, w, C) values.
-struct Map {
-    v: Vec<f32>,
+/// A channels-last map, (B, h, w, C) values: f32, or bf16 bits ([`Map16`]).
+struct Map<T = f32> {
+    v: Vec<T>,
     b: usize,
     c: usize,
     h: usize,
     w: usize,
 }
 
-/// A channels-last map in bf16 (bits): (B, h, w, C).
-struct Map16 {
-    v: Vec<u16>,
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-}
+type Map16 = Map<u16>;
 
 impl Map16 {
     /// An NCHW f32 map channels last and rounded to bf16, a row at a time.
@@ -136,16 +123,22 @@ enum Src<'a> {
     Bf16(&'a Map16),
 }
 
+impl<T> Map<T> {
+    /// (B, C, h, w).
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.b, self.c, self.h, self.w)
+    }
+}
+
 impl<'a> Src<'a> {
     fn f32(map: &'a Map, relu: bool) -> Src<'a> {
         Src::F32 { map, relu }
     }
 
-    /// (B, C, h, w).
     fn dims(&self) -> (usize, usize, usize, usize) {
         match self {
-            Src::F32 { map: m, .. } => (m.b, m.c, m.h, m.w),
-            Src::Bf16(m) => (m.b, m.c, m.h, m.w),
+            Src::F32 { map, .. } => map.dims(),
+            Src::Bf16(m) => m.dims(),
         }
     }
 }
@@ -175,34 +168,18 @@ fn conv_bands(layer: &Layer, x: Src<'_>, relu_out: bool, run: &BandFn<'_>) -> Re
             let r1 = (r0 + BAND).min(h);
             let ((s0, s1), band) = ConvBand::same_3x3((ci, co), (r0, r1), (h, w), relu_out);
             let span = (v * h + s0) * w * ci..(v * h + s1) * w * ci;
-            BAND_BUFS.with(|bufs| {
-                let (buf, tmp) = &mut *bufs.borrow_mut();
-                let src: &[u16] = match x {
-                    Src::Bf16(m) => &m.v[span],
-                    Src::F32 { map, relu } => {
-                        let rows = &map.v[span];
-                        buf.resize(rows.len().max(buf.len()), 0);
-                        tmp.resize((w * ci).max(tmp.len()), 0.0);
-                        let src = &mut buf[..rows.len()];
-                        let pairs = rows.chunks_exact(w * ci).zip(src.chunks_exact_mut(w * ci));
-                        for (s, d) in pairs {
-                            if relu {
-                                let t = &mut tmp[..w * ci];
-                                for (t, s) in t.iter_mut().zip(s) {
-                                    *t = s.max(0.0);
-                                }
-                                Half::Bf16.round_into(t, d);
-                            } else {
-                                Half::Bf16.round_into(s, d);
-                            }
-                        }
-                        src
-                    }
-                };
-                if !run((v * h + r0) * w * co, &band, src.as_ptr()) {
-                    declined.store(true, Ordering::Relaxed);
+            let at = (v * h + r0) * w * co;
+            let done = match x {
+                Src::Bf16(m) => run(at, &band, m.v[span].as_ptr()),
+                Src::F32 { map, relu } => {
+                    with_rounded_relu(Half::Bf16, &map.v[span], relu, |src| {
+                        run(at, &band, src.as_ptr())
+                    })
                 }
-            });
+            };
+            if !done {
+                declined.store(true, Ordering::Relaxed);
+            }
         })
     });
     Ok(!declined.into_inner())

@@ -122,6 +122,34 @@ pub(super) fn with_rounded<R>(kind: Half, src: &[f32], f: impl FnOnce(&[u16]) ->
     with_rounded_rows(kind, src, (1, src.len(), src.len()), f)
 }
 
+/// [`with_rounded`] of `max(src, 0)` where `relu` (the ReLU before a half-precision
+/// convolution), without an f32 copy of the whole input.
+pub(super) fn with_rounded_relu<R>(
+    kind: Half,
+    src: &[f32],
+    relu: bool,
+    f: impl FnOnce(&[u16]) -> R,
+) -> R {
+    if !relu {
+        return with_rounded(kind, src, f);
+    }
+    SCRATCH16.with(|s| {
+        let mut v = s.borrow_mut();
+        if v.len() < src.len() {
+            v.resize(src.len(), 0);
+        }
+        let mut tmp = [0f32; 256];
+        for (s, d) in src.chunks(256).zip(v.chunks_mut(256)) {
+            let t = &mut tmp[..s.len()];
+            for (t, s) in t.iter_mut().zip(s) {
+                *t = s.max(0.0);
+            }
+            kind.round_into(t, d);
+        }
+        f(&v[..src.len()])
+    })
+}
+
 /// [`with_rounded`] of `rows` rows of `cols` values, `stride` apart in `src`: the rounded
 /// rows packed (`rows · cols` values).
 pub(super) fn with_rounded_rows<R>(

@@ -1,6 +1,6 @@
 //! oneDNN's matmul (Intel's deep-learning kernel library, the one OpenVINO and PyTorch run
 //! on x86 CPUs): the linear layers' GEMMs, f32 and bf16 -> f32 (and, in [`conv`], its bf16
-//! channels-last convolution for the depth head). Its JIT kernels pick the
+//! channels-last convolution for the depth decoder and head). Its JIT kernels pick the
 //! CPU's best instructions at run time from the CPU's features, not its vendor: AMX tiles on
 //! Intel Xeon with AMX, `vdpbf16ps` on AVX512-BF16 CPUs (AMD Zen 4 too), AVX-512 / AVX2 FMA
 //! for f32. Measured on DA3-SMALL's and DA3-BASE's layer shapes, one thread per call (AMD
